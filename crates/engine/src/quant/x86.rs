@@ -1,0 +1,448 @@
+//! x86-64 SIMD kernels, chosen at run time.
+//!
+//! Each kernel body is written once, generic over how a 32-lane u8·i8 product
+//! is reduced to eight i32 lanes ([`U8Dot`]): AVX2 uses `maddubs` + `madd`,
+//! AVX-512 VNNI one `vpdpbusd`. The bodies are `#[inline(always)]` so that they
+//! are compiled inside the `#[target_feature]` entry points generated below;
+//! that is what lets one binary carry both without `-C target-cpu`.
+
+use std::arch::x86_64::*;
+
+use super::dot::Kernels;
+use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k4_scale_min};
+
+trait U8Dot {
+    /// Eight i32 lanes, lane i = sum over bytes 4i..4i+4 of `u[b] * s[b]`.
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+}
+
+struct Avx2;
+struct Vnni;
+
+impl U8Dot for Avx2 {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        unsafe {
+            let p16 = _mm256_maddubs_epi16(u, s);
+            _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+        }
+    }
+}
+
+impl U8Dot for Vnni {
+    #[inline(always)]
+    unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    unsafe {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    unsafe {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256(v, 1);
+        let s = _mm_add_epi32(lo, hi);
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+/// 16 packed bytes of nibbles → 32 bytes: low nibbles then high nibbles,
+/// which is the element order of the 32-wide ggml blocks.
+#[inline(always)]
+unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+    unsafe {
+        let b = _mm_loadu_si128(p as *const __m128i);
+        let m = _mm_set1_epi8(0x0f);
+        let lo = _mm_and_si128(b, m);
+        let hi = _mm_and_si128(_mm_srli_epi16(b, 4), m);
+        _mm256_set_m128i(hi, lo)
+    }
+}
+
+#[inline(always)]
+unsafe fn load_act(a: &BlockQ8) -> __m256i {
+    unsafe { _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i) }
+}
+
+#[inline(always)]
+unsafe fn quantize_body(x: &[f32], out: &mut [BlockQ8]) {
+    unsafe {
+        let sign_mask = _mm256_set1_ps(-0.0);
+        for (xb, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
+            let p = xb.as_ptr();
+            let v = [
+                _mm256_loadu_ps(p),
+                _mm256_loadu_ps(p.add(8)),
+                _mm256_loadu_ps(p.add(16)),
+                _mm256_loadu_ps(p.add(24)),
+            ];
+            let mut m = _mm256_andnot_ps(sign_mask, v[0]);
+            for vi in &v[1..] {
+                m = _mm256_max_ps(m, _mm256_andnot_ps(sign_mask, *vi));
+            }
+            let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            let m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+            let amax = _mm_cvtss_f32(m4);
+            let d = amax / 127.0;
+            let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let q: [__m256i; 4] = [0, 1, 2, 3].map(|i| {
+                _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(v[i], id),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                ))
+            });
+            // i32 → i16 → i8 with packs; packs interleave 128-bit lanes, so
+            // restore element order with a permute.
+            let s01 = _mm256_packs_epi32(q[0], q[1]);
+            let s23 = _mm256_packs_epi32(q[2], q[3]);
+            let b = _mm256_packs_epi16(s01, s23);
+            let b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+            _mm256_storeu_si256(blk.qs.as_mut_ptr() as *mut __m256i, b);
+            let lo = hsum_epi32(_mm256_add_epi32(q[0], q[1]));
+            let hi = hsum_epi32(_mm256_add_epi32(q[2], q[3]));
+            blk.d = d;
+            blk.sums = [lo as i16, hi as i16];
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn f32_dot_body(a: &[f32], b: &[f32]) -> f32 {
+    unsafe {
+        let n = a.len().min(b.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * k));
+                let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * k));
+                *acc_k = _mm256_fmadd_ps(x, y, *acc_k);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            let x = _mm256_loadu_ps(a.as_ptr().add(i));
+            let y = _mm256_loadu_ps(b.as_ptr().add(i));
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut r = hsum_ps(s);
+        while i < n {
+            r += a[i] * b[i];
+            i += 1;
+        }
+        r
+    }
+}
+
+#[inline(always)]
+unsafe fn q4_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for (b, a) in row.chunks_exact(18).zip(act) {
+            let w = unpack_nibbles(b.as_ptr().add(2));
+            let p = D::dot(w, load_act(a));
+            let s = f16_at(b, 0) * a.d;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s), acc);
+            offset += s * (8 * a.sum()) as f32;
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
+#[inline(always)]
+unsafe fn q4_1_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        for (b, a) in row.chunks_exact(20).zip(act) {
+            let w = unpack_nibbles(b.as_ptr().add(4));
+            let p = D::dot(w, load_act(a));
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps(f16_at(b, 0) * a.d),
+                acc,
+            );
+            offset += f16_at(b, 2) * a.d * a.sum() as f32;
+        }
+        hsum_ps(acc) + offset
+    }
+}
+
+#[inline(always)]
+unsafe fn q8_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        for (b, a) in row.chunks_exact(34).zip(act) {
+            let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+            let x = load_act(a);
+            // u8·i8 only: move the weight's sign onto the activation.
+            let p = D::dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+            acc = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps(f16_at(b, 0) * a.d),
+                acc,
+            );
+        }
+        hsum_ps(acc)
+    }
+}
+
+#[inline(always)]
+unsafe fn q4_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let m4 = _mm256_set1_epi8(0x0f);
+        for (b, a8) in row.chunks_exact(144).zip(act.chunks_exact(QK_K / QK)) {
+            let d = f16_at(b, 0);
+            let dmin = f16_at(b, 2);
+            let scales = &b[4..16];
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                for (j, w) in [(2 * c, lo), (2 * c + 1, hi)] {
+                    let a = &a8[j];
+                    let (sc, m) = k4_scale_min(scales, j);
+                    let p = D::dot(w, load_act(a));
+                    acc = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(p),
+                        _mm256_set1_ps(d * sc as f32 * a.d),
+                        acc,
+                    );
+                    offset += dmin * m as f32 * a.d * a.sum() as f32;
+                }
+            }
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
+#[inline(always)]
+unsafe fn q5_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let m4 = _mm256_set1_epi8(0x0f);
+        let one = _mm256_set1_epi8(1);
+        for (b, a8) in row.chunks_exact(176).zip(act.chunks_exact(QK_K / QK)) {
+            let d = f16_at(b, 0);
+            let dmin = f16_at(b, 2);
+            let scales = &b[4..16];
+            let qh = _mm256_loadu_si256(b.as_ptr().add(16) as *const __m256i);
+            for c in 0..4 {
+                let q = _mm256_loadu_si256(b.as_ptr().add(48 + 32 * c) as *const __m256i);
+                let lo = _mm256_and_si256(q, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+                for (j, w) in [(2 * c, lo), (2 * c + 1, hi)] {
+                    // Bit j of each qh byte is the fifth bit of element l.
+                    let hb =
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+                    let w = _mm256_or_si256(w, _mm256_slli_epi16(hb, 4));
+                    let a = &a8[j];
+                    let (sc, m) = k4_scale_min(scales, j);
+                    let p = D::dot(w, load_act(a));
+                    acc = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(p),
+                        _mm256_set1_ps(d * sc as f32 * a.d),
+                        acc,
+                    );
+                    offset += dmin * m as f32 * a.d * a.sum() as f32;
+                }
+            }
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
+#[inline(always)]
+unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let m4 = _mm256_set1_epi8(0x0f);
+        let m2 = _mm256_set1_epi8(3);
+        for (b, a8) in row.chunks_exact(210).zip(act.chunks_exact(QK_K / QK)) {
+            let ql = b.as_ptr();
+            let qh = b.as_ptr().add(128);
+            let scales = &b[192..208];
+            let d = f16_at(b, 208);
+            for (k, a) in a8.iter().enumerate() {
+                let half = k / 4;
+                let r = k % 4;
+                let lq = _mm256_loadu_si256(ql.add(half * 64 + (r % 2) * 32) as *const __m256i);
+                let low = if r < 2 {
+                    _mm256_and_si256(lq, m4)
+                } else {
+                    _mm256_and_si256(_mm256_srli_epi16(lq, 4), m4)
+                };
+                let hq = _mm256_loadu_si256(qh.add(half * 32) as *const __m256i);
+                let high =
+                    _mm256_and_si256(_mm256_srl_epi16(hq, _mm_cvtsi32_si128(2 * r as i32)), m2);
+                // Stored values are q + 32, in 0..64: a valid u8 operand.
+                let w = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
+                let p = D::dot(w, load_act(a));
+                let s0 = scales[2 * k] as i8 as i32;
+                let s1 = scales[2 * k + 1] as i8 as i32;
+                // Lanes 0-3 hold elements 0-15 (scale s0), lanes 4-7 the rest.
+                let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                let p = _mm256_mullo_epi32(p, sv);
+                let da = d * a.d;
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(da), acc);
+                offset += da * (32 * (s0 * a.sums[0] as i32 + s1 * a.sums[1] as i32)) as f32;
+            }
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
+macro_rules! entry_points {
+    ($feat:literal, $suffix:ident, $d:ty) => {
+        mod $suffix {
+            use super::*;
+            #[target_feature(enable = $feat)]
+            unsafe fn quantize_tf(x: &[f32], out: &mut [BlockQ8]) {
+                unsafe { quantize_body(x, out) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn f32_dot_tf(a: &[f32], b: &[f32]) -> f32 {
+                unsafe { f32_dot_body(a, b) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q4_0_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_0_body::<$d>(r, a) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q4_1_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_1_body::<$d>(r, a) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q8_0_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q8_0_body::<$d>(r, a) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q4_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_k_body::<$d>(r, a) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q5_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q5_k_body::<$d>(r, a) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q6_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q6_k_body::<$d>(r, a) }
+            }
+            // Safe wrappers: only installed after the features were detected.
+            pub fn quantize(x: &[f32], out: &mut [BlockQ8]) {
+                unsafe { quantize_tf(x, out) }
+            }
+            pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
+                unsafe { f32_dot_tf(a, b) }
+            }
+            pub fn q4_0(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_0_tf(r, a) }
+            }
+            pub fn q4_1(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_1_tf(r, a) }
+            }
+            pub fn q8_0(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q8_0_tf(r, a) }
+            }
+            pub fn q4_k(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q4_k_tf(r, a) }
+            }
+            pub fn q5_k(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q5_k_tf(r, a) }
+            }
+            pub fn q6_k(r: &[u8], a: &[BlockQ8]) -> f32 {
+                unsafe { q6_k_tf(r, a) }
+            }
+        }
+    };
+}
+
+entry_points!("avx2,fma,f16c", avx2, Avx2);
+entry_points!(
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    vnni,
+    Vnni
+);
+
+fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
+    k.with(|s| {
+        s.name(name);
+        s.quantize(m.quantize);
+        s.f32_dot(m.f32_dot);
+        s.set(GgmlType::Q4_0, m.q4_0);
+        s.set(GgmlType::Q4_1, m.q4_1);
+        s.set(GgmlType::Q8_0, m.q8_0);
+        s.set(GgmlType::Q4_K, m.q4_k);
+        s.set(GgmlType::Q5_K, m.q5_k);
+        s.set(GgmlType::Q6_K, m.q6_k);
+    })
+}
+
+struct ModuleFns {
+    quantize: super::dot::QuantizeFn,
+    f32_dot: super::dot::F32DotFn,
+    q4_0: super::dot::DotFn,
+    q4_1: super::dot::DotFn,
+    q8_0: super::dot::DotFn,
+    q4_k: super::dot::DotFn,
+    q5_k: super::dot::DotFn,
+    q6_k: super::dot::DotFn,
+}
+
+macro_rules! module_fns {
+    ($m:ident) => {
+        ModuleFns {
+            quantize: $m::quantize,
+            f32_dot: $m::f32_dot,
+            q4_0: $m::q4_0,
+            q4_1: $m::q4_1,
+            q8_0: $m::q8_0,
+            q4_k: $m::q4_k,
+            q5_k: $m::q5_k,
+            q6_k: $m::q6_k,
+        }
+    };
+}
+
+/// The best kernel set this CPU supports, or None for the scalar fallback.
+pub(super) fn kernels() -> Option<Kernels> {
+    let avx2 = is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
+    if !avx2 {
+        return None;
+    }
+    let vnni = is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+        && std::env::var_os("HFMS_NO_AVX512").is_none();
+    let base = Kernels::scalar();
+    Some(if vnni {
+        install(base, "avx512vnni", module_fns!(vnni))
+    } else {
+        install(base, "avx2", module_fns!(avx2))
+    })
+}

@@ -1,0 +1,275 @@
+//! Rebuild a tokenizer from GGUF metadata (`tokenizer.ggml.*`), as llama.cpp
+//! does, instead of trusting a converter's approximation.
+//!
+//! - `gpt2`: byte-level BPE from `tokens` + `merges`; the pre-tokenizer is the
+//!   regex sequence llama.cpp uses for `tokenizer.ggml.pre`, each regex
+//!   splitting the pieces of the previous one (HF `Split`, `Isolated`).
+//!   No prefix space is added (candle's converter adds one: wrong for these).
+//! - `llama`: SentencePiece BPE with byte fallback. Merges are derived from
+//!   the vocabulary and scores (a pair merges into a token that exists, ranked
+//!   by that token's score), the way HF's converter does for Llama.
+//!
+//! Tokens of type CONTROL (3) and USER_DEFINED (4) become added tokens, so
+//! text like `<|im_start|>` in a rendered chat template maps to its id.
+
+use std::collections::HashMap;
+
+use tokenizers::decoders::byte_fallback::ByteFallback;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::decoders::fuse::Fuse;
+use tokenizers::decoders::sequence::Sequence as DecoderSequence;
+use tokenizers::decoders::strip::Strip;
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
+    Tokenizer as HfTokenizer,
+};
+
+use super::{Tokenizer, VocabKind};
+use crate::error::{EngineError, Result};
+use crate::formats::gguf::GgufFile;
+
+const TOKEN_TYPE_CONTROL: i64 = 3;
+const TOKEN_TYPE_USER_DEFINED: i64 = 4;
+
+fn err(e: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(e.to_string())
+}
+
+fn strings(file: &GgufFile, key: &str) -> Result<Vec<String>> {
+    let arr = file
+        .get(key)
+        .and_then(|v| v.as_array())
+        .ok_or_else(|| EngineError::Tokenizer(format!("GGUF has no {key}")))?;
+    arr.iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .ok_or_else(|| EngineError::Tokenizer(format!("{key} holds a non-string")))
+        })
+        .collect()
+}
+
+fn numbers(file: &GgufFile, key: &str) -> Option<Vec<f64>> {
+    let arr = file.get(key)?.as_array()?;
+    arr.iter().map(|v| v.as_f64()).collect()
+}
+
+/// llama.cpp's pre-tokenizer regexes by `tokenizer.ggml.pre`.
+fn pre_regexes(pre: &str) -> Vec<&'static str> {
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+    const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
+        "qwen2" | "deepseek-r1-qwen" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => vec![QWEN2],
+        "chatglm-bpe" | "chatglm4" => vec![LLAMA3],
+        "gpt-4o" | "llama4" | "minimax-m2" => vec![GPT4O],
+        "tekken" => vec![TEKKEN],
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
+            vec![r"\p{N}", GPT2]
+        }
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
+        | "granite-docling" => {
+            vec![GPT2]
+        }
+        "falcon" => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
+        "deepseek-v3" | "hunyuan-dense" => vec![
+            r"\p{N}{1,3}",
+            r"[一-龥぀-ゟ゠-ヿ]+",
+            r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
+        ],
+        "deepseek-coder" => vec![
+            r"[\r\n]",
+            r"\s?\p{L}+",
+            r"\s?\p{P}+",
+            r"[一-龥ࠀ-一가-퟿]+",
+            r"\p{N}",
+        ],
+        // llama.cpp's default for an unknown or missing `pre`.
+        _ => vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
+    }
+}
+
+pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
+    let model = file.get_str("tokenizer.ggml.model").unwrap_or("llama");
+    let tokens = strings(file, "tokenizer.ggml.tokens")?;
+    let types: Vec<i64> = file
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array())
+        .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
+        .unwrap_or_else(|| vec![1; tokens.len()]);
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+
+    let (mut inner, kind) = match model {
+        "gpt2" => {
+            let merges = strings(file, "tokenizer.ggml.merges")?;
+            let merges: Vec<(String, String)> = merges
+                .iter()
+                .filter_map(|m| {
+                    m.split_once(' ')
+                        .map(|(a, b)| (a.to_string(), b.to_string()))
+                })
+                .collect();
+            let bpe = BPE::builder()
+                .vocab_and_merges(vocab.clone(), merges)
+                .ignore_merges(false)
+                .build()
+                .map_err(err)?;
+            let mut t = HfTokenizer::new(bpe);
+            let pre = file.get_str("tokenizer.ggml.pre").unwrap_or("default");
+            let mut seq: Vec<PreTokenizerWrapper> = Vec::new();
+            for re in pre_regexes(pre) {
+                let split = Split::new(
+                    SplitPattern::Regex(re.to_string()),
+                    SplitDelimiterBehavior::Isolated,
+                    false,
+                )
+                .map_err(err)?;
+                seq.push(split.into());
+            }
+            seq.push(ByteLevel::new(false, true, false).into());
+            t.with_pre_tokenizer(Some(PreSequence::new(seq)));
+            t.with_decoder(Some(ByteLevelDecoder::new(false, true, false)));
+            (t, VocabKind::ByteLevel)
+        }
+        "llama" => {
+            let scores =
+                numbers(file, "tokenizer.ggml.scores").unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let merges = merges_from_scores(&tokens, &scores, &types);
+            let unk = file
+                .get_u64("tokenizer.ggml.unknown_token_id")
+                .and_then(|i| tokens.get(i as usize).cloned());
+            let mut b = BPE::builder()
+                .vocab_and_merges(vocab.clone(), merges)
+                .byte_fallback(true)
+                .fuse_unk(true);
+            if let Some(unk) = unk {
+                b = b.unk_token(unk);
+            }
+            let bpe = b.build().map_err(err)?;
+            let mut t = HfTokenizer::new(bpe);
+            let add_space = file
+                .get("tokenizer.ggml.add_space_prefix")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(true);
+            let mut norms: Vec<NormalizerWrapper> = Vec::new();
+            if add_space {
+                norms.push(Prepend::new("\u{2581}".to_string()).into());
+            }
+            norms.push(Replace::new(" ", "\u{2581}").map_err(err)?.into());
+            t.with_normalizer(Some(tokenizers::normalizers::Sequence::new(norms)))
+                .map_err(err)?;
+            let mut decs: Vec<DecoderWrapper> = vec![
+                Replace::new("\u{2581}", " ").map_err(err)?.into(),
+                ByteFallback::default().into(),
+                Fuse::default().into(),
+            ];
+            if add_space {
+                decs.push(Strip::new(' ', 1, 0).into());
+            }
+            t.with_decoder(Some(DecoderSequence::new(decs)));
+            (t, VocabKind::SentencePiece)
+        }
+        other => {
+            return Err(EngineError::Tokenizer(format!(
+                "GGUF tokenizer model '{other}' is not supported (supported: gpt2, llama)"
+            )));
+        }
+    };
+
+    // Control and user-defined tokens are matched verbatim in input text.
+    let added: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, ty)| **ty == TOKEN_TYPE_CONTROL || **ty == TOKEN_TYPE_USER_DEFINED)
+        .map(|(t, ty)| AddedToken::from(t.clone(), *ty == TOKEN_TYPE_CONTROL).normalized(false))
+        .collect();
+    inner.add_special_tokens(added).map_err(err)?;
+
+    let special = tokens
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .filter(|(_, (_, ty))| **ty == TOKEN_TYPE_CONTROL)
+        .map(|(i, _)| i as u32)
+        .collect();
+
+    let bos = file
+        .get_u64("tokenizer.ggml.bos_token_id")
+        .map(|v| v as u32);
+    let mut eos: Vec<u32> = Vec::new();
+    for key in [
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.ggml.eot_token_id",
+        "tokenizer.ggml.eom_token_id",
+    ] {
+        if let Some(id) = file.get_u64(key) {
+            if !eos.contains(&(id as u32)) {
+                eos.push(id as u32);
+            }
+        }
+    }
+    let add_bos = file
+        .get("tokenizer.ggml.add_bos_token")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(model == "llama");
+    let vocab_size = tokens.len();
+    Ok(Tokenizer {
+        inner,
+        kind,
+        bos,
+        eos,
+        add_bos,
+        special,
+        vocab_size,
+    })
+}
+
+/// SentencePiece BPE merges recovered from the vocabulary: every split of a
+/// normal token into two tokens that exist is a merge, ranked by the merged
+/// token's score (higher merges first), ties by the merged token's id, then
+/// the parts' ids (the order HF's converter produces).
+fn merges_from_scores(tokens: &[String], scores: &[f64], types: &[i64]) -> Vec<(String, String)> {
+    let index: HashMap<&str, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.as_str(), i))
+        .collect();
+    let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
+    for (id, tok) in tokens.iter().enumerate() {
+        if types.get(id).copied().unwrap_or(1) != 1 {
+            continue;
+        }
+        let score = scores.get(id).copied().unwrap_or(0.0);
+        for (split, _) in tok.char_indices().skip(1) {
+            let (l, r) = tok.split_at(split);
+            if let (Some(&li), Some(&ri)) = (index.get(l), index.get(r)) {
+                merges.push((score, li, ri, id));
+            }
+        }
+    }
+    merges.sort_by(|a, b| {
+        b.0.partial_cmp(&a.0)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.3.cmp(&b.3))
+            .then(a.1.cmp(&b.1))
+            .then(a.2.cmp(&b.2))
+    });
+    merges
+        .into_iter()
+        .map(|(_, l, r, _)| (tokens[l].clone(), tokens[r].clone()))
+        .collect()
+}
