@@ -369,6 +369,11 @@ pub struct MappedBytes {
 }
 
 impl MappedBytes {
+    /// A range of a shared map; None when it lies outside the map.
+    pub fn new(map: Arc<Mmap>, start: usize, len: usize) -> Option<Self> {
+        (start.checked_add(len)? <= map.len()).then_some(MappedBytes { map, start, len })
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }

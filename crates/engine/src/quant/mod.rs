@@ -13,6 +13,8 @@ mod dot;
 mod x86;
 
 pub use dequant::dequantize_row;
+#[cfg(test)]
+pub(crate) use dot::tests as dot_tests;
 pub use dot::{Kernels, kernels, quantize_activations};
 
 use half::{bf16, f16};

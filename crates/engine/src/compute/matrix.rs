@@ -1,0 +1,424 @@
+//! Weight matrices `[rows = out features, cols = in features]` in any ggml
+//! type, and the product `y[t, rows] = x[t, cols] · Wᵀ` over a flattened batch
+//! of tokens: each weight row is read from memory once per call and used for
+//! every token in it, which is what makes a batched decode step cheap.
+
+use gemm::Parallelism;
+
+use super::{ComputePool, SendPtr};
+use crate::error::{EngineError, Result};
+use crate::formats::gguf::MappedBytes;
+use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
+
+/// Where a matrix's bytes live.
+#[derive(Clone)]
+enum Storage {
+    /// Converted to f32 at load (f32 sources; tiny tensors).
+    F32(Vec<f32>),
+    /// Raw ggml-typed bytes inside a file mapping (no copy).
+    Mapped(MappedBytes),
+    /// Raw ggml-typed bytes owned in memory.
+    Owned(Vec<u8>),
+}
+
+#[derive(Clone)]
+pub struct Matrix {
+    rows: usize,
+    cols: usize,
+    dtype: GgmlType,
+    row_bytes: usize,
+    storage: Storage,
+}
+
+impl std::fmt::Debug for Matrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Matrix[{}x{} {}]",
+            self.rows,
+            self.cols,
+            self.dtype.name()
+        )
+    }
+}
+
+/// From this many tokens on, float weights go through a blocked GEMM rather
+/// than row-by-row dot products.
+const GEMM_MIN_TOKENS: usize = 4;
+/// Rows converted to f32 at a time when a half-precision matrix meets a GEMM.
+const HALF_TILE_ROWS: usize = 64;
+
+impl Matrix {
+    pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(EngineError::format(format!(
+                "matrix {rows}x{cols} given {} values",
+                data.len()
+            )));
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype: GgmlType::F32,
+            row_bytes: cols * 4,
+            storage: Storage::F32(data),
+        })
+    }
+
+    fn check(rows: usize, cols: usize, dtype: GgmlType, len: usize) -> Result<usize> {
+        let row_bytes = dtype.row_bytes(cols).ok_or_else(|| {
+            EngineError::format(format!(
+                "a row of {cols} is not a whole number of {} blocks",
+                dtype.name()
+            ))
+        })?;
+        if row_bytes * rows != len {
+            return Err(EngineError::format(format!(
+                "matrix {rows}x{cols} {} needs {} bytes, has {len}",
+                dtype.name(),
+                row_bytes * rows
+            )));
+        }
+        Ok(row_bytes)
+    }
+
+    /// A matrix over mapped file bytes. F32 data is copied out (it is only
+    /// ever small norms/biases in quantised files, and f32 maths wants an
+    /// aligned `&[f32]`).
+    pub fn from_mapped(
+        rows: usize,
+        cols: usize,
+        dtype: GgmlType,
+        bytes: MappedBytes,
+    ) -> Result<Self> {
+        let row_bytes = Self::check(rows, cols, dtype, bytes.bytes().len())?;
+        if dtype == GgmlType::F32 {
+            let mut v = vec![0f32; rows * cols];
+            dequantize_row(dtype, bytes.bytes(), &mut v);
+            return Self::from_f32(rows, cols, v);
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype,
+            row_bytes,
+            storage: Storage::Mapped(bytes),
+        })
+    }
+
+    pub fn from_bytes(rows: usize, cols: usize, dtype: GgmlType, bytes: Vec<u8>) -> Result<Self> {
+        let row_bytes = Self::check(rows, cols, dtype, bytes.len())?;
+        if dtype == GgmlType::F32 {
+            let mut v = vec![0f32; rows * cols];
+            dequantize_row(dtype, &bytes, &mut v);
+            return Self::from_f32(rows, cols, v);
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype,
+            row_bytes,
+            storage: Storage::Owned(bytes),
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn dtype(&self) -> GgmlType {
+        self.dtype
+    }
+
+    /// Bytes of weight data (for memory accounting).
+    pub fn byte_len(&self) -> usize {
+        match &self.storage {
+            Storage::F32(v) => v.len() * 4,
+            Storage::Mapped(_) | Storage::Owned(_) => self.row_bytes * self.rows,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            Storage::Mapped(m) => m.bytes(),
+            Storage::Owned(v) => v,
+            Storage::F32(_) => &[],
+        }
+    }
+
+    fn f32_data(&self) -> Option<&[f32]> {
+        match &self.storage {
+            Storage::F32(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    /// Row `r` as f32 (embedding lookups).
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        match &self.storage {
+            Storage::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+            _ => {
+                let b = &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes];
+                dequantize_row(self.dtype, b, out);
+            }
+        }
+    }
+
+    /// The whole matrix as f32 (used for 1-D tensors such as norm weights).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            self.row_f32(r, &mut out[r * self.cols..(r + 1) * self.cols]);
+        }
+        out
+    }
+
+    /// `out[t, rows] = x[t, cols] · Wᵀ`.
+    pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+        debug_assert_eq!(x.len(), t * self.cols);
+        debug_assert_eq!(out.len(), t * self.rows);
+        if t == 0 {
+            return;
+        }
+        match self.dtype {
+            GgmlType::F32 => self.matmul_f32(x, t, out, pool),
+            GgmlType::F16 | GgmlType::BF16 => self.matmul_half(x, t, out, pool),
+            _ => self.matmul_quant(x, t, out, pool),
+        }
+    }
+
+    /// Rows per parallel task: enough tasks to balance, few enough that the
+    /// per-task overhead stays small.
+    fn chunk_rows(&self, pool: &ComputePool) -> usize {
+        let tasks = pool.threads() * 4;
+        self.rows.div_ceil(tasks).clamp(8, 512)
+    }
+
+    fn matmul_f32(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+        let w = self.f32_data().unwrap_or(&[]);
+        let (n, k) = (self.rows, self.cols);
+        if t >= GEMM_MIN_TOKENS {
+            pool.install(|| unsafe {
+                // dst[t, n] (row-major) = x[t, k] · w[n, k]ᵀ
+                gemm::gemm(
+                    t,
+                    n,
+                    k,
+                    out.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    w.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::Rayon(pool.threads()),
+                );
+            });
+            return;
+        }
+        let dot = kernels().f32_dot;
+        let chunk = self.chunk_rows(pool);
+        let dst = SendPtr(out.as_mut_ptr());
+        pool.for_each(n.div_ceil(chunk), |c| {
+            let r0 = c * chunk;
+            for r in r0..(r0 + chunk).min(n) {
+                let row = &w[r * k..(r + 1) * k];
+                for tok in 0..t {
+                    let v = dot(row, &x[tok * k..(tok + 1) * k]);
+                    // SAFETY: each (tok, r) is written by exactly one task.
+                    unsafe { dst.write(tok * n + r, v) };
+                }
+            }
+        });
+    }
+
+    fn matmul_half(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+        let (n, k) = (self.rows, self.cols);
+        let bytes = self.bytes();
+        let dst = SendPtr(out.as_mut_ptr());
+        if t < GEMM_MIN_TOKENS {
+            let dot = kernels().f32_dot;
+            let chunk = self.chunk_rows(pool);
+            pool.for_each(n.div_ceil(chunk), |c| {
+                let mut row = vec![0f32; k];
+                let r0 = c * chunk;
+                for r in r0..(r0 + chunk).min(n) {
+                    dequantize_row(
+                        self.dtype,
+                        &bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
+                        &mut row,
+                    );
+                    for tok in 0..t {
+                        let v = dot(&row, &x[tok * k..(tok + 1) * k]);
+                        // SAFETY: each (tok, r) is written by exactly one task.
+                        unsafe { dst.write(tok * n + r, v) };
+                    }
+                }
+            });
+            return;
+        }
+        // Convert a tile of rows to f32, then one GEMM per tile writing its
+        // columns of the output in place.
+        pool.for_each(n.div_ceil(HALF_TILE_ROWS), |c| {
+            let r0 = c * HALF_TILE_ROWS;
+            let rows = HALF_TILE_ROWS.min(n - r0);
+            let mut tile = vec![0f32; rows * k];
+            for i in 0..rows {
+                let r = r0 + i;
+                dequantize_row(
+                    self.dtype,
+                    &bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
+                    &mut tile[i * k..(i + 1) * k],
+                );
+            }
+            // SAFETY: this task owns output columns r0..r0+rows of every row.
+            unsafe {
+                gemm::gemm(
+                    t,
+                    rows,
+                    k,
+                    dst.at(r0),
+                    1,
+                    n as isize,
+                    false,
+                    x.as_ptr(),
+                    1,
+                    k as isize,
+                    tile.as_ptr(),
+                    k as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                );
+            }
+        });
+    }
+
+    fn matmul_quant(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+        let (n, k) = (self.rows, self.cols);
+        let ks = kernels();
+        let Some(dot) = ks.dot(self.dtype) else {
+            return;
+        };
+        let blocks = k / QK;
+        let mut act = vec![BlockQ8::default(); t * blocks];
+        for tok in 0..t {
+            (ks.quantize)(
+                &x[tok * k..(tok + 1) * k],
+                &mut act[tok * blocks..(tok + 1) * blocks],
+            );
+        }
+        let bytes = self.bytes();
+        let rb = self.row_bytes;
+        let chunk = self.chunk_rows(pool);
+        let dst = SendPtr(out.as_mut_ptr());
+        let act = &act;
+        pool.for_each(n.div_ceil(chunk), |c| {
+            let r0 = c * chunk;
+            for r in r0..(r0 + chunk).min(n) {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                for tok in 0..t {
+                    let v = dot(row, &act[tok * blocks..(tok + 1) * blocks]);
+                    // SAFETY: each (tok, r) is written by exactly one task.
+                    unsafe { dst.write(tok * n + r, v) };
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reference(w: &[f32], x: &[f32], t: usize, n: usize, k: usize) -> Vec<f32> {
+        let mut out = vec![0f32; t * n];
+        for tok in 0..t {
+            for r in 0..n {
+                out[tok * n + r] = (0..k)
+                    .map(|i| w[r * k + i] as f64 * x[tok * k + i] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    fn close(a: &[f32], b: &[f32], tol: f32) {
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= tol * (1.0 + y.abs()), "at {i}: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn f32_and_half_matmuls_match_reference_for_small_and_large_batches() {
+        let pool = ComputePool::new(2).unwrap();
+        let (n, k) = (70, 96);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
+            .collect();
+        for t in [1, 3, 9] {
+            let x: Vec<f32> = (0..t * k)
+                .map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0)
+                .collect();
+            let want = reference(&w, &x, t, n, k);
+            let m = Matrix::from_f32(n, k, w.clone()).unwrap();
+            let mut out = vec![0f32; t * n];
+            m.matmul(&x, t, &mut out, &pool);
+            close(&out, &want, 1e-4);
+            for ty in [GgmlType::F16, GgmlType::BF16] {
+                let bytes: Vec<u8> = w
+                    .iter()
+                    .flat_map(|&v| match ty {
+                        GgmlType::F16 => half::f16::from_f32(v).to_le_bytes(),
+                        _ => half::bf16::from_f32(v).to_le_bytes(),
+                    })
+                    .collect();
+                let m = Matrix::from_bytes(n, k, ty, bytes).unwrap();
+                let mut out = vec![0f32; t * n];
+                m.matmul(&x, t, &mut out, &pool);
+                close(&out, &want, if ty == GgmlType::BF16 { 2e-2 } else { 2e-3 });
+            }
+        }
+    }
+
+    #[test]
+    fn quantized_matmul_matches_dequantized_reference() {
+        use crate::quant::dot_tests::{ALL_QUANT, random_acts, random_row};
+        let pool = ComputePool::new(2).unwrap();
+        let (n, k) = (33, 512);
+        for ty in ALL_QUANT {
+            let bytes: Vec<u8> = (0..n)
+                .flat_map(|r| random_row(ty, k, r as u64 * 31 + 5))
+                .collect();
+            let m = Matrix::from_bytes(n, k, ty, bytes).unwrap();
+            let w = m.to_f32();
+            for t in [1, 5] {
+                let x = random_acts(t * k, t as u64);
+                let want = reference(&w, &x, t, n, k);
+                let mut out = vec![0f32; t * n];
+                m.matmul(&x, t, &mut out, &pool);
+                // Activations are quantised to 8 bits: ~1% relative error.
+                let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                for (a, b) in out.iter().zip(&want) {
+                    assert!((a - b).abs() <= 0.02 * scale, "{ty:?} t={t}: {a} vs {b}");
+                }
+            }
+        }
+    }
+}

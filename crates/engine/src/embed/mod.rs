@@ -1,0 +1,215 @@
+//! Embeddings: an encoder's token states pooled into one vector per input
+//! (mean, CLS, max or last token, as the model's sentence-transformers
+//! config says), L2-normalised like sentence-transformers' Normalize, and
+//! optionally cut to fewer `dimensions` (then normalised again).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::compute::ComputePool;
+use crate::error::{EngineError, Result};
+use crate::skills::bert::Encoder;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    Mean,
+    Cls,
+    Max,
+    LastToken,
+}
+
+impl Pooling {
+    /// From sentence-transformers' `1_Pooling/config.json` (or the folder a
+    /// `modules.json` names); mean pooling when there is none.
+    pub fn from_model_dir(dir: &Path) -> Result<Pooling> {
+        let mut pooling_dir = dir.join("1_Pooling");
+        if let Ok(text) = std::fs::read_to_string(dir.join("modules.json")) {
+            if let Ok(Value::Array(mods)) = serde_json::from_str::<Value>(&text) {
+                for m in mods {
+                    let ty = m.get("type").and_then(|v| v.as_str()).unwrap_or("");
+                    if ty.ends_with("Pooling") {
+                        if let Some(p) = m.get("path").and_then(|v| v.as_str()) {
+                            pooling_dir = dir.join(p);
+                        }
+                    }
+                }
+            }
+        }
+        let cfg = pooling_dir.join("config.json");
+        let Ok(text) = std::fs::read_to_string(&cfg) else {
+            return Ok(Pooling::Mean);
+        };
+        let v: Value = serde_json::from_str(&text)
+            .map_err(|e| EngineError::format(format!("{}: {e}", cfg.display())))?;
+        let on = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
+        Ok(if on("pooling_mode_cls_token") {
+            Pooling::Cls
+        } else if on("pooling_mode_max_tokens") {
+            Pooling::Max
+        } else if on("pooling_mode_lasttoken") {
+            Pooling::LastToken
+        } else {
+            Pooling::Mean
+        })
+    }
+
+    /// Pool `len` rows of `h` features.
+    pub fn pool(self, states: &[f32], h: usize) -> Vec<f32> {
+        let len = states.len() / h;
+        if len == 0 {
+            return vec![0.0; h];
+        }
+        match self {
+            Pooling::Cls => states[..h].to_vec(),
+            Pooling::LastToken => states[(len - 1) * h..].to_vec(),
+            Pooling::Mean => {
+                let mut out = vec![0f64; h];
+                for row in states.chunks_exact(h) {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o += *v as f64;
+                    }
+                }
+                out.into_iter().map(|v| (v / len as f64) as f32).collect()
+            }
+            Pooling::Max => {
+                let mut out = vec![f32::NEG_INFINITY; h];
+                for row in states.chunks_exact(h) {
+                    for (o, v) in out.iter_mut().zip(row) {
+                        *o = o.max(*v);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+pub fn l2_normalize(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|x| (*x as f64) * (*x as f64))
+        .sum::<f64>()
+        .sqrt();
+    // sentence-transformers divides by max(norm, 1e-12).
+    let inv = 1.0 / norm.max(1e-12);
+    for x in v.iter_mut() {
+        *x = (*x as f64 * inv) as f32;
+    }
+}
+
+/// One input to embed: text, or token ids given by the client.
+#[derive(Debug, Clone)]
+pub enum EmbedInput {
+    Text(String),
+    Tokens(Vec<u32>),
+}
+
+/// A loaded embedding model: encoder + tokenizer + pooling.
+pub struct EmbeddingModel {
+    pub encoder: Arc<dyn Encoder>,
+    pub tokenizer: Arc<Tokenizer>,
+    pub pooling: Pooling,
+    pub normalize: bool,
+    /// Inputs are truncated to this many tokens (sentence-transformers'
+    /// `max_seq_length`, else the model's positions).
+    pub max_tokens: usize,
+}
+
+impl EmbeddingModel {
+    pub fn dimensions(&self) -> usize {
+        self.encoder.config().hidden
+    }
+
+    /// Tokenize (truncating) every input; returns the ids.
+    pub fn tokenize(&self, inputs: &[EmbedInput]) -> Result<Vec<Vec<u32>>> {
+        inputs
+            .iter()
+            .map(|i| match i {
+                EmbedInput::Text(t) => {
+                    let mut ids = self.tokenizer.encode(t, true)?;
+                    ids.truncate(self.max_tokens);
+                    Ok(ids)
+                }
+                EmbedInput::Tokens(ids) => {
+                    let vocab = self.encoder.config().vocab;
+                    if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                        return Err(EngineError::invalid(
+                            format!("token id {bad} is outside the vocabulary (size {vocab})"),
+                            Some("input"),
+                        ));
+                    }
+                    let mut ids = ids.clone();
+                    ids.truncate(self.max_tokens);
+                    Ok(ids)
+                }
+            })
+            .collect()
+    }
+
+    /// Embed already-tokenized inputs. `dimensions`: keep the first N
+    /// features (then renormalise).
+    pub fn embed_tokens(
+        &self,
+        inputs: &[Vec<u32>],
+        dimensions: Option<usize>,
+        pool: &ComputePool,
+    ) -> Result<Vec<Vec<f32>>> {
+        let h = self.encoder.config().hidden;
+        if let Some(d) = dimensions {
+            if d == 0 || d > h {
+                return Err(EngineError::invalid(
+                    format!("dimensions must be between 1 and {h} for this model, got {d}"),
+                    Some("dimensions"),
+                ));
+            }
+        }
+        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let states = self.encoder.encode(&refs, pool)?;
+        let mut out = Vec::with_capacity(inputs.len());
+        let mut row = 0;
+        for inp in inputs {
+            let n = inp.len();
+            let mut e = self.pooling.pool(&states[row * h..(row + n) * h], h);
+            row += n;
+            if self.normalize {
+                l2_normalize(&mut e);
+            }
+            if let Some(d) = dimensions {
+                e.truncate(d);
+                if self.normalize {
+                    l2_normalize(&mut e);
+                }
+            }
+            out.push(e);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooling_modes() {
+        let s = [1.0, 2.0, 3.0, -4.0, 5.0, 0.0];
+        assert_eq!(Pooling::Mean.pool(&s, 2), vec![3.0, -2.0 / 3.0]);
+        assert_eq!(Pooling::Cls.pool(&s, 2), vec![1.0, 2.0]);
+        assert_eq!(Pooling::LastToken.pool(&s, 2), vec![5.0, 0.0]);
+        assert_eq!(Pooling::Max.pool(&s, 2), vec![5.0, 2.0]);
+    }
+
+    #[test]
+    fn normalize_to_unit_length() {
+        let mut v = vec![3.0, 4.0];
+        l2_normalize(&mut v);
+        assert_eq!(v, vec![0.6, 0.8]);
+        let mut z = vec![0.0, 0.0];
+        l2_normalize(&mut z);
+        assert_eq!(z, vec![0.0, 0.0]);
+    }
+}

@@ -1,0 +1,70 @@
+//! One view over the tensors of a GGUF file or a safetensors checkpoint, so a
+//! skill's loader asks for tensors by name and shape and never by format.
+
+use super::gguf::GgufFile;
+use super::safetensors::Checkpoint;
+use crate::compute::Matrix;
+use crate::error::{EngineError, Result};
+
+pub trait WeightSource {
+    fn has(&self, name: &str) -> bool;
+    /// A 2-D tensor as `[rows = out, cols = in]`.
+    fn matrix(&self, name: &str) -> Result<Matrix>;
+    /// A 1-D tensor (norm weights, biases) as f32.
+    fn vector(&self, name: &str) -> Result<Vec<f32>>;
+}
+
+fn missing(name: &str) -> EngineError {
+    EngineError::format(format!("tensor {name} is missing"))
+}
+
+impl WeightSource for GgufFile {
+    fn has(&self, name: &str) -> bool {
+        self.tensor(name).is_some()
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let t = self.tensor(name).ok_or_else(|| missing(name))?;
+        let (cols, rows) = match t.dims.as_slice() {
+            [c, r] => (*c as usize, *r as usize),
+            [c, r, 1] | [c, r, 1, 1] => (*c as usize, *r as usize),
+            other => {
+                return Err(EngineError::format(format!(
+                    "tensor {name} has shape {other:?}, want 2-D"
+                )));
+            }
+        };
+        Matrix::from_mapped(rows, cols, t.dtype, self.tensor_view(t)?)
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.tensor(name).ok_or_else(|| missing(name))?;
+        let n = t.elements() as usize;
+        Ok(Matrix::from_mapped(1, n, t.dtype, self.tensor_view(t)?)?.to_f32())
+    }
+}
+
+impl WeightSource for Checkpoint {
+    fn has(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+
+    fn matrix(&self, name: &str) -> Result<Matrix> {
+        let t = self.get(name).ok_or_else(|| missing(name))?;
+        let (rows, cols) = match t.shape.as_slice() {
+            [r, c] => (*r, *c),
+            other => {
+                return Err(EngineError::format(format!(
+                    "tensor {name} has shape {other:?}, want 2-D"
+                )));
+            }
+        };
+        Matrix::from_mapped(rows, cols, self.dtype(name, t)?, self.bytes(t)?)
+    }
+
+    fn vector(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.get(name).ok_or_else(|| missing(name))?;
+        let n: usize = t.shape.iter().product();
+        Ok(Matrix::from_mapped(1, n, self.dtype(name, t)?, self.bytes(t)?)?.to_f32())
+    }
+}

@@ -1,0 +1,11 @@
+//! Generation: sampling, stop sequences, and the scheduler that steps all
+//! running sequences of a model together.
+pub mod sampling;
+pub mod scheduler;
+pub mod stop;
+
+pub use sampling::SamplingParams;
+pub use scheduler::{
+    FinishReason, GenEvent, GenUsage, GenerateRequest, Generator, SchedulerConfig, TokenLogprob,
+    TopLogprob,
+};

@@ -1,0 +1,703 @@
+//! The generation scheduler of one decoder model: a dedicated thread that
+//! steps every running sequence together (continuous batching).
+//!
+//! Each step takes, under a token budget, one new token from every decoding
+//! sequence and a chunk of prompt from sequences still prefilling, runs one
+//! forward over all of them, samples, and streams the text back through each
+//! request's channel. Sequences join and leave between steps. A request whose
+//! receiver is gone (client disconnected) is dropped at the next step and its
+//! KV blocks are freed. When the KV pool runs dry the newest sequence is
+//! preempted: its blocks are freed and it is recomputed later, so accepted
+//! requests never fail for lack of cache.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::Instant;
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::sampling::{Sampled, Sampler, SamplingParams};
+use super::stop::StopText;
+use crate::compute::ComputePool;
+use crate::error::{EngineError, Result};
+use crate::kv::{KvPool, SeqKv};
+use crate::skills::llama::{CausalLm, LogitsWanted, StepItem};
+use crate::tokenizer::{IncrementalDecoder, Tokenizer};
+
+/// What to generate for one sequence.
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampling: SamplingParams,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    /// Log-probabilities of the prompt tokens themselves (completions
+    /// `echo` + `logprobs`): the number of alternatives per position.
+    pub prompt_logprobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+}
+
+/// One generated (or prompt) token with its log-probability.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GenUsage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+#[derive(Debug)]
+pub enum GenEvent {
+    /// Prompt token log-probabilities (first entry None), before any output.
+    Prompt(Vec<Option<TokenLogprob>>),
+    /// New text, and the tokens whose text it completes (when logprobs
+    /// were asked for).
+    Delta {
+        text: String,
+        logprobs: Vec<TokenLogprob>,
+    },
+    Done {
+        finish_reason: FinishReason,
+        usage: GenUsage,
+        /// Seconds from submission to the first generated token.
+        time_to_first_token: f64,
+    },
+    Error(EngineError),
+}
+
+/// Tunables of the scheduler.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Most tokens (prefill + decode) in one forward.
+    pub max_batch_tokens: usize,
+    /// Most sequences running at once.
+    pub max_running: usize,
+    /// KV cache memory for this model.
+    pub kv_budget_bytes: usize,
+    pub block_size: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_batch_tokens: 512,
+            max_running: 64,
+            kv_budget_bytes: 512 << 20,
+            block_size: 16,
+        }
+    }
+}
+
+/// Counters shared with the status page and metrics.
+#[derive(Debug, Default)]
+pub struct SchedulerStats {
+    pub waiting: AtomicUsize,
+    pub running: AtomicUsize,
+    pub kv_used_blocks: AtomicUsize,
+    pub kv_total_blocks: AtomicUsize,
+    pub steps: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generated_tokens: AtomicU64,
+    pub preemptions: AtomicU64,
+    pub cancelled: AtomicU64,
+}
+
+struct Job {
+    req: GenerateRequest,
+    events: UnboundedSender<GenEvent>,
+    submitted: Instant,
+}
+
+/// A handle to a model's scheduler thread. Dropping every handle stops it.
+#[derive(Clone)]
+pub struct Generator {
+    tx: mpsc::Sender<Job>,
+    stats: Arc<SchedulerStats>,
+    model: Arc<dyn CausalLm>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Generator {
+    pub fn spawn(
+        model: Arc<dyn CausalLm>,
+        tokenizer: Arc<Tokenizer>,
+        pool: ComputePool,
+        config: SchedulerConfig,
+        name: &str,
+    ) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let stats = Arc::new(SchedulerStats::default());
+        let kv = KvPool::new(model.kv_layout(config.block_size), config.kv_budget_bytes);
+        stats
+            .kv_total_blocks
+            .store(kv.max_blocks(), Ordering::Relaxed);
+        let mut sched = Scheduler {
+            model: model.clone(),
+            tokenizer: tokenizer.clone(),
+            pool,
+            config,
+            kv,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            stats: stats.clone(),
+            next_id: 0,
+        };
+        std::thread::Builder::new()
+            .name(format!("hfms-sched-{name}"))
+            .spawn(move || sched.run(rx))
+            .map_err(|e| EngineError::internal(format!("scheduler thread: {e}")))?;
+        Ok(Generator {
+            tx,
+            stats,
+            model,
+            tokenizer,
+        })
+    }
+
+    pub fn stats(&self) -> &Arc<SchedulerStats> {
+        &self.stats
+    }
+
+    pub fn model(&self) -> &Arc<dyn CausalLm> {
+        &self.model
+    }
+
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+
+    /// Queue a request; events arrive on the returned channel. Dropping the
+    /// receiver cancels the request.
+    pub fn submit(
+        &self,
+        req: GenerateRequest,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenEvent>> {
+        let (events, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send(Job {
+                req,
+                events,
+                submitted: Instant::now(),
+            })
+            .map_err(|_| {
+                self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                EngineError::Unavailable("the model's scheduler has stopped".into())
+            })?;
+        Ok(rx)
+    }
+}
+
+struct Sequence {
+    job: Job,
+    /// Prompt followed by generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    kv: SeqKv,
+    sampler: Sampler,
+    decoder: IncrementalDecoder,
+    text: StopText,
+    generated: usize,
+    /// Generated tokens whose text is not yet released: (logprob, end byte
+    /// offset of the token's text in the output).
+    pending: VecDeque<(TokenLogprob, usize)>,
+    /// End offset of the last token whose logprob was sent.
+    sent_end: usize,
+    /// Text released by the final step, sent by `finish`.
+    tail: String,
+    first_token_at: Option<Instant>,
+    prompt_logprobs_sent: bool,
+    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    /// Admission order, for choosing whom to preempt.
+    admitted: u64,
+}
+
+impl Sequence {
+    fn unfed(&self) -> usize {
+        self.tokens.len() - self.kv.len
+    }
+
+    fn cancelled(&self) -> bool {
+        self.job.events.is_closed()
+    }
+}
+
+struct Scheduler {
+    model: Arc<dyn CausalLm>,
+    tokenizer: Arc<Tokenizer>,
+    pool: ComputePool,
+    config: SchedulerConfig,
+    kv: KvPool,
+    waiting: VecDeque<Sequence>,
+    running: Vec<Sequence>,
+    stats: Arc<SchedulerStats>,
+    next_id: u64,
+}
+
+enum Outcome {
+    Continue,
+    Finished(FinishReason),
+}
+
+impl Scheduler {
+    fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.enqueue(job);
+            }
+            self.drop_cancelled();
+            self.admit();
+            if self.running.is_empty() {
+                // Nothing admissible (every waiting sequence was cancelled).
+                continue;
+            }
+            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
+            if ok.is_err() {
+                tracing::error!("a model step panicked; failing the sequences in it");
+                for mut s in std::mem::take(&mut self.running) {
+                    let _ = s
+                        .job
+                        .events
+                        .send(GenEvent::Error(EngineError::internal("model step failed")));
+                    s.kv.free(&mut self.kv);
+                }
+            }
+            self.publish_stats();
+        }
+    }
+
+    fn publish_stats(&self) {
+        self.stats
+            .running
+            .store(self.running.len(), Ordering::Relaxed);
+        self.stats
+            .waiting
+            .store(self.waiting.len(), Ordering::Relaxed);
+        self.stats
+            .kv_used_blocks
+            .store(self.kv.used_blocks(), Ordering::Relaxed);
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let prompt = job.req.prompt.clone();
+        let sampler = Sampler::new(job.req.sampling.clone());
+        let stops = job.req.stop.clone();
+        self.waiting.push_back(Sequence {
+            prompt_len: prompt.len(),
+            tokens: prompt,
+            kv: SeqKv::default(),
+            sampler,
+            decoder: IncrementalDecoder::new(),
+            text: StopText::new(stops),
+            generated: 0,
+            pending: VecDeque::new(),
+            sent_end: 0,
+            tail: String::new(),
+            first_token_at: None,
+            prompt_logprobs_sent: false,
+            prompt_logprobs: Vec::new(),
+            admitted: 0,
+            job,
+        });
+        self.publish_stats();
+    }
+
+    fn drop_cancelled(&mut self) {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|s| !s.cancelled());
+        let kv = &mut self.kv;
+        self.running.retain_mut(|s| {
+            if s.cancelled() {
+                s.kv.free(kv);
+                false
+            } else {
+                true
+            }
+        });
+        let gone = before - self.waiting.len() - self.running.len();
+        if gone > 0 {
+            self.stats
+                .cancelled
+                .fetch_add(gone as u64, Ordering::Relaxed);
+            tracing::debug!(gone, "dropped cancelled sequences");
+        }
+    }
+
+    /// FIFO admission while a first chunk of each prompt fits in the cache.
+    fn admit(&mut self) {
+        while self.running.len() < self.config.max_running {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            let first_chunk = front.unfed().min(self.config.max_batch_tokens);
+            let need = front
+                .kv
+                .blocks_needed(&self.kv, front.kv.len + first_chunk.max(1));
+            // Keep a block per running sequence in hand for their decode.
+            if need + self.running.len() > self.kv.available_blocks() && !self.running.is_empty() {
+                break;
+            }
+            if need > self.kv.available_blocks() {
+                break;
+            }
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            self.next_id += 1;
+            s.admitted = self.next_id;
+            self.running.push(s);
+        }
+    }
+
+    /// Free the newest running sequence's cache and send it back to the
+    /// front of the queue; it will recompute its tokens when readmitted.
+    fn preempt_newest(&mut self) {
+        let Some(idx) = self
+            .running
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, s)| s.admitted)
+            .map(|(i, _)| i)
+        else {
+            return;
+        };
+        let mut s = self.running.swap_remove(idx);
+        s.kv.free(&mut self.kv);
+        self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            tokens = s.tokens.len(),
+            "KV cache full: preempting the newest sequence"
+        );
+        self.waiting.push_front(s);
+    }
+
+    /// Which sequences feed how many tokens this step: decode tokens first
+    /// (one each, oldest first), then prompt chunks, under the token budget.
+    fn plan(&self) -> Vec<(usize, usize)> {
+        let mut plan = Vec::new();
+        let mut budget = self.config.max_batch_tokens;
+        let mut order: Vec<usize> = (0..self.running.len()).collect();
+        order.sort_by_key(|&i| (self.running[i].unfed() > 1, self.running[i].admitted));
+        for i in order {
+            if budget == 0 {
+                break;
+            }
+            let s = &self.running[i];
+            let mut n = s.unfed().min(budget);
+            // Prompt logprobs need every position's logits: keep chunks small.
+            if s.job.req.prompt_logprobs.is_some() && s.kv.len < s.prompt_len {
+                n = n.min(64);
+            }
+            if n > 0 {
+                plan.push((i, n));
+                budget -= n;
+            }
+        }
+        plan
+    }
+
+    fn step(&mut self) {
+        // Reserve cache for the plan, preempting the newest sequences while
+        // it does not fit.
+        let plan = loop {
+            let plan = self.plan();
+            let need: usize = plan
+                .iter()
+                .map(|&(i, n)| {
+                    let s = &self.running[i];
+                    s.kv.blocks_needed(&self.kv, s.kv.len + n)
+                })
+                .sum();
+            if need <= self.kv.available_blocks() {
+                break plan;
+            }
+            if self.running.len() > 1 {
+                self.preempt_newest();
+                continue;
+            }
+            // A single sequence that does not fit has outgrown the cache.
+            if let Some(mut s) = self.running.pop() {
+                let _ = s.job.events.send(GenEvent::Error(EngineError::invalid(
+                    format!(
+                        "the request needs more KV cache than this model is configured with ({} tokens)",
+                        self.kv.capacity_tokens()
+                    ),
+                    None,
+                )));
+                s.kv.free(&mut self.kv);
+            }
+            return;
+        };
+        for &(i, n) in &plan {
+            let s = &mut self.running[i];
+            let total = s.kv.len + n;
+            if s.kv.reserve(&mut self.kv, total).is_err() {
+                return;
+            }
+        }
+
+        let items: Vec<StepItem<'_>> = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                let end = s.kv.len + n;
+                let logits = if s.job.req.prompt_logprobs.is_some() && s.kv.len < s.prompt_len {
+                    LogitsWanted::All
+                } else if end == s.tokens.len() {
+                    LogitsWanted::Last
+                } else {
+                    LogitsWanted::None
+                };
+                StepItem {
+                    tokens: &s.tokens[s.kv.len..end],
+                    start: s.kv.len,
+                    kv: &s.kv,
+                    logits,
+                }
+            })
+            .collect();
+        let wanted: Vec<LogitsWanted> = items.iter().map(|it| it.logits).collect();
+        let result = self.model.forward(&items, &mut self.kv, &self.pool);
+        drop(items);
+        self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "model step failed");
+                let msg = e.to_string();
+                for &(i, _) in &plan {
+                    let _ = self.running[i]
+                        .job
+                        .events
+                        .send(GenEvent::Error(EngineError::internal(msg.clone())));
+                }
+                let mut idx: Vec<usize> = plan.iter().map(|p| p.0).collect();
+                idx.sort_unstable_by(|a, b| b.cmp(a));
+                for i in idx {
+                    let mut s = self.running.swap_remove(i);
+                    s.kv.free(&mut self.kv);
+                }
+                return;
+            }
+        };
+        let vocab = self.model.config().vocab;
+        let mut offset = 0;
+        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        for (&(i, n), want) in plan.iter().zip(&wanted) {
+            let s = &mut self.running[i];
+            let start = s.kv.len;
+            s.kv.len += n;
+            let prompt_fed = (start + n)
+                .min(s.prompt_len)
+                .saturating_sub(start.min(s.prompt_len));
+            self.stats
+                .prompt_tokens
+                .fetch_add(prompt_fed as u64, Ordering::Relaxed);
+            let rows = match want {
+                LogitsWanted::None => 0,
+                LogitsWanted::Last => 1,
+                LogitsWanted::All => n,
+            };
+            let block = &logits[offset * vocab..(offset + rows) * vocab];
+            offset += rows;
+            if *want == LogitsWanted::All {
+                collect_prompt_logprobs(s, &self.tokenizer, start, n, block, vocab);
+            }
+            if s.kv.len == s.tokens.len() && rows > 0 {
+                let last = &block[(rows - 1) * vocab..rows * vocab];
+                match emit_next(s, &self.tokenizer, last, self.model.config().context_length) {
+                    Outcome::Continue => {}
+                    Outcome::Finished(r) => finished.push((i, r)),
+                }
+                self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        for (i, reason) in finished {
+            let mut s = self.running.swap_remove(i);
+            finish(&mut s, &self.tokenizer, reason);
+            s.kv.free(&mut self.kv);
+        }
+    }
+}
+
+fn logprob_entry(tok: &Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
+    TokenLogprob {
+        id,
+        token: tok.token_text(id),
+        bytes: tok.token_bytes(id),
+        logprob,
+        top: top
+            .iter()
+            .map(|&(t, lp)| TopLogprob {
+                id: t,
+                token: tok.token_text(t),
+                bytes: tok.token_bytes(t),
+                logprob: lp,
+            })
+            .collect(),
+    }
+}
+
+fn collect_prompt_logprobs(
+    s: &mut Sequence,
+    tok: &Tokenizer,
+    start: usize,
+    n: usize,
+    block: &[f32],
+    vocab: usize,
+) {
+    let k = s.job.req.prompt_logprobs.unwrap_or(0);
+    if start == 0 {
+        s.prompt_logprobs.push(None);
+    }
+    for j in 0..n {
+        let pos = start + j;
+        // Row j predicts the token at pos + 1, if that is still the prompt.
+        let next = pos + 1;
+        if next >= s.prompt_len {
+            break;
+        }
+        let lp = crate::compute::ops::log_softmax(&block[j * vocab..(j + 1) * vocab]);
+        let id = s.tokens[next];
+        let top = super::sampling::top_k_indices(&lp, k);
+        s.prompt_logprobs
+            .push(Some(logprob_entry(tok, id, lp[id as usize], &top)));
+    }
+    if s.prompt_logprobs.len() >= s.prompt_len && !s.prompt_logprobs_sent {
+        s.prompt_logprobs_sent = true;
+        let _ = s
+            .job
+            .events
+            .send(GenEvent::Prompt(std::mem::take(&mut s.prompt_logprobs)));
+    }
+}
+
+/// Sample the next token of `s`, stream what can be shown, and say whether
+/// the sequence is done.
+fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: usize) -> Outcome {
+    let Sampled { id, logprob, top } = s.sampler.sample(logits);
+    s.sampler.observe(id);
+    s.generated += 1;
+    s.first_token_at.get_or_insert_with(Instant::now);
+    let req = &s.job.req;
+    let is_eos = !req.ignore_eos && tok.eos().contains(&id);
+    if is_eos || req.stop_token_ids.contains(&id) {
+        return Outcome::Finished(FinishReason::Stop);
+    }
+    s.tokens.push(id);
+    let delta = match s.decoder.push(tok, id) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "detokenization failed");
+            String::new()
+        }
+    };
+    let released_before = s.text.released();
+    let shown = s.text.push(&delta);
+    if let Some(lp) = logprob {
+        let end = s.text.text().len().max(released_before);
+        s.pending.push_back((logprob_entry(tok, id, lp, &top), end));
+    }
+    let done = if s.text.stopped() {
+        Some(FinishReason::Stop)
+    } else if s.generated >= req.max_tokens || s.tokens.len() >= context_length {
+        Some(FinishReason::Length)
+    } else {
+        None
+    };
+    if done.is_none() {
+        send_delta(s, shown);
+        return Outcome::Continue;
+    }
+    // What this last step released goes out with the final delta.
+    s.tail.push_str(&shown);
+    Outcome::Finished(done.unwrap_or(FinishReason::Stop))
+}
+
+fn send_delta(s: &mut Sequence, text: String) {
+    let released = s.text.released();
+    let mut logprobs = Vec::new();
+    while let Some((_, end)) = s.pending.front() {
+        if *end > released {
+            break;
+        }
+        if let Some((lp, end)) = s.pending.pop_front() {
+            s.sent_end = end;
+            logprobs.push(lp);
+        }
+    }
+    if !text.is_empty() || !logprobs.is_empty() {
+        let _ = s.job.events.send(GenEvent::Delta { text, logprobs });
+    }
+}
+
+fn finish(s: &mut Sequence, tok: &Tokenizer, reason: FinishReason) {
+    let mut text = std::mem::take(&mut s.tail);
+    if !s.text.stopped() {
+        if let Ok(rest) = s.decoder.flush(tok) {
+            text.push_str(&s.text.push(&rest));
+        }
+        if !s.text.stopped() {
+            text.push_str(&s.text.finish());
+        }
+    }
+    // Without a stop string every token is output; with one, the tokens
+    // whose text starts before the cut.
+    let released = s.text.released();
+    let cut = s.text.stopped();
+    let mut logprobs = Vec::new();
+    let mut start = s.sent_end;
+    while let Some((lp, end)) = s.pending.pop_front() {
+        if !cut || start < released {
+            logprobs.push(lp);
+        }
+        start = end;
+    }
+    if !text.is_empty() || !logprobs.is_empty() {
+        let _ = s.job.events.send(GenEvent::Delta { text, logprobs });
+    }
+    let ttft = s
+        .first_token_at
+        .map(|t| t.duration_since(s.job.submitted).as_secs_f64())
+        .unwrap_or(0.0);
+    let _ = s.job.events.send(GenEvent::Done {
+        finish_reason: reason,
+        usage: GenUsage {
+            prompt_tokens: s.prompt_len,
+            completion_tokens: s.generated,
+        },
+        time_to_first_token: ttft,
+    });
+}

@@ -1,0 +1,329 @@
+//! BERT-family encoders (bert, roberta, xlm-roberta) from a safetensors
+//! folder. `encode` takes many inputs at once as one flattened
+//! `[tokens, hidden]` matrix: every linear layer runs once over all tokens of
+//! the batch, attention runs per input, and nothing is padded.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::compute::ops;
+use crate::compute::{ComputePool, Matrix, SendPtr};
+use crate::error::{EngineError, Result};
+use crate::formats::WeightSource;
+use crate::formats::safetensors::Checkpoint;
+use crate::quant::kernels;
+
+pub const ARCHITECTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EncoderConfig {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub intermediate: usize,
+    pub vocab: usize,
+    /// Longest input in tokens (position table size less any offset).
+    pub max_positions: usize,
+    pub layer_norm_eps: f32,
+    /// RoBERTa numbers positions from `padding_idx + 1`.
+    pub position_offset: usize,
+}
+
+/// An encoder that embeds a batch of token sequences at once. The seam where
+/// another backend would plug in.
+pub trait Encoder: Send + Sync {
+    fn config(&self) -> &EncoderConfig;
+    /// Last hidden states of every token of every input, concatenated:
+    /// `[sum(len), hidden]`.
+    fn encode(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<f32>>;
+    fn weight_bytes(&self) -> usize;
+}
+
+struct Layer {
+    q: Matrix,
+    k: Matrix,
+    v: Matrix,
+    bq: Vec<f32>,
+    bk: Vec<f32>,
+    bv: Vec<f32>,
+    o: Matrix,
+    bo: Vec<f32>,
+    ln1_w: Vec<f32>,
+    ln1_b: Vec<f32>,
+    inter: Matrix,
+    b_inter: Vec<f32>,
+    out: Matrix,
+    b_out: Vec<f32>,
+    ln2_w: Vec<f32>,
+    ln2_b: Vec<f32>,
+}
+
+pub struct BertModel {
+    cfg: EncoderConfig,
+    word: Matrix,
+    position: Matrix,
+    token_type: Vec<f32>,
+    ln_w: Vec<f32>,
+    ln_b: Vec<f32>,
+    layers: Vec<Layer>,
+    act: Activation,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Activation {
+    Gelu,
+    GeluTanh,
+    Relu,
+}
+
+fn jusize(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
+}
+
+pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
+    let arch = cfg
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("bert")
+        .to_string();
+    let need = |key: &str| {
+        jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")))
+    };
+    let positions = need("max_position_embeddings")?;
+    let position_offset = if arch == "bert" {
+        0
+    } else {
+        jusize(cfg, "pad_token_id").unwrap_or(1) + 1
+    };
+    Ok(EncoderConfig {
+        hidden: need("hidden_size")?,
+        layers: need("num_hidden_layers")?,
+        heads: need("num_attention_heads")?,
+        intermediate: need("intermediate_size")?,
+        vocab: need("vocab_size")?,
+        max_positions: positions.saturating_sub(position_offset),
+        layer_norm_eps: cfg
+            .get("layer_norm_eps")
+            .and_then(|v| v.as_f64())
+            .unwrap_or(1e-12) as f32,
+        position_offset,
+        arch,
+    })
+}
+
+impl BertModel {
+    pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
+        let cfg = config_from_hf(cfg_json)?;
+        let act = match cfg_json
+            .get("hidden_act")
+            .and_then(|v| v.as_str())
+            .unwrap_or("gelu")
+        {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(EngineError::format(format!(
+                    "hidden_act '{other}' is not supported (supported: gelu, gelu_new, relu)"
+                )));
+            }
+        };
+        let ck = Checkpoint::open(dir)?;
+        // Checkpoints saved from a task head prefix the encoder's names.
+        let prefix = ["", "bert.", "roberta.", "model."]
+            .into_iter()
+            .find(|p| ck.has(&format!("{p}embeddings.word_embeddings.weight")))
+            .ok_or_else(|| {
+                EngineError::format("no embeddings.word_embeddings.weight in the checkpoint")
+            })?;
+        let n = |s: &str| format!("{prefix}{s}");
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
+            layers.push(Layer {
+                q: ck.matrix(&l("attention.self.query.weight"))?,
+                k: ck.matrix(&l("attention.self.key.weight"))?,
+                v: ck.matrix(&l("attention.self.value.weight"))?,
+                bq: ck.vector(&l("attention.self.query.bias"))?,
+                bk: ck.vector(&l("attention.self.key.bias"))?,
+                bv: ck.vector(&l("attention.self.value.bias"))?,
+                o: ck.matrix(&l("attention.output.dense.weight"))?,
+                bo: ck.vector(&l("attention.output.dense.bias"))?,
+                ln1_w: ck.vector(&l("attention.output.LayerNorm.weight"))?,
+                ln1_b: ck.vector(&l("attention.output.LayerNorm.bias"))?,
+                inter: ck.matrix(&l("intermediate.dense.weight"))?,
+                b_inter: ck.vector(&l("intermediate.dense.bias"))?,
+                out: ck.matrix(&l("output.dense.weight"))?,
+                b_out: ck.vector(&l("output.dense.bias"))?,
+                ln2_w: ck.vector(&l("output.LayerNorm.weight"))?,
+                ln2_b: ck.vector(&l("output.LayerNorm.bias"))?,
+            });
+        }
+        let token_type = if ck.has(&n("embeddings.token_type_embeddings.weight")) {
+            let m = ck.matrix(&n("embeddings.token_type_embeddings.weight"))?;
+            let mut row = vec![0f32; cfg.hidden];
+            m.row_f32(0, &mut row);
+            row
+        } else {
+            vec![0f32; cfg.hidden]
+        };
+        let model = BertModel {
+            word: ck.matrix(&n("embeddings.word_embeddings.weight"))?,
+            position: ck.matrix(&n("embeddings.position_embeddings.weight"))?,
+            token_type,
+            ln_w: ck.vector(&n("embeddings.LayerNorm.weight"))?,
+            ln_b: ck.vector(&n("embeddings.LayerNorm.bias"))?,
+            layers,
+            act,
+            cfg,
+        };
+        if model.word.cols() != model.cfg.hidden {
+            return Err(EngineError::format(
+                "word embedding width does not match hidden_size",
+            ));
+        }
+        Ok(model)
+    }
+}
+
+impl Encoder for BertModel {
+    fn config(&self) -> &EncoderConfig {
+        &self.cfg
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let mut n = self.word.byte_len() + self.position.byte_len();
+        for l in &self.layers {
+            n += [&l.q, &l.k, &l.v, &l.o, &l.inter, &l.out]
+                .iter()
+                .map(|m| m.byte_len())
+                .sum::<usize>();
+        }
+        n
+    }
+
+    fn encode(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let h = c.hidden;
+        let t: usize = inputs.iter().map(|i| i.len()).sum();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+        let mut x = vec![0f32; t * h];
+        let mut pos_row = vec![0f32; h];
+        let mut row = 0;
+        for inp in inputs {
+            if inp.len() > c.max_positions {
+                return Err(EngineError::invalid(
+                    format!(
+                        "input of {} tokens exceeds the model's {} positions",
+                        inp.len(),
+                        c.max_positions
+                    ),
+                    Some("input"),
+                ));
+            }
+            for (p, &id) in inp.iter().enumerate() {
+                if id as usize >= self.word.rows() {
+                    return Err(EngineError::invalid(
+                        format!(
+                            "token id {id} is outside the vocabulary (size {})",
+                            self.word.rows()
+                        ),
+                        Some("input"),
+                    ));
+                }
+                let xr = &mut x[row * h..(row + 1) * h];
+                self.word.row_f32(id as usize, xr);
+                self.position.row_f32(p + c.position_offset, &mut pos_row);
+                for ((a, b), tt) in xr.iter_mut().zip(&pos_row).zip(&self.token_type) {
+                    *a += b + tt;
+                }
+                row += 1;
+            }
+        }
+        ops::layer_norm_in_place(&mut x, &self.ln_w, &self.ln_b, c.layer_norm_eps);
+
+        let spans: Vec<(usize, usize)> = inputs
+            .iter()
+            .scan(0, |start, i| {
+                let s = *start;
+                *start += i.len();
+                Some((s, i.len()))
+            })
+            .collect();
+        let mut q = vec![0f32; t * h];
+        let mut k = vec![0f32; t * h];
+        let mut v = vec![0f32; t * h];
+        let mut ctx = vec![0f32; t * h];
+        let mut tmp = vec![0f32; t * h];
+        let mut inter = vec![0f32; t * c.intermediate];
+        for l in &self.layers {
+            l.q.matmul(&x, t, &mut q, pool);
+            l.k.matmul(&x, t, &mut k, pool);
+            l.v.matmul(&x, t, &mut v, pool);
+            ops::add_bias(&mut q, &l.bq);
+            ops::add_bias(&mut k, &l.bk);
+            ops::add_bias(&mut v, &l.bv);
+            self_attention(&spans, &q, &k, &v, c.heads, h, &mut ctx, pool);
+            l.o.matmul(&ctx, t, &mut tmp, pool);
+            ops::add_bias(&mut tmp, &l.bo);
+            ops::add_in_place(&mut x, &tmp);
+            ops::layer_norm_in_place(&mut x, &l.ln1_w, &l.ln1_b, c.layer_norm_eps);
+            l.inter.matmul(&x, t, &mut inter, pool);
+            ops::add_bias(&mut inter, &l.b_inter);
+            match self.act {
+                Activation::Gelu => ops::gelu_in_place(&mut inter),
+                Activation::GeluTanh => ops::gelu_tanh_in_place(&mut inter),
+                Activation::Relu => inter.iter_mut().for_each(|v| *v = v.max(0.0)),
+            }
+            l.out.matmul(&inter, t, &mut tmp, pool);
+            ops::add_bias(&mut tmp, &l.b_out);
+            ops::add_in_place(&mut x, &tmp);
+            ops::layer_norm_in_place(&mut x, &l.ln2_w, &l.ln2_b, c.layer_norm_eps);
+        }
+        Ok(x)
+    }
+}
+
+/// Bidirectional attention within each input span, one task per (input, head).
+#[allow(clippy::too_many_arguments)]
+fn self_attention(
+    spans: &[(usize, usize)],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    heads: usize,
+    h: usize,
+    out: &mut [f32],
+    pool: &ComputePool,
+) {
+    let hd = h / heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let dot = kernels().f32_dot;
+    let dst = SendPtr(out.as_mut_ptr());
+    pool.for_each(spans.len() * heads, |task| {
+        let (si, head) = (task / heads, task % heads);
+        let (start, len) = spans[si];
+        let col = head * hd;
+        let mut scores = vec![0f32; len];
+        for i in 0..len {
+            let qi = &q[(start + i) * h + col..(start + i) * h + col + hd];
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = dot(qi, &k[(start + j) * h + col..(start + j) * h + col + hd]) * scale;
+            }
+            ops::softmax_in_place(&mut scores);
+            // SAFETY: this task alone writes (row start+i, head's columns).
+            let o = unsafe { dst.slice_mut((start + i) * h + col, hd) };
+            o.fill(0.0);
+            for (j, p) in scores.iter().enumerate() {
+                let vj = &v[(start + j) * h + col..(start + j) * h + col + hd];
+                for (a, b) in o.iter_mut().zip(vj) {
+                    *a += p * b;
+                }
+            }
+        }
+    });
+}

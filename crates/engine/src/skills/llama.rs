@@ -1,0 +1,602 @@
+//! The Llama family of decoders (llama, mistral, qwen2, qwen3): RMSNorm,
+//! rotary attention with grouped KV heads, SwiGLU MLP. Loaded from GGUF (any
+//! ggml type in `quant`) or a safetensors folder (f32/f16/bf16).
+//!
+//! `forward` runs one step over a flattened batch: the new tokens of every
+//! sequence (prefill chunks and decode tokens alike) go through each linear
+//! layer as one `[tokens, hidden]` matrix, and attention runs per sequence
+//! against that sequence's paged KV cache.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::compute::attention::{RowPlace, attention};
+use crate::compute::ops::{self, Rope, RopeStyle};
+use crate::compute::{ComputePool, Matrix};
+use crate::error::{EngineError, Result};
+use crate::formats::WeightSource;
+use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::Checkpoint;
+use crate::kv::{KvLayout, KvPool, SeqKv};
+
+/// Shapes and hyper-parameters of a decoder.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DecoderConfig {
+    pub arch: String,
+    pub hidden: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub ffn: usize,
+    pub vocab: usize,
+    pub context_length: usize,
+    pub rms_eps: f32,
+    pub rope_theta: f32,
+    #[serde(skip)]
+    pub rope_style: RopeStyle,
+    pub rope_dims: usize,
+    /// Linear position scaling factor (1 = none).
+    pub rope_linear_scale: f32,
+    #[serde(skip)]
+    pub rope_freq_factors: Option<Vec<f32>>,
+}
+
+/// What the model should return for one item of a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsWanted {
+    /// Nothing (a prefill chunk that is not the last).
+    None,
+    /// The last position only (the next token).
+    Last,
+    /// Every position (prompt logprobs / echo).
+    All,
+}
+
+/// One sequence's share of a step.
+#[derive(Debug)]
+pub struct StepItem<'a> {
+    pub tokens: &'a [u32],
+    /// Position of `tokens[0]`; the cache holds `0..start` already.
+    pub start: usize,
+    /// The sequence's cache, with blocks reserved for `start + tokens.len()`.
+    pub kv: &'a SeqKv,
+    pub logits: LogitsWanted,
+}
+
+/// A causal LM that can step any batch of sequences at once. The seam where a
+/// GPU backend would plug in.
+pub trait CausalLm: Send + Sync {
+    fn config(&self) -> &DecoderConfig;
+    /// The cache layout this model needs, for a given block size.
+    fn kv_layout(&self, block_size: usize) -> KvLayout {
+        let c = self.config();
+        KvLayout {
+            layers: c.layers,
+            kv_heads: c.kv_heads,
+            head_dim: c.head_dim,
+            block_size,
+        }
+    }
+    /// Run one step: writes the new keys/values into `kv` and returns the
+    /// logits rows asked for, item by item, in order (`vocab` floats each).
+    fn forward(
+        &self,
+        items: &[StepItem<'_>],
+        kv: &mut KvPool,
+        pool: &ComputePool,
+    ) -> Result<Vec<f32>>;
+    /// Bytes of weights held.
+    fn weight_bytes(&self) -> usize;
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    wq: Matrix,
+    wk: Matrix,
+    wv: Matrix,
+    wo: Matrix,
+    bq: Option<Vec<f32>>,
+    bk: Option<Vec<f32>>,
+    bv: Option<Vec<f32>>,
+    q_norm: Option<Vec<f32>>,
+    k_norm: Option<Vec<f32>>,
+    ffn_norm: Vec<f32>,
+    gate: Matrix,
+    up: Matrix,
+    down: Matrix,
+}
+
+pub struct LlamaModel {
+    cfg: DecoderConfig,
+    rope: Rope,
+    embed: Matrix,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// None: tied to `embed`.
+    output: Option<Matrix>,
+}
+
+/// Tensor names of one checkpoint format.
+struct Names {
+    gguf: bool,
+}
+
+impl Names {
+    fn embed(&self) -> &'static str {
+        if self.gguf {
+            "token_embd.weight"
+        } else {
+            "model.embed_tokens.weight"
+        }
+    }
+    fn norm(&self) -> &'static str {
+        if self.gguf {
+            "output_norm.weight"
+        } else {
+            "model.norm.weight"
+        }
+    }
+    fn output(&self) -> &'static str {
+        if self.gguf {
+            "output.weight"
+        } else {
+            "lm_head.weight"
+        }
+    }
+    fn layer(&self, i: usize, part: &str) -> String {
+        if self.gguf {
+            let p = match part {
+                "attn_norm" => "attn_norm.weight",
+                "q" => "attn_q.weight",
+                "k" => "attn_k.weight",
+                "v" => "attn_v.weight",
+                "o" => "attn_output.weight",
+                "q_bias" => "attn_q.bias",
+                "k_bias" => "attn_k.bias",
+                "v_bias" => "attn_v.bias",
+                "q_norm" => "attn_q_norm.weight",
+                "k_norm" => "attn_k_norm.weight",
+                "ffn_norm" => "ffn_norm.weight",
+                "gate" => "ffn_gate.weight",
+                "up" => "ffn_up.weight",
+                _ => "ffn_down.weight",
+            };
+            format!("blk.{i}.{p}")
+        } else {
+            let p = match part {
+                "attn_norm" => "input_layernorm.weight",
+                "q" => "self_attn.q_proj.weight",
+                "k" => "self_attn.k_proj.weight",
+                "v" => "self_attn.v_proj.weight",
+                "o" => "self_attn.o_proj.weight",
+                "q_bias" => "self_attn.q_proj.bias",
+                "k_bias" => "self_attn.k_proj.bias",
+                "v_bias" => "self_attn.v_proj.bias",
+                "q_norm" => "self_attn.q_norm.weight",
+                "k_norm" => "self_attn.k_norm.weight",
+                "ffn_norm" => "post_attention_layernorm.weight",
+                "gate" => "mlp.gate_proj.weight",
+                "up" => "mlp.up_proj.weight",
+                _ => "mlp.down_proj.weight",
+            };
+            format!("model.layers.{i}.{p}")
+        }
+    }
+}
+
+/// Architectures this skill serves (GGUF `general.architecture` and HF
+/// `model_type` share these names).
+pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+fn gguf_u(f: &GgufFile, arch: &str, key: &str) -> Option<usize> {
+    f.get_u64(&format!("{arch}.{key}")).map(|v| v as usize)
+}
+
+/// Decoder shapes from GGUF metadata (no tensor data read).
+pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
+    let arch = f.architecture().unwrap_or("llama").to_string();
+    let need = |key: &str| {
+        gguf_u(f, &arch, key)
+            .ok_or_else(|| EngineError::format(format!("GGUF metadata {arch}.{key} is missing")))
+    };
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    let kv_heads = gguf_u(f, &arch, "attention.head_count_kv").unwrap_or(heads);
+    let head_dim = gguf_u(f, &arch, "attention.key_length").unwrap_or(hidden / heads.max(1));
+    let vocab = gguf_u(f, &arch, "vocab_size")
+        .or_else(|| {
+            f.get("tokenizer.ggml.tokens")
+                .and_then(|v| v.as_array())
+                .map(|a| a.len())
+        })
+        .ok_or_else(|| EngineError::format("GGUF has no vocabulary size"))?;
+    let rope_style = match arch.as_str() {
+        "llama" | "mistral" => RopeStyle::Interleaved,
+        _ => RopeStyle::Halves,
+    };
+    let rope_theta = f
+        .get_f64(&format!("{arch}.rope.freq_base"))
+        .unwrap_or(10000.0) as f32;
+    let rope_linear_scale = match f.get_str(&format!("{arch}.rope.scaling.type")) {
+        Some("linear") => f
+            .get_f64(&format!("{arch}.rope.scaling.factor"))
+            .unwrap_or(1.0) as f32,
+        _ => 1.0,
+    };
+    Ok(DecoderConfig {
+        hidden,
+        layers: need("block_count")?,
+        heads,
+        kv_heads,
+        head_dim,
+        ffn: need("feed_forward_length")?,
+        vocab,
+        context_length: gguf_u(f, &arch, "context_length").unwrap_or(2048),
+        rms_eps: f
+            .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+            .unwrap_or(1e-5) as f32,
+        rope_theta,
+        rope_style,
+        rope_dims: gguf_u(f, &arch, "rope.dimension_count").unwrap_or(head_dim),
+        rope_linear_scale,
+        rope_freq_factors: None,
+        arch,
+    })
+}
+
+fn jusize(v: &Value, key: &str) -> Option<usize> {
+    v.get(key).and_then(|x| x.as_u64()).map(|x| x as usize)
+}
+
+fn jf32(v: &Value, key: &str) -> Option<f32> {
+    v.get(key).and_then(|x| x.as_f64()).map(|x| x as f32)
+}
+
+/// Decoder shapes from a Hugging Face `config.json`.
+pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
+    let arch = cfg
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .unwrap_or("llama")
+        .to_string();
+    let need = |key: &str| {
+        jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")))
+    };
+    let hidden = need("hidden_size")?;
+    let heads = need("num_attention_heads")?;
+    let head_dim = jusize(cfg, "head_dim").unwrap_or(hidden / heads.max(1));
+    // transformers 5 moved rope settings into `rope_parameters`.
+    let rope_params = cfg.get("rope_parameters").cloned().unwrap_or(Value::Null);
+    let scaling = cfg
+        .get("rope_scaling")
+        .filter(|v| !v.is_null())
+        .cloned()
+        .unwrap_or_else(|| rope_params.clone());
+    let rope_theta = jf32(cfg, "rope_theta")
+        .or_else(|| jf32(&rope_params, "rope_theta"))
+        .unwrap_or(10000.0);
+    let rope_dims = (head_dim as f32 * jf32(cfg, "partial_rotary_factor").unwrap_or(1.0)) as usize;
+    let rope_type = scaling
+        .get("rope_type")
+        .or_else(|| scaling.get("type"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("default")
+        .to_string();
+    let mut rope_linear_scale = 1.0;
+    let mut rope_freq_factors = None;
+    match rope_type.as_str() {
+        "default" => {}
+        "linear" => rope_linear_scale = jf32(&scaling, "factor").unwrap_or(1.0),
+        "llama3" => {
+            rope_freq_factors = Some(Rope::llama3_factors(
+                rope_dims,
+                rope_theta,
+                jf32(&scaling, "factor").unwrap_or(8.0),
+                jf32(&scaling, "low_freq_factor").unwrap_or(1.0),
+                jf32(&scaling, "high_freq_factor").unwrap_or(4.0),
+                jf32(&scaling, "original_max_position_embeddings").unwrap_or(8192.0),
+            ))
+        }
+        other => {
+            return Err(EngineError::format(format!(
+                "rope scaling '{other}' is not supported (supported: default, linear, llama3)"
+            )));
+        }
+    }
+    let mut context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
+    // Sliding-window attention is not implemented: cap the context at the
+    // window so results stay exact rather than silently diverge.
+    let sliding = cfg
+        .get("use_sliding_window")
+        .and_then(|v| v.as_bool())
+        .unwrap_or(arch == "mistral");
+    if sliding {
+        if let Some(w) = jusize(cfg, "sliding_window") {
+            context_length = context_length.min(w);
+        }
+    }
+    Ok(DecoderConfig {
+        hidden,
+        layers: need("num_hidden_layers")?,
+        heads,
+        kv_heads: jusize(cfg, "num_key_value_heads").unwrap_or(heads),
+        head_dim,
+        ffn: need("intermediate_size")?,
+        vocab: need("vocab_size")?,
+        context_length,
+        rms_eps: jf32(cfg, "rms_norm_eps").unwrap_or(1e-6),
+        rope_theta,
+        rope_style: RopeStyle::Halves,
+        rope_dims,
+        rope_linear_scale,
+        rope_freq_factors,
+        arch,
+    })
+}
+
+impl LlamaModel {
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let mut cfg = config_from_gguf(f)?;
+        if f.has("rope_freqs.weight") {
+            cfg.rope_freq_factors = Some(f.vector("rope_freqs.weight")?);
+        }
+        Self::load(cfg, f, Names { gguf: true }, true)
+    }
+
+    pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
+        let cfg = config_from_hf(cfg_json)?;
+        let ckpt = Checkpoint::open(dir)?;
+        let tied = cfg_json
+            .get("tie_word_embeddings")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        Self::load(cfg, &ckpt, Names { gguf: false }, tied)
+    }
+
+    fn load(cfg: DecoderConfig, src: &dyn WeightSource, n: Names, may_tie: bool) -> Result<Self> {
+        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
+            return Err(EngineError::format(format!(
+                "{} query heads cannot be grouped over {} KV heads",
+                cfg.heads, cfg.kv_heads
+            )));
+        }
+        let opt_vec = |name: String| -> Result<Option<Vec<f32>>> {
+            if src.has(&name) {
+                src.vector(&name).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(cfg.layers);
+        for i in 0..cfg.layers {
+            let l = Layer {
+                attn_norm: src.vector(&n.layer(i, "attn_norm"))?,
+                wq: src.matrix(&n.layer(i, "q"))?,
+                wk: src.matrix(&n.layer(i, "k"))?,
+                wv: src.matrix(&n.layer(i, "v"))?,
+                wo: src.matrix(&n.layer(i, "o"))?,
+                bq: opt_vec(n.layer(i, "q_bias"))?,
+                bk: opt_vec(n.layer(i, "k_bias"))?,
+                bv: opt_vec(n.layer(i, "v_bias"))?,
+                q_norm: opt_vec(n.layer(i, "q_norm"))?,
+                k_norm: opt_vec(n.layer(i, "k_norm"))?,
+                ffn_norm: src.vector(&n.layer(i, "ffn_norm"))?,
+                gate: src.matrix(&n.layer(i, "gate"))?,
+                up: src.matrix(&n.layer(i, "up"))?,
+                down: src.matrix(&n.layer(i, "down"))?,
+            };
+            let q_out = cfg.heads * cfg.head_dim;
+            let kv_out = cfg.kv_heads * cfg.head_dim;
+            let shapes = [
+                (&l.wq, q_out, cfg.hidden, "q"),
+                (&l.wk, kv_out, cfg.hidden, "k"),
+                (&l.wv, kv_out, cfg.hidden, "v"),
+                (&l.wo, cfg.hidden, q_out, "o"),
+                (&l.gate, cfg.ffn, cfg.hidden, "gate"),
+                (&l.up, cfg.ffn, cfg.hidden, "up"),
+                (&l.down, cfg.hidden, cfg.ffn, "down"),
+            ];
+            for (m, rows, cols, what) in shapes {
+                if m.rows() != rows || m.cols() != cols {
+                    return Err(EngineError::format(format!(
+                        "layer {i} {what}: shape {}x{}, config says {rows}x{cols}",
+                        m.rows(),
+                        m.cols()
+                    )));
+                }
+            }
+            layers.push(l);
+        }
+        let embed = src.matrix(n.embed())?;
+        if embed.cols() != cfg.hidden {
+            return Err(EngineError::format(
+                "token embedding width does not match the hidden size",
+            ));
+        }
+        let output = if src.has(n.output()) {
+            Some(src.matrix(n.output())?)
+        } else if may_tie {
+            None
+        } else {
+            return Err(EngineError::format("output projection is missing"));
+        };
+        let mut cfg = cfg;
+        // The real vocabulary is the output projection's height.
+        cfg.vocab = output.as_ref().map(|m| m.rows()).unwrap_or(embed.rows());
+        let rope = Rope::new(
+            cfg.rope_style,
+            cfg.rope_dims,
+            cfg.rope_theta,
+            cfg.rope_freq_factors.as_deref(),
+            cfg.rope_linear_scale,
+        );
+        Ok(LlamaModel {
+            norm: src.vector(n.norm())?,
+            rope,
+            embed,
+            layers,
+            output,
+            cfg,
+        })
+    }
+
+    fn output_matrix(&self) -> &Matrix {
+        self.output.as_ref().unwrap_or(&self.embed)
+    }
+}
+
+impl CausalLm for LlamaModel {
+    fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    fn weight_bytes(&self) -> usize {
+        let mut n = self.embed.byte_len() + self.output.as_ref().map_or(0, |m| m.byte_len());
+        for l in &self.layers {
+            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
+                .iter()
+                .map(|m| m.byte_len())
+                .sum::<usize>();
+        }
+        n
+    }
+
+    fn forward(
+        &self,
+        items: &[StepItem<'_>],
+        kv: &mut KvPool,
+        pool: &ComputePool,
+    ) -> Result<Vec<f32>> {
+        let c = &self.cfg;
+        let (h, hd) = (c.hidden, c.head_dim);
+        let q_dim = c.heads * hd;
+        let kv_dim = c.kv_heads * hd;
+        let bs = kv.layout().block_size;
+
+        // Flatten the batch: one row per new token.
+        let mut places: Vec<RowPlace<'_>> = Vec::new();
+        let mut tokens: Vec<u32> = Vec::new();
+        for it in items {
+            if it.kv.blocks.len() * bs < it.start + it.tokens.len() {
+                return Err(EngineError::internal(
+                    "KV blocks were not reserved for a step",
+                ));
+            }
+            for (i, &t) in it.tokens.iter().enumerate() {
+                if t as usize >= self.embed.rows() {
+                    return Err(EngineError::invalid(
+                        format!(
+                            "token id {t} is outside the vocabulary (size {})",
+                            self.embed.rows()
+                        ),
+                        Some("prompt"),
+                    ));
+                }
+                places.push(RowPlace {
+                    kv: it.kv,
+                    pos: it.start + i,
+                });
+                tokens.push(t);
+            }
+        }
+        let t = tokens.len();
+        if t == 0 {
+            return Ok(Vec::new());
+        }
+
+        let mut x = vec![0f32; t * h];
+        for (i, &tok) in tokens.iter().enumerate() {
+            self.embed.row_f32(tok as usize, &mut x[i * h..(i + 1) * h]);
+        }
+        let half = self.rope.dims / 2;
+        let mut cs = vec![0f32; t * 2 * half];
+        for (i, p) in places.iter().enumerate() {
+            self.rope
+                .angles(p.pos, &mut cs[i * 2 * half..(i + 1) * 2 * half]);
+        }
+
+        let mut hbuf = vec![0f32; t * h];
+        let mut q = vec![0f32; t * q_dim];
+        let mut k = vec![0f32; t * kv_dim];
+        let mut v = vec![0f32; t * kv_dim];
+        let mut attn = vec![0f32; t * q_dim];
+        let mut o = vec![0f32; t * h];
+        let mut gate = vec![0f32; t * c.ffn];
+        let mut up = vec![0f32; t * c.ffn];
+
+        for (li, l) in self.layers.iter().enumerate() {
+            ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut hbuf);
+            l.wq.matmul(&hbuf, t, &mut q, pool);
+            l.wk.matmul(&hbuf, t, &mut k, pool);
+            l.wv.matmul(&hbuf, t, &mut v, pool);
+            if let Some(b) = &l.bq {
+                ops::add_bias(&mut q, b);
+            }
+            if let Some(b) = &l.bk {
+                ops::add_bias(&mut k, b);
+            }
+            if let Some(b) = &l.bv {
+                ops::add_bias(&mut v, b);
+            }
+            if let Some(w) = &l.q_norm {
+                ops::rms_norm_in_place(&mut q, w, c.rms_eps);
+            }
+            if let Some(w) = &l.k_norm {
+                ops::rms_norm_in_place(&mut k, w, c.rms_eps);
+            }
+            for i in 0..t {
+                let angles = &cs[i * 2 * half..(i + 1) * 2 * half];
+                self.rope
+                    .apply(&mut q[i * q_dim..(i + 1) * q_dim], hd, angles);
+                self.rope
+                    .apply(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, angles);
+                let (blk, slot) = places[i].kv.locate(bs, places[i].pos);
+                kv.write(
+                    blk,
+                    li,
+                    slot,
+                    &k[i * kv_dim..(i + 1) * kv_dim],
+                    &v[i * kv_dim..(i + 1) * kv_dim],
+                );
+            }
+            attention(&places, &q, c.heads, li, kv, &mut attn, pool);
+            l.wo.matmul(&attn, t, &mut o, pool);
+            ops::add_in_place(&mut x, &o);
+
+            ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut hbuf);
+            l.gate.matmul(&hbuf, t, &mut gate, pool);
+            l.up.matmul(&hbuf, t, &mut up, pool);
+            ops::silu_mul(&mut gate, &up);
+            l.down.matmul(&gate, t, &mut o, pool);
+            ops::add_in_place(&mut x, &o);
+        }
+
+        // Only the rows whose logits were asked for go through the head.
+        let mut rows: Vec<usize> = Vec::new();
+        let mut base = 0;
+        for it in items {
+            let n = it.tokens.len();
+            match it.logits {
+                LogitsWanted::None => {}
+                LogitsWanted::Last => rows.push(base + n - 1),
+                LogitsWanted::All => rows.extend(base..base + n),
+            }
+            base += n;
+        }
+        let mut sel = vec![0f32; rows.len() * h];
+        for (j, &r) in rows.iter().enumerate() {
+            ops::rms_norm(
+                &x[r * h..(r + 1) * h],
+                &self.norm,
+                c.rms_eps,
+                &mut sel[j * h..(j + 1) * h],
+            );
+        }
+        let out_m = self.output_matrix();
+        let mut logits = vec![0f32; rows.len() * out_m.rows()];
+        out_m.matmul(&sel, rows.len(), &mut logits, pool);
+        Ok(logits)
+    }
+}

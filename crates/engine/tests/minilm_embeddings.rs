@@ -1,0 +1,104 @@
+//! all-MiniLM-L6-v2 against sentence-transformers
+//! (`tests/reference/minilm_st.json`): cosine ≥ 0.9999 per string and equal
+//! token counts, including truncation at max_seq_length = 256.
+
+mod common;
+
+use std::sync::Arc;
+
+use hfms_engine::compute::ComputePool;
+use hfms_engine::embed::{EmbedInput, EmbeddingModel, Pooling};
+use hfms_engine::skills::bert::BertModel;
+use hfms_engine::tokenizer::Tokenizer;
+
+fn model() -> EmbeddingModel {
+    let dir = common::minilm_dir();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let bert = BertModel::from_safetensors(&dir, &cfg).unwrap();
+    let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), Some(256)).unwrap();
+    EmbeddingModel {
+        encoder: Arc::new(bert),
+        tokenizer: Arc::new(tok),
+        pooling: Pooling::from_model_dir(&dir).unwrap(),
+        normalize: true,
+        max_tokens: 256,
+    }
+}
+
+fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x.powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let m = model();
+    assert_eq!(m.pooling, Pooling::Mean);
+    let r = common::reference("minilm_st.json");
+    let sentences: Vec<String> = r["sentences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect();
+    let inputs: Vec<EmbedInput> = sentences.iter().cloned().map(EmbedInput::Text).collect();
+    let ids = m.tokenize(&inputs).unwrap();
+    let pool = ComputePool::new(2).unwrap();
+    // All 24 in one flattened batch.
+    let embs = m.embed_tokens(&ids, None, &pool).unwrap();
+    for (i, s) in sentences.iter().enumerate() {
+        let want_ids: Vec<u32> = r["token_ids"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(ids[i], want_ids, "token ids of {s:?}");
+        assert_eq!(ids[i].len() as u64, r["token_counts"][i].as_u64().unwrap());
+        let want: Vec<f64> = r["embeddings"][i]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let c = cosine(&embs[i], &want);
+        assert!(c >= 0.9999, "{s:?}: cosine {c}");
+        let norm: f32 = embs[i].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+    }
+    // One at a time gives the same vectors as the batch.
+    for (i, one) in ids.iter().enumerate().take(4) {
+        let e = m
+            .embed_tokens(std::slice::from_ref(one), None, &pool)
+            .unwrap();
+        let d: f32 = e[0]
+            .iter()
+            .zip(&embs[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-5, "batch vs single differ by {d}");
+    }
+}
+
+#[test]
+fn dimensions_truncate_and_renormalise() {
+    let m = model();
+    let pool = ComputePool::new(2).unwrap();
+    let ids = m
+        .tokenize(&[EmbedInput::Text("Hello, world!".into())])
+        .unwrap();
+    let full = m.embed_tokens(&ids, None, &pool).unwrap();
+    let short = m.embed_tokens(&ids, Some(64), &pool).unwrap();
+    assert_eq!(short[0].len(), 64);
+    let norm: f32 = short[0].iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+    let scale = short[0][0] / full[0][0];
+    for (a, b) in short[0].iter().zip(&full[0]) {
+        assert!((a - b * scale).abs() < 1e-5);
+    }
+    assert!(m.embed_tokens(&ids, Some(0), &pool).is_err());
+    assert!(m.embed_tokens(&ids, Some(385), &pool).is_err());
+}
