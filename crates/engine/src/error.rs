@@ -17,6 +17,16 @@ pub enum EngineError {
     /// A model file is malformed or uses something this build cannot read.
     #[error("{0}")]
     Format(String),
+    /// No model answers to this name.
+    #[error("The model `{0}` does not exist")]
+    ModelNotFound(String),
+    /// The model was found but cannot be served (unsupported architecture,
+    /// unreadable metadata).
+    #[error("model {model} cannot be served: {reason}")]
+    Unservable { model: String, reason: String },
+    /// Loading failed (corrupt file, out of memory…).
+    #[error("model {model} failed to load: {reason}")]
+    LoadFailed { model: String, reason: String },
     /// No skill serves this architecture.
     #[error("unsupported architecture {arch} (supported: {supported})")]
     UnsupportedArchitecture { arch: String, supported: String },

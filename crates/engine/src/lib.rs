@@ -1,11 +1,13 @@
 //! hfms-engine: what a model is and how it runs. No HTTP here.
 
 pub mod compute;
+pub mod discover;
 pub mod embed;
 pub mod error;
 pub mod formats;
 pub mod generate;
 pub mod kv;
+pub mod manager;
 pub mod quant;
 pub mod skills;
 pub mod tokenizer;

@@ -1,1 +1,81 @@
-fn main() {}
+//! hfms: one binary that serves Hugging Face models through the OpenAI API.
+
+mod config;
+mod discover_cmd;
+mod serve;
+
+use std::io::IsTerminal;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "hfms", version, about = "A unified Hugging Face model server with an OpenAI-compatible API")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve models over the OpenAI API.
+    Serve(config::ServeArgs),
+    /// List every model found on disk and which skill serves it.
+    Discover {
+        #[command(flatten)]
+        models: config::ModelArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Detect hardware: CPU, CUDA, ROCm, Metal, OpenVINO, QNN.
+    Hardware {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// JSON logs unless a person is watching a terminal; level from HFMS_LOG or
+/// RUST_LOG (default info).
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HFMS_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::stderr().is_terminal(),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => {
+            let settings = args.resolve()?;
+            init_logging(&settings.log_format);
+            serve::run(settings)
+        }
+        Command::Discover { models, json } => {
+            init_logging("text");
+            discover_cmd::run(&models, json)
+        }
+        Command::Hardware { json } => {
+            let report = hfms_hardware::detect_default();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", hfms_hardware::render_table(&report));
+            }
+            Ok(())
+        }
+    }
+}

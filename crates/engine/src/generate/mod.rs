@@ -1,5 +1,6 @@
 //! Generation: sampling, stop sequences, and the scheduler that steps all
 //! running sequences of a model together.
+pub mod json;
 pub mod sampling;
 pub mod scheduler;
 pub mod stop;

@@ -38,6 +38,10 @@ pub struct GenerateRequest {
     /// Log-probabilities of the prompt tokens themselves (completions
     /// `echo` + `logprobs`): the number of alternatives per position.
     pub prompt_logprobs: Option<usize>,
+    /// Constrain the output to one JSON object (`response_format`).
+    pub json: bool,
+    /// Label for log lines about this sequence (the request id).
+    pub tag: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

@@ -1,0 +1,224 @@
+//! Configuration: one struct per command, every setting a flag with an
+//! `HFMS_*` environment variable, and an optional TOML file (`--config`) for
+//! anything not given on the command line or in the environment.
+//! Precedence: flag > environment > file > built-in default.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+
+/// Where models come from (shared by `serve` and `discover`).
+#[derive(Debug, Clone, Args, Default)]
+pub struct ModelArgs {
+    /// Folders to scan for models (`org/name/` layout, .gguf files).
+    /// Default: ./models
+    #[arg(long = "models-dir", env = "HFMS_MODELS_DIR", value_delimiter = ',')]
+    pub models_dirs: Vec<PathBuf>,
+
+    /// The Hugging Face hub cache to scan. Default: $HF_HUB_CACHE, else
+    /// $HF_HOME/hub, else ~/.cache/huggingface/hub.
+    #[arg(long, env = "HFMS_HF_CACHE")]
+    pub hf_cache: Option<PathBuf>,
+
+    /// Do not scan the Hugging Face hub cache.
+    #[arg(long, env = "HFMS_NO_HF_CACHE")]
+    pub no_hf_cache: bool,
+
+    /// Serve a model file or folder explicitly: `PATH` or `ID=PATH`.
+    #[arg(long = "model", env = "HFMS_MODELS", value_delimiter = ',')]
+    pub models: Vec<String>,
+
+    /// Another name for a model: `ALIAS=ID` (smollm2 and all-minilm are
+    /// built in).
+    #[arg(long = "alias", env = "HFMS_ALIASES", value_delimiter = ',')]
+    pub aliases: Vec<String>,
+
+    /// TOML configuration file.
+    #[arg(long, env = "HFMS_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub models: ModelArgs,
+
+    /// Address to listen on. Default: 127.0.0.1
+    #[arg(long, env = "HFMS_HOST")]
+    pub host: Option<String>,
+
+    /// Port to listen on (0 picks a free one). Default: 8000
+    #[arg(long, env = "HFMS_PORT")]
+    pub port: Option<u16>,
+
+    /// Compute threads for model maths (0 = one per available core).
+    #[arg(long, env = "HFMS_THREADS")]
+    pub threads: Option<usize>,
+
+    /// KV cache per generation model, in MiB. Default: 512
+    #[arg(long, env = "HFMS_KV_CACHE_MB")]
+    pub kv_cache_mb: Option<usize>,
+
+    /// Most tokens in one model step (prefill chunk + decodes). Default: 512
+    #[arg(long, env = "HFMS_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+
+    /// Most sequences generating at once per model. Default: 64
+    #[arg(long, env = "HFMS_MAX_RUNNING")]
+    pub max_running: Option<usize>,
+
+    /// Largest request body, in MiB. Default: 8
+    #[arg(long, env = "HFMS_MAX_BODY_MB")]
+    pub max_body_mb: Option<usize>,
+
+    /// Models to load at start-up (ids or aliases; `all` for every
+    /// servable model). /ready answers 200 once they are loaded.
+    #[arg(long = "preload", env = "HFMS_PRELOAD", value_delimiter = ',')]
+    pub preload: Vec<String>,
+
+    /// Log format: auto (JSON unless stderr is a terminal), json, text.
+    #[arg(long, env = "HFMS_LOG_FORMAT")]
+    pub log_format: Option<String>,
+}
+
+/// The TOML file: the same settings, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub threads: Option<usize>,
+    pub kv_cache_mb: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_running: Option<usize>,
+    pub max_body_mb: Option<usize>,
+    pub preload: Option<Vec<String>>,
+    pub log_format: Option<String>,
+    pub models_dirs: Option<Vec<PathBuf>>,
+    pub hf_cache: Option<PathBuf>,
+    pub no_hf_cache: Option<bool>,
+    /// id → path
+    #[serde(default)]
+    pub models: BTreeMap<String, PathBuf>,
+    /// alias → id
+    #[serde(default)]
+    pub aliases: BTreeMap<String, String>,
+}
+
+pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
+    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Everything discovery needs, resolved.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub discover: hfms_engine::discover::DiscoverConfig,
+}
+
+fn split_pair(s: &str, what: &str) -> Result<(String, String)> {
+    match s.split_once('=') {
+        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.trim().to_string(), b.trim().to_string())),
+        _ => bail!("{what} must look like NAME=VALUE, got {s:?}"),
+    }
+}
+
+impl ModelArgs {
+    pub fn resolve(&self, file: &FileConfig) -> Result<ModelSettings> {
+        let models_dirs = if !self.models_dirs.is_empty() {
+            self.models_dirs.clone()
+        } else {
+            file.models_dirs.clone().unwrap_or_else(|| vec![PathBuf::from("models")])
+        };
+        let no_cache = self.no_hf_cache || file.no_hf_cache.unwrap_or(false);
+        let hf_cache = if no_cache {
+            None
+        } else {
+            self.hf_cache
+                .clone()
+                .or_else(|| file.hf_cache.clone())
+                .or_else(hfms_engine::discover::default_hf_cache)
+        };
+        let mut extra: Vec<(Option<String>, PathBuf)> = Vec::new();
+        for m in &self.models {
+            match m.split_once('=') {
+                Some((id, path)) => extra.push((Some(id.to_string()), PathBuf::from(path))),
+                None => extra.push((None, PathBuf::from(m))),
+            }
+        }
+        for (id, path) in &file.models {
+            extra.push((Some(id.clone()), path.clone()));
+        }
+        for (_, p) in &extra {
+            if !p.exists() {
+                bail!("model path {} does not exist", p.display());
+            }
+        }
+        let mut aliases = hfms_engine::discover::builtin_aliases();
+        aliases.extend(file.aliases.clone());
+        for a in &self.aliases {
+            let (name, id) = split_pair(a, "--alias")?;
+            aliases.insert(name, id);
+        }
+        Ok(ModelSettings {
+            discover: hfms_engine::discover::DiscoverConfig {
+                models_dirs,
+                hf_cache,
+                extra,
+                aliases,
+            },
+        })
+    }
+}
+
+/// `serve` settings, resolved.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub listen: SocketAddr,
+    pub threads: usize,
+    pub kv_cache_bytes: usize,
+    pub max_batch_tokens: usize,
+    pub max_running: usize,
+    pub max_body_bytes: usize,
+    pub preload: Vec<String>,
+    pub log_format: String,
+    pub models: ModelSettings,
+}
+
+impl ServeArgs {
+    pub fn resolve(&self) -> Result<ServeSettings> {
+        let file = load_file(self.models.config.as_ref())?;
+        let host = self.host.clone().or(file.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let port = self.port.or(file.port).unwrap_or(8000);
+        let listen: SocketAddr = format!("{host}:{port}")
+            .parse()
+            .or_else(|_| format!("[{host}]:{port}").parse())
+            .with_context(|| format!("invalid listen address {host}:{port}"))?;
+        let positive = |v: usize, name: &str| -> Result<usize> {
+            if v == 0 {
+                bail!("{name} must be at least 1");
+            }
+            Ok(v)
+        };
+        Ok(ServeSettings {
+            listen,
+            threads: self.threads.or(file.threads).unwrap_or(0),
+            kv_cache_bytes: positive(self.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(512), "kv_cache_mb")? << 20,
+            max_batch_tokens: positive(self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(512), "max_batch_tokens")?,
+            max_running: positive(self.max_running.or(file.max_running).unwrap_or(64), "max_running")?,
+            max_body_bytes: positive(self.max_body_mb.or(file.max_body_mb).unwrap_or(8), "max_body_mb")? << 20,
+            preload: if self.preload.is_empty() {
+                file.preload.clone().unwrap_or_default()
+            } else {
+                self.preload.clone()
+            },
+            log_format: self.log_format.clone().or(file.log_format.clone()).unwrap_or_else(|| "auto".into()),
+            models: self.models.resolve(&file)?,
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! `hfms discover`: every model found, which skill serves it, and why not
+//! when none does.
+
+use anyhow::Result;
+use hfms_engine::discover::{ModelDescription, discover};
+use hfms_engine::skills::Registry;
+
+use crate::config::{ModelArgs, load_file};
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn human_count(n: u64) -> String {
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.1}M", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}
+
+pub fn table(models: &[ModelDescription]) -> String {
+    let header = ["ID", "ALIASES", "SKILL", "TASK", "FORMAT", "PARAMS", "SIZE", "DTYPE", "CONTEXT", "HARDWARE"];
+    let mut rows: Vec<[String; 10]> = Vec::new();
+    for d in models {
+        rows.push([
+            d.id.clone(),
+            d.aliases.join(","),
+            d.skill.clone().unwrap_or_else(|| "-".into()),
+            d.task.map(|t| t.as_str().to_string()).unwrap_or_else(|| "-".into()),
+            d.format.as_str().to_string(),
+            d.parameters.map(human_count).unwrap_or_else(|| "-".into()),
+            human_bytes(d.size_bytes),
+            d.dtype.clone().unwrap_or_else(|| "-".into()),
+            d.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
+            if d.hardware.is_empty() { "-".into() } else { d.hardware.join(",") },
+        ]);
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    let mut out = line(header.to_vec()) + "\n";
+    for (r, d) in rows.iter().zip(models) {
+        out += &line(r.iter().map(String::as_str).collect());
+        out.push('\n');
+        out += &format!("    {}\n", d.path.display());
+        if let Some(e) = &d.error {
+            out += &format!("    not servable: {e}\n");
+        }
+    }
+    if models.is_empty() {
+        out += "(no models found)\n";
+    }
+    out
+}
+
+pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
+    let file = load_file(args.config.as_ref())?;
+    let settings = args.resolve(&file)?;
+    let found = discover(&Registry::builtin(), &settings.discover);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&found)?);
+    } else {
+        print!("{}", table(&found));
+    }
+    Ok(())
+}

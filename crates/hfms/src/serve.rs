@@ -1,0 +1,120 @@
+//! `hfms serve`: discover, build the manager, preload, listen.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use hfms_engine::compute::ComputePool;
+use hfms_engine::discover::discover;
+use hfms_engine::generate::SchedulerConfig;
+use hfms_engine::manager::{ManagerConfig, ModelManager};
+use hfms_engine::skills::Registry;
+use hfms_server::{AppState, ServerConfig};
+
+use crate::config::ServeSettings;
+
+pub fn run(s: ServeSettings) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        // HTTP work is light; model maths has its own pool.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(s))
+}
+
+async fn serve(s: ServeSettings) -> Result<()> {
+    let registry = Registry::builtin();
+    let catalog = discover(&registry, &s.models.discover);
+    for d in &catalog {
+        match &d.error {
+            None => tracing::info!(model = %d.id, aliases = ?d.aliases, skill = ?d.skill, path = %d.path.display(), "model found"),
+            Some(e) => tracing::warn!(model = %d.id, path = %d.path.display(), error = %e, "model found but not servable"),
+        }
+    }
+    if catalog.iter().all(|d| !d.servable()) {
+        tracing::warn!(dirs = ?s.models.discover.models_dirs, "no servable model found; run scripts/fetch-models.sh or pass --model");
+    }
+    let pool = ComputePool::new(s.threads)?;
+    tracing::info!(threads = pool.threads(), kernels = hfms_engine::quant::kernels().name, "compute pool ready");
+    let manager = Arc::new(ModelManager::new(
+        registry,
+        catalog,
+        s.models.discover.aliases.clone(),
+        pool,
+        ManagerConfig {
+            scheduler: SchedulerConfig {
+                max_batch_tokens: s.max_batch_tokens,
+                max_running: s.max_running,
+                kv_budget_bytes: s.kv_cache_bytes,
+                ..SchedulerConfig::default()
+            },
+        },
+    ));
+    let state = AppState::new(
+        manager.clone(),
+        ServerConfig {
+            max_body_bytes: s.max_body_bytes,
+            ..ServerConfig::default()
+        },
+    );
+    let listener = tokio::net::TcpListener::bind(s.listen)
+        .await
+        .with_context(|| format!("binding {}", s.listen))?;
+    let addr = listener.local_addr()?;
+    // Tests and scripts read this line to find the port when it was 0.
+    tracing::info!(address = %addr, "listening");
+    eprintln!("hfms listening on http://{addr}");
+
+    let preload: Vec<String> = if s.preload.iter().any(|p| p == "all") {
+        manager.catalog().iter().filter(|d| d.servable()).map(|d| d.id.clone()).collect()
+    } else {
+        s.preload.clone()
+    };
+    for name in &preload {
+        if manager.resolve(name).is_none() {
+            bail!("--preload {name}: no such model (see `hfms discover`)");
+        }
+    }
+    let preload_state = state.clone();
+    tokio::spawn(async move {
+        for name in preload {
+            let m = preload_state.manager().clone();
+            let n = name.clone();
+            match tokio::task::spawn_blocking(move || m.get(&n)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::error!(model = %name, error = %e, "preload failed"),
+                Err(e) => tracing::error!(model = %name, error = %e, "preload task failed"),
+            }
+        }
+        preload_state.set_ready();
+        tracing::info!("ready");
+    });
+
+    axum::serve(listener, hfms_server::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving")?;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

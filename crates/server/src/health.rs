@@ -1,0 +1,79 @@
+//! `/health` (the process answers), `/ready` (it can serve), `/status`
+//! (models, their state and device, scheduler queues, versions).
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hfms_engine::skills::LoadedModel;
+use serde_json::{Value, json};
+
+use crate::state::AppState;
+
+pub async fn health() -> axum::Json<Value> {
+    axum::Json(json!({"status": "ok"}))
+}
+
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let servable = state.manager().catalog().iter().filter(|d| d.servable()).count();
+    if state.is_ready() && servable > 0 {
+        (StatusCode::OK, axum::Json(json!({"status": "ready", "models": servable}))).into_response()
+    } else {
+        let why = if servable == 0 { "no servable model was found" } else { "starting up" };
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready", "reason": why}))).into_response()
+    }
+}
+
+pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
+    let m = state.manager();
+    let loaded = m.loaded();
+    let models: Vec<Value> = m
+        .status()
+        .into_iter()
+        .map(|s| {
+            let desc = m.catalog().iter().find(|d| d.id == s.id);
+            let sched = loaded.iter().find(|(id, _)| *id == s.id).and_then(|(_, lm)| match lm.as_ref() {
+                LoadedModel::Generation(g) => {
+                    let st = g.generator.stats();
+                    Some(json!({
+                        "waiting": st.waiting.load(Ordering::Relaxed),
+                        "running": st.running.load(Ordering::Relaxed),
+                        "kv_blocks_used": st.kv_used_blocks.load(Ordering::Relaxed),
+                        "kv_blocks_total": st.kv_total_blocks.load(Ordering::Relaxed),
+                        "steps": st.steps.load(Ordering::Relaxed),
+                        "prompt_tokens": st.prompt_tokens.load(Ordering::Relaxed),
+                        "generated_tokens": st.generated_tokens.load(Ordering::Relaxed),
+                        "preemptions": st.preemptions.load(Ordering::Relaxed),
+                        "cancelled": st.cancelled.load(Ordering::Relaxed),
+                    }))
+                }
+                LoadedModel::Embedding(_) => None,
+            });
+            json!({
+                "id": s.id,
+                "aliases": desc.map(|d| d.aliases.clone()),
+                "task": desc.and_then(|d| d.task),
+                "state": s.state,
+                "device": s.device,
+                "bytes": s.bytes,
+                "last_used": s.last_used,
+                "loads": s.loads,
+                "last_load_seconds": s.last_load_seconds,
+                "last_error": s.last_error,
+                "error": desc.and_then(|d| d.error.clone()),
+                "scheduler": sched,
+            })
+        })
+        .collect();
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.uptime_seconds(),
+        "ready": state.is_ready(),
+        "compute": {
+            "threads": m.pool().threads(),
+            "kernels": hfms_engine::quant::kernels().name,
+        },
+        "models": models,
+    }))
+}

@@ -1,0 +1,2 @@
+//! Tower middleware: request ids and request logging.
+pub mod request_id;

@@ -1,0 +1,355 @@
+//! `POST /v1/chat/completions`
+
+use std::convert::Infallible;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::sse::Sse;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hfms_engine::generate::{GenEvent, GenerateRequest};
+use hfms_engine::skills::{LoadedModel, Task};
+use hfms_engine::tokenizer::chat_template::TemplateMessage;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::params::{self, Common};
+use super::types::*;
+use super::{Collected, acquire, collect, finish_str, fingerprint, logprob_json, merge, now_unix, sse_done, sse_json};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::middleware::request_id::RequestId;
+use crate::state::AppState;
+
+/// Flatten a message's content to the text a chat template expects.
+fn content_text(i: usize, m: &ChatMessage) -> ApiResult<String> {
+    let param = |p: &str| Some(format!("messages[{i}].{p}"));
+    match &m.content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            if parts.is_empty() {
+                return Err(ApiError::invalid(param("content"), "content must not be an empty array."));
+            }
+            let mut texts = Vec::with_capacity(parts.len());
+            for (j, p) in parts.iter().enumerate() {
+                let kind = p.get("type").and_then(|t| t.as_str()).unwrap_or("");
+                match kind {
+                    "text" => match p.get("text").and_then(|t| t.as_str()) {
+                        Some(t) => texts.push(t.to_string()),
+                        None => {
+                            return Err(ApiError::invalid(
+                                Some(format!("messages[{i}].content[{j}].text")),
+                                "a text content part needs a string 'text'.",
+                            ));
+                        }
+                    },
+                    "" => {
+                        return Err(ApiError::invalid(
+                            Some(format!("messages[{i}].content[{j}].type")),
+                            "each content part needs a 'type'.",
+                        ));
+                    }
+                    other => {
+                        return Err(ApiError::invalid(
+                            Some(format!("messages[{i}].content[{j}].type")),
+                            format!("content parts of type '{other}' are not supported by this model; only 'text' is."),
+                        ));
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(other) => Err(ApiError::invalid(
+            param("content"),
+            format!("content must be a string or an array of content parts, got {}.", json_kind(other)),
+        )),
+        None => Err(ApiError::invalid(param("content"), "content is required for this message.")),
+    }
+}
+
+pub(crate) fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateMessage>> {
+    if msgs.is_empty() {
+        return Err(ApiError::invalid(
+            Some("messages".into()),
+            "messages must contain at least one message.",
+        ));
+    }
+    msgs.iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let role = match m.role.as_str() {
+                "system" | "developer" => "system",
+                "user" => "user",
+                "assistant" => "assistant",
+                "tool" | "function" => {
+                    return Err(ApiError::invalid(
+                        Some(format!("messages[{i}].role")),
+                        format!("'{}' messages are not supported: this server does not do tool calling.", m.role),
+                    ));
+                }
+                other => {
+                    return Err(ApiError::invalid(
+                        Some(format!("messages[{i}].role")),
+                        format!("'{other}' is not a valid role; use one of 'system', 'developer', 'user', 'assistant'."),
+                    ));
+                }
+            };
+            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
+                return Err(ApiError::invalid(
+                    Some(format!("messages[{i}].tool_calls")),
+                    "tool calls are not supported by this server.",
+                ));
+            }
+            Ok(TemplateMessage {
+                role: role.to_string(),
+                content: content_text(i, m)?,
+                name: m.name.clone(),
+            })
+        })
+        .collect()
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    ApiJson(req): ApiJson<ChatCompletionRequest>,
+) -> ApiResult<Response> {
+    // Everything that needs no model first: bad input fails fast.
+    let messages = template_messages(&req.messages)?;
+    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) || req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(ApiError::invalid(Some("tools".into()), "tools and functions are not supported by this server."));
+    }
+    let json_mode = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
+        None | Some("text") => false,
+        Some("json_object") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                Some("response_format.type".into()),
+                format!("response_format type '{other}' is not supported; use 'text' or 'json_object'."),
+            ));
+        }
+    };
+    let stream = req.stream.unwrap_or(false);
+    if req.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid(
+            Some("stream_options".into()),
+            "stream_options may only be set when stream is true.",
+        ));
+    }
+    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let want_logprobs = req.logprobs.unwrap_or(false);
+    let top_logprobs = match (want_logprobs, req.top_logprobs) {
+        (_, Some(k)) if !(0..=20).contains(&k) => {
+            return Err(ApiError::invalid(Some("top_logprobs".into()), "top_logprobs must be between 0 and 20."));
+        }
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs".into()),
+                "logprobs must be true when top_logprobs is set.",
+            ));
+        }
+        (true, k) => Some(k.unwrap_or(0) as usize),
+        (false, None) => None,
+    };
+    let requested_max = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(a), _) => Some((a, "max_completion_tokens")),
+        (None, Some(b)) => Some((b, "max_tokens")),
+        _ => None,
+    };
+
+    let (model_id, model) = acquire(&state, &req.model, Task::Generate).await?;
+    let LoadedModel::Generation(gm) = model.as_ref() else {
+        return Err(ApiError::internal("model task mismatch"));
+    };
+    let tokenizer = gm.generator.tokenizer().clone();
+    let validated = params::validate(
+        Common {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            n: req.n,
+            stop: req.stop.clone(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.clone(),
+            seed: req.seed,
+            top_logprobs,
+        },
+        gm.generator.model().config().vocab,
+        state.config().max_n,
+    )?;
+    let template = gm.template.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            Some("model".into()),
+            format!("The model `{model_id}` has no chat template; use /v1/completions with a raw prompt."),
+        )
+    })?;
+    let prompt_text = template.render(&messages, true)?;
+    // The template writes any BOS itself (add_special_tokens=False, as
+    // transformers' apply_chat_template does).
+    let prompt = tokenizer.encode(&prompt_text, false)?;
+    let max_tokens = params::max_tokens(
+        requested_max.map(|(m, _)| m),
+        requested_max.map(|(_, p)| p).unwrap_or("max_tokens"),
+        prompt.len(),
+        gm.context_length,
+        "messages",
+    )?;
+
+    let mut receivers = Vec::with_capacity(validated.n);
+    for i in 0..validated.n {
+        let mut sampling = validated.sampling.clone();
+        sampling.seed = params::choice_seed(sampling.seed, i);
+        receivers.push(gm.generator.submit(GenerateRequest {
+            prompt: prompt.clone(),
+            max_tokens,
+            sampling,
+            stop: validated.stop.clone(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            prompt_logprobs: None,
+            json: json_mode,
+            tag: rid.0.clone(),
+        })?);
+    }
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now_unix();
+    if !stream {
+        let results = futures::future::try_join_all(receivers.into_iter().map(collect)).await?;
+        let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+        let choices = results
+            .into_iter()
+            .enumerate()
+            .map(|(index, r): (usize, Collected)| ChatChoice {
+                index,
+                logprobs: want_logprobs.then(|| ChatLogprobs {
+                    content: Some(r.logprobs.iter().map(logprob_json).collect()),
+                    refusal: None,
+                }),
+                finish_reason: finish_str(r.finish.unwrap_or(hfms_engine::generate::FinishReason::Stop)),
+                message: ResponseMessage {
+                    role: "assistant",
+                    content: Some(r.text),
+                    refusal: None,
+                },
+            })
+            .collect();
+        let body = ChatCompletionResponse {
+            id,
+            object: "chat.completion",
+            created,
+            model: model_id,
+            system_fingerprint: fingerprint(),
+            choices,
+            usage: Usage::new(prompt.len(), completion),
+        };
+        return Ok(axum::Json(body).into_response());
+    }
+
+    let n = receivers.len();
+    let prompt_tokens = prompt.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>| ChatCompletionChunk {
+        id: id.clone(),
+        object: "chat.completion.chunk",
+        created,
+        model: model_id.clone(),
+        system_fingerprint: fingerprint(),
+        choices,
+        usage,
+    };
+    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
+    tokio::spawn(
+        async move {
+            // Holding the model keeps it loaded while this stream runs.
+            let _model = model;
+            for index in 0..n {
+                let c = chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta: ChunkDelta {
+                            role: Some("assistant"),
+                            content: Some(String::new()),
+                        },
+                        logprobs: None,
+                        finish_reason: None,
+                    }],
+                    usage_field(None),
+                );
+                if tx.send(sse_json(&c)).await.is_err() {
+                    return;
+                }
+            }
+            let mut events = merge(receivers);
+            let mut completion = 0;
+            let mut done = 0;
+            while let Some((index, ev)) = events.next().await {
+                let c = match ev {
+                    GenEvent::Prompt(_) => continue,
+                    GenEvent::Delta { text, logprobs } => chunk(
+                        vec![ChatChunkChoice {
+                            index,
+                            delta: ChunkDelta {
+                                role: None,
+                                content: Some(text),
+                            },
+                            logprobs: want_logprobs.then(|| ChatLogprobs {
+                                content: Some(logprobs.iter().map(logprob_json).collect()),
+                                refusal: None,
+                            }),
+                            finish_reason: None,
+                        }],
+                        usage_field(None),
+                    ),
+                    GenEvent::Done { finish_reason, usage, .. } => {
+                        completion += usage.completion_tokens;
+                        done += 1;
+                        chunk(
+                            vec![ChatChunkChoice {
+                                index,
+                                delta: ChunkDelta::default(),
+                                logprobs: None,
+                                finish_reason: Some(finish_str(finish_reason)),
+                            }],
+                            usage_field(None),
+                        )
+                    }
+                    GenEvent::Error(e) => {
+                        let err = ApiError::from(e);
+                        tracing::error!(error = %err.message, "generation failed mid-stream");
+                        let _ = tx.send(sse_json(&err.to_json())).await;
+                        return;
+                    }
+                };
+                if tx.send(sse_json(&c)).await.is_err() {
+                    tracing::info!("client disconnected; cancelling generation");
+                    return;
+                }
+                if done == n {
+                    break;
+                }
+            }
+            if include_usage {
+                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion))));
+                if tx.send(sse_json(&c)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(sse_done()).await;
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream).into_response())
+}

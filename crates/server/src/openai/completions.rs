@@ -1,0 +1,361 @@
+//! `POST /v1/completions` (the legacy text completions API).
+
+use std::convert::Infallible;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::response::sse::Sse;
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest, TokenLogprob};
+use hfms_engine::skills::{LoadedModel, Task};
+use hfms_engine::tokenizer::Tokenizer;
+use serde_json::Value;
+use tracing::Instrument;
+
+use super::chat::json_kind;
+use super::params::{self, Common};
+use super::types::*;
+use super::{acquire, collect, finish_str, fingerprint, merge, now_unix, sse_done, sse_json};
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::middleware::request_id::RequestId;
+use crate::state::AppState;
+
+/// One prompt of a request: its text (for echo) and token ids.
+struct Prompt {
+    text: String,
+    ids: Vec<u32>,
+}
+
+fn token_list(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
+    v.iter()
+        .map(|x| {
+            x.as_u64()
+                .filter(|&t| t <= u32::MAX as u64)
+                .map(|t| t as u32)
+                .ok_or_else(|| ApiError::invalid(Some(param.to_string()), format!("token ids must be non-negative integers, got {x}.")))
+        })
+        .collect()
+}
+
+/// The shapes OpenAI accepts for `prompt`.
+fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
+    let v = v.ok_or_else(|| ApiError::invalid(Some("prompt".into()), "prompt is required."))?;
+    let from_text = |s: &str| -> ApiResult<Prompt> {
+        Ok(Prompt {
+            text: s.to_string(),
+            ids: tok.encode(s, true)?,
+        })
+    };
+    let from_ids = |ids: Vec<u32>| -> ApiResult<Prompt> {
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= tok.vocab_size()) {
+            return Err(ApiError::invalid(
+                Some("prompt".into()),
+                format!("token id {bad} is outside the vocabulary (size {}).", tok.vocab_size()),
+            ));
+        }
+        Ok(Prompt {
+            text: tok.decode(&ids, false)?,
+            ids,
+        })
+    };
+    let out = match v {
+        Value::String(s) => vec![from_text(s)?],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::invalid(Some("prompt".into()), "prompt must not be an empty array."));
+        }
+        Value::Array(items) => match &items[0] {
+            Value::String(_) => items
+                .iter()
+                .map(|x| match x {
+                    Value::String(s) => from_text(s),
+                    other => Err(ApiError::invalid(
+                        Some("prompt".into()),
+                        format!("a list of prompts must hold only strings, found {}.", json_kind(other)),
+                    )),
+                })
+                .collect::<ApiResult<_>>()?,
+            Value::Number(_) => vec![from_ids(token_list(items, "prompt")?)?],
+            Value::Array(_) => items
+                .iter()
+                .map(|x| match x {
+                    Value::Array(ids) => from_ids(token_list(ids, "prompt")?),
+                    other => Err(ApiError::invalid(
+                        Some("prompt".into()),
+                        format!("a list of token lists must hold only arrays, found {}.", json_kind(other)),
+                    )),
+                })
+                .collect::<ApiResult<_>>()?,
+            other => {
+                return Err(ApiError::invalid(
+                    Some("prompt".into()),
+                    format!("prompt must be a string, a list of strings, or token ids; got a list of {}.", json_kind(other)),
+                ));
+            }
+        },
+        other => {
+            return Err(ApiError::invalid(
+                Some("prompt".into()),
+                format!("prompt must be a string, a list of strings, or token ids; got {}.", json_kind(other)),
+            ));
+        }
+    };
+    for (i, p) in out.iter().enumerate() {
+        if p.ids.is_empty() {
+            return Err(ApiError::invalid(
+                Some("prompt".into()),
+                format!("prompt {i} is empty; give at least one token."),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Completions' legacy logprobs: parallel lists plus text offsets.
+fn legacy_logprobs(entries: &[Option<TokenLogprob>], start_offset: usize) -> CompletionLogprobs {
+    let mut out = CompletionLogprobs::default();
+    let mut offset = start_offset;
+    for e in entries {
+        match e {
+            Some(l) => {
+                out.tokens.push(l.token.clone());
+                out.token_logprobs.push(Some(l.logprob));
+                out.top_logprobs.push(Some(l.top.iter().map(|t| (t.token.clone(), Value::from(t.logprob))).collect()));
+                out.text_offset.push(offset);
+                offset += l.token.len();
+            }
+            None => {
+                out.tokens.push(String::new());
+                out.token_logprobs.push(None);
+                out.top_logprobs.push(None);
+                out.text_offset.push(offset);
+            }
+        }
+    }
+    out
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(rid): Extension<RequestId>,
+    ApiJson(req): ApiJson<CompletionRequest>,
+) -> ApiResult<Response> {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::invalid(Some("suffix".into()), "suffix (insertion) is not supported by this server."));
+    }
+    let stream = req.stream.unwrap_or(false);
+    if req.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid(
+            Some("stream_options".into()),
+            "stream_options may only be set when stream is true.",
+        ));
+    }
+    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let logprobs = match req.logprobs {
+        None => None,
+        Some(k) if (0..=20).contains(&k) => Some(k as usize),
+        Some(k) => {
+            return Err(ApiError::invalid(Some("logprobs".into()), format!("logprobs must be between 0 and 20, got {k}.")));
+        }
+    };
+    let echo = req.echo.unwrap_or(false);
+    if let (Some(b), n) = (req.best_of, req.n.unwrap_or(1)) {
+        if b != n {
+            return Err(ApiError::invalid(
+                Some("best_of".into()),
+                "best_of other than n is not supported by this server.",
+            ));
+        }
+    }
+
+    let (model_id, model) = acquire(&state, &req.model, Task::Generate).await?;
+    let LoadedModel::Generation(gm) = model.as_ref() else {
+        return Err(ApiError::internal("model task mismatch"));
+    };
+    let tokenizer = gm.generator.tokenizer().clone();
+    let validated = params::validate(
+        Common {
+            temperature: req.temperature,
+            top_p: req.top_p,
+            top_k: req.top_k,
+            n: req.n,
+            stop: req.stop.clone(),
+            presence_penalty: req.presence_penalty,
+            frequency_penalty: req.frequency_penalty,
+            logit_bias: req.logit_bias.clone(),
+            seed: req.seed,
+            top_logprobs: logprobs,
+        },
+        gm.generator.model().config().vocab,
+        state.config().max_n,
+    )?;
+    let prompts = prompts(req.prompt.as_ref(), &tokenizer)?;
+    if prompts.len() * validated.n > 128 {
+        return Err(ApiError::invalid(Some("prompt".into()), "at most 128 choices (prompts × n) per request."));
+    }
+    let mut limits = Vec::with_capacity(prompts.len());
+    for p in &prompts {
+        limits.push(params::max_tokens(req.max_tokens.or(Some(16)), "max_tokens", p.ids.len(), gm.context_length, "prompt")?);
+    }
+
+    // choice index = prompt index * n + i, as OpenAI numbers them.
+    let mut receivers = Vec::new();
+    let mut echoes = Vec::new();
+    let mut prompt_tokens = 0;
+    for (pi, p) in prompts.iter().enumerate() {
+        prompt_tokens += p.ids.len();
+        for i in 0..validated.n {
+            let mut sampling = validated.sampling.clone();
+            sampling.seed = params::choice_seed(sampling.seed, pi * validated.n + i);
+            receivers.push(gm.generator.submit(GenerateRequest {
+                prompt: p.ids.clone(),
+                max_tokens: limits[pi],
+                sampling,
+                stop: validated.stop.clone(),
+                stop_token_ids: Vec::new(),
+                ignore_eos: false,
+                prompt_logprobs: if echo { logprobs } else { None },
+                json: false,
+                tag: rid.0.clone(),
+            })?);
+            echoes.push(if echo { p.text.clone() } else { String::new() });
+        }
+    }
+    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let created = now_unix();
+
+    if !stream {
+        let results = futures::future::try_join_all(receivers.into_iter().map(collect)).await?;
+        let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+        let choices = results
+            .into_iter()
+            .zip(echoes)
+            .enumerate()
+            .map(|(index, (r, echo_text))| {
+                let lp = logprobs.map(|_| {
+                    let mut entries: Vec<Option<TokenLogprob>> = r.prompt_logprobs.clone().unwrap_or_default();
+                    entries.extend(r.logprobs.iter().cloned().map(Some));
+                    legacy_logprobs(&entries, 0)
+                });
+                CompletionChoice {
+                    index,
+                    text: format!("{echo_text}{}", r.text),
+                    logprobs: lp,
+                    finish_reason: Some(finish_str(r.finish.unwrap_or(FinishReason::Stop))),
+                }
+            })
+            .collect();
+        let body = CompletionResponse {
+            id,
+            object: "text_completion",
+            created,
+            model: model_id,
+            system_fingerprint: fingerprint(),
+            choices,
+            usage: Some(Some(Usage::new(prompt_tokens, completion))),
+        };
+        return Ok(axum::Json(body).into_response());
+    }
+
+    let n = receivers.len();
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>| CompletionResponse {
+        id: id.clone(),
+        object: "text_completion",
+        created,
+        model: model_id.clone(),
+        system_fingerprint: fingerprint(),
+        choices,
+        usage,
+    };
+    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
+    tokio::spawn(
+        async move {
+            let _model = model;
+            let mut events = merge(receivers);
+            let mut completion = 0;
+            let mut done = 0;
+            // Bytes of text sent so far per choice: where the next token's
+            // text_offset starts. The echo goes out with a choice's first chunk.
+            let mut sent: Vec<usize> = vec![0; n];
+            let mut echoed = vec![false; n];
+            while let Some((index, ev)) = events.next().await {
+                let mut text = String::new();
+                if !echoed[index] {
+                    echoed[index] = true;
+                    text.push_str(&echoes[index]);
+                }
+                let c = match ev {
+                    GenEvent::Prompt(entries) => {
+                        let lp = legacy_logprobs(&entries, 0);
+                        sent[index] += text.len();
+                        chunk(
+                            vec![CompletionChoice {
+                                index,
+                                text,
+                                logprobs: Some(lp),
+                                finish_reason: None,
+                            }],
+                            usage_field(None),
+                        )
+                    }
+                    GenEvent::Delta { text: t, logprobs: lps } => {
+                        let start = sent[index] + text.len();
+                        let lp = logprobs.map(|_| {
+                            let entries: Vec<Option<TokenLogprob>> = lps.into_iter().map(Some).collect();
+                            legacy_logprobs(&entries, start)
+                        });
+                        text.push_str(&t);
+                        sent[index] += text.len();
+                        chunk(
+                            vec![CompletionChoice {
+                                index,
+                                text,
+                                logprobs: lp,
+                                finish_reason: None,
+                            }],
+                            usage_field(None),
+                        )
+                    }
+                    GenEvent::Done { finish_reason, usage, .. } => {
+                        completion += usage.completion_tokens;
+                        done += 1;
+                        chunk(
+                            vec![CompletionChoice {
+                                index,
+                                text,
+                                logprobs: None,
+                                finish_reason: Some(finish_str(finish_reason)),
+                            }],
+                            usage_field(None),
+                        )
+                    }
+                    GenEvent::Error(e) => {
+                        let err = ApiError::from(e);
+                        tracing::error!(error = %err.message, "generation failed mid-stream");
+                        let _ = tx.send(sse_json(&err.to_json())).await;
+                        return;
+                    }
+                };
+                if tx.send(sse_json(&c)).await.is_err() {
+                    tracing::info!("client disconnected; cancelling generation");
+                    return;
+                }
+                if done == n {
+                    break;
+                }
+            }
+            if include_usage {
+                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion))));
+                if tx.send(sse_json(&c)).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(sse_done()).await;
+        }
+        .instrument(tracing::Span::current()),
+    );
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
+    Ok(Sse::new(stream).into_response())
+}

@@ -1,0 +1,148 @@
+//! `POST /v1/embeddings`
+
+use axum::extract::State;
+use base64::Engine as _;
+use hfms_engine::embed::EmbedInput;
+use hfms_engine::skills::{LoadedModel, Task};
+use serde_json::Value;
+
+use super::acquire;
+use super::chat::json_kind;
+use super::types::*;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+fn token_ids(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
+    if v.is_empty() {
+        return Err(ApiError::invalid(Some(param.to_string()), "a token list must not be empty."));
+    }
+    v.iter()
+        .map(|x| {
+            x.as_u64()
+                .filter(|&t| t <= u32::MAX as u64)
+                .map(|t| t as u32)
+                .ok_or_else(|| ApiError::invalid(Some(param.to_string()), format!("token ids must be non-negative integers, got {x}.")))
+        })
+        .collect()
+}
+
+/// The four shapes of `input`: string, list of strings, token ids, lists of
+/// token ids.
+fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
+    let param = Some("input".to_string());
+    let out: Vec<EmbedInput> = match v {
+        Value::String(s) => vec![EmbedInput::Text(s.clone())],
+        Value::Array(items) if items.is_empty() => {
+            return Err(ApiError::invalid(param, "input must not be an empty array."));
+        }
+        Value::Array(items) => match &items[0] {
+            Value::String(_) => items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| match x {
+                    Value::String(s) => Ok(EmbedInput::Text(s.clone())),
+                    other => Err(ApiError::invalid(
+                        Some(format!("input[{i}]")),
+                        format!("a list of inputs must hold only strings, found {}.", json_kind(other)),
+                    )),
+                })
+                .collect::<ApiResult<_>>()?,
+            Value::Number(_) => vec![EmbedInput::Tokens(token_ids(items, "input")?)],
+            Value::Array(_) => items
+                .iter()
+                .enumerate()
+                .map(|(i, x)| match x {
+                    Value::Array(ids) => Ok(EmbedInput::Tokens(token_ids(ids, &format!("input[{i}]"))?)),
+                    other => Err(ApiError::invalid(
+                        Some(format!("input[{i}]")),
+                        format!("a list of token lists must hold only arrays, found {}.", json_kind(other)),
+                    )),
+                })
+                .collect::<ApiResult<_>>()?,
+            other => {
+                return Err(ApiError::invalid(
+                    param,
+                    format!("input must be a string, a list of strings, or token ids; got a list of {}.", json_kind(other)),
+                ));
+            }
+        },
+        other => {
+            return Err(ApiError::invalid(
+                param,
+                format!("input must be a string, a list of strings, or token ids; got {}.", json_kind(other)),
+            ));
+        }
+    };
+    if out.len() > max {
+        return Err(ApiError::invalid(Some("input".into()), format!("at most {max} inputs per request, got {}.", out.len())));
+    }
+    for (i, inp) in out.iter().enumerate() {
+        if let EmbedInput::Text(s) = inp {
+            if s.is_empty() {
+                return Err(ApiError::invalid(Some(format!("input[{i}]")), "input strings must not be empty."));
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<EmbeddingRequest>) -> ApiResult<axum::Json<EmbeddingResponse>> {
+    let inputs = inputs(&req.input, state.config().max_embedding_inputs)?;
+    let base64 = match req.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                Some("encoding_format".into()),
+                format!("encoding_format must be 'float' or 'base64', got '{other}'."),
+            ));
+        }
+    };
+    let dimensions = match req.dimensions {
+        None => None,
+        Some(d) if d >= 1 => Some(d as usize),
+        Some(d) => {
+            return Err(ApiError::invalid(Some("dimensions".into()), format!("dimensions must be at least 1, got {d}.")));
+        }
+    };
+    let (model_id, model) = acquire(&state, &req.model, Task::Embed).await?;
+    let pool = state.manager().pool().clone();
+    let span = tracing::Span::current();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
+        span.in_scope(|| {
+            let LoadedModel::Embedding(em) = model.as_ref() else {
+                return Err(ApiError::internal("model task mismatch"));
+            };
+            let ids = em.tokenize(&inputs)?;
+            let tokens: usize = ids.iter().map(|v| v.len()).sum();
+            let vectors = em.embed_tokens(&ids, dimensions, &pool)?;
+            Ok::<_, ApiError>((vectors, tokens))
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))??;
+    let data = vectors
+        .into_iter()
+        .enumerate()
+        .map(|(index, v)| EmbeddingData {
+            object: "embedding",
+            index,
+            embedding: if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+            } else {
+                EmbeddingVector::Float(v)
+            },
+        })
+        .collect();
+    Ok(axum::Json(EmbeddingResponse {
+        object: "list",
+        data,
+        model: model_id,
+        usage: EmbeddingUsage {
+            prompt_tokens: tokens,
+            total_tokens: tokens,
+        },
+    }))
+}

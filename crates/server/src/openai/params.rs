@@ -1,0 +1,147 @@
+//! Validation of the sampling fields chat and completions share, turning a
+//! request into the engine's `SamplingParams` or a 400 that names the field.
+
+use std::collections::HashMap;
+
+use hfms_engine::generate::SamplingParams;
+
+use crate::error::{ApiError, ApiResult};
+use crate::openai::types::Stop;
+
+pub struct Common {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub n: Option<i64>,
+    pub stop: Option<Stop>,
+    pub presence_penalty: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub seed: Option<i64>,
+    /// How many alternatives per token; None = no logprobs.
+    pub top_logprobs: Option<usize>,
+}
+
+pub struct Validated {
+    pub sampling: SamplingParams,
+    pub n: usize,
+    pub stop: Vec<String>,
+}
+
+fn range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> ApiResult<()> {
+    if let Some(x) = v {
+        if !x.is_finite() || x < lo || x > hi {
+            return Err(ApiError::invalid(
+                Some(name.to_string()),
+                format!("{x} is not a valid value for '{name}': it must be between {lo} and {hi}."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub fn validate(c: Common, vocab: usize, max_n: usize) -> ApiResult<Validated> {
+    range("temperature", c.temperature, 0.0, 2.0)?;
+    range("top_p", c.top_p, 0.0, 1.0)?;
+    range("presence_penalty", c.presence_penalty, -2.0, 2.0)?;
+    range("frequency_penalty", c.frequency_penalty, -2.0, 2.0)?;
+    if c.top_p == Some(0.0) {
+        return Err(ApiError::invalid(Some("top_p".into()), "top_p must be greater than 0."));
+    }
+    let top_k = match c.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => k as usize,
+        Some(k) => {
+            return Err(ApiError::invalid(Some("top_k".into()), format!("top_k must be -1 (off) or positive, got {k}.")));
+        }
+    };
+    let n = match c.n {
+        None => 1,
+        Some(n) if n >= 1 && n as usize <= max_n => n as usize,
+        Some(n) => {
+            return Err(ApiError::invalid(Some("n".into()), format!("n must be between 1 and {max_n}, got {n}.")));
+        }
+    };
+    let stop = c.stop.map(Stop::into_vec).unwrap_or_default();
+    if stop.len() > 4 {
+        return Err(ApiError::invalid(Some("stop".into()), "At most 4 stop sequences are allowed."));
+    }
+    if stop.iter().any(|s| s.is_empty()) {
+        return Err(ApiError::invalid(Some("stop".into()), "Stop sequences must not be empty strings."));
+    }
+    let mut logit_bias = Vec::new();
+    for (k, v) in c.logit_bias.unwrap_or_default() {
+        let id: u32 = k.parse().map_err(|_| {
+            ApiError::invalid(Some("logit_bias".into()), format!("logit_bias keys must be token ids, got {k:?}."))
+        })?;
+        if id as usize >= vocab {
+            return Err(ApiError::invalid(
+                Some("logit_bias".into()),
+                format!("token id {id} in logit_bias is outside the vocabulary (size {vocab})."),
+            ));
+        }
+        if !(-100.0..=100.0).contains(&v) {
+            return Err(ApiError::invalid(
+                Some("logit_bias".into()),
+                format!("logit_bias values must be between -100 and 100, got {v}."),
+            ));
+        }
+        logit_bias.push((id, v));
+    }
+    logit_bias.sort_by_key(|(id, _)| *id);
+    let seed = c.seed.map(|s| s as u64);
+    Ok(Validated {
+        sampling: SamplingParams {
+            temperature: c.temperature.unwrap_or(1.0),
+            top_p: c.top_p.unwrap_or(1.0),
+            top_k,
+            seed,
+            presence_penalty: c.presence_penalty.unwrap_or(0.0),
+            frequency_penalty: c.frequency_penalty.unwrap_or(0.0),
+            logit_bias,
+            top_logprobs: c.top_logprobs,
+        },
+        n,
+        stop,
+    })
+}
+
+/// `max_tokens` against the context window: the OpenAI message when the
+/// prompt and completion cannot fit, the room left when it is not given.
+pub fn max_tokens(requested: Option<i64>, param: &str, prompt_len: usize, context: usize, what: &str) -> ApiResult<usize> {
+    if prompt_len >= context {
+        return Err(ApiError::invalid(
+            Some(what.to_string()),
+            format!(
+                "This model's maximum context length is {context} tokens. However, your {what} resulted in {prompt_len} tokens. Please reduce the length of the {what}."
+            ),
+        )
+        .with_code("context_length_exceeded"));
+    }
+    match requested {
+        None => Ok(context - prompt_len),
+        Some(m) if m < 1 => Err(ApiError::invalid(
+            Some(param.to_string()),
+            format!("{param} must be at least 1, got {m}."),
+        )),
+        Some(m) => {
+            let m = m as usize;
+            if prompt_len + m > context {
+                return Err(ApiError::invalid(
+                    Some(what.to_string()),
+                    format!(
+                        "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt_len} in the {what}, {m} in the completion). Please reduce the length of the {what} or completion.",
+                        prompt_len + m
+                    ),
+                )
+                .with_code("context_length_exceeded"));
+            }
+            Ok(m)
+        }
+    }
+}
+
+/// The seed of choice `i` of `n`: distinct per choice, reproducible.
+pub fn choice_seed(seed: Option<u64>, i: usize) -> Option<u64> {
+    seed.map(|s| s.wrapping_add(i as u64))
+}
