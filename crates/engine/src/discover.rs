@@ -179,7 +179,13 @@ fn is_split_shard(name: &str) -> bool {
     // llama.cpp's split naming: name-00002-of-00003.gguf
     let stem = name.trim_end_matches(".gguf");
     stem.rsplit_once("-of-")
-        .map(|(head, tail)| tail.chars().all(|c| c.is_ascii_digit()) && head.rsplit('-').next().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit())))
+        .map(|(head, tail)| {
+            tail.chars().all(|c| c.is_ascii_digit())
+                && head
+                    .rsplit('-')
+                    .next()
+                    .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
         .unwrap_or(false)
 }
 
@@ -190,9 +196,8 @@ fn gguf_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     out.retain(|p| {
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        p.extension().is_some_and(|x| x == "gguf")
-            && !name.starts_with("mmproj")
-            && !(is_split_shard(name) && !name.contains("-00001-of-"))
+        let later_shard = is_split_shard(name) && !name.contains("-00001-of-");
+        p.extension().is_some_and(|x| x == "gguf") && !name.starts_with("mmproj") && !later_shard
     });
     out.sort();
     out
@@ -230,7 +235,9 @@ fn scan_models_dir(root: &Path, dir: &Path, depth: usize, out: &mut Vec<(String,
     if is_safetensors_model(dir) {
         let id = rel_id(root, dir);
         let id = if id.is_empty() {
-            dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
         } else {
             id
         };
@@ -247,21 +254,36 @@ fn scan_models_dir(root: &Path, dir: &Path, depth: usize, out: &mut Vec<(String,
     let base = rel_id(root, dir);
     for (id, path) in gguf_ids(&base, &files) {
         let id = if id.is_empty() {
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         } else {
             id
         };
-        out.push((id, ModelSource { format: Format::Gguf, path }));
+        out.push((
+            id,
+            ModelSource {
+                format: Format::Gguf,
+                path,
+            },
+        ));
     }
     if depth == 0 {
         return;
     }
     let mut subdirs: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     subdirs.sort();
     for sub in subdirs {
-        let hidden = sub.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+        let hidden = sub
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with('.'));
         if !hidden {
             scan_models_dir(root, &sub, depth - 1, out);
         }
@@ -287,14 +309,22 @@ fn hub_snapshot(repo_dir: &Path) -> Option<PathBuf> {
 }
 
 fn scan_hf_cache(cache: &Path, out: &mut Vec<(String, ModelSource)>) {
-    let Ok(rd) = std::fs::read_dir(cache) else { return };
+    let Ok(rd) = std::fs::read_dir(cache) else {
+        return;
+    };
     let mut repos: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).collect();
     repos.sort();
     for repo in repos {
-        let Some(name) = repo.file_name().and_then(|n| n.to_str()) else { continue };
-        let Some(rest) = name.strip_prefix("models--") else { continue };
+        let Some(name) = repo.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some(rest) = name.strip_prefix("models--") else {
+            continue;
+        };
         let id = rest.replacen("--", "/", 1);
-        let Some(snap) = hub_snapshot(&repo) else { continue };
+        let Some(snap) = hub_snapshot(&repo) else {
+            continue;
+        };
         if is_safetensors_model(&snap) {
             out.push((
                 id,
@@ -305,7 +335,13 @@ fn scan_hf_cache(cache: &Path, out: &mut Vec<(String, ModelSource)>) {
             ));
         } else {
             for (gid, path) in gguf_ids(&id, &gguf_files(&snap)) {
-                out.push((gid, ModelSource { format: Format::Gguf, path }));
+                out.push((
+                    gid,
+                    ModelSource {
+                        format: Format::Gguf,
+                        path,
+                    },
+                ));
             }
         }
     }
@@ -317,11 +353,24 @@ fn scan_hf_cache(cache: &Path, out: &mut Vec<(String, ModelSource)>) {
 pub fn discover(registry: &Registry, cfg: &DiscoverConfig) -> Vec<ModelDescription> {
     let mut found: Vec<(String, ModelSource, &'static str)> = Vec::new();
     for (id, path) in &cfg.extra {
-        let format = if path.is_dir() { Format::Safetensors } else { Format::Gguf };
+        let format = if path.is_dir() {
+            Format::Safetensors
+        } else {
+            Format::Gguf
+        };
         let id = id.clone().unwrap_or_else(|| {
-            path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
         });
-        found.push((id, ModelSource { format, path: path.clone() }, "config"));
+        found.push((
+            id,
+            ModelSource {
+                format,
+                path: path.clone(),
+            },
+            "config",
+        ));
     }
     for root in &cfg.models_dirs {
         let mut v = Vec::new();

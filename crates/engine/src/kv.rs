@@ -203,9 +203,7 @@ impl SeqKv {
 
     /// Blocks still needed to hold `total` positions.
     pub fn blocks_needed(&self, pool: &KvPool, total: usize) -> usize {
-        total
-            .div_ceil(pool.layout.block_size)
-            .saturating_sub(self.blocks.len())
+        total.div_ceil(pool.layout.block_size).saturating_sub(self.blocks.len())
     }
 
     /// Give every block back.
@@ -262,10 +260,7 @@ mod tests {
         let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..8).map(|i| 100.0 + i as f32).collect();
         pool.write(blk, 1, slot, &k, &v);
-        assert_eq!(
-            &pool.keys(blk, 1, 1)[slot * 4..slot * 4 + 4],
-            &[4.0, 5.0, 6.0, 7.0]
-        );
+        assert_eq!(&pool.keys(blk, 1, 1)[slot * 4..slot * 4 + 4], &[4.0, 5.0, 6.0, 7.0]);
         assert_eq!(
             &pool.values(blk, 1, 0)[slot * 4..slot * 4 + 4],
             &[100.0, 101.0, 102.0, 103.0]

@@ -184,9 +184,13 @@ impl ModelManager {
     /// Drop a loaded model. Requests already holding it finish first (they
     /// hold their own reference).
     pub fn unload(&self, name: &str) -> Result<bool> {
-        let desc = self.resolve(name).ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
+        let desc = self
+            .resolve(name)
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
         let mut records = self.lock();
-        let Some(rec) = records.get_mut(&desc.id) else { return Ok(false) };
+        let Some(rec) = records.get_mut(&desc.id) else {
+            return Ok(false);
+        };
         let was = matches!(rec.slot, Some(Slot::Loaded(_)));
         if was {
             rec.slot = None;

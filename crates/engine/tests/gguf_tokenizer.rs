@@ -31,28 +31,16 @@ fn probe_sentences_match_reference_ids_and_round_trip() {
         if got != want {
             bad.push(format!("{text:?}: got {got:?} want {want:?}"));
         }
-        assert_eq!(
-            tok.decode(&got, false).unwrap(),
-            text,
-            "round trip of {text:?}"
-        );
+        assert_eq!(tok.decode(&got, false).unwrap(), text, "round trip of {text:?}");
     }
-    assert!(
-        bad.is_empty(),
-        "{} mismatches:\n{}",
-        bad.len(),
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{} mismatches:\n{}", bad.len(), bad.join("\n"));
 }
 
 #[test]
 fn digits_are_split_one_by_one() {
     let tok = tokenizer();
     let r = common::reference("smollm2_greedy_hf.json");
-    for (text, ids) in r["tokenizer_conversion"]["digit_probe"]
-        .as_object()
-        .unwrap()
-    {
+    for (text, ids) in r["tokenizer_conversion"]["digit_probe"].as_object().unwrap() {
         let want: Vec<u32> = ids
             .as_array()
             .unwrap()

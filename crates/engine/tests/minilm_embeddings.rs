@@ -71,9 +71,7 @@ fn embeddings_match_sentence_transformers() {
     }
     // One at a time gives the same vectors as the batch.
     for (i, one) in ids.iter().enumerate().take(4) {
-        let e = m
-            .embed_tokens(std::slice::from_ref(one), None, &pool)
-            .unwrap();
+        let e = m.embed_tokens(std::slice::from_ref(one), None, &pool).unwrap();
         let d: f32 = e[0]
             .iter()
             .zip(&embs[i])
@@ -87,9 +85,7 @@ fn embeddings_match_sentence_transformers() {
 fn dimensions_truncate_and_renormalise() {
     let m = model();
     let pool = ComputePool::new(2).unwrap();
-    let ids = m
-        .tokenize(&[EmbedInput::Text("Hello, world!".into())])
-        .unwrap();
+    let ids = m.tokenize(&[EmbedInput::Text("Hello, world!".into())]).unwrap();
     let full = m.embed_tokens(&ids, None, &pool).unwrap();
     let short = m.embed_tokens(&ids, Some(64), &pool).unwrap();
     assert_eq!(short[0].len(), 64);

@@ -6,8 +6,7 @@
 //! (e.g. `crates/hardware/tests/fixtures/amd-mi210-rx7900`).
 
 use hfms_hardware::{
-    ModelFootprint, PlacementRequest, Platform, ProbeRoots, detect, format_bytes, place,
-    render_table,
+    ModelFootprint, PlacementRequest, Platform, ProbeRoots, detect, format_bytes, place, render_table,
 };
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

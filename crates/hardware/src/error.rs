@@ -39,9 +39,7 @@ pub enum HardwareError {
         available_bytes: u64,
     },
 
-    #[error(
-        "releasing {released_bytes} bytes on {device}, but only {reserved_bytes} bytes are reserved there"
-    )]
+    #[error("releasing {released_bytes} bytes on {device}, but only {reserved_bytes} bytes are reserved there")]
     ReleaseExceedsReservation {
         device: DeviceId,
         released_bytes: u64,
@@ -54,10 +52,7 @@ pub enum HardwareError {
     // libloading's message already carries the full path, so only the file
     // name goes in front of it.
     #[error("{} could not be loaded: {source}", path.file_name().map_or_else(|| path.display().to_string(), |name| name.to_string_lossy().into_owned()))]
-    LibraryLoad {
-        path: PathBuf,
-        source: libloading::Error,
-    },
+    LibraryLoad { path: PathBuf, source: libloading::Error },
 
     #[error("{} has no symbol {symbol}: {source}", path.display())]
     MissingSymbol {
@@ -67,16 +62,10 @@ pub enum HardwareError {
     },
 
     #[error("{function} failed: {message}")]
-    ForeignCall {
-        function: &'static str,
-        message: String,
-    },
+    ForeignCall { function: &'static str, message: String },
 
     #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
 
     #[error("probe timed out after {timeout_ms} ms")]
     ProbeTimedOut { timeout_ms: u128 },

@@ -106,15 +106,13 @@ mod report;
 
 pub use error::HardwareError;
 pub use load::{DeviceLoad, DeviceLoadSnapshot, InFlightGuard};
-pub use placement::{
-    DeviceState, ModelFootprint, Placement, PlacementError, PlacementRequest, place,
-};
+pub use placement::{DeviceState, ModelFootprint, Placement, PlacementError, PlacementRequest, place};
 pub use platform::{DeviceId, Platform};
 pub use probe::{
-    ComputeCapability, DEFAULT_PROBE_TIMEOUT, DynamicNvml, NvmlDevice, NvmlSnapshot, NvmlSource,
-    ProbeRoots, build_support, default_library_dirs, detect, detect_default,
+    ComputeCapability, DEFAULT_PROBE_TIMEOUT, DynamicNvml, NvmlDevice, NvmlSnapshot, NvmlSource, ProbeRoots,
+    build_support, default_library_dirs, detect, detect_default,
 };
 pub use report::{
-    CgroupLimits, CpuDetails, DeviceInfo, HardwareReport, NumaNode, PlatformReport, SCHEMA_VERSION,
-    SimdFeatures, format_bytes, render_table,
+    CgroupLimits, CpuDetails, DeviceInfo, HardwareReport, NumaNode, PlatformReport, SCHEMA_VERSION, SimdFeatures,
+    format_bytes, render_table,
 };

@@ -61,12 +61,7 @@ impl DeviceLoad {
     /// device's free memory from detection) minus what is already reserved
     /// covers `bytes`. Check and reservation happen under one lock, so two
     /// models loading at once cannot both take the last free memory.
-    pub fn try_reserve(
-        &self,
-        device: DeviceId,
-        bytes: u64,
-        free_bytes: u64,
-    ) -> Result<(), HardwareError> {
+    pub fn try_reserve(&self, device: DeviceId, bytes: u64, free_bytes: u64) -> Result<(), HardwareError> {
         let mut counters = self.lock();
         let entry = counters.entry(device).or_default();
         let available_bytes = free_bytes.saturating_sub(entry.reserved_bytes);

@@ -62,10 +62,7 @@ pub struct PlacementRequest {
 }
 
 impl PlacementRequest {
-    pub fn new(
-        footprint: ModelFootprint,
-        supported_platforms: impl IntoIterator<Item = Platform>,
-    ) -> Self {
+    pub fn new(footprint: ModelFootprint, supported_platforms: impl IntoIterator<Item = Platform>) -> Self {
         PlacementRequest {
             footprint,
             supported_platforms: supported_platforms.into_iter().collect(),
@@ -143,28 +140,26 @@ fn load_key(device: &DeviceState) -> (usize, std::cmp::Reverse<u64>, usize, u32)
 /// devices of the first platform that fits, the least loaded wins. A pin
 /// bypasses the ranking but not the checks. If nothing fits, the error
 /// carries the numbers and every reason.
-pub fn place(
-    request: &PlacementRequest,
-    devices: &[DeviceState],
-) -> Result<Placement, PlacementError> {
+pub fn place(request: &PlacementRequest, devices: &[DeviceState]) -> Result<Placement, PlacementError> {
     let needed_bytes = request.footprint.total_bytes();
 
     if let Some(pin) = request.pin {
-        let device = devices
-            .iter()
-            .find(|device| device.id == pin)
-            .ok_or_else(|| HardwareError::PinnedDeviceMissing {
-                pin,
-                available: if devices.is_empty() {
-                    "none".to_string()
-                } else {
-                    devices
-                        .iter()
-                        .map(|device| device.id.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                },
-            })?;
+        let device =
+            devices
+                .iter()
+                .find(|device| device.id == pin)
+                .ok_or_else(|| HardwareError::PinnedDeviceMissing {
+                    pin,
+                    available: if devices.is_empty() {
+                        "none".to_string()
+                    } else {
+                        devices
+                            .iter()
+                            .map(|device| device.id.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    },
+                })?;
         if let Some(reason) = rejection(request, device) {
             return Err(HardwareError::PinnedDeviceUnusable { pin, reason });
         }
@@ -180,10 +175,8 @@ pub fn place(
     // For the error: the roomiest device that was otherwise eligible.
     let mut largest_free: Option<(u64, DeviceId)> = None;
     for platform in Platform::PREFERENCE {
-        let mut on_platform: Vec<&DeviceState> = devices
-            .iter()
-            .filter(|device| device.id.platform == platform)
-            .collect();
+        let mut on_platform: Vec<&DeviceState> =
+            devices.iter().filter(|device| device.id.platform == platform).collect();
         if on_platform.is_empty() {
             continue;
         }
@@ -197,24 +190,15 @@ pub fn place(
         };
         // Whole-platform reasons are logged once, not per device.
         if request.forbidden_platforms.contains(&platform) {
-            skipped.push(format!(
-                "{}: platform {platform} is forbidden for this model",
-                ids()
-            ));
+            skipped.push(format!("{}: platform {platform} is forbidden for this model", ids()));
             continue;
         }
         if !request.supported_platforms.contains(&platform) {
-            skipped.push(format!(
-                "{}: the model's skill does not support {platform}",
-                ids()
-            ));
+            skipped.push(format!("{}: the model's skill does not support {platform}", ids()));
             continue;
         }
         if on_platform.iter().all(|device| !device.build_supported) {
-            skipped.push(format!(
-                "{}: this build cannot run models on {platform}",
-                ids()
-            ));
+            skipped.push(format!("{}: this build cannot run models on {platform}", ids()));
             continue;
         }
 
@@ -222,8 +206,7 @@ pub fn place(
         for device in &on_platform {
             match rejection(request, device) {
                 Some(reason) => {
-                    if device.build_supported
-                        && largest_free.is_none_or(|(bytes, _)| device.available_bytes() > bytes)
+                    if device.build_supported && largest_free.is_none_or(|(bytes, _)| device.available_bytes() > bytes)
                     {
                         largest_free = Some((device.available_bytes(), device.id));
                     }
@@ -232,11 +215,7 @@ pub fn place(
                 None => fitting.push(*device),
             }
         }
-        let Some(chosen) = fitting
-            .iter()
-            .min_by_key(|device| load_key(device))
-            .copied()
-        else {
+        let Some(chosen) = fitting.iter().min_by_key(|device| load_key(device)).copied() else {
             continue;
         };
         for other in fitting.iter().filter(|device| device.id != chosen.id) {
@@ -283,10 +262,7 @@ impl HardwareReport {
     /// memory it cannot see.
     pub fn device_states(&self) -> Vec<DeviceState> {
         let host_total = self.cpu.as_ref().and_then(|cpu| cpu.effective_memory_bytes);
-        let host_available = self
-            .cpu
-            .as_ref()
-            .and_then(|cpu| cpu.effective_available_bytes);
+        let host_available = self.cpu.as_ref().and_then(|cpu| cpu.effective_available_bytes);
         let mut states = Vec::new();
         for platform in self.platforms.iter().filter(|platform| platform.present) {
             let shares_host_memory = matches!(
@@ -302,11 +278,7 @@ impl HardwareReport {
                 let total_bytes = device.total_bytes.or(fallback_total).unwrap_or(0);
                 let free_bytes = device.free_bytes.or(fallback_free).unwrap_or(0).min(
                     // Free can never exceed total when total is known.
-                    if total_bytes > 0 {
-                        total_bytes
-                    } else {
-                        u64::MAX
-                    },
+                    if total_bytes > 0 { total_bytes } else { u64::MAX },
                 );
                 states.push(DeviceState {
                     id: device.id,
@@ -394,13 +366,8 @@ mod tests {
 
     #[test]
     fn pin_to_existing_device_that_fits_is_chosen_even_if_not_preferred() {
-        let devices = [
-            device("cuda:0", 80),
-            device("cuda:1", 80),
-            device("cpu", 64),
-        ];
-        let placement =
-            place(&any_platform(4).pinned("cuda:1".parse().unwrap()), &devices).unwrap();
+        let devices = [device("cuda:0", 80), device("cuda:1", 80), device("cpu", 64)];
+        let placement = place(&any_platform(4).pinned("cuda:1".parse().unwrap()), &devices).unwrap();
         assert_eq!(placement.device.to_string(), "cuda:1");
         let placement = place(&any_platform(4).pinned(DeviceId::CPU), &devices).unwrap();
         assert_eq!(placement.device, DeviceId::CPU);
@@ -412,10 +379,7 @@ mod tests {
         unsupported.build_supported = false;
         let devices = [device("cuda:0", 8), unsupported, device("cpu", 64)];
         let cases = [
-            (
-                any_platform(16).pinned("cuda:0".parse().unwrap()),
-                "needs 16.00 GiB",
-            ),
+            (any_platform(16).pinned("cuda:0".parse().unwrap()), "needs 16.00 GiB"),
             (
                 any_platform(1).pinned("rocm:0".parse().unwrap()),
                 "this build cannot run models on rocm",
@@ -425,9 +389,7 @@ mod tests {
                 "skill does not support cuda",
             ),
             (
-                any_platform(1)
-                    .forbid(Platform::Cuda)
-                    .pinned("cuda:0".parse().unwrap()),
+                any_platform(1).forbid(Platform::Cuda).pinned("cuda:0".parse().unwrap()),
                 "cuda is forbidden",
             ),
         ];
@@ -474,19 +436,12 @@ mod tests {
         let devices = [gpu, device("cpu", 32)];
         let placement = place(&any_platform(4), &devices).unwrap();
         assert_eq!(placement.device, DeviceId::CPU);
-        assert_eq!(
-            placement.skipped,
-            ["rocm:0: this build cannot run models on rocm"]
-        );
+        assert_eq!(placement.skipped, ["rocm:0: this build cannot run models on rocm"]);
     }
 
     #[test]
     fn cpu_only_skill_goes_to_cpu_even_with_free_gpus() {
-        let devices = [
-            device("cuda:0", 80),
-            device("cuda:1", 80),
-            device("cpu", 32),
-        ];
+        let devices = [device("cuda:0", 80), device("cuda:1", 80), device("cpu", 32)];
         let request = PlacementRequest::new(model(4), [Platform::Cpu]);
         let placement = place(&request, &devices).unwrap();
         assert_eq!(placement.device, DeviceId::CPU);
@@ -502,10 +457,7 @@ mod tests {
         let request = any_platform(4).forbid(Platform::Cuda);
         let placement = place(&request, &devices).unwrap();
         assert_eq!(placement.device.to_string(), "qnn:0");
-        assert_eq!(
-            placement.skipped,
-            ["cuda:0: platform cuda is forbidden for this model"]
-        );
+        assert_eq!(placement.skipped, ["cuda:0: platform cuda is forbidden for this model"]);
     }
 
     #[test]
@@ -539,24 +491,15 @@ mod tests {
             } => {
                 assert_eq!(*needed_bytes, 40 * GIB);
                 assert_eq!(*largest_free_bytes, 24 * GIB);
-                assert_eq!(
-                    largest_free_device.map(|d| d.to_string()).as_deref(),
-                    Some("cuda:0")
-                );
+                assert_eq!(largest_free_device.map(|d| d.to_string()).as_deref(), Some("cuda:0"));
                 assert_eq!(skipped.len(), 2);
                 assert!(skipped[1].starts_with("cpu: needs 40.00 GiB"));
             }
             other => panic!("unexpected error {other:?}"),
         }
         let message = error.to_string();
-        assert!(
-            message.contains(&format!("{} bytes", 40 * GIB)),
-            "{message}"
-        );
-        assert!(
-            message.contains(&format!("{} bytes", 16 * GIB)),
-            "{message}"
-        );
+        assert!(message.contains(&format!("{} bytes", 40 * GIB)), "{message}");
+        assert!(message.contains(&format!("{} bytes", 16 * GIB)), "{message}");
         assert!(message.contains("40.00 GiB"), "{message}");
     }
 

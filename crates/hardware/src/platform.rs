@@ -119,9 +119,9 @@ impl FromStr for DeviceId {
             Some((platform, index)) => (platform, Some(index)),
             None => (trimmed, None),
         };
-        let platform: Platform = platform_text.parse().map_err(|_| {
-            invalid("unknown platform (expected cpu, cuda, rocm, metal, openvino or qnn)")
-        })?;
+        let platform: Platform = platform_text
+            .parse()
+            .map_err(|_| invalid("unknown platform (expected cpu, cuda, rocm, metal, openvino or qnn)"))?;
         let index = match index_text {
             Some(text) => text
                 .parse::<u32>()
@@ -160,10 +160,7 @@ mod tests {
             assert_eq!(id.to_string(), text);
         }
         assert_eq!("cpu:0".parse::<DeviceId>().unwrap(), DeviceId::CPU);
-        assert_eq!(
-            "CUDA:3".parse::<DeviceId>().unwrap(),
-            DeviceId::new(Platform::Cuda, 3)
-        );
+        assert_eq!("CUDA:3".parse::<DeviceId>().unwrap(), DeviceId::new(Platform::Cuda, 3));
     }
 
     #[test]
@@ -188,9 +185,6 @@ mod tests {
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(json, "\"openvino:2\"");
         assert_eq!(serde_json::from_str::<DeviceId>(&json).unwrap(), id);
-        assert_eq!(
-            serde_json::to_string(&Platform::OpenVino).unwrap(),
-            "\"openvino\""
-        );
+        assert_eq!(serde_json::to_string(&Platform::OpenVino).unwrap(), "\"openvino\"");
     }
 }

@@ -28,9 +28,7 @@ pub struct HardwareReport {
 
 impl HardwareReport {
     pub fn platform(&self, platform: Platform) -> Option<&PlatformReport> {
-        self.platforms
-            .iter()
-            .find(|report| report.platform == platform)
+        self.platforms.iter().find(|report| report.platform == platform)
     }
 
     /// Devices of every platform that is present, in report order.
@@ -340,11 +338,7 @@ fn render_device_rows(out: &mut String, devices: &[DeviceInfo]) {
     };
     let _ = writeln!(out, "{}", line(header));
     for row in &rows {
-        let _ = writeln!(
-            out,
-            "{}",
-            line([&row[0], &row[1], &row[2], &row[3], &row[4]])
-        );
+        let _ = writeln!(out, "{}", line([&row[0], &row[1], &row[2], &row[3], &row[4]]));
     }
 }
 

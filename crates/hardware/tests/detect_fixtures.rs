@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hfms_hardware::{
-    DeviceId, DeviceLoad, HardwareError, HardwareReport, ModelFootprint, NvmlSnapshot, NvmlSource,
-    Placement, PlacementRequest, Platform, PlatformReport, ProbeRoots, detect, place, render_table,
+    DeviceId, DeviceLoad, HardwareError, HardwareReport, ModelFootprint, NvmlSnapshot, NvmlSource, Placement,
+    PlacementRequest, Platform, PlatformReport, ProbeRoots, detect, place, render_table,
 };
 
 const GIB: u64 = 1 << 30;
@@ -47,10 +47,7 @@ fn model(bytes: u64) -> ModelFootprint {
 
 /// Places with every detected device treated as runnable, so the policy can
 /// be checked on real device tables whatever features this build has.
-fn place_as_if_all_supported(
-    report: &HardwareReport,
-    request: &PlacementRequest,
-) -> Result<Placement, HardwareError> {
+fn place_as_if_all_supported(report: &HardwareReport, request: &PlacementRequest) -> Result<Placement, HardwareError> {
     let mut states = report.device_states();
     for state in &mut states {
         state.build_supported = true;
@@ -81,20 +78,13 @@ fn nvidia_host_with_recorded_nvml_answer() {
     let cpu = report.cpu.as_ref().unwrap();
     assert_eq!(cpu.model_name, "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz");
     assert_eq!(cpu.vendor.as_deref(), Some("GenuineIntel"));
-    assert_eq!(
-        (cpu.logical_cores, cpu.physical_cores, cpu.sockets),
-        (8, 4, 2)
-    );
+    assert_eq!((cpu.logical_cores, cpu.physical_cores, cpu.sockets), (8, 4, 2));
     assert_eq!(cpu.topology_source, "/proc/cpuinfo physical id/core id");
     assert!(cpu.simd.avx2 && cpu.simd.fma && cpu.simd.f16c);
     assert!(cpu.simd.avx512f && cpu.simd.avx512_vnni);
     assert!(!cpu.simd.avx512_bf16, "Ice Lake has no AVX-512 BF16");
     assert_eq!(cpu.mem_total_bytes, Some(527939544 * 1024));
-    let numa: Vec<(u32, &str)> = cpu
-        .numa_nodes
-        .iter()
-        .map(|n| (n.id, n.cpus.as_str()))
-        .collect();
+    let numa: Vec<(u32, &str)> = cpu.numa_nodes.iter().map(|n| (n.id, n.cpus.as_str())).collect();
     assert_eq!(numa, [(0, "0-1,4-5"), (1, "2-3,6-7")]);
     let cgroup = cpu.cgroup.as_ref().unwrap();
     assert_eq!(
@@ -120,10 +110,7 @@ fn nvidia_host_with_recorded_nvml_answer() {
     assert_eq!(a100.name, "NVIDIA A100 80GB PCIe");
     assert_eq!(a100.total_bytes, Some(80 * GIB));
     assert_eq!(a100.free_bytes, Some(84537753600));
-    assert_eq!(
-        a100.capabilities,
-        ["sm_80", "fp16", "tensor_cores", "bf16", "tf32"]
-    );
+    assert_eq!(a100.capabilities, ["sm_80", "fp16", "tensor_cores", "bf16", "tf32"]);
     // Bus location joined from /proc/driver/nvidia by UUID.
     assert_eq!(a100.properties["pci_bus_id"], "0000:17:00.0");
     assert_eq!(a100.properties["compute_capability"], "8.0");
@@ -216,9 +203,7 @@ fn nvidia_host_without_nvml_falls_back_to_procfs() {
     );
 
     // Unknown memory is not free memory: placement skips the GPUs.
-    let placement =
-        place_as_if_all_supported(&report, &PlacementRequest::new(model(GIB), Platform::ALL))
-            .unwrap();
+    let placement = place_as_if_all_supported(&report, &PlacementRequest::new(model(GIB), Platform::ALL)).unwrap();
     assert_eq!(placement.device, DeviceId::CPU);
     assert_contains(&placement.skipped[0], "cuda:0: needs 1.00 GiB");
 }
@@ -259,10 +244,7 @@ fn cuda_visible_devices_hides_and_renumbers() {
     assert_eq!(cuda.devices[0].id.to_string(), "cuda:0");
     assert_eq!(cuda.devices[0].name, "NVIDIA A10");
     assert_eq!(cuda.devices[0].properties["nvml_index"], "1");
-    assert_contains(
-        &cuda.reason,
-        "CUDA_VISIBLE_DEVICES=\"1\" leaves 1 of 2 device(s)",
-    );
+    assert_contains(&cuda.reason, "CUDA_VISIBLE_DEVICES=\"1\" leaves 1 of 2 device(s)");
 
     roots.cuda_visible_devices = Some("-1".to_string());
     let report = detect(&roots);
@@ -277,10 +259,7 @@ fn amd_host_reads_kfd_topology_and_cgroup_limits() {
 
     let cpu = report.cpu.as_ref().unwrap();
     assert_eq!(cpu.model_name, "AMD EPYC 7543 32-Core Processor");
-    assert_eq!(
-        (cpu.logical_cores, cpu.physical_cores, cpu.sockets),
-        (4, 2, 1)
-    );
+    assert_eq!((cpu.logical_cores, cpu.physical_cores, cpu.sockets), (4, 2, 1));
     assert!(cpu.simd.avx2 && !cpu.simd.avx512f);
     let cgroup = cpu.cgroup.as_ref().unwrap();
     assert_eq!(cgroup.version, 2);
@@ -313,10 +292,7 @@ fn amd_host_reads_kfd_topology_and_cgroup_limits() {
     assert_eq!(mi210.free_bytes, Some(68702699520 - 10733223936));
     assert_eq!(mi210.properties["compute_units"], "104");
     assert_eq!(mi210.properties["device_id"], "0x740f");
-    assert_eq!(
-        mi210.properties["drm_device"],
-        "/sys/class/drm/renderD128/device"
-    );
+    assert_eq!(mi210.properties["drm_device"], "/sys/class/drm/renderD128/device");
 
     let navi = &rocm.devices[1];
     assert_eq!(navi.id.to_string(), "rocm:1");
@@ -347,10 +323,7 @@ fn x86_vm_with_avx512_and_cgroup_v1_limit() {
     let report = detect(&roots("x86-vm-avx512"));
     let cpu = report.cpu.as_ref().unwrap();
     assert_eq!(cpu.model_name, "AMD EPYC");
-    assert_eq!(
-        (cpu.logical_cores, cpu.physical_cores, cpu.sockets),
-        (2, 2, 1)
-    );
+    assert_eq!((cpu.logical_cores, cpu.physical_cores, cpu.sockets), (2, 2, 1));
     let simd = &cpu.simd;
     assert!(simd.avx2 && simd.fma && simd.f16c);
     assert!(simd.avx512f && simd.avx512_bf16 && simd.avx512_vnni);
@@ -372,14 +345,7 @@ fn x86_vm_with_avx512_and_cgroup_v1_limit() {
     assert!(cpu_platform.present && cpu_platform.build_supports);
     assert_eq!(
         cpu_platform.devices[0].capabilities,
-        [
-            "avx2",
-            "fma",
-            "f16c",
-            "avx512f",
-            "avx512_bf16",
-            "avx512_vnni"
-        ]
+        ["avx2", "fma", "f16c", "avx512f", "avx512_bf16", "avx512_vnni"]
     );
 
     let cuda = platform(&report, Platform::Cuda);
@@ -401,17 +367,11 @@ fn x86_vm_with_avx512_and_cgroup_v1_limit() {
         &platform(&report, Platform::OpenVino).reason,
         "libopenvino_c.so not found in:",
     );
-    assert_contains(
-        &platform(&report, Platform::Qnn).reason,
-        "libQnnHtp.so not found in:",
-    );
+    assert_contains(&platform(&report, Platform::Qnn).reason, "libQnnHtp.so not found in:");
     assert_absent_everywhere_but_cpu(&report, &[]);
 
     let table = render_table(&report);
-    let row = table
-        .lines()
-        .find(|line| line.starts_with("  cpu "))
-        .unwrap();
+    let row = table.lines().find(|line| line.starts_with("  cpu ")).unwrap();
     assert_contains(row, "AMD EPYC");
     assert_contains(row, "8.00");
     assert_contains(row, "7.00");
@@ -506,16 +466,9 @@ fn qnn_host_with_sdk_libraries_and_soc_info() {
 
     // The HTP shares host memory: placement sees the host's available memory.
     let states = report.device_states();
-    let qnn_state = states
-        .iter()
-        .find(|s| s.id.platform == Platform::Qnn)
-        .unwrap();
+    let qnn_state = states.iter().find(|s| s.id.platform == Platform::Qnn).unwrap();
     assert_eq!(qnn_state.free_bytes, 6401232 * 1024);
-    let placement = place_as_if_all_supported(
-        &report,
-        &PlacementRequest::new(model(2 * GIB), Platform::ALL),
-    )
-    .unwrap();
+    let placement = place_as_if_all_supported(&report, &PlacementRequest::new(model(2 * GIB), Platform::ALL)).unwrap();
     assert_eq!(placement.device.to_string(), "qnn:0");
 
     // Without the SDK path the libraries are not found; the SoC is still named.
@@ -530,14 +483,8 @@ fn qnn_host_with_sdk_libraries_and_soc_info() {
 fn openvino_host_with_unloadable_runtime_is_present_but_unqueried() {
     let report = detect(&roots("openvino-tigerlake"));
     let cpu = report.cpu.as_ref().unwrap();
-    assert_eq!(
-        cpu.model_name,
-        "11th Gen Intel(R) Core(TM) i7-1185G7 @ 3.00GHz"
-    );
-    assert_eq!(
-        (cpu.logical_cores, cpu.physical_cores, cpu.sockets),
-        (8, 4, 1)
-    );
+    assert_eq!(cpu.model_name, "11th Gen Intel(R) Core(TM) i7-1185G7 @ 3.00GHz");
+    assert_eq!((cpu.logical_cores, cpu.physical_cores, cpu.sockets), (8, 4, 1));
     assert!(cpu.simd.avx512f && cpu.simd.avx512_vnni && !cpu.simd.avx512_bf16);
     assert!(cpu.cgroup.is_none());
 
@@ -545,12 +492,8 @@ fn openvino_host_with_unloadable_runtime_is_present_but_unqueried() {
     assert!(openvino.present, "{}", openvino.reason);
     assert!(!openvino.build_supports);
     assert_contains(&openvino.reason, "runtime present but devices not queried:");
-    assert_contains(
-        &openvino.reason,
-        "libopenvino_c.so.2024.4.0 could not be loaded:",
-    );
-    let expected_dir =
-        fixture("openvino-tigerlake").join("opt/intel/openvino_2024.4.0/runtime/lib/intel64");
+    assert_contains(&openvino.reason, "libopenvino_c.so.2024.4.0 could not be loaded:");
+    let expected_dir = fixture("openvino-tigerlake").join("opt/intel/openvino_2024.4.0/runtime/lib/intel64");
     let expected: Vec<String> = ["libopenvino_c.so.2024.4.0", "libopenvino.so.2024.4.0"]
         .iter()
         .map(|name| expected_dir.join(name).display().to_string())
@@ -588,11 +531,7 @@ fn a_hanging_probe_times_out_without_holding_up_the_rest() {
     roots.probe_timeout = Duration::from_millis(300);
     let started = Instant::now();
     let report = detect(&roots);
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
     let cuda = platform(&report, Platform::Cuda);
     assert!(!cuda.present);
     assert_eq!(cuda.reason, "probe timed out after 300 ms");
@@ -631,11 +570,8 @@ fn report_json_shape_is_stable() {
     let report = detect(&roots);
     let value = serde_json::to_value(&report).unwrap();
 
-    let keys = |value: &serde_json::Value| -> BTreeSet<String> {
-        value.as_object().unwrap().keys().cloned().collect()
-    };
-    let set =
-        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
+    let keys = |value: &serde_json::Value| -> BTreeSet<String> { value.as_object().unwrap().keys().cloned().collect() };
+    let set = |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
     assert_eq!(
         keys(&value),
         set(&["schema_version", "root", "os", "arch", "cpu", "platforms"])
@@ -647,10 +583,7 @@ fn report_json_shape_is_stable() {
         .iter()
         .map(|p| p["platform"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        platforms,
-        ["cpu", "cuda", "rocm", "metal", "openvino", "qnn"]
-    );
+    assert_eq!(platforms, ["cpu", "cuda", "rocm", "metal", "openvino", "qnn"]);
     assert_eq!(
         keys(&value["platforms"][1]),
         set(&[
@@ -668,14 +601,7 @@ fn report_json_shape_is_stable() {
     let device = &value["platforms"][1]["devices"][0];
     assert_eq!(
         keys(device),
-        set(&[
-            "id",
-            "name",
-            "total_bytes",
-            "free_bytes",
-            "capabilities",
-            "properties"
-        ])
+        set(&["id", "name", "total_bytes", "free_bytes", "capabilities", "properties"])
     );
     assert_eq!(device["id"], "cuda:0");
     assert_eq!(device["total_bytes"], 85899345920u64);

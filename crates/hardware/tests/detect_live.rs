@@ -25,11 +25,7 @@ fn detect_default_reports_this_machine() {
         assert!(!report.platform(Platform::Metal).unwrap().present);
     }
     for platform in &report.platforms {
-        assert!(
-            !platform.reason.is_empty(),
-            "{} has no reason",
-            platform.platform
-        );
+        assert!(!platform.reason.is_empty(), "{} has no reason", platform.platform);
     }
     assert!(render_table(&report).contains("cpu       present: yes"));
 }
@@ -47,12 +43,6 @@ fn cpuinfo_flags_agree_with_runtime_detection() {
     assert_eq!(simd.fma, std::arch::is_x86_feature_detected!("fma"));
     assert_eq!(simd.f16c, std::arch::is_x86_feature_detected!("f16c"));
     assert_eq!(simd.avx512f, std::arch::is_x86_feature_detected!("avx512f"));
-    assert_eq!(
-        simd.avx512_vnni,
-        std::arch::is_x86_feature_detected!("avx512vnni")
-    );
-    assert_eq!(
-        simd.avx512_bf16,
-        std::arch::is_x86_feature_detected!("avx512bf16")
-    );
+    assert_eq!(simd.avx512_vnni, std::arch::is_x86_feature_detected!("avx512vnni"));
+    assert_eq!(simd.avx512_bf16, std::arch::is_x86_feature_detected!("avx512bf16"));
 }

@@ -58,19 +58,13 @@ fn probes_query_runtimes_through_dlopen() {
     );
     // CUDA_VISIBLE_DEVICES picked the L4 by UUID prefix first.
     let l4 = &cuda.devices[0];
-    assert_eq!(
-        (l4.id.to_string().as_str(), l4.name.as_str()),
-        ("cuda:0", "NVIDIA L4")
-    );
+    assert_eq!((l4.id.to_string().as_str(), l4.name.as_str()), ("cuda:0", "NVIDIA L4"));
     assert_eq!(l4.total_bytes, None);
     assert_eq!(
         l4.properties["errors"],
         "nvmlDeviceGetMemoryInfo failed: Not Supported (NVML error 3)"
     );
-    assert_eq!(
-        l4.properties["uuid"],
-        "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
-    );
+    assert_eq!(l4.properties["uuid"], "GPU-aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee");
     assert_eq!(l4.capabilities[0], "sm_89");
     let h100 = &cuda.devices[1];
     assert_eq!(h100.name, "NVIDIA H100 80GB HBM3");
@@ -93,11 +87,7 @@ fn probes_query_runtimes_through_dlopen() {
     assert_eq!(
         devices,
         [
-            (
-                "openvino:0".to_string(),
-                "Intel(R) Core(TM) Ultra 7 155H",
-                None
-            ),
+            ("openvino:0".to_string(), "Intel(R) Core(TM) Ultra 7 155H", None),
             (
                 "openvino:1".to_string(),
                 "Intel(R) Arc(TM) Graphics (iGPU)",

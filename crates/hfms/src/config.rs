@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// Log format: auto (JSON unless stderr is a terminal), json, text.
     #[arg(long, env = "HFMS_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Exit when standard input closes: lets a supervising process (a test
+    /// harness) end the server by simply going away.
+    #[arg(long, env = "HFMS_EXIT_ON_STDIN_EOF", hide = true)]
+    pub exit_on_stdin_eof: bool,
 }
 
 /// The TOML file: the same settings, all optional.
@@ -110,7 +115,9 @@ pub struct FileConfig {
 }
 
 pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
-    let Some(path) = path else { return Ok(FileConfig::default()) };
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
@@ -133,7 +140,9 @@ impl ModelArgs {
         let models_dirs = if !self.models_dirs.is_empty() {
             self.models_dirs.clone()
         } else {
-            file.models_dirs.clone().unwrap_or_else(|| vec![PathBuf::from("models")])
+            file.models_dirs
+                .clone()
+                .unwrap_or_else(|| vec![PathBuf::from("models")])
         };
         let no_cache = self.no_hf_cache || file.no_hf_cache.unwrap_or(false);
         let hf_cache = if no_cache {
@@ -187,13 +196,18 @@ pub struct ServeSettings {
     pub max_body_bytes: usize,
     pub preload: Vec<String>,
     pub log_format: String,
+    pub exit_on_stdin_eof: bool,
     pub models: ModelSettings,
 }
 
 impl ServeArgs {
     pub fn resolve(&self) -> Result<ServeSettings> {
         let file = load_file(self.models.config.as_ref())?;
-        let host = self.host.clone().or(file.host.clone()).unwrap_or_else(|| "127.0.0.1".into());
+        let host = self
+            .host
+            .clone()
+            .or(file.host.clone())
+            .unwrap_or_else(|| "127.0.0.1".into());
         let port = self.port.or(file.port).unwrap_or(8000);
         let listen: SocketAddr = format!("{host}:{port}")
             .parse()
@@ -209,7 +223,10 @@ impl ServeArgs {
             listen,
             threads: self.threads.or(file.threads).unwrap_or(0),
             kv_cache_bytes: positive(self.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(512), "kv_cache_mb")? << 20,
-            max_batch_tokens: positive(self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(512), "max_batch_tokens")?,
+            max_batch_tokens: positive(
+                self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(512),
+                "max_batch_tokens",
+            )?,
             max_running: positive(self.max_running.or(file.max_running).unwrap_or(64), "max_running")?,
             max_body_bytes: positive(self.max_body_mb.or(file.max_body_mb).unwrap_or(8), "max_body_mb")? << 20,
             preload: if self.preload.is_empty() {
@@ -217,7 +234,12 @@ impl ServeArgs {
             } else {
                 self.preload.clone()
             },
-            log_format: self.log_format.clone().or(file.log_format.clone()).unwrap_or_else(|| "auto".into()),
+            log_format: self
+                .log_format
+                .clone()
+                .or(file.log_format.clone())
+                .unwrap_or_else(|| "auto".into()),
+            exit_on_stdin_eof: self.exit_on_stdin_eof,
             models: self.models.resolve(&file)?,
         })
     }

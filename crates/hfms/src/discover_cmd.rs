@@ -15,7 +15,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{b} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn human_count(n: u64) -> String {
@@ -28,7 +32,9 @@ fn human_count(n: u64) -> String {
 }
 
 pub fn table(models: &[ModelDescription]) -> String {
-    let header = ["ID", "ALIASES", "SKILL", "TASK", "FORMAT", "PARAMS", "SIZE", "DTYPE", "CONTEXT", "HARDWARE"];
+    let header = [
+        "ID", "ALIASES", "SKILL", "TASK", "FORMAT", "PARAMS", "SIZE", "DTYPE", "CONTEXT", "HARDWARE",
+    ];
     let mut rows: Vec<[String; 10]> = Vec::new();
     for d in models {
         rows.push([
@@ -41,7 +47,11 @@ pub fn table(models: &[ModelDescription]) -> String {
             human_bytes(d.size_bytes),
             d.dtype.clone().unwrap_or_else(|| "-".into()),
             d.context_length.map(|c| c.to_string()).unwrap_or_else(|| "-".into()),
-            if d.hardware.is_empty() { "-".into() } else { d.hardware.join(",") },
+            if d.hardware.is_empty() {
+                "-".into()
+            } else {
+                d.hardware.join(",")
+            },
         ]);
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();

@@ -10,7 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "hfms", version, about = "A unified Hugging Face model server with an OpenAI-compatible API")]
+#[command(
+    name = "hfms",
+    version,
+    about = "A unified Hugging Face model server with an OpenAI-compatible API"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,9 +52,16 @@ fn init_logging(format: &str) {
         "text" => false,
         _ => !std::io::stderr().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
-        builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init();
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .init();
     } else {
         builder.init();
     }

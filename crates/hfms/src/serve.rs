@@ -23,19 +23,36 @@ pub fn run(s: ServeSettings) -> Result<()> {
 }
 
 async fn serve(s: ServeSettings) -> Result<()> {
+    if s.exit_on_stdin_eof {
+        std::thread::spawn(|| {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
+            // stderr may be gone with the supervisor: never panic on it.
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), b"hfms: standard input closed; exiting\n");
+            std::process::exit(0);
+        });
+    }
     let registry = Registry::builtin();
     let catalog = discover(&registry, &s.models.discover);
     for d in &catalog {
         match &d.error {
-            None => tracing::info!(model = %d.id, aliases = ?d.aliases, skill = ?d.skill, path = %d.path.display(), "model found"),
-            Some(e) => tracing::warn!(model = %d.id, path = %d.path.display(), error = %e, "model found but not servable"),
+            None => {
+                tracing::info!(model = %d.id, aliases = ?d.aliases, skill = ?d.skill, path = %d.path.display(), "model found")
+            }
+            Some(e) => {
+                tracing::warn!(model = %d.id, path = %d.path.display(), error = %e, "model found but not servable")
+            }
         }
     }
     if catalog.iter().all(|d| !d.servable()) {
         tracing::warn!(dirs = ?s.models.discover.models_dirs, "no servable model found; run scripts/fetch-models.sh or pass --model");
     }
     let pool = ComputePool::new(s.threads)?;
-    tracing::info!(threads = pool.threads(), kernels = hfms_engine::quant::kernels().name, "compute pool ready");
+    tracing::info!(
+        threads = pool.threads(),
+        kernels = hfms_engine::quant::kernels().name,
+        "compute pool ready"
+    );
     let manager = Arc::new(ModelManager::new(
         registry,
         catalog,
@@ -66,7 +83,12 @@ async fn serve(s: ServeSettings) -> Result<()> {
     eprintln!("hfms listening on http://{addr}");
 
     let preload: Vec<String> = if s.preload.iter().any(|p| p == "all") {
-        manager.catalog().iter().filter(|d| d.servable()).map(|d| d.id.clone()).collect()
+        manager
+            .catalog()
+            .iter()
+            .filter(|d| d.servable())
+            .map(|d| d.id.clone())
+            .collect()
     } else {
         s.preload.clone()
     };

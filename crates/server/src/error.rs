@@ -106,10 +106,10 @@ impl IntoResponse for ApiError {
             tracing::info!(status = self.status.as_u16(), error = %self.message, "request rejected");
         }
         let mut resp = (self.status, axum::Json(self.to_json())).into_response();
-        if let Some(s) = self.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&s.to_string()) {
-                resp.headers_mut().insert(header::RETRY_AFTER, v);
-            }
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
         }
         resp
     }
@@ -124,12 +124,15 @@ impl From<EngineError> for ApiError {
                 ApiError::invalid(Some("model".to_string()), e.to_string()).with_code("model_not_supported")
             }
             EngineError::WrongTask(msg) => ApiError::invalid(Some("model".to_string()), msg),
-            EngineError::Template(msg) => {
-                ApiError::invalid(Some("messages".to_string()), format!("the chat template could not render these messages: {msg}"))
-            }
+            EngineError::Template(msg) => ApiError::invalid(
+                Some("messages".to_string()),
+                format!("the chat template could not render these messages: {msg}"),
+            ),
             EngineError::Tokenizer(msg) => ApiError::invalid(None, format!("tokenization failed: {msg}")),
             EngineError::Unavailable(msg) => ApiError::unavailable(msg, 1),
-            EngineError::Cancelled => ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "request cancelled"),
+            EngineError::Cancelled => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "request cancelled")
+            }
             EngineError::LoadFailed { .. }
             | EngineError::Io { .. }
             | EngineError::Format(_)

@@ -18,10 +18,22 @@ pub async fn health() -> axum::Json<Value> {
 pub async fn ready(State(state): State<AppState>) -> Response {
     let servable = state.manager().catalog().iter().filter(|d| d.servable()).count();
     if state.is_ready() && servable > 0 {
-        (StatusCode::OK, axum::Json(json!({"status": "ready", "models": servable}))).into_response()
+        (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ready", "models": servable})),
+        )
+            .into_response()
     } else {
-        let why = if servable == 0 { "no servable model was found" } else { "starting up" };
-        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({"status": "not_ready", "reason": why}))).into_response()
+        let why = if servable == 0 {
+            "no servable model was found"
+        } else {
+            "starting up"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "not_ready", "reason": why})),
+        )
+            .into_response()
     }
 }
 
@@ -33,23 +45,26 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
         .into_iter()
         .map(|s| {
             let desc = m.catalog().iter().find(|d| d.id == s.id);
-            let sched = loaded.iter().find(|(id, _)| *id == s.id).and_then(|(_, lm)| match lm.as_ref() {
-                LoadedModel::Generation(g) => {
-                    let st = g.generator.stats();
-                    Some(json!({
-                        "waiting": st.waiting.load(Ordering::Relaxed),
-                        "running": st.running.load(Ordering::Relaxed),
-                        "kv_blocks_used": st.kv_used_blocks.load(Ordering::Relaxed),
-                        "kv_blocks_total": st.kv_total_blocks.load(Ordering::Relaxed),
-                        "steps": st.steps.load(Ordering::Relaxed),
-                        "prompt_tokens": st.prompt_tokens.load(Ordering::Relaxed),
-                        "generated_tokens": st.generated_tokens.load(Ordering::Relaxed),
-                        "preemptions": st.preemptions.load(Ordering::Relaxed),
-                        "cancelled": st.cancelled.load(Ordering::Relaxed),
-                    }))
-                }
-                LoadedModel::Embedding(_) => None,
-            });
+            let sched = loaded
+                .iter()
+                .find(|(id, _)| *id == s.id)
+                .and_then(|(_, lm)| match lm.as_ref() {
+                    LoadedModel::Generation(g) => {
+                        let st = g.generator.stats();
+                        Some(json!({
+                            "waiting": st.waiting.load(Ordering::Relaxed),
+                            "running": st.running.load(Ordering::Relaxed),
+                            "kv_blocks_used": st.kv_used_blocks.load(Ordering::Relaxed),
+                            "kv_blocks_total": st.kv_total_blocks.load(Ordering::Relaxed),
+                            "steps": st.steps.load(Ordering::Relaxed),
+                            "prompt_tokens": st.prompt_tokens.load(Ordering::Relaxed),
+                            "generated_tokens": st.generated_tokens.load(Ordering::Relaxed),
+                            "preemptions": st.preemptions.load(Ordering::Relaxed),
+                            "cancelled": st.cancelled.load(Ordering::Relaxed),
+                        }))
+                    }
+                    LoadedModel::Embedding(_) => None,
+                });
             json!({
                 "id": s.id,
                 "aliases": desc.map(|d| d.aliases.clone()),

@@ -32,13 +32,7 @@ pub struct Matrix {
 
 impl std::fmt::Debug for Matrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "Matrix[{}x{} {}]",
-            self.rows,
-            self.cols,
-            self.dtype.name()
-        )
+        write!(f, "Matrix[{}x{} {}]", self.rows, self.cols, self.dtype.name())
     }
 }
 
@@ -85,12 +79,7 @@ impl Matrix {
     /// A matrix over mapped file bytes. F32 data is copied out (it is only
     /// ever small norms/biases in quantised files, and f32 maths wants an
     /// aligned `&[f32]`).
-    pub fn from_mapped(
-        rows: usize,
-        cols: usize,
-        dtype: GgmlType,
-        bytes: MappedBytes,
-    ) -> Result<Self> {
+    pub fn from_mapped(rows: usize, cols: usize, dtype: GgmlType, bytes: MappedBytes) -> Result<Self> {
         let row_bytes = Self::check(rows, cols, dtype, bytes.bytes().len())?;
         if dtype == GgmlType::F32 {
             let mut v = vec![0f32; rows * cols];
@@ -319,10 +308,7 @@ impl Matrix {
         let blocks = k / QK;
         let mut act = vec![BlockQ8::default(); t * blocks];
         for tok in 0..t {
-            (ks.quantize)(
-                &x[tok * k..(tok + 1) * k],
-                &mut act[tok * blocks..(tok + 1) * blocks],
-            );
+            (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
         }
         let bytes = self.bytes();
         let rb = self.row_bytes;
@@ -351,9 +337,7 @@ mod tests {
         let mut out = vec![0f32; t * n];
         for tok in 0..t {
             for r in 0..n {
-                out[tok * n + r] = (0..k)
-                    .map(|i| w[r * k + i] as f64 * x[tok * k + i] as f64)
-                    .sum::<f64>() as f32;
+                out[tok * n + r] = (0..k).map(|i| w[r * k + i] as f64 * x[tok * k + i] as f64).sum::<f64>() as f32;
             }
         }
         out
@@ -369,13 +353,9 @@ mod tests {
     fn f32_and_half_matmuls_match_reference_for_small_and_large_batches() {
         let pool = ComputePool::new(2).unwrap();
         let (n, k) = (70, 96);
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0)
-            .collect();
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         for t in [1, 3, 9] {
-            let x: Vec<f32> = (0..t * k)
-                .map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0)
-                .collect();
+            let x: Vec<f32> = (0..t * k).map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0).collect();
             let want = reference(&w, &x, t, n, k);
             let m = Matrix::from_f32(n, k, w.clone()).unwrap();
             let mut out = vec![0f32; t * n];
@@ -403,9 +383,7 @@ mod tests {
         let pool = ComputePool::new(2).unwrap();
         let (n, k) = (33, 512);
         for ty in ALL_QUANT {
-            let bytes: Vec<u8> = (0..n)
-                .flat_map(|r| random_row(ty, k, r as u64 * 31 + 5))
-                .collect();
+            let bytes: Vec<u8> = (0..n).flat_map(|r| random_row(ty, k, r as u64 * 31 + 5)).collect();
             let m = Matrix::from_bytes(n, k, ty, bytes).unwrap();
             let w = m.to_f32();
             for t in [1, 5] {

@@ -21,20 +21,14 @@ pub struct ComputePool {
 
 impl std::fmt::Debug for ComputePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComputePool")
-            .field("threads", &self.threads)
-            .finish()
+        f.debug_struct("ComputePool").field("threads", &self.threads).finish()
     }
 }
 
 impl ComputePool {
     /// `threads == 0` picks the number of physical cores this process may use.
     pub fn new(threads: usize) -> crate::Result<Self> {
-        let threads = if threads == 0 {
-            default_threads()
-        } else {
-            threads
-        };
+        let threads = if threads == 0 { default_threads() } else { threads };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("hfms-compute-{i}"))

@@ -27,15 +27,15 @@ impl Pooling {
     /// `modules.json` names); mean pooling when there is none.
     pub fn from_model_dir(dir: &Path) -> Result<Pooling> {
         let mut pooling_dir = dir.join("1_Pooling");
-        if let Ok(text) = std::fs::read_to_string(dir.join("modules.json")) {
-            if let Ok(Value::Array(mods)) = serde_json::from_str::<Value>(&text) {
-                for m in mods {
-                    let ty = m.get("type").and_then(|v| v.as_str()).unwrap_or("");
-                    if ty.ends_with("Pooling") {
-                        if let Some(p) = m.get("path").and_then(|v| v.as_str()) {
-                            pooling_dir = dir.join(p);
-                        }
-                    }
+        if let Ok(text) = std::fs::read_to_string(dir.join("modules.json"))
+            && let Ok(Value::Array(mods)) = serde_json::from_str::<Value>(&text)
+        {
+            for m in mods {
+                let ty = m.get("type").and_then(|v| v.as_str()).unwrap_or("");
+                if ty.ends_with("Pooling")
+                    && let Some(p) = m.get("path").and_then(|v| v.as_str())
+                {
+                    pooling_dir = dir.join(p);
                 }
             }
         }
@@ -43,8 +43,8 @@ impl Pooling {
         let Ok(text) = std::fs::read_to_string(&cfg) else {
             return Ok(Pooling::Mean);
         };
-        let v: Value = serde_json::from_str(&text)
-            .map_err(|e| EngineError::format(format!("{}: {e}", cfg.display())))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| EngineError::format(format!("{}: {e}", cfg.display())))?;
         let on = |k: &str| v.get(k).and_then(|x| x.as_bool()).unwrap_or(false);
         Ok(if on("pooling_mode_cls_token") {
             Pooling::Cls
@@ -89,11 +89,7 @@ impl Pooling {
 }
 
 pub fn l2_normalize(v: &mut [f32]) {
-    let norm = v
-        .iter()
-        .map(|x| (*x as f64) * (*x as f64))
-        .sum::<f64>()
-        .sqrt();
+    let norm = v.iter().map(|x| (*x as f64) * (*x as f64)).sum::<f64>().sqrt();
     // sentence-transformers divides by max(norm, 1e-12).
     let inv = 1.0 / norm.max(1e-12);
     for x in v.iter_mut() {
@@ -159,13 +155,13 @@ impl EmbeddingModel {
         pool: &ComputePool,
     ) -> Result<Vec<Vec<f32>>> {
         let h = self.encoder.config().hidden;
-        if let Some(d) = dimensions {
-            if d == 0 || d > h {
-                return Err(EngineError::invalid(
-                    format!("dimensions must be between 1 and {h} for this model, got {d}"),
-                    Some("dimensions"),
-                ));
-            }
+        if let Some(d) = dimensions
+            && (d == 0 || d > h)
+        {
+            return Err(EngineError::invalid(
+                format!("dimensions must be between 1 and {h} for this model, got {d}"),
+                Some("dimensions"),
+            ));
         }
         let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
         let states = self.encoder.encode(&refs, pool)?;

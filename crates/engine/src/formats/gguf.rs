@@ -224,10 +224,7 @@ impl GgufFile {
     }
 
     fn parse(path: &Path, map: Arc<Mmap>) -> Result<Self> {
-        let mut c = Cursor {
-            buf: &map[..],
-            pos: 0,
-        };
+        let mut c = Cursor { buf: &map[..], pos: 0 };
         let magic = c.take(4)?;
         if magic != b"GGUF" {
             return Err(EngineError::format(format!(
@@ -255,18 +252,15 @@ impl GgufFile {
             let name = c.string()?;
             let n_dims = c.u32()? as usize;
             if n_dims > 4 {
-                return Err(EngineError::format(format!(
-                    "tensor {name} has {n_dims} dimensions"
-                )));
+                return Err(EngineError::format(format!("tensor {name} has {n_dims} dimensions")));
             }
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
                 dims.push(c.u64()?);
             }
             let ty = c.u32()?;
-            let dtype = GgmlType::from_id(ty).ok_or_else(|| {
-                EngineError::format(format!("tensor {name} has unknown ggml type {ty}"))
-            })?;
+            let dtype = GgmlType::from_id(ty)
+                .ok_or_else(|| EngineError::format(format!("tensor {name} has unknown ggml type {ty}")))?;
             let offset = c.u64()?;
             tensors.push(TensorInfo {
                 name,
@@ -426,10 +420,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("hfms-gguf-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("t.gguf");
-        std::fs::File::create(&p)
-            .unwrap()
-            .write_all(&tiny_gguf())
-            .unwrap();
+        std::fs::File::create(&p).unwrap().write_all(&tiny_gguf()).unwrap();
         let g = GgufFile::open(&p).unwrap();
         assert_eq!(g.architecture(), Some("llama"));
         let xs: Vec<u64> = g

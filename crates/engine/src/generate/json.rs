@@ -190,11 +190,7 @@ impl JsonPrefix {
             return match string.step(byte) {
                 StringStep::Continue => true,
                 StringStep::Closed => {
-                    self.mode = if string.is_key {
-                        Mode::Colon
-                    } else {
-                        Mode::AfterValue
-                    };
+                    self.mode = if string.is_key { Mode::Colon } else { Mode::AfterValue };
                     true
                 }
                 StringStep::Invalid => false,
@@ -555,8 +551,7 @@ mod tests {
     #[test]
     fn valid_corpus_is_valid_for_serde_json() {
         for doc in VALID {
-            let value: serde_json::Value =
-                serde_json::from_str(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
+            let value: serde_json::Value = serde_json::from_str(doc).unwrap_or_else(|e| panic!("{doc}: {e}"));
             assert!(value.is_object(), "{doc}");
         }
     }
@@ -744,15 +739,8 @@ mod tests {
             assert!(is_complete_document(doc.as_bytes()), "{doc}");
         }
         // Why pairing is enforced: the server's own JSON parser refuses them.
-        for lone in [
-            r#"{"a":"\uDC00"}"#,
-            r#"{"a":"\uD800"}"#,
-            r#"{"a":"\uD800\u0041"}"#,
-        ] {
-            assert!(
-                serde_json::from_str::<serde_json::Value>(lone).is_err(),
-                "{lone}"
-            );
+        for lone in [r#"{"a":"\uDC00"}"#, r#"{"a":"\uD800"}"#, r#"{"a":"\uD800\u0041"}"#] {
+            assert!(serde_json::from_str::<serde_json::Value>(lone).is_err(), "{lone}");
         }
     }
 
@@ -844,11 +832,7 @@ mod tests {
                     let bytes = [a, b, c];
                     for len in 1..=3 {
                         let bytes = &bytes[..len];
-                        assert_eq!(
-                            in_string.can_accept(bytes),
-                            valid_prefix(bytes),
-                            "{bytes:02X?}"
-                        );
+                        assert_eq!(in_string.can_accept(bytes), valid_prefix(bytes), "{bytes:02X?}");
                     }
                 }
             }
@@ -861,11 +845,7 @@ mod tests {
                 *byte = alphabet[rng.below(alphabet.len())];
             }
             let bytes = &bytes[..len];
-            assert_eq!(
-                in_string.can_accept(bytes),
-                valid_prefix(bytes),
-                "{bytes:02X?}"
-            );
+            assert_eq!(in_string.can_accept(bytes), valid_prefix(bytes), "{bytes:02X?}");
         }
         // Every scalar value that needs no escape is a whole character.
         let mut buf = [0u8; 4];
@@ -904,9 +884,7 @@ mod tests {
         assert_eq!(first_rejected(&doc), Some(6 + 8));
         // Any token resets the run.
         let ws = String::from_utf8(run(8, b' ')).unwrap();
-        let doc = format!(
-            "{ws}{{{ws}\"a\"{ws}:{ws}[{ws}1{ws},{ws}true{ws}]{ws},{ws}\"b\"{ws}:{ws}\"\"{ws}}}"
-        );
+        let doc = format!("{ws}{{{ws}\"a\"{ws}:{ws}[{ws}1{ws},{ws}true{ws}]{ws},{ws}\"b\"{ws}:{ws}\"\"{ws}}}");
         assert!(is_complete_document(doc.as_bytes()), "{doc}");
         // Inside strings, spaces are content and are not limited.
         let doc = format!("{{\"{}\":\"{}\"}}", " ".repeat(100), " ".repeat(1000));
@@ -957,16 +935,7 @@ mod tests {
         assert!(state.accept(b"{\"a\":[1]}"));
         assert!(state.is_complete());
         let done = state.clone();
-        for bytes in [
-            &b" "[..],
-            b"\n",
-            b"}",
-            b"{",
-            b",",
-            b"{}",
-            b"\"",
-            b"\xC3\xA9",
-        ] {
+        for bytes in [&b" "[..], b"\n", b"}", b"{", b",", b"{}", b"\"", b"\xC3\xA9"] {
             assert!(!state.can_accept(bytes));
             assert!(!state.accept(bytes));
             assert_eq!(state, done);
@@ -984,14 +953,7 @@ mod tests {
         let mut state = JsonPrefix::new();
         assert!(state.accept(b"{\"a\":"));
         let before = state.clone();
-        for bytes in [
-            &b"12x"[..],
-            b"01",
-            b"\"\xC3\x28",
-            b"[1,]",
-            b"tru}",
-            b"\"\\uDC00\"",
-        ] {
+        for bytes in [&b"12x"[..], b"01", b"\"\xC3\x28", b"[1,]", b"tru}", b"\"\\uDC00\""] {
             assert!(!state.accept(bytes), "{bytes:?}");
             assert_eq!(state, before, "{bytes:?}");
         }
@@ -1009,11 +971,7 @@ mod tests {
         let mut state = state.clone();
         let mut out = Vec::new();
         while !state.is_complete() {
-            let close = if state.innermost_is_object() {
-                b'}'
-            } else {
-                b']'
-            };
+            let close = if state.innermost_is_object() { b'}' } else { b']' };
             let byte = match state.mode {
                 Mode::Start => b'{',
                 Mode::FirstKeyOrEnd => b'}',
@@ -1053,10 +1011,7 @@ mod tests {
     }
 
     fn longest_ws_run(doc: &[u8]) -> usize {
-        doc.split(|&b| !is_whitespace(b))
-            .map(<[u8]>::len)
-            .max()
-            .unwrap_or(0)
+        doc.split(|&b| !is_whitespace(b)).map(<[u8]>::len).max().unwrap_or(0)
     }
 
     /// Random edits of valid documents: the validator agrees with serde_json
@@ -1064,8 +1019,7 @@ mod tests {
     /// completed into a document serde_json parses.
     #[test]
     fn mutated_documents_agree_with_serde_json_and_never_dead_end() {
-        const ALPHABET: &[u8] =
-            b"{}[]:,\" \n\t\\/0123456789-+.eEtrufalsnbxUD\x00\x7f\xC3\xA9\x80\xED\xF0\x9F";
+        const ALPHABET: &[u8] = b"{}[]:,\" \n\t\\/0123456789-+.eEtrufalsnbxUD\x00\x7f\xC3\xA9\x80\xED\xF0\x9F";
         let mut rng = Rng(0xDEAD_BEEF_CAFE_F00D);
         let (mut agreed_valid, mut agreed_invalid) = (0, 0);
         for round in 0..30_000 {

@@ -7,6 +7,6 @@ pub mod stop;
 
 pub use sampling::SamplingParams;
 pub use scheduler::{
-    FinishReason, GenEvent, GenUsage, GenerateRequest, Generator, SchedulerConfig, TokenLogprob,
+    FinishReason, GenEvent, GenUsage, GenerateRequest, Generator, PromptToken, SchedulerConfig, TokenLogprob,
     TopLogprob,
 };

@@ -88,6 +88,13 @@ impl Sampler {
 
     /// Pick the next token from raw logits.
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        self.sample_where(logits, None)
+    }
+
+    /// Pick the next token among those `allowed` accepts (constrained
+    /// decoding); the distribution is renormalised over the allowed ones.
+    /// When no token is allowed the unconstrained choice is returned.
+    pub fn sample_where(&mut self, logits: &[f32], allowed: Option<&dyn Fn(u32) -> bool>) -> Sampled {
         let (logprob_of, top) = match self.params.top_logprobs {
             Some(k) => {
                 let lp = crate::compute::ops::log_softmax(logits);
@@ -111,10 +118,10 @@ impl Sampler {
             }
         }
 
-        let id = if self.params.temperature <= 0.0 {
-            argmax(&l)
-        } else {
-            self.sample_from(&mut l)
+        let id = match allowed {
+            None if self.params.temperature <= 0.0 => argmax(&l),
+            None => self.sample_from(&mut l),
+            Some(ok) => self.sample_allowed(&mut l, ok),
         };
         Sampled {
             id,
@@ -123,13 +130,32 @@ impl Sampler {
         }
     }
 
+    /// Draw (or take the best), reject what `ok` refuses, repeat: cheap,
+    /// because the likely tokens are checked first and usually pass.
+    fn sample_allowed(&mut self, l: &mut [f32], ok: &dyn Fn(u32) -> bool) -> u32 {
+        if self.params.temperature > 0.0 {
+            for _ in 0..64 {
+                let id = self.sample_from(l);
+                if !l[id as usize].is_finite() {
+                    break;
+                }
+                if ok(id) {
+                    return id;
+                }
+                l[id as usize] = f32::NEG_INFINITY;
+            }
+        }
+        // Greedy over the rest, best first.
+        let mut order: Vec<u32> = (0..l.len() as u32).filter(|&i| l[i as usize].is_finite()).collect();
+        order.sort_unstable_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
+        order.into_iter().find(|&id| ok(id)).unwrap_or_else(|| argmax(l))
+    }
+
     fn sample_from(&mut self, l: &mut [f32]) -> u32 {
         let inv_t = 1.0 / self.params.temperature;
         // Candidates sorted by logit, cut by top-k; softmax over them; cut by
         // top-p; draw.
-        let mut idx: Vec<u32> = (0..l.len() as u32)
-            .filter(|&i| l[i as usize].is_finite())
-            .collect();
+        let mut idx: Vec<u32> = (0..l.len() as u32).filter(|&i| l[i as usize].is_finite()).collect();
         if idx.is_empty() {
             return 0;
         }
@@ -259,6 +285,27 @@ mod tests {
             for _ in 0..20 {
                 assert_eq!(s.sample(&logits()).id, 1);
             }
+        }
+    }
+
+    #[test]
+    fn constrained_sampling_only_returns_allowed_tokens() {
+        let odd = |id: u32| id % 2 == 1;
+        let mut greedy = Sampler::new(SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        });
+        // Best is 1 (odd): kept. Forbid 1 and the next best odd is 4? no: 3.
+        assert_eq!(greedy.sample_where(&logits(), Some(&odd)).id, 1);
+        let not_one = |id: u32| id != 1;
+        assert_eq!(greedy.sample_where(&logits(), Some(&not_one)).id, 4);
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            seed: Some(3),
+            ..Default::default()
+        });
+        for _ in 0..50 {
+            assert!(odd(s.sample_where(&logits(), Some(&odd)).id));
         }
     }
 

@@ -18,6 +18,7 @@ use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::json::JsonPrefix;
 use super::sampling::{Sampled, Sampler, SamplingParams};
 use super::stop::StopText;
 use crate::compute::ComputePool;
@@ -69,6 +70,14 @@ pub struct TokenLogprob {
     pub top: Vec<TopLogprob>,
 }
 
+/// A prompt position: its token's text and, from the second position on,
+/// the log-probability the model gave it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PromptToken {
+    pub token: String,
+    pub logprob: Option<TokenLogprob>,
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GenUsage {
     pub prompt_tokens: usize,
@@ -77,8 +86,8 @@ pub struct GenUsage {
 
 #[derive(Debug)]
 pub enum GenEvent {
-    /// Prompt token log-probabilities (first entry None), before any output.
-    Prompt(Vec<Option<TokenLogprob>>),
+    /// Prompt token log-probabilities, before any output.
+    Prompt(Vec<PromptToken>),
     /// New text, and the tokens whose text it completes (when logprobs
     /// were asked for).
     Delta {
@@ -157,9 +166,7 @@ impl Generator {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
         let kv = KvPool::new(model.kv_layout(config.block_size), config.kv_budget_bytes);
-        stats
-            .kv_total_blocks
-            .store(kv.max_blocks(), Ordering::Relaxed);
+        stats.kv_total_blocks.store(kv.max_blocks(), Ordering::Relaxed);
         let mut sched = Scheduler {
             model: model.clone(),
             tokenizer: tokenizer.clone(),
@@ -197,10 +204,7 @@ impl Generator {
 
     /// Queue a request; events arrive on the returned channel. Dropping the
     /// receiver cancels the request.
-    pub fn submit(
-        &self,
-        req: GenerateRequest,
-    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenEvent>> {
+    pub fn submit(&self, req: GenerateRequest) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenEvent>> {
         let (events, rx) = tokio::sync::mpsc::unbounded_channel();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         self.tx
@@ -234,9 +238,11 @@ struct Sequence {
     sent_end: usize,
     /// Text released by the final step, sent by `finish`.
     tail: String,
+    /// JSON mode: the document generated so far.
+    json: Option<JsonPrefix>,
     first_token_at: Option<Instant>,
     prompt_logprobs_sent: bool,
-    prompt_logprobs: Vec<Option<TokenLogprob>>,
+    prompt_logprobs: Vec<PromptToken>,
     /// Admission order, for choosing whom to preempt.
     admitted: u64,
 }
@@ -302,12 +308,8 @@ impl Scheduler {
     }
 
     fn publish_stats(&self) {
-        self.stats
-            .running
-            .store(self.running.len(), Ordering::Relaxed);
-        self.stats
-            .waiting
-            .store(self.waiting.len(), Ordering::Relaxed);
+        self.stats.running.store(self.running.len(), Ordering::Relaxed);
+        self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
         self.stats
             .kv_used_blocks
             .store(self.kv.used_blocks(), Ordering::Relaxed);
@@ -328,6 +330,7 @@ impl Scheduler {
             pending: VecDeque::new(),
             sent_end: 0,
             tail: String::new(),
+            json: job.req.json.then(JsonPrefix::new),
             first_token_at: None,
             prompt_logprobs_sent: false,
             prompt_logprobs: Vec::new(),
@@ -351,9 +354,7 @@ impl Scheduler {
         });
         let gone = before - self.waiting.len() - self.running.len();
         if gone > 0 {
-            self.stats
-                .cancelled
-                .fetch_add(gone as u64, Ordering::Relaxed);
+            self.stats.cancelled.fetch_add(gone as u64, Ordering::Relaxed);
             tracing::debug!(gone, "dropped cancelled sequences");
         }
     }
@@ -365,9 +366,7 @@ impl Scheduler {
                 break;
             };
             let first_chunk = front.unfed().min(self.config.max_batch_tokens);
-            let need = front
-                .kv
-                .blocks_needed(&self.kv, front.kv.len + first_chunk.max(1));
+            let need = front.kv.blocks_needed(&self.kv, front.kv.len + first_chunk.max(1));
             // Keep a block per running sequence in hand for their decode.
             if need + self.running.len() > self.kv.available_blocks() && !self.running.is_empty() {
                 break;
@@ -399,10 +398,7 @@ impl Scheduler {
         let mut s = self.running.swap_remove(idx);
         s.kv.free(&mut self.kv);
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            tokens = s.tokens.len(),
-            "KV cache full: preempting the newest sequence"
-        );
+        tracing::info!(tokens = s.tokens.len(), "KV cache full: preempting the newest sequence");
         self.waiting.push_front(s);
     }
 
@@ -522,12 +518,8 @@ impl Scheduler {
             let s = &mut self.running[i];
             let start = s.kv.len;
             s.kv.len += n;
-            let prompt_fed = (start + n)
-                .min(s.prompt_len)
-                .saturating_sub(start.min(s.prompt_len));
-            self.stats
-                .prompt_tokens
-                .fetch_add(prompt_fed as u64, Ordering::Relaxed);
+            let prompt_fed = (start + n).min(s.prompt_len).saturating_sub(start.min(s.prompt_len));
+            self.stats.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
             let rows = match want {
                 LogitsWanted::None => 0,
                 LogitsWanted::Last => 1,
@@ -547,7 +539,7 @@ impl Scheduler {
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
             }
         }
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let mut s = self.running.swap_remove(i);
             finish(&mut s, &self.tokenizer, reason);
@@ -574,17 +566,13 @@ fn logprob_entry(tok: &Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) -> 
     }
 }
 
-fn collect_prompt_logprobs(
-    s: &mut Sequence,
-    tok: &Tokenizer,
-    start: usize,
-    n: usize,
-    block: &[f32],
-    vocab: usize,
-) {
+fn collect_prompt_logprobs(s: &mut Sequence, tok: &Tokenizer, start: usize, n: usize, block: &[f32], vocab: usize) {
     let k = s.job.req.prompt_logprobs.unwrap_or(0);
     if start == 0 {
-        s.prompt_logprobs.push(None);
+        s.prompt_logprobs.push(PromptToken {
+            token: tok.token_text(s.tokens[0]),
+            logprob: None,
+        });
     }
     for j in 0..n {
         let pos = start + j;
@@ -596,8 +584,11 @@ fn collect_prompt_logprobs(
         let lp = crate::compute::ops::log_softmax(&block[j * vocab..(j + 1) * vocab]);
         let id = s.tokens[next];
         let top = super::sampling::top_k_indices(&lp, k);
-        s.prompt_logprobs
-            .push(Some(logprob_entry(tok, id, lp[id as usize], &top)));
+        let entry = logprob_entry(tok, id, lp[id as usize], &top);
+        s.prompt_logprobs.push(PromptToken {
+            token: entry.token.clone(),
+            logprob: Some(entry),
+        });
     }
     if s.prompt_logprobs.len() >= s.prompt_len && !s.prompt_logprobs_sent {
         s.prompt_logprobs_sent = true;
@@ -611,7 +602,28 @@ fn collect_prompt_logprobs(
 /// Sample the next token of `s`, stream what can be shown, and say whether
 /// the sequence is done.
 fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: usize) -> Outcome {
-    let Sampled { id, logprob, top } = s.sampler.sample(logits);
+    let Sampled { id, logprob, top } = match &s.json {
+        None => s.sampler.sample(logits),
+        Some(doc) => {
+            // Only tokens that keep the output a prefix of one JSON object;
+            // end of sequence only once the object is closed.
+            let allowed = |t: u32| {
+                if tok.eos().contains(&t) {
+                    doc.is_complete()
+                } else if tok.is_special(t) || doc.is_complete() {
+                    false
+                } else {
+                    doc.can_accept(&tok.token_bytes(t))
+                }
+            };
+            s.sampler.sample_where(logits, Some(&allowed))
+        }
+    };
+    if let Some(doc) = s.json.as_mut()
+        && !tok.eos().contains(&id)
+    {
+        doc.accept(&tok.token_bytes(id));
+    }
     s.sampler.observe(id);
     s.generated += 1;
     s.first_token_at.get_or_insert_with(Instant::now);
@@ -634,7 +646,9 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
         let end = s.text.text().len().max(released_before);
         s.pending.push_back((logprob_entry(tok, id, lp, &top), end));
     }
-    let done = if s.text.stopped() {
+    // A closed JSON object ends the output (no need to wait for EOS).
+    let json_done = s.json.as_ref().is_some_and(|d| d.is_complete());
+    let done = if s.text.stopped() || json_done {
         Some(FinishReason::Stop)
     } else if s.generated >= req.max_tokens || s.tokens.len() >= context_length {
         Some(FinishReason::Length)

@@ -41,11 +41,7 @@ impl StopText {
         self.text.push_str(delta);
         let pending = &self.text[self.released..];
         // Earliest stop string in the unreleased text.
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|s| pending.find(s.as_str()))
-            .min();
+        let hit = self.stops.iter().filter_map(|s| pending.find(s.as_str())).min();
         if let Some(at) = hit {
             let out = pending[..at].to_string();
             self.released += at;

@@ -334,10 +334,7 @@ fn dot_q6_k(row: &[u8], act: &[BlockQ8]) -> f32 {
             let mut sum = 0i32;
             for g in 0..2 {
                 let base = k * 32 + g * 16;
-                let s = idot(
-                    (0..16).map(|l| q6k_value(ql, qh, base + l)),
-                    &a.qs[g * 16..g * 16 + 16],
-                );
+                let s = idot((0..16).map(|l| q6k_value(ql, qh, base + l)), &a.qs[g * 16..g * 16 + 16]);
                 sum += (scales[2 * k + g] as i8) as i32 * s;
             }
             acc += a.d * d * sum as f32;
@@ -353,9 +350,7 @@ pub(crate) mod tests {
 
     /// Deterministic pseudo-random bytes for block contents.
     pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
                 s ^= s << 13;
@@ -434,11 +429,7 @@ pub(crate) mod tests {
                 .collect();
             let want: f64 = w.iter().zip(&xq).map(|(a, b)| *a as f64 * *b as f64).sum();
             let got = (k.dot(ty).unwrap())(&row, &q) as f64;
-            let scale: f64 = w
-                .iter()
-                .zip(&xq)
-                .map(|(a, b)| (*a as f64 * *b as f64).abs())
-                .sum();
+            let scale: f64 = w.iter().zip(&xq).map(|(a, b)| (*a as f64 * *b as f64).abs()).sum();
             assert!(
                 (got - want).abs() <= 1e-4 * scale.max(1.0),
                 "{ty:?}: got {got} want {want}"
@@ -466,10 +457,7 @@ pub(crate) mod tests {
             let y = random_acts(n, 7 + n as u64);
             let fd = (fast.f32_dot)(&x, &y);
             let sd = f32_dot_scalar(&x, &y);
-            assert!(
-                (fd - sd).abs() <= 1e-3 * sd.abs().max(1.0),
-                "f32 dot {fd} vs {sd}"
-            );
+            assert!((fd - sd).abs() <= 1e-3 * sd.abs().max(1.0), "f32 dot {fd} vs {sd}");
             for ty in ALL_QUANT {
                 if n % ty.block().0 != 0 {
                     continue;

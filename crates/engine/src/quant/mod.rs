@@ -107,7 +107,7 @@ impl GgmlType {
     /// number of blocks.
     pub fn row_bytes(self, n: usize) -> Option<usize> {
         let (be, bb) = self.block();
-        (n % be == 0).then(|| n / be * bb)
+        n.is_multiple_of(be).then(|| n / be * bb)
     }
 
     /// Bits per weight, for display.
@@ -135,9 +135,22 @@ impl BlockQ8 {
     }
 }
 
-#[inline]
+/// f16 → f32 for every bit pattern: a table lookup is cheaper than the
+/// per-call feature dispatch of a generic conversion on the scalar paths.
+fn f16_table() -> &'static [f32; 65536] {
+    static T: std::sync::OnceLock<Box<[f32; 65536]>> = std::sync::OnceLock::new();
+    T.get_or_init(|| {
+        let mut t = Box::new([0f32; 65536]);
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = f16::from_bits(i as u16).to_f32();
+        }
+        t
+    })
+}
+
+#[inline(always)]
 pub(crate) fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+    f16_table()[u16::from_le_bytes([b[i], b[i + 1]]) as usize]
 }
 
 #[inline]

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::dot::Kernels;
-use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k4_scale_min};
+use super::{BlockQ8, GgmlType, QK, QK_K, k4_scale_min};
 
 trait U8Dot {
     /// Eight i32 lanes, lane i = sum over bytes 4i..4i+4 of `u[b] * s[b]`.
@@ -33,6 +33,15 @@ impl U8Dot for Vnni {
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+}
+
+/// f16 at byte `i` of `b`, converted with F16C (inlined into the kernels).
+#[inline(always)]
+unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    unsafe {
+        let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 }
 
@@ -100,12 +109,14 @@ unsafe fn quantize_body(x: &[f32], out: &mut [BlockQ8]) {
             let amax = _mm_cvtss_f32(m4);
             let d = amax / 127.0;
             let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
-            let q: [__m256i; 4] = [0, 1, 2, 3].map(|i| {
-                _mm256_cvtps_epi32(_mm256_round_ps(
-                    _mm256_mul_ps(v[i], id),
-                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
-                ))
-            });
+            // cvtps rounds to nearest-even under the default MXCSR mode. No
+            // closures here: they would not inherit the target features.
+            let q = [
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[0], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[1], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[2], id)),
+                _mm256_cvtps_epi32(_mm256_mul_ps(v[3], id)),
+            ];
             // i32 → i16 → i8 with packs; packs interleave 128-bit lanes, so
             // restore element order with a permute.
             let s01 = _mm256_packs_epi32(q[0], q[1]);
@@ -175,11 +186,7 @@ unsafe fn q4_1_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
         for (b, a) in row.chunks_exact(20).zip(act) {
             let w = unpack_nibbles(b.as_ptr().add(4));
             let p = D::dot(w, load_act(a));
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(p),
-                _mm256_set1_ps(f16_at(b, 0) * a.d),
-                acc,
-            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
             offset += f16_at(b, 2) * a.d * a.sum() as f32;
         }
         hsum_ps(acc) + offset
@@ -195,11 +202,7 @@ unsafe fn q8_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
             let x = load_act(a);
             // u8·i8 only: move the weight's sign onto the activation.
             let p = D::dot(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
-            acc = _mm256_fmadd_ps(
-                _mm256_cvtepi32_ps(p),
-                _mm256_set1_ps(f16_at(b, 0) * a.d),
-                acc,
-            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_at(b, 0) * a.d), acc);
         }
         hsum_ps(acc)
     }
@@ -223,11 +226,7 @@ unsafe fn q4_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
                     let a = &a8[j];
                     let (sc, m) = k4_scale_min(scales, j);
                     let p = D::dot(w, load_act(a));
-                    acc = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(p),
-                        _mm256_set1_ps(d * sc as f32 * a.d),
-                        acc,
-                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * sc as f32 * a.d), acc);
                     offset += dmin * m as f32 * a.d * a.sum() as f32;
                 }
             }
@@ -254,17 +253,12 @@ unsafe fn q5_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
                 for (j, w) in [(2 * c, lo), (2 * c + 1, hi)] {
                     // Bit j of each qh byte is the fifth bit of element l.
-                    let hb =
-                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
+                    let hb = _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(j as i32)), one);
                     let w = _mm256_or_si256(w, _mm256_slli_epi16(hb, 4));
                     let a = &a8[j];
                     let (sc, m) = k4_scale_min(scales, j);
                     let p = D::dot(w, load_act(a));
-                    acc = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(p),
-                        _mm256_set1_ps(d * sc as f32 * a.d),
-                        acc,
-                    );
+                    acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * sc as f32 * a.d), acc);
                     offset += dmin * m as f32 * a.d * a.sum() as f32;
                 }
             }
@@ -295,8 +289,7 @@ unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
                     _mm256_and_si256(_mm256_srli_epi16(lq, 4), m4)
                 };
                 let hq = _mm256_loadu_si256(qh.add(half * 32) as *const __m256i);
-                let high =
-                    _mm256_and_si256(_mm256_srl_epi16(hq, _mm_cvtsi32_si128(2 * r as i32)), m2);
+                let high = _mm256_and_si256(_mm256_srl_epi16(hq, _mm_cvtsi32_si128(2 * r as i32)), m2);
                 // Stored values are q + 32, in 0..64: a valid u8 operand.
                 let w = _mm256_or_si256(low, _mm256_slli_epi16(high, 4));
                 let p = D::dot(w, load_act(a));
@@ -380,11 +373,7 @@ macro_rules! entry_points {
 }
 
 entry_points!("avx2,fma,f16c", avx2, Avx2);
-entry_points!(
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
-    vnni,
-    Vnni
-);
+entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni, Vnni);
 
 fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
     k.with(|s| {
@@ -428,9 +417,7 @@ macro_rules! module_fns {
 
 /// The best kernel set this CPU supports, or None for the scalar fallback.
 pub(super) fn kernels() -> Option<Kernels> {
-    let avx2 = is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c");
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
     if !avx2 {
         return None;
     }

@@ -88,9 +88,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         .and_then(|v| v.as_str())
         .unwrap_or("bert")
         .to_string();
-    let need = |key: &str| {
-        jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")))
-    };
+    let need = |key: &str| jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")));
     let positions = need("max_position_embeddings")?;
     let position_offset = if arch == "bert" {
         0
@@ -104,10 +102,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         intermediate: need("intermediate_size")?,
         vocab: need("vocab_size")?,
         max_positions: positions.saturating_sub(position_offset),
-        layer_norm_eps: cfg
-            .get("layer_norm_eps")
-            .and_then(|v| v.as_f64())
-            .unwrap_or(1e-12) as f32,
+        layer_norm_eps: cfg.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
         position_offset,
         arch,
     })
@@ -116,11 +111,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
 impl BertModel {
     pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
         let cfg = config_from_hf(cfg_json)?;
-        let act = match cfg_json
-            .get("hidden_act")
-            .and_then(|v| v.as_str())
-            .unwrap_or("gelu")
-        {
+        let act = match cfg_json.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu") {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
             "relu" => Activation::Relu,
@@ -135,9 +126,7 @@ impl BertModel {
         let prefix = ["", "bert.", "roberta.", "model."]
             .into_iter()
             .find(|p| ck.has(&format!("{p}embeddings.word_embeddings.weight")))
-            .ok_or_else(|| {
-                EngineError::format("no embeddings.word_embeddings.weight in the checkpoint")
-            })?;
+            .ok_or_else(|| EngineError::format("no embeddings.word_embeddings.weight in the checkpoint"))?;
         let n = |s: &str| format!("{prefix}{s}");
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -180,9 +169,7 @@ impl BertModel {
             cfg,
         };
         if model.word.cols() != model.cfg.hidden {
-            return Err(EngineError::format(
-                "word embedding width does not match hidden_size",
-            ));
+            return Err(EngineError::format("word embedding width does not match hidden_size"));
         }
         Ok(model)
     }
@@ -228,10 +215,7 @@ impl Encoder for BertModel {
             for (p, &id) in inp.iter().enumerate() {
                 if id as usize >= self.word.rows() {
                     return Err(EngineError::invalid(
-                        format!(
-                            "token id {id} is outside the vocabulary (size {})",
-                            self.word.rows()
-                        ),
+                        format!("token id {id} is outside the vocabulary (size {})", self.word.rows()),
                         Some("input"),
                     ));
                 }

@@ -40,7 +40,10 @@ fn arch_from_class(class: &str) -> Option<String> {
         ("Camembert", "camembert"),
         ("Bert", "bert"),
     ];
-    known.iter().find(|(prefix, _)| class.starts_with(prefix)).map(|(_, a)| a.to_string())
+    known
+        .iter()
+        .find(|(prefix, _)| class.starts_with(prefix))
+        .map(|(_, a)| a.to_string())
 }
 
 /// A special token given as `"<s>"` or `{"content": "<s>", ...}`.
@@ -131,7 +134,9 @@ impl HfFolder {
                 _ => None,
             }
         };
-        let Some(source) = source else { return Ok(None) };
+        let Some(source) = source else {
+            return Ok(None);
+        };
         let bos = token_string(self.tokenizer_config.get("bos_token")).unwrap_or_default();
         let eos = token_string(self.tokenizer_config.get("eos_token")).unwrap_or_default();
         ChatTemplate::new(&source, &bos, &eos).map(Some)

@@ -81,12 +81,7 @@ pub trait CausalLm: Send + Sync {
     }
     /// Run one step: writes the new keys/values into `kv` and returns the
     /// logits rows asked for, item by item, in order (`vocab` floats each).
-    fn forward(
-        &self,
-        items: &[StepItem<'_>],
-        kv: &mut KvPool,
-        pool: &ComputePool,
-    ) -> Result<Vec<f32>>;
+    fn forward(&self, items: &[StepItem<'_>], kv: &mut KvPool, pool: &ComputePool) -> Result<Vec<f32>>;
     /// Bytes of weights held.
     fn weight_bytes(&self) -> usize;
 }
@@ -139,11 +134,7 @@ impl Names {
         }
     }
     fn output(&self) -> &'static str {
-        if self.gguf {
-            "output.weight"
-        } else {
-            "lm_head.weight"
-        }
+        if self.gguf { "output.weight" } else { "lm_head.weight" }
     }
     fn layer(&self, i: usize, part: &str) -> String {
         if self.gguf {
@@ -198,8 +189,7 @@ fn gguf_u(f: &GgufFile, arch: &str, key: &str) -> Option<usize> {
 pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
     let arch = f.architecture().unwrap_or("llama").to_string();
     let need = |key: &str| {
-        gguf_u(f, &arch, key)
-            .ok_or_else(|| EngineError::format(format!("GGUF metadata {arch}.{key} is missing")))
+        gguf_u(f, &arch, key).ok_or_else(|| EngineError::format(format!("GGUF metadata {arch}.{key} is missing")))
     };
     let hidden = need("embedding_length")?;
     let heads = need("attention.head_count")?;
@@ -216,13 +206,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         "llama" | "mistral" => RopeStyle::Interleaved,
         _ => RopeStyle::Halves,
     };
-    let rope_theta = f
-        .get_f64(&format!("{arch}.rope.freq_base"))
-        .unwrap_or(10000.0) as f32;
+    let rope_theta = f.get_f64(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0) as f32;
     let rope_linear_scale = match f.get_str(&format!("{arch}.rope.scaling.type")) {
-        Some("linear") => f
-            .get_f64(&format!("{arch}.rope.scaling.factor"))
-            .unwrap_or(1.0) as f32,
+        Some("linear") => f.get_f64(&format!("{arch}.rope.scaling.factor")).unwrap_or(1.0) as f32,
         _ => 1.0,
     };
     Ok(DecoderConfig {
@@ -261,9 +247,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         .and_then(|v| v.as_str())
         .unwrap_or("llama")
         .to_string();
-    let need = |key: &str| {
-        jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")))
-    };
+    let need = |key: &str| jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")));
     let hidden = need("hidden_size")?;
     let heads = need("num_attention_heads")?;
     let head_dim = jusize(cfg, "head_dim").unwrap_or(hidden / heads.max(1));
@@ -312,10 +296,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         .get("use_sliding_window")
         .and_then(|v| v.as_bool())
         .unwrap_or(arch == "mistral");
-    if sliding {
-        if let Some(w) = jusize(cfg, "sliding_window") {
-            context_length = context_length.min(w);
-        }
+    if sliding && let Some(w) = jusize(cfg, "sliding_window") {
+        context_length = context_length.min(w);
     }
     Ok(DecoderConfig {
         hidden,
@@ -356,7 +338,7 @@ impl LlamaModel {
     }
 
     fn load(cfg: DecoderConfig, src: &dyn WeightSource, n: Names, may_tie: bool) -> Result<Self> {
-        if cfg.heads == 0 || cfg.kv_heads == 0 || cfg.heads % cfg.kv_heads != 0 {
+        if cfg.heads == 0 || cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(EngineError::format(format!(
                 "{} query heads cannot be grouped over {} KV heads",
                 cfg.heads, cfg.kv_heads
@@ -463,12 +445,7 @@ impl CausalLm for LlamaModel {
         n
     }
 
-    fn forward(
-        &self,
-        items: &[StepItem<'_>],
-        kv: &mut KvPool,
-        pool: &ComputePool,
-    ) -> Result<Vec<f32>> {
+    fn forward(&self, items: &[StepItem<'_>], kv: &mut KvPool, pool: &ComputePool) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let (h, hd) = (c.hidden, c.head_dim);
         let q_dim = c.heads * hd;
@@ -480,17 +457,12 @@ impl CausalLm for LlamaModel {
         let mut tokens: Vec<u32> = Vec::new();
         for it in items {
             if it.kv.blocks.len() * bs < it.start + it.tokens.len() {
-                return Err(EngineError::internal(
-                    "KV blocks were not reserved for a step",
-                ));
+                return Err(EngineError::internal("KV blocks were not reserved for a step"));
             }
             for (i, &t) in it.tokens.iter().enumerate() {
                 if t as usize >= self.embed.rows() {
                     return Err(EngineError::invalid(
-                        format!(
-                            "token id {t} is outside the vocabulary (size {})",
-                            self.embed.rows()
-                        ),
+                        format!("token id {t} is outside the vocabulary (size {})", self.embed.rows()),
                         Some("prompt"),
                     ));
                 }
@@ -513,8 +485,7 @@ impl CausalLm for LlamaModel {
         let half = self.rope.dims / 2;
         let mut cs = vec![0f32; t * 2 * half];
         for (i, p) in places.iter().enumerate() {
-            self.rope
-                .angles(p.pos, &mut cs[i * 2 * half..(i + 1) * 2 * half]);
+            self.rope.angles(p.pos, &mut cs[i * 2 * half..(i + 1) * 2 * half]);
         }
 
         let mut hbuf = vec![0f32; t * h];
@@ -548,10 +519,8 @@ impl CausalLm for LlamaModel {
             }
             for i in 0..t {
                 let angles = &cs[i * 2 * half..(i + 1) * 2 * half];
-                self.rope
-                    .apply(&mut q[i * q_dim..(i + 1) * q_dim], hd, angles);
-                self.rope
-                    .apply(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, angles);
+                self.rope.apply(&mut q[i * q_dim..(i + 1) * q_dim], hd, angles);
+                self.rope.apply(&mut k[i * kv_dim..(i + 1) * kv_dim], hd, angles);
                 let (blk, slot) = places[i].kv.locate(bs, places[i].pos);
                 kv.write(
                     blk,

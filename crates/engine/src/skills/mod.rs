@@ -89,7 +89,7 @@ pub struct GenerationModel {
 
 /// A model in memory, ready to serve.
 pub enum LoadedModel {
-    Generation(GenerationModel),
+    Generation(Box<GenerationModel>),
     Embedding(EmbeddingModel),
 }
 
@@ -161,11 +161,11 @@ impl Skill for LlamaSkill {
             ctx.scheduler.clone(),
             &ctx.name,
         )?;
-        Ok(LoadedModel::Generation(GenerationModel {
+        Ok(LoadedModel::Generation(Box::new(GenerationModel {
             generator,
             template,
             context_length,
-        }))
+        })))
     }
 }
 
@@ -182,7 +182,10 @@ impl Skill for BertSkill {
         let meta = hf::HfFolder::read(&source.path)?;
         let model = bert::BertModel::from_safetensors(&source.path, &meta.config)?;
         use bert::Encoder;
-        let max_tokens = meta.max_seq_length().unwrap_or(model.config().max_positions).min(model.config().max_positions);
+        let max_tokens = meta
+            .max_seq_length()
+            .unwrap_or(model.config().max_positions)
+            .min(model.config().max_positions);
         let tokenizer = meta.tokenizer(Some(max_tokens))?;
         Ok(LoadedModel::Embedding(EmbeddingModel {
             encoder: Arc::new(model),

@@ -28,9 +28,7 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate")
-            .field("len", &self.source.len())
-            .finish()
+        f.debug_struct("ChatTemplate").field("len", &self.source.len()).finish()
     }
 }
 
@@ -64,11 +62,7 @@ impl ChatTemplate {
         &self.source
     }
 
-    pub fn render(
-        &self,
-        messages: &[TemplateMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String> {
+    pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String> {
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -82,13 +76,13 @@ impl ChatTemplate {
         tmpl.render(ctx).map_err(|e| {
             // A template's own raise_exception is a statement about the
             // request (e.g. "roles must alternate"): a client error.
-            if e.kind() == ErrorKind::InvalidOperation {
-                if let Some(detail) = e.detail() {
-                    return EngineError::invalid(
-                        format!("the model's chat template rejected the messages: {detail}"),
-                        Some("messages"),
-                    );
-                }
+            if e.kind() == ErrorKind::InvalidOperation
+                && let Some(detail) = e.detail()
+            {
+                return EngineError::invalid(
+                    format!("the model's chat template rejected the messages: {detail}"),
+                    Some("messages"),
+                );
             }
             EngineError::Template(e.to_string())
         })
@@ -208,13 +202,7 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, JinjaError
     Ok(Value::from_safe_string(out))
 }
 
-fn write_py_json(
-    v: &serde_json::Value,
-    indent: Option<usize>,
-    sort: bool,
-    level: usize,
-    out: &mut String,
-) {
+fn write_py_json(v: &serde_json::Value, indent: Option<usize>, sort: bool, level: usize, out: &mut String) {
     use serde_json::Value as J;
     let newline = |out: &mut String, level: usize| {
         if let Some(n) = indent {
@@ -275,10 +263,7 @@ mod tests {
         let src = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let out = t.render(&[msg("user", "hi")], true).unwrap();
-        assert_eq!(
-            out,
-            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-        );
+        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
     }
 
     #[test]
@@ -300,14 +285,7 @@ mod tests {
         let src = "{% for m in messages %}\n  {% if m.content.startswith('skip') %}{% continue %}{% endif %}\n{{ m.content.strip().upper() }}{% if not loop.last %}|{% endif %}\n{% endfor %}";
         let t = ChatTemplate::new(src, "", "").unwrap();
         let out = t
-            .render(
-                &[
-                    msg("user", "  a "),
-                    msg("user", "skip me"),
-                    msg("user", "b"),
-                ],
-                false,
-            )
+            .render(&[msg("user", "  a "), msg("user", "skip me"), msg("user", "b")], false)
             .unwrap();
         assert_eq!(out, "A|B");
     }

@@ -67,8 +67,8 @@ fn pre_regexes(pre: &str) -> Vec<&'static str> {
     const GPT4O: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const TEKKEN: &str = r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     match pre {
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" | "dbrx" | "smaug-bpe" => vec![LLAMA3],
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" | "dbrx"
+        | "smaug-bpe" => vec![LLAMA3],
         "qwen2" | "deepseek-r1-qwen" | "megrez" | "stablelm2" | "hunyuan" | "grok-2" => vec![QWEN2],
         "chatglm-bpe" | "chatglm4" => vec![LLAMA3],
         "gpt-4o" | "llama4" | "minimax-m2" => vec![GPT4O],
@@ -76,9 +76,8 @@ fn pre_regexes(pre: &str) -> Vec<&'static str> {
         "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" => {
             vec![r"\p{N}", GPT2]
         }
-        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
-        | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
-        | "granite-docling" => {
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "jina-v2-code"
+        | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => {
             vec![GPT2]
         }
         "falcon" => vec![r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"],
@@ -87,13 +86,7 @@ fn pre_regexes(pre: &str) -> Vec<&'static str> {
             r"[一-龥぀-ゟ゠-ヿ]+",
             r##"[!"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"##,
         ],
-        "deepseek-coder" => vec![
-            r"[\r\n]",
-            r"\s?\p{L}+",
-            r"\s?\p{P}+",
-            r"[一-龥ࠀ-一가-퟿]+",
-            r"\p{N}",
-        ],
+        "deepseek-coder" => vec![r"[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", r"[一-龥ࠀ-一가-퟿]+", r"\p{N}"],
         // llama.cpp's default for an unknown or missing `pre`.
         _ => vec![r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"],
     }
@@ -107,21 +100,14 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().map(|v| v.as_i64().unwrap_or(1)).collect())
         .unwrap_or_else(|| vec![1; tokens.len()]);
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab: tokenizers::models::bpe::Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
 
     let (mut inner, kind) = match model {
         "gpt2" => {
             let merges = strings(file, "tokenizer.ggml.merges")?;
             let merges: Vec<(String, String)> = merges
                 .iter()
-                .filter_map(|m| {
-                    m.split_once(' ')
-                        .map(|(a, b)| (a.to_string(), b.to_string()))
-                })
+                .filter_map(|m| m.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
                 .collect();
             let bpe = BPE::builder()
                 .vocab_and_merges(vocab.clone(), merges)
@@ -146,8 +132,7 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
             (t, VocabKind::ByteLevel)
         }
         "llama" => {
-            let scores =
-                numbers(file, "tokenizer.ggml.scores").unwrap_or_else(|| vec![0.0; tokens.len()]);
+            let scores = numbers(file, "tokenizer.ggml.scores").unwrap_or_else(|| vec![0.0; tokens.len()]);
             let merges = merges_from_scores(&tokens, &scores, &types);
             let unk = file
                 .get_u64("tokenizer.ggml.unknown_token_id")
@@ -207,19 +192,17 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
         .map(|(i, _)| i as u32)
         .collect();
 
-    let bos = file
-        .get_u64("tokenizer.ggml.bos_token_id")
-        .map(|v| v as u32);
+    let bos = file.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32);
     let mut eos: Vec<u32> = Vec::new();
     for key in [
         "tokenizer.ggml.eos_token_id",
         "tokenizer.ggml.eot_token_id",
         "tokenizer.ggml.eom_token_id",
     ] {
-        if let Some(id) = file.get_u64(key) {
-            if !eos.contains(&(id as u32)) {
-                eos.push(id as u32);
-            }
+        if let Some(id) = file.get_u64(key)
+            && !eos.contains(&(id as u32))
+        {
+            eos.push(id as u32);
         }
     }
     let add_bos = file
@@ -243,11 +226,7 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
 /// token's score (higher merges first), ties by the merged token's id, then
 /// the parts' ids (the order HF's converter produces).
 fn merges_from_scores(tokens: &[String], scores: &[f64], types: &[i64]) -> Vec<(String, String)> {
-    let index: HashMap<&str, usize> = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         if types.get(id).copied().unwrap_or(1) != 1 {

@@ -62,8 +62,8 @@ impl Tokenizer {
     /// (None: never). Padding and truncation stored in the file are dropped:
     /// batches here are not padded, and truncation is the model's to decide.
     pub fn from_file(path: &Path, max_length: Option<usize>) -> Result<Self> {
-        let mut inner = HfTokenizer::from_file(path)
-            .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut inner =
+            HfTokenizer::from_file(path).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
         inner.with_padding(None);
         let trunc = max_length.map(|max_length| tokenizers::TruncationParams {
             max_length,
@@ -143,12 +143,12 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
         let mut ids = enc.get_ids().to_vec();
-        if add_special && self.add_bos {
-            if let Some(bos) = self.bos {
-                if ids.first() != Some(&bos) {
-                    ids.insert(0, bos);
-                }
-            }
+        if add_special
+            && self.add_bos
+            && let Some(bos) = self.bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
         }
         Ok(ids)
     }
@@ -162,11 +162,7 @@ impl Tokenizer {
     /// and for errors that say how long an input was.
     pub fn encode_with_overflow(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, usize)> {
         let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
-        let over: usize = enc
-            .get_overflowing()
-            .iter()
-            .map(|o| o.get_ids().len())
-            .sum();
+        let over: usize = enc.get_overflowing().iter().map(|o| o.get_ids().len()).sum();
         let ids = enc.get_ids().to_vec();
         let total = ids.len() + over;
         Ok((ids, total))
@@ -263,8 +259,7 @@ pub(crate) fn byte_level_alphabet() -> [char; 256] {
     let mut out = ['\0'; 256];
     let mut next = 256u32;
     for b in 0..256u32 {
-        let printable =
-            (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+        let printable = (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
         out[b as usize] = if printable {
             char::from_u32(b).unwrap_or('?')
         } else {
@@ -296,10 +291,7 @@ impl IncrementalDecoder {
         self.ids.push(id);
         let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
         let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
-        if full.len() > prefix.len()
-            && !full.ends_with('\u{fffd}')
-            && full.is_char_boundary(prefix.len())
-        {
+        if full.len() > prefix.len() && !full.ends_with('\u{fffd}') && full.is_char_boundary(prefix.len()) {
             let delta = full[prefix.len()..].to_string();
             self.prefix_offset = self.read_offset;
             self.read_offset = self.ids.len();

@@ -15,13 +15,8 @@ pub fn models_dir() -> PathBuf {
 }
 
 pub fn smollm2_gguf() -> PathBuf {
-    let p =
-        models_dir().join("HuggingFaceTB/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "{} is missing: run scripts/fetch-models.sh",
-        p.display()
-    );
+    let p = models_dir().join("HuggingFaceTB/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
     p
 }
 

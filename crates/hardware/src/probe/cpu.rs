@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use super::files::{
-    count_cpu_list, numbered_entries, parse_colon_separated, read_text, read_trimmed, read_u64,
-};
+use super::files::{count_cpu_list, numbered_entries, parse_colon_separated, read_text, read_trimmed, read_u64};
 use super::{Findings, ProbeRoots};
 use crate::platform::DeviceId;
 use crate::report::{CgroupLimits, CpuDetails, DeviceInfo, NumaNode, SimdFeatures, format_bytes};
@@ -35,8 +33,8 @@ pub(super) fn probe(roots: &ProbeRoots) -> (Findings, Option<CpuDetails>) {
 
     let logical_cores = if !processors.is_empty() {
         processors.len()
-    } else if let Some(count) = read_trimmed(&roots.path("/sys/devices/system/cpu/online"))
-        .and_then(|list| count_cpu_list(&list))
+    } else if let Some(count) =
+        read_trimmed(&roots.path("/sys/devices/system/cpu/online")).and_then(|list| count_cpu_list(&list))
     {
         count
     } else {
@@ -44,15 +42,14 @@ pub(super) fn probe(roots: &ProbeRoots) -> (Findings, Option<CpuDetails>) {
     };
 
     let (physical_cores, sockets, topology_source) = core_topology(roots, &processors, logical_cores)
-        .or(identity.os_physical_cores.map(|physical| {
-            (physical, 1, "the OS (sysctl hw.physicalcpu)".to_string())
-        }))
+        .or(identity
+            .os_physical_cores
+            .map(|physical| (physical, 1, "the OS (sysctl hw.physicalcpu)".to_string())))
         .unwrap_or_else(|| {
             (
                 logical_cores,
                 1,
-                "no core ids in /proc/cpuinfo or sysfs topology (VM?): one core per logical CPU assumed"
-                    .to_string(),
+                "no core ids in /proc/cpuinfo or sysfs topology (VM?): one core per logical CPU assumed".to_string(),
             )
         });
 
@@ -64,10 +61,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> (Findings, Option<CpuDetails>) {
         // Kernels before 3.14 have no MemAvailable; free + page cache is the
         // usual stand-in.
         let free = meminfo_bytes(&meminfo, "MemFree")?;
-        Some(
-            free + meminfo_bytes(&meminfo, "Buffers").unwrap_or(0)
-                + meminfo_bytes(&meminfo, "Cached").unwrap_or(0),
-        )
+        Some(free + meminfo_bytes(&meminfo, "Buffers").unwrap_or(0) + meminfo_bytes(&meminfo, "Cached").unwrap_or(0))
     });
     if meminfo.is_empty() {
         notes.push("/proc/meminfo: not readable".to_string());
@@ -76,10 +70,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> (Findings, Option<CpuDetails>) {
     let numa_nodes = numa_nodes(roots);
     let cgroup = cgroup_limits(roots);
 
-    let effective_memory_bytes = match (
-        mem_total_bytes,
-        cgroup.as_ref().and_then(|c| c.memory_max_bytes),
-    ) {
+    let effective_memory_bytes = match (mem_total_bytes, cgroup.as_ref().and_then(|c| c.memory_max_bytes)) {
         (Some(total), Some(limit)) => Some(total.min(limit)),
         (total, limit) => total.or(limit),
     };
@@ -121,10 +112,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> (Findings, Option<CpuDetails>) {
     properties.insert("physical_cores".to_string(), physical_cores.to_string());
     properties.insert("logical_cores".to_string(), logical_cores.to_string());
     properties.insert("sockets".to_string(), sockets.to_string());
-    properties.insert(
-        "numa_nodes".to_string(),
-        details.numa_nodes.len().max(1).to_string(),
-    );
+    properties.insert("numa_nodes".to_string(), details.numa_nodes.len().max(1).to_string());
 
     let device = DeviceInfo {
         id: DeviceId::CPU,
@@ -209,10 +197,7 @@ fn cpuinfo_identity(processors: &[CpuinfoBlock]) -> CpuIdentity {
         .unwrap_or_else(|| "unknown CPU".to_string());
     let vendor = lookup("vendor_id").or_else(|| {
         let implementer = lookup("CPU implementer")?;
-        Some(
-            arm_implementer_name(&implementer)
-                .map_or_else(|| format!("implementer {implementer}"), str::to_string),
-        )
+        Some(arm_implementer_name(&implementer).map_or_else(|| format!("implementer {implementer}"), str::to_string))
     });
     CpuIdentity {
         model_name,
@@ -265,8 +250,7 @@ fn simd_from_cpuinfo(processors: &[CpuinfoBlock]) -> SimdFeatures {
 fn arm_model_name(processors: &[CpuinfoBlock]) -> Option<String> {
     let mut parts: Vec<((String, String), usize)> = Vec::new();
     for block in processors {
-        let (Some(implementer), Some(part)) = (block.get("CPU implementer"), block.get("CPU part"))
-        else {
+        let (Some(implementer), Some(part)) = (block.get("CPU implementer"), block.get("CPU part")) else {
             continue;
         };
         let key = (implementer.to_lowercase(), part.to_lowercase());
@@ -276,8 +260,8 @@ fn arm_model_name(processors: &[CpuinfoBlock]) -> Option<String> {
         }
     }
     let describe = |(implementer, part): &(String, String)| {
-        let vendor = arm_implementer_name(implementer)
-            .map_or_else(|| format!("implementer {implementer}"), str::to_string);
+        let vendor =
+            arm_implementer_name(implementer).map_or_else(|| format!("implementer {implementer}"), str::to_string);
         match arm_part_name(implementer, part) {
             Some(name) => format!("{vendor} {name}"),
             None => format!("{vendor} part {part}"),
@@ -360,12 +344,7 @@ fn core_topology(
 ) -> Option<(usize, usize, String)> {
     let cpuinfo_pairs: Option<BTreeSet<(String, String)>> = processors
         .iter()
-        .map(|block| {
-            Some((
-                block.get("physical id")?.clone(),
-                block.get("core id")?.clone(),
-            ))
-        })
+        .map(|block| Some((block.get("physical id")?.clone(), block.get("core id")?.clone())))
         .collect();
     if let Some(pairs) = cpuinfo_pairs.filter(|pairs| !pairs.is_empty()) {
         let sockets: BTreeSet<&String> = pairs.iter().map(|(socket, _)| socket).collect();
@@ -445,9 +424,7 @@ fn cgroup_limits(roots: &ProbeRoots) -> Option<CgroupLimits> {
     let mut v1_paths: BTreeMap<String, String> = BTreeMap::new();
     for line in membership.lines() {
         let mut fields = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) =
-            (fields.next(), fields.next(), fields.next())
-        else {
+        let (Some(_id), Some(controllers), Some(path)) = (fields.next(), fields.next(), fields.next()) else {
             continue;
         };
         if controllers.is_empty() {
@@ -500,9 +477,7 @@ fn cgroup_v2_limits(mount: &Path, path: &str) -> CgroupLimits {
         .filter_map(|dir| read_trimmed(&dir.join("memory.max")))
         .filter_map(|value| value.parse::<u64>().ok()) // "max" = unlimited
         .min();
-    let memory_current_bytes = dirs
-        .iter()
-        .find_map(|dir| read_u64(&dir.join("memory.current")));
+    let memory_current_bytes = dirs.iter().find_map(|dir| read_u64(&dir.join("memory.current")));
     let cpu_quota_cores = dirs
         .iter()
         .filter_map(|dir| read_trimmed(&dir.join("cpu.max")))
@@ -522,11 +497,7 @@ fn cgroup_v2_limits(mount: &Path, path: &str) -> CgroupLimits {
     }
 }
 
-fn cgroup_v1_limits(
-    mount: &Path,
-    memory_path: Option<&String>,
-    cpu_path: Option<&String>,
-) -> CgroupLimits {
+fn cgroup_v1_limits(mount: &Path, memory_path: Option<&String>, cpu_path: Option<&String>) -> CgroupLimits {
     let (memory_max_bytes, memory_current_bytes) = match memory_path {
         Some(path) => {
             let dirs = cgroup_ancestry(&mount.join("memory"), path);
@@ -535,9 +506,7 @@ fn cgroup_v1_limits(
                 .filter_map(|dir| read_u64(&dir.join("memory.limit_in_bytes")))
                 .filter(|&limit| limit < CGROUP_V1_UNLIMITED_THRESHOLD)
                 .min();
-            let usage = dirs
-                .iter()
-                .find_map(|dir| read_u64(&dir.join("memory.usage_in_bytes")));
+            let usage = dirs.iter().find_map(|dir| read_u64(&dir.join("memory.usage_in_bytes")));
             (limit, usage)
         }
         None => (None, None),
@@ -561,10 +530,7 @@ fn cgroup_v1_limits(
     });
     CgroupLimits {
         version: 1,
-        path: memory_path
-            .or(cpu_path)
-            .cloned()
-            .unwrap_or_else(|| "/".to_string()),
+        path: memory_path.or(cpu_path).cloned().unwrap_or_else(|| "/".to_string()),
         memory_max_bytes,
         memory_current_bytes,
         cpu_quota_cores,
@@ -588,8 +554,7 @@ fn os_cpu_identity(roots: &ProbeRoots) -> CpuIdentity {
     }
     #[cfg(target_os = "macos")]
     let (model_name, physical, memory) = (
-        super::macos::sysctl_string("machdep.cpu.brand_string")
-            .unwrap_or_else(|| "unknown CPU".to_string()),
+        super::macos::sysctl_string("machdep.cpu.brand_string").unwrap_or_else(|| "unknown CPU".to_string()),
         super::macos::sysctl_u64("hw.physicalcpu").and_then(|n| usize::try_from(n).ok()),
         super::macos::sysctl_u64("hw.memsize"),
     );
@@ -669,8 +634,7 @@ mod tests {
 
     #[test]
     fn meminfo_values_are_kib() {
-        let meminfo =
-            parse_colon_separated("MemTotal:       24684092 kB\nHugePages_Total:       0\n");
+        let meminfo = parse_colon_separated("MemTotal:       24684092 kB\nHugePages_Total:       0\n");
         assert_eq!(meminfo_bytes(&meminfo, "MemTotal"), Some(24684092 * 1024));
         assert_eq!(meminfo_bytes(&meminfo, "HugePages_Total"), Some(0));
     }

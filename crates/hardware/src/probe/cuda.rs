@@ -122,11 +122,10 @@ impl NvmlApi {
         // SAFETY: loading runs the library's initialisers; libnvidia-ml is
         // the driver's own library and is meant to be dlopened by monitoring
         // tools.
-        let library =
-            unsafe { Library::new(path) }.map_err(|source| HardwareError::LibraryLoad {
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let library = unsafe { Library::new(path) }.map_err(|source| HardwareError::LibraryLoad {
+            path: path.to_path_buf(),
+            source,
+        })?;
         // SAFETY: every signature below is copied from nvml.h.
         unsafe {
             Ok(NvmlApi {
@@ -186,9 +185,7 @@ impl NvmlApi {
     fn query_initialised(&self) -> Result<NvmlSnapshot, HardwareError> {
         let mut driver = [0 as c_char; NVML_DRIVER_VERSION_BUFFER];
         // SAFETY: the buffer is as long as the length we pass.
-        let driver_code = unsafe {
-            (self.driver_version)(driver.as_mut_ptr(), NVML_DRIVER_VERSION_BUFFER as c_uint)
-        };
+        let driver_code = unsafe { (self.driver_version)(driver.as_mut_ptr(), NVML_DRIVER_VERSION_BUFFER as c_uint) };
         let driver_version = self
             .check("nvmlSystemGetDriverVersion", driver_code)
             .ok()
@@ -196,9 +193,7 @@ impl NvmlApi {
 
         let mut count: c_uint = 0;
         // SAFETY: `count` is a valid out pointer.
-        self.check("nvmlDeviceGetCount_v2", unsafe {
-            (self.device_count)(&mut count)
-        })?;
+        self.check("nvmlDeviceGetCount_v2", unsafe { (self.device_count)(&mut count) })?;
 
         let mut devices = Vec::new();
         for index in 0..count {
@@ -225,13 +220,7 @@ impl NvmlApi {
 
         let mut name_buffer = [0 as c_char; NVML_DEVICE_STRING_BUFFER];
         // SAFETY: valid handle from NVML; buffer length matches.
-        let code = unsafe {
-            (self.device_name)(
-                handle,
-                name_buffer.as_mut_ptr(),
-                NVML_DEVICE_STRING_BUFFER as c_uint,
-            )
-        };
+        let code = unsafe { (self.device_name)(handle, name_buffer.as_mut_ptr(), NVML_DEVICE_STRING_BUFFER as c_uint) };
         let name = match self.check("nvmlDeviceGetName", code) {
             Ok(()) => c_buffer_to_string(&name_buffer),
             Err(error) => {
@@ -243,13 +232,7 @@ impl NvmlApi {
         let uuid = self.device_uuid.and_then(|device_uuid| {
             let mut buffer = [0 as c_char; NVML_DEVICE_STRING_BUFFER];
             // SAFETY: valid handle; buffer length matches.
-            let code = unsafe {
-                device_uuid(
-                    handle,
-                    buffer.as_mut_ptr(),
-                    NVML_DEVICE_STRING_BUFFER as c_uint,
-                )
-            };
+            let code = unsafe { device_uuid(handle, buffer.as_mut_ptr(), NVML_DEVICE_STRING_BUFFER as c_uint) };
             (code == NVML_SUCCESS).then(|| c_buffer_to_string(&buffer))
         });
 
@@ -302,12 +285,11 @@ fn c_buffer_to_string(buffer: &[c_char]) -> String {
 
 impl NvmlSource for DynamicNvml {
     fn query(&self) -> Result<NvmlSnapshot, HardwareError> {
-        let path = find_library(&self.library_dirs, &NVML_LIBRARY_NAMES).ok_or_else(|| {
-            HardwareError::LibraryNotFound {
+        let path =
+            find_library(&self.library_dirs, &NVML_LIBRARY_NAMES).ok_or_else(|| HardwareError::LibraryNotFound {
                 library: NVML_LIBRARY_NAMES[0].to_string(),
                 searched: describe_dirs(&self.library_dirs),
-            }
-        })?;
+            })?;
         NvmlApi::load(&path)?.snapshot()
     }
 }
@@ -335,9 +317,7 @@ fn read_proc_driver(roots: &ProbeRoots) -> Option<ProcDriver> {
     }
     // "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.129.03  Thu Oct ..."
     let driver_version = read_text(&base.join("version")).ok().and_then(|text| {
-        let line = text
-            .lines()
-            .find(|line| line.starts_with("NVRM version:"))?;
+        let line = text.lines().find(|line| line.starts_with("NVRM version:"))?;
         let after = line.split_once("Kernel Module")?.1;
         after.split_whitespace().next().map(str::to_string)
     });
@@ -345,23 +325,16 @@ fn read_proc_driver(roots: &ProbeRoots) -> Option<ProcDriver> {
     let gpus = sorted_names(&gpus_dir)
         .into_iter()
         .filter_map(|bus| {
-            let info =
-                parse_colon_separated(&read_text(&gpus_dir.join(&bus).join("information")).ok()?);
+            let info = parse_colon_separated(&read_text(&gpus_dir.join(&bus).join("information")).ok()?);
             Some(ProcGpu {
                 bus_location: info.get("Bus Location").cloned().unwrap_or(bus),
-                model: info
-                    .get("Model")
-                    .cloned()
-                    .unwrap_or_else(|| "NVIDIA GPU".to_string()),
+                model: info.get("Model").cloned().unwrap_or_else(|| "NVIDIA GPU".to_string()),
                 uuid: info.get("GPU UUID").cloned(),
                 device_minor: info.get("Device Minor").cloned(),
             })
         })
         .collect();
-    Some(ProcDriver {
-        driver_version,
-        gpus,
-    })
+    Some(ProcDriver { driver_version, gpus })
 }
 
 /// A device before CUDA_VISIBLE_DEVICES renumbering.
@@ -374,10 +347,7 @@ struct CudaCandidate {
 /// Applies `CUDA_VISIBLE_DEVICES` as the CUDA runtime does: entries are
 /// indices or UUID prefixes, the list stops at the first entry that names no
 /// device, and the survivors are renumbered from 0 in list order.
-fn apply_visible_devices(
-    candidates: Vec<CudaCandidate>,
-    visible: Option<&str>,
-) -> (Vec<DeviceInfo>, Option<String>) {
+fn apply_visible_devices(candidates: Vec<CudaCandidate>, visible: Option<&str>) -> (Vec<DeviceInfo>, Option<String>) {
     let Some(visible) = visible else {
         return (candidates.into_iter().map(|c| c.info).collect(), None);
     };
@@ -471,8 +441,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                 .devices
                 .iter()
                 .map(|device| {
-                    let mut properties =
-                        BTreeMap::from([("nvml_index".to_string(), device.index.to_string())]);
+                    let mut properties = BTreeMap::from([("nvml_index".to_string(), device.index.to_string())]);
                     if let Some(uuid) = &device.uuid {
                         properties.insert("uuid".to_string(), uuid.clone());
                         if let Some(gpu) = bus_by_uuid.get(uuid) {
@@ -480,10 +449,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                         }
                     }
                     if let Some(cc) = device.compute_capability {
-                        properties.insert(
-                            "compute_capability".to_string(),
-                            format!("{}.{}", cc.major, cc.minor),
-                        );
+                        properties.insert("compute_capability".to_string(), format!("{}.{}", cc.major, cc.minor));
                     }
                     if !device.errors.is_empty() {
                         properties.insert("errors".to_string(), device.errors.join("; "));
@@ -496,17 +462,13 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                             name: device.name.clone(),
                             total_bytes: device.total_bytes,
                             free_bytes: device.free_bytes,
-                            capabilities: device
-                                .compute_capability
-                                .map(capabilities)
-                                .unwrap_or_default(),
+                            capabilities: device.compute_capability.map(capabilities).unwrap_or_default(),
                             properties,
                         },
                     }
                 })
                 .collect();
-            let (devices, visibility) =
-                apply_visible_devices(candidates, roots.cuda_visible_devices.as_deref());
+            let (devices, visibility) = apply_visible_devices(candidates, roots.cuda_visible_devices.as_deref());
             let driver_version = snapshot
                 .driver_version
                 .clone()
@@ -541,8 +503,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                     .iter()
                     .enumerate()
                     .map(|(position, gpu)| {
-                        let mut properties =
-                            BTreeMap::from([("pci_bus_id".to_string(), gpu.bus_location.clone())]);
+                        let mut properties = BTreeMap::from([("pci_bus_id".to_string(), gpu.bus_location.clone())]);
                         if let Some(uuid) = &gpu.uuid {
                             properties.insert("uuid".to_string(), uuid.clone());
                         }
@@ -565,8 +526,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                         }
                     })
                     .collect();
-                let (devices, visibility) =
-                    apply_visible_devices(candidates, roots.cuda_visible_devices.as_deref());
+                let (devices, visibility) = apply_visible_devices(candidates, roots.cuda_visible_devices.as_deref());
                 let mut reason = format!(
                     "{proc_path}/gpus lists {} GPU(s){}; NVML unavailable ({nvml_error}), so memory and compute capability are unknown",
                     driver.gpus.len(),
@@ -615,10 +575,7 @@ mod tests {
     }
 
     fn names(devices: &[DeviceInfo]) -> Vec<(String, String)> {
-        devices
-            .iter()
-            .map(|d| (d.id.to_string(), d.name.clone()))
-            .collect()
+        devices.iter().map(|d| (d.id.to_string(), d.name.clone())).collect()
     }
 
     #[test]
@@ -633,10 +590,7 @@ mod tests {
         let (devices, note) = apply_visible_devices(all(), Some("2,0"));
         assert_eq!(
             names(&devices),
-            [
-                ("cuda:0".into(), "gpu2".into()),
-                ("cuda:1".into(), "gpu0".into())
-            ]
+            [("cuda:0".into(), "gpu2".into()), ("cuda:1".into(), "gpu0".into())]
         );
         assert!(note.unwrap().contains("leaves 2 of 3"));
 
@@ -665,9 +619,7 @@ mod tests {
             capabilities(ComputeCapability { major: 7, minor: 5 }),
             ["sm_75", "fp16", "tensor_cores"]
         );
-        assert!(
-            capabilities(ComputeCapability { major: 9, minor: 0 }).contains(&"fp8".to_string())
-        );
+        assert!(capabilities(ComputeCapability { major: 9, minor: 0 }).contains(&"fp8".to_string()));
     }
 
     #[test]

@@ -177,11 +177,7 @@ pub(crate) fn describe_dirs(dirs: &[PathBuf]) -> String {
 pub fn default_library_dirs(root: &Path, ld_library_path: Option<&str>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Some(list) = ld_library_path {
-        dirs.extend(
-            list.split(':')
-                .filter(|entry| !entry.is_empty())
-                .map(PathBuf::from),
-        );
+        dirs.extend(list.split(':').filter(|entry| !entry.is_empty()).map(PathBuf::from));
     }
     let under_root = |absolute: &str| root.join(absolute.trim_start_matches('/'));
     let mut conf_dirs = Vec::new();
@@ -247,10 +243,7 @@ mod tests {
 
     #[test]
     fn wildcards_match_library_names() {
-        assert!(wildcard_match(
-            "libopenvino_c.so.*",
-            "libopenvino_c.so.2440"
-        ));
+        assert!(wildcard_match("libopenvino_c.so.*", "libopenvino_c.so.2440"));
         assert!(wildcard_match("*.conf", "x86_64-linux-gnu.conf"));
         assert!(wildcard_match("libQnnHtpV*Stub.so", "libQnnHtpV68Stub.so"));
         assert!(!wildcard_match("libopenvino_c.so.*", "libopenvino_c.so"));

@@ -44,10 +44,7 @@ pub(crate) fn sysctl_string(name: &str) -> Option<String> {
         return None;
     }
     buffer.truncate(length);
-    let end = buffer
-        .iter()
-        .position(|&byte| byte == 0)
-        .unwrap_or(buffer.len());
+    let end = buffer.iter().position(|&byte| byte == 0).unwrap_or(buffer.len());
     let text = String::from_utf8_lossy(&buffer[..end]).trim().to_string();
     (!text.is_empty()).then_some(text)
 }

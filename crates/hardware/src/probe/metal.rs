@@ -36,8 +36,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
     if !roots.live_host {
         return Findings::absent("Metal is only queried on the live host, not a recorded tree");
     }
-    let brand =
-        sysctl_string("machdep.cpu.brand_string").unwrap_or_else(|| "unknown Mac".to_string());
+    let brand = sysctl_string("machdep.cpu.brand_string").unwrap_or_else(|| "unknown Mac".to_string());
     let memory = sysctl_u64("hw.memsize");
     let os_version = sysctl_string("kern.osproductversion");
     let family = apple_gpu_family(&brand);
@@ -96,9 +95,6 @@ mod tests {
         assert_eq!(apple_gpu_family("Apple M1"), Some("apple7"));
         assert_eq!(apple_gpu_family("Apple M2 Pro"), Some("apple8"));
         assert_eq!(apple_gpu_family("Apple M4 Max"), Some("apple9"));
-        assert_eq!(
-            apple_gpu_family("Intel(R) Core(TM) i9-9980HK CPU @ 2.40GHz"),
-            None
-        );
+        assert_eq!(apple_gpu_family("Intel(R) Core(TM) i9-9980HK CPU @ 2.40GHz"), None);
     }
 }

@@ -147,15 +147,9 @@ pub fn build_support(platform: Platform) -> (bool, &'static str) {
     match platform {
         Platform::Cpu => (true, "the CPU backend is always built"),
         Platform::Cuda if cfg!(feature = "cuda") => (true, "built with the `cuda` feature"),
-        Platform::Cuda => (
-            false,
-            "this build has no CUDA backend; build with the `cuda` feature",
-        ),
+        Platform::Cuda => (false, "this build has no CUDA backend; build with the `cuda` feature"),
         Platform::Metal if cfg!(feature = "metal") => (true, "built with the `metal` feature"),
-        Platform::Metal => (
-            false,
-            "this build has no Metal backend; build with the `metal` feature",
-        ),
+        Platform::Metal => (false, "this build has no Metal backend; build with the `metal` feature"),
         Platform::Rocm => (false, "this build has no ROCm backend"),
         Platform::OpenVino => (false, "this build has no OpenVINO backend"),
         Platform::Qnn => (false, "this build has no QNN backend"),
@@ -218,11 +212,7 @@ struct PendingProbe {
     answer: Result<Receiver<thread::Result<(ProbeOutput, Duration)>>, HardwareError>,
 }
 
-fn spawn_probe(
-    platform: Platform,
-    roots: &Arc<ProbeRoots>,
-    probe: fn(&ProbeRoots) -> ProbeOutput,
-) -> PendingProbe {
+fn spawn_probe(platform: Platform, roots: &Arc<ProbeRoots>, probe: fn(&ProbeRoots) -> ProbeOutput) -> PendingProbe {
     let roots = Arc::clone(roots);
     // Capacity 1 so a probe that finishes after the deadline can still send
     // and exit instead of blocking forever.
@@ -237,9 +227,7 @@ fn spawn_probe(
         });
     PendingProbe {
         platform,
-        answer: spawned
-            .map(|_| receiver)
-            .map_err(HardwareError::ProbeThread),
+        answer: spawned.map(|_| receiver).map_err(HardwareError::ProbeThread),
     }
 }
 

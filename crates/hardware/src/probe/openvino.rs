@@ -85,10 +85,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                 libraries,
                 ..Findings::default()
             },
-            None => Findings::absent(format!(
-                "libopenvino_c.so not found in: {}",
-                describe_dirs(&dirs)
-            )),
+            None => Findings::absent(format!("libopenvino_c.so not found in: {}", describe_dirs(&dirs))),
         };
     };
 
@@ -101,11 +98,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
                 answer
                     .devices
                     .iter()
-                    .map(|device| device
-                        .properties
-                        .get("openvino_device")
-                        .cloned()
-                        .unwrap_or_default())
+                    .map(|device| device.properties.get("openvino_device").cloned().unwrap_or_default())
                     .collect::<Vec<_>>()
                     .join(", ")
             );
@@ -139,14 +132,8 @@ struct OvApi {
     available_devices: unsafe extern "C" fn(*const c_void, *mut OvAvailableDevices) -> c_int,
     available_devices_free: unsafe extern "C" fn(*mut OvAvailableDevices),
     /// Optional extras: a device's full name and memory, the runtime version.
-    core_get_property: Option<
-        unsafe extern "C" fn(
-            *const c_void,
-            *const c_char,
-            *const c_char,
-            *mut *mut c_char,
-        ) -> c_int,
-    >,
+    core_get_property:
+        Option<unsafe extern "C" fn(*const c_void, *const c_char, *const c_char, *mut *mut c_char) -> c_int>,
     free_string: Option<unsafe extern "C" fn(*const c_char)>,
     get_version: Option<unsafe extern "C" fn(*mut OvVersion) -> c_int>,
     version_free: Option<unsafe extern "C" fn(*mut OvVersion)>,

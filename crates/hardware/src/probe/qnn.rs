@@ -67,10 +67,7 @@ fn hexagon_versions(dir: &Path) -> Vec<String> {
         .filter(|name| wildcard_match("libQnnHtpV*Stub.so", name))
         .filter_map(|name| {
             let digits = name.strip_prefix("libQnnHtpV")?.strip_suffix("Stub.so")?;
-            digits
-                .chars()
-                .all(|c| c.is_ascii_digit())
-                .then(|| format!("v{digits}"))
+            digits.chars().all(|c| c.is_ascii_digit()).then(|| format!("v{digits}"))
         })
         .collect();
     versions.dedup();

@@ -53,22 +53,16 @@ fn property_u64(properties: &BTreeMap<String, String>, key: &str) -> Option<u64>
 /// The DRM device directory for a KFD node: the render node named by
 /// `drm_render_minor`, else the matching `card<minor - 128>` if its PCI
 /// device id agrees.
-fn drm_device_dir(
-    roots: &ProbeRoots,
-    render_minor: Option<u64>,
-    device_id: u64,
-) -> Option<PathBuf> {
+fn drm_device_dir(roots: &ProbeRoots, render_minor: Option<u64>, device_id: u64) -> Option<PathBuf> {
     let minor = render_minor.filter(|&minor| minor > 0)?;
     let drm = roots.path("/sys/class/drm");
     let render = drm.join(format!("renderD{minor}")).join("device");
     if render.is_dir() {
         return Some(render);
     }
-    let card = drm
-        .join(format!("card{}", minor.checked_sub(128)?))
-        .join("device");
-    let card_device_id = read_trimmed(&card.join("device"))
-        .and_then(|text| u64::from_str_radix(text.trim_start_matches("0x"), 16).ok());
+    let card = drm.join(format!("card{}", minor.checked_sub(128)?)).join("device");
+    let card_device_id =
+        read_trimmed(&card.join("device")).and_then(|text| u64::from_str_radix(text.trim_start_matches("0x"), 16).ok());
     (card_device_id == Some(device_id)).then_some(card)
 }
 
@@ -97,9 +91,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
     let nodes_dir = roots.path("/sys/class/kfd/kfd/topology/nodes");
     let nodes_display = host_display(&nodes_dir, roots);
     if !nodes_dir.is_dir() {
-        return Findings::absent(format!(
-            "{nodes_display}: not found (amdgpu/KFD driver not loaded)"
-        ));
+        return Findings::absent(format!("{nodes_display}: not found (amdgpu/KFD driver not loaded)"));
     }
     let nodes = numbered_entries(&nodes_dir, "");
     let driver_version = read_trimmed(&roots.path("/sys/module/amdgpu/version"));
@@ -119,11 +111,7 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
         let index = devices.len() as u32;
         let device_id = property_u64(&properties, "device_id").unwrap_or(0);
         let gfx_target = property_u64(&properties, "gfx_target_version").and_then(gfx_target_name);
-        let drm_dir = drm_device_dir(
-            roots,
-            property_u64(&properties, "drm_render_minor"),
-            device_id,
-        );
+        let drm_dir = drm_device_dir(roots, property_u64(&properties, "drm_render_minor"), device_id);
 
         let vram_total = drm_dir
             .as_ref()
@@ -155,18 +143,12 @@ pub(super) fn probe(roots: &ProbeRoots) -> Findings {
             ("device_id".to_string(), format!("{device_id:#06x}")),
             (
                 "vendor_id".to_string(),
-                format!(
-                    "{:#06x}",
-                    property_u64(&properties, "vendor_id").unwrap_or(0)
-                ),
+                format!("{:#06x}", property_u64(&properties, "vendor_id").unwrap_or(0)),
             ),
             ("simd_count".to_string(), simd_count.to_string()),
         ]);
         if let Some(simd_per_cu) = property_u64(&properties, "simd_per_cu").filter(|&n| n > 0) {
-            properties_out.insert(
-                "compute_units".to_string(),
-                (simd_count / simd_per_cu).to_string(),
-            );
+            properties_out.insert("compute_units".to_string(), (simd_count / simd_per_cu).to_string());
         }
         if let Some(target) = &gfx_target {
             properties_out.insert("gfx_target".to_string(), target.clone());

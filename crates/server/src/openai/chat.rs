@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::params::{self, Common};
 use super::types::*;
-use super::{Collected, acquire, collect, finish_str, fingerprint, logprob_json, merge, now_unix, sse_done, sse_json};
+use super::{Collected, acquire, collect, fingerprint, finish_str, logprob_json, merge, now_unix, sse_done, sse_json};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -28,7 +28,10 @@ fn content_text(i: usize, m: &ChatMessage) -> ApiResult<String> {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => {
             if parts.is_empty() {
-                return Err(ApiError::invalid(param("content"), "content must not be an empty array."));
+                return Err(ApiError::invalid(
+                    param("content"),
+                    "content must not be an empty array.",
+                ));
             }
             let mut texts = Vec::with_capacity(parts.len());
             for (j, p) in parts.iter().enumerate() {
@@ -61,9 +64,15 @@ fn content_text(i: usize, m: &ChatMessage) -> ApiResult<String> {
         }
         Some(other) => Err(ApiError::invalid(
             param("content"),
-            format!("content must be a string or an array of content parts, got {}.", json_kind(other)),
+            format!(
+                "content must be a string or an array of content parts, got {}.",
+                json_kind(other)
+            ),
         )),
-        None => Err(ApiError::invalid(param("content"), "content is required for this message.")),
+        None => Err(ApiError::invalid(
+            param("content"),
+            "content is required for this message.",
+        )),
     }
 }
 
@@ -95,13 +104,18 @@ fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateMessage>> {
                 "tool" | "function" => {
                     return Err(ApiError::invalid(
                         Some(format!("messages[{i}].role")),
-                        format!("'{}' messages are not supported: this server does not do tool calling.", m.role),
+                        format!(
+                            "'{}' messages are not supported: this server does not do tool calling.",
+                            m.role
+                        ),
                     ));
                 }
                 other => {
                     return Err(ApiError::invalid(
                         Some(format!("messages[{i}].role")),
-                        format!("'{other}' is not a valid role; use one of 'system', 'developer', 'user', 'assistant'."),
+                        format!(
+                            "'{other}' is not a valid role; use one of 'system', 'developer', 'user', 'assistant'."
+                        ),
                     ));
                 }
             };
@@ -128,7 +142,10 @@ pub async fn create(
     // Everything that needs no model first: bad input fails fast.
     let messages = template_messages(&req.messages)?;
     if req.tools.as_ref().is_some_and(|t| !t.is_empty()) || req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
-        return Err(ApiError::invalid(Some("tools".into()), "tools and functions are not supported by this server."));
+        return Err(ApiError::invalid(
+            Some("tools".into()),
+            "tools and functions are not supported by this server.",
+        ));
     }
     let json_mode = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
         None | Some("text") => false,
@@ -147,11 +164,18 @@ pub async fn create(
             "stream_options may only be set when stream is true.",
         ));
     }
-    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let want_logprobs = req.logprobs.unwrap_or(false);
     let top_logprobs = match (want_logprobs, req.top_logprobs) {
         (_, Some(k)) if !(0..=20).contains(&k) => {
-            return Err(ApiError::invalid(Some("top_logprobs".into()), "top_logprobs must be between 0 and 20."));
+            return Err(ApiError::invalid(
+                Some("top_logprobs".into()),
+                "top_logprobs must be between 0 and 20.",
+            ));
         }
         (false, Some(_)) => {
             return Err(ApiError::invalid(
@@ -217,7 +241,7 @@ pub async fn create(
             sampling,
             stop: validated.stop.clone(),
             stop_token_ids: Vec::new(),
-            ignore_eos: false,
+            ignore_eos: req.ignore_eos.unwrap_or(false),
             prompt_logprobs: None,
             json: json_mode,
             tag: rid.0.clone(),
@@ -312,7 +336,9 @@ pub async fn create(
                         }],
                         usage_field(None),
                     ),
-                    GenEvent::Done { finish_reason, usage, .. } => {
+                    GenEvent::Done {
+                        finish_reason, usage, ..
+                    } => {
                         completion += usage.completion_tokens;
                         done += 1;
                         chunk(

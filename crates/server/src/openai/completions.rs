@@ -7,7 +7,7 @@ use axum::extract::State;
 use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
-use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest, TokenLogprob};
+use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest, PromptToken, TokenLogprob};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::chat::json_kind;
 use super::params::{self, Common};
 use super::types::*;
-use super::{acquire, collect, finish_str, fingerprint, merge, now_unix, sse_done, sse_json};
+use super::{acquire, collect, fingerprint, finish_str, merge, now_unix, sse_done, sse_json};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -34,7 +34,12 @@ fn token_list(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
             x.as_u64()
                 .filter(|&t| t <= u32::MAX as u64)
                 .map(|t| t as u32)
-                .ok_or_else(|| ApiError::invalid(Some(param.to_string()), format!("token ids must be non-negative integers, got {x}.")))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        Some(param.to_string()),
+                        format!("token ids must be non-negative integers, got {x}."),
+                    )
+                })
         })
         .collect()
 }
@@ -63,7 +68,10 @@ fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
     let out = match v {
         Value::String(s) => vec![from_text(s)?],
         Value::Array(items) if items.is_empty() => {
-            return Err(ApiError::invalid(Some("prompt".into()), "prompt must not be an empty array."));
+            return Err(ApiError::invalid(
+                Some("prompt".into()),
+                "prompt must not be an empty array.",
+            ));
         }
         Value::Array(items) => match &items[0] {
             Value::String(_) => items
@@ -83,21 +91,30 @@ fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
                     Value::Array(ids) => from_ids(token_list(ids, "prompt")?),
                     other => Err(ApiError::invalid(
                         Some("prompt".into()),
-                        format!("a list of token lists must hold only arrays, found {}.", json_kind(other)),
+                        format!(
+                            "a list of token lists must hold only arrays, found {}.",
+                            json_kind(other)
+                        ),
                     )),
                 })
                 .collect::<ApiResult<_>>()?,
             other => {
                 return Err(ApiError::invalid(
                     Some("prompt".into()),
-                    format!("prompt must be a string, a list of strings, or token ids; got a list of {}.", json_kind(other)),
+                    format!(
+                        "prompt must be a string, a list of strings, or token ids; got a list of {}.",
+                        json_kind(other)
+                    ),
                 ));
             }
         },
         other => {
             return Err(ApiError::invalid(
                 Some("prompt".into()),
-                format!("prompt must be a string, a list of strings, or token ids; got {}.", json_kind(other)),
+                format!(
+                    "prompt must be a string, a list of strings, or token ids; got {}.",
+                    json_kind(other)
+                ),
             ));
         }
     };
@@ -112,24 +129,36 @@ fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
     Ok(out)
 }
 
-/// Completions' legacy logprobs: parallel lists plus text offsets.
-fn legacy_logprobs(entries: &[Option<TokenLogprob>], start_offset: usize) -> CompletionLogprobs {
+/// A generated token as a position of the legacy logprobs lists.
+fn position(l: TokenLogprob) -> PromptToken {
+    PromptToken {
+        token: l.token.clone(),
+        logprob: Some(l),
+    }
+}
+
+/// Completions' legacy logprobs: parallel lists plus text offsets, which
+/// count characters of the returned text (what clients slice it with).
+fn legacy_logprobs(entries: &[PromptToken], start_offset: usize) -> CompletionLogprobs {
     let mut out = CompletionLogprobs::default();
     let mut offset = start_offset;
     for e in entries {
-        match e {
+        out.tokens.push(e.token.clone());
+        out.text_offset.push(offset);
+        offset += e.token.chars().count();
+        match &e.logprob {
             Some(l) => {
-                out.tokens.push(l.token.clone());
                 out.token_logprobs.push(Some(l.logprob));
-                out.top_logprobs.push(Some(l.top.iter().map(|t| (t.token.clone(), Value::from(t.logprob))).collect()));
-                out.text_offset.push(offset);
-                offset += l.token.len();
+                out.top_logprobs.push(Some(
+                    l.top
+                        .iter()
+                        .map(|t| (t.token.clone(), Value::from(t.logprob)))
+                        .collect(),
+                ));
             }
             None => {
-                out.tokens.push(String::new());
                 out.token_logprobs.push(None);
                 out.top_logprobs.push(None);
-                out.text_offset.push(offset);
             }
         }
     }
@@ -142,7 +171,10 @@ pub async fn create(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::invalid(Some("suffix".into()), "suffix (insertion) is not supported by this server."));
+        return Err(ApiError::invalid(
+            Some("suffix".into()),
+            "suffix (insertion) is not supported by this server.",
+        ));
     }
     let stream = req.stream.unwrap_or(false);
     if req.stream_options.is_some() && !stream {
@@ -151,22 +183,29 @@ pub async fn create(
             "stream_options may only be set when stream is true.",
         ));
     }
-    let include_usage = req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
     let logprobs = match req.logprobs {
         None => None,
         Some(k) if (0..=20).contains(&k) => Some(k as usize),
         Some(k) => {
-            return Err(ApiError::invalid(Some("logprobs".into()), format!("logprobs must be between 0 and 20, got {k}.")));
+            return Err(ApiError::invalid(
+                Some("logprobs".into()),
+                format!("logprobs must be between 0 and 20, got {k}."),
+            ));
         }
     };
     let echo = req.echo.unwrap_or(false);
-    if let (Some(b), n) = (req.best_of, req.n.unwrap_or(1)) {
-        if b != n {
-            return Err(ApiError::invalid(
-                Some("best_of".into()),
-                "best_of other than n is not supported by this server.",
-            ));
-        }
+    if let (Some(b), n) = (req.best_of, req.n.unwrap_or(1))
+        && b != n
+    {
+        return Err(ApiError::invalid(
+            Some("best_of".into()),
+            "best_of other than n is not supported by this server.",
+        ));
     }
 
     let (model_id, model) = acquire(&state, &req.model, Task::Generate).await?;
@@ -192,11 +231,20 @@ pub async fn create(
     )?;
     let prompts = prompts(req.prompt.as_ref(), &tokenizer)?;
     if prompts.len() * validated.n > 128 {
-        return Err(ApiError::invalid(Some("prompt".into()), "at most 128 choices (prompts × n) per request."));
+        return Err(ApiError::invalid(
+            Some("prompt".into()),
+            "at most 128 choices (prompts × n) per request.",
+        ));
     }
     let mut limits = Vec::with_capacity(prompts.len());
     for p in &prompts {
-        limits.push(params::max_tokens(req.max_tokens.or(Some(16)), "max_tokens", p.ids.len(), gm.context_length, "prompt")?);
+        limits.push(params::max_tokens(
+            req.max_tokens.or(Some(16)),
+            "max_tokens",
+            p.ids.len(),
+            gm.context_length,
+            "prompt",
+        )?);
     }
 
     // choice index = prompt index * n + i, as OpenAI numbers them.
@@ -214,7 +262,7 @@ pub async fn create(
                 sampling,
                 stop: validated.stop.clone(),
                 stop_token_ids: Vec::new(),
-                ignore_eos: false,
+                ignore_eos: req.ignore_eos.unwrap_or(false),
                 prompt_logprobs: if echo { logprobs } else { None },
                 json: false,
                 tag: rid.0.clone(),
@@ -234,8 +282,8 @@ pub async fn create(
             .enumerate()
             .map(|(index, (r, echo_text))| {
                 let lp = logprobs.map(|_| {
-                    let mut entries: Vec<Option<TokenLogprob>> = r.prompt_logprobs.clone().unwrap_or_default();
-                    entries.extend(r.logprobs.iter().cloned().map(Some));
+                    let mut entries: Vec<PromptToken> = r.prompt_logprobs.clone().unwrap_or_default();
+                    entries.extend(r.logprobs.iter().cloned().map(position));
                     legacy_logprobs(&entries, 0)
                 });
                 CompletionChoice {
@@ -289,7 +337,7 @@ pub async fn create(
                 let c = match ev {
                     GenEvent::Prompt(entries) => {
                         let lp = legacy_logprobs(&entries, 0);
-                        sent[index] += text.len();
+                        sent[index] += text.chars().count();
                         chunk(
                             vec![CompletionChoice {
                                 index,
@@ -301,13 +349,13 @@ pub async fn create(
                         )
                     }
                     GenEvent::Delta { text: t, logprobs: lps } => {
-                        let start = sent[index] + text.len();
+                        let start = sent[index] + text.chars().count();
                         let lp = logprobs.map(|_| {
-                            let entries: Vec<Option<TokenLogprob>> = lps.into_iter().map(Some).collect();
+                            let entries: Vec<PromptToken> = lps.into_iter().map(position).collect();
                             legacy_logprobs(&entries, start)
                         });
                         text.push_str(&t);
-                        sent[index] += text.len();
+                        sent[index] += text.chars().count();
                         chunk(
                             vec![CompletionChoice {
                                 index,
@@ -318,7 +366,9 @@ pub async fn create(
                             usage_field(None),
                         )
                     }
-                    GenEvent::Done { finish_reason, usage, .. } => {
+                    GenEvent::Done {
+                        finish_reason, usage, ..
+                    } => {
                         completion += usage.completion_tokens;
                         done += 1;
                         chunk(

@@ -15,14 +15,22 @@ use crate::state::AppState;
 
 fn token_ids(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
     if v.is_empty() {
-        return Err(ApiError::invalid(Some(param.to_string()), "a token list must not be empty."));
+        return Err(ApiError::invalid(
+            Some(param.to_string()),
+            "a token list must not be empty.",
+        ));
     }
     v.iter()
         .map(|x| {
             x.as_u64()
                 .filter(|&t| t <= u32::MAX as u64)
                 .map(|t| t as u32)
-                .ok_or_else(|| ApiError::invalid(Some(param.to_string()), format!("token ids must be non-negative integers, got {x}.")))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        Some(param.to_string()),
+                        format!("token ids must be non-negative integers, got {x}."),
+                    )
+                })
         })
         .collect()
 }
@@ -56,38 +64,56 @@ fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
                     Value::Array(ids) => Ok(EmbedInput::Tokens(token_ids(ids, &format!("input[{i}]"))?)),
                     other => Err(ApiError::invalid(
                         Some(format!("input[{i}]")),
-                        format!("a list of token lists must hold only arrays, found {}.", json_kind(other)),
+                        format!(
+                            "a list of token lists must hold only arrays, found {}.",
+                            json_kind(other)
+                        ),
                     )),
                 })
                 .collect::<ApiResult<_>>()?,
             other => {
                 return Err(ApiError::invalid(
                     param,
-                    format!("input must be a string, a list of strings, or token ids; got a list of {}.", json_kind(other)),
+                    format!(
+                        "input must be a string, a list of strings, or token ids; got a list of {}.",
+                        json_kind(other)
+                    ),
                 ));
             }
         },
         other => {
             return Err(ApiError::invalid(
                 param,
-                format!("input must be a string, a list of strings, or token ids; got {}.", json_kind(other)),
+                format!(
+                    "input must be a string, a list of strings, or token ids; got {}.",
+                    json_kind(other)
+                ),
             ));
         }
     };
     if out.len() > max {
-        return Err(ApiError::invalid(Some("input".into()), format!("at most {max} inputs per request, got {}.", out.len())));
+        return Err(ApiError::invalid(
+            Some("input".into()),
+            format!("at most {max} inputs per request, got {}.", out.len()),
+        ));
     }
     for (i, inp) in out.iter().enumerate() {
-        if let EmbedInput::Text(s) = inp {
-            if s.is_empty() {
-                return Err(ApiError::invalid(Some(format!("input[{i}]")), "input strings must not be empty."));
-            }
+        if let EmbedInput::Text(s) = inp
+            && s.is_empty()
+        {
+            return Err(ApiError::invalid(
+                Some(format!("input[{i}]")),
+                "input strings must not be empty.",
+            ));
         }
     }
     Ok(out)
 }
 
-pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<EmbeddingRequest>) -> ApiResult<axum::Json<EmbeddingResponse>> {
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<EmbeddingRequest>,
+) -> ApiResult<axum::Json<EmbeddingResponse>> {
     let inputs = inputs(&req.input, state.config().max_embedding_inputs)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -103,7 +129,10 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Embeddi
         None => None,
         Some(d) if d >= 1 => Some(d as usize),
         Some(d) => {
-            return Err(ApiError::invalid(Some("dimensions".into()), format!("dimensions must be at least 1, got {d}.")));
+            return Err(ApiError::invalid(
+                Some("dimensions".into()),
+                format!("dimensions must be at least 1, got {d}."),
+            ));
         }
     };
     let (model_id, model) = acquire(&state, &req.model, Task::Embed).await?;

@@ -13,7 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use hfms_engine::generate::{FinishReason, GenEvent, GenUsage, TokenLogprob};
+use hfms_engine::generate::{FinishReason, GenEvent, GenUsage, PromptToken, TokenLogprob};
 use hfms_engine::manager::ModelManager;
 use hfms_engine::skills::{LoadedModel, Task};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -23,12 +23,19 @@ use crate::state::AppState;
 use types::{TokenLogprobJson, TopLogprobJson};
 
 pub fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Identifies the serving configuration (`system_fingerprint`).
 pub fn fingerprint() -> String {
-    format!("hfms-{}-{}", env!("CARGO_PKG_VERSION"), hfms_engine::quant::kernels().name)
+    format!(
+        "hfms-{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        hfms_engine::quant::kernels().name
+    )
 }
 
 /// Resolve a model name, check it can do `task`, and load it (off the async
@@ -37,18 +44,18 @@ pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<(Str
     let manager: Arc<ModelManager> = state.manager().clone();
     let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
-    if let (Some(t), None) = (desc.task, &desc.error) {
-        if t != task {
-            let (what, endpoint) = match t {
-                Task::Embed => ("an embedding model", "/v1/embeddings"),
-                Task::Generate => ("a text generation model", "/v1/chat/completions or /v1/completions"),
-            };
-            return Err(ApiError::invalid(
-                Some("model".to_string()),
-                format!("The model `{id}` is {what}; use {endpoint}."),
-            )
-            .with_code("model_not_supported"));
-        }
+    if let (Some(t), None) = (desc.task, &desc.error)
+        && t != task
+    {
+        let (what, endpoint) = match t {
+            Task::Embed => ("an embedding model", "/v1/embeddings"),
+            Task::Generate => ("a text generation model", "/v1/chat/completions or /v1/completions"),
+        };
+        return Err(ApiError::invalid(
+            Some("model".to_string()),
+            format!("The model `{id}` is {what}; use {endpoint}."),
+        )
+        .with_code("model_not_supported"));
     }
     let name = id.clone();
     let span = tracing::Span::current();
@@ -87,7 +94,7 @@ pub fn logprob_json(l: &TokenLogprob) -> TokenLogprobJson {
 pub struct Collected {
     pub text: String,
     pub logprobs: Vec<TokenLogprob>,
-    pub prompt_logprobs: Option<Vec<Option<TokenLogprob>>>,
+    pub prompt_logprobs: Option<Vec<PromptToken>>,
     pub finish: Option<FinishReason>,
     pub usage: GenUsage,
 }
@@ -102,7 +109,9 @@ pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected
                 out.text.push_str(&text);
                 out.logprobs.extend(logprobs);
             }
-            GenEvent::Done { finish_reason, usage, .. } => {
+            GenEvent::Done {
+                finish_reason, usage, ..
+            } => {
                 out.finish = Some(finish_reason);
                 out.usage = usage;
                 return Ok(out);

@@ -20,7 +20,10 @@ fn created(d: &ModelDescription) -> u64 {
 }
 
 fn object(d: &ModelDescription, status: Option<&ModelStatus>) -> ModelObject {
-    let owned_by = d.id.split_once('/').map(|(o, _)| o.to_string()).unwrap_or_else(|| "hfms".into());
+    let owned_by =
+        d.id.split_once('/')
+            .map(|(o, _)| o.to_string())
+            .unwrap_or_else(|| "hfms".into());
     ModelObject {
         id: d.id.clone(),
         object: "model",
@@ -58,7 +61,10 @@ pub async fn list(State(state): State<AppState>) -> axum::Json<ModelList> {
 
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<ModelObject>> {
     let m = state.manager();
-    let d = m.resolve(&id).filter(|d| d.servable()).ok_or_else(|| ApiError::model_not_found(&id))?;
+    let d = m
+        .resolve(&id)
+        .filter(|d| d.servable())
+        .ok_or_else(|| ApiError::model_not_found(&id))?;
     let status = m.status();
     Ok(axum::Json(object(d, status.iter().find(|s| s.id == d.id))))
 }

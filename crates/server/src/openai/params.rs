@@ -29,13 +29,13 @@ pub struct Validated {
 }
 
 fn range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> ApiResult<()> {
-    if let Some(x) = v {
-        if !x.is_finite() || x < lo || x > hi {
-            return Err(ApiError::invalid(
-                Some(name.to_string()),
-                format!("{x} is not a valid value for '{name}': it must be between {lo} and {hi}."),
-            ));
-        }
+    if let Some(x) = v
+        && (!x.is_finite() || x < lo || x > hi)
+    {
+        return Err(ApiError::invalid(
+            Some(name.to_string()),
+            format!("{x} is not a valid value for '{name}': it must be between {lo} and {hi}."),
+        ));
     }
     Ok(())
 }
@@ -52,27 +52,42 @@ pub fn validate(c: Common, vocab: usize, max_n: usize) -> ApiResult<Validated> {
         None | Some(-1) | Some(0) => 0,
         Some(k) if k > 0 => k as usize,
         Some(k) => {
-            return Err(ApiError::invalid(Some("top_k".into()), format!("top_k must be -1 (off) or positive, got {k}.")));
+            return Err(ApiError::invalid(
+                Some("top_k".into()),
+                format!("top_k must be -1 (off) or positive, got {k}."),
+            ));
         }
     };
     let n = match c.n {
         None => 1,
         Some(n) if n >= 1 && n as usize <= max_n => n as usize,
         Some(n) => {
-            return Err(ApiError::invalid(Some("n".into()), format!("n must be between 1 and {max_n}, got {n}.")));
+            return Err(ApiError::invalid(
+                Some("n".into()),
+                format!("n must be between 1 and {max_n}, got {n}."),
+            ));
         }
     };
     let stop = c.stop.map(Stop::into_vec).unwrap_or_default();
     if stop.len() > 4 {
-        return Err(ApiError::invalid(Some("stop".into()), "At most 4 stop sequences are allowed."));
+        return Err(ApiError::invalid(
+            Some("stop".into()),
+            "At most 4 stop sequences are allowed.",
+        ));
     }
     if stop.iter().any(|s| s.is_empty()) {
-        return Err(ApiError::invalid(Some("stop".into()), "Stop sequences must not be empty strings."));
+        return Err(ApiError::invalid(
+            Some("stop".into()),
+            "Stop sequences must not be empty strings.",
+        ));
     }
     let mut logit_bias = Vec::new();
     for (k, v) in c.logit_bias.unwrap_or_default() {
         let id: u32 = k.parse().map_err(|_| {
-            ApiError::invalid(Some("logit_bias".into()), format!("logit_bias keys must be token ids, got {k:?}."))
+            ApiError::invalid(
+                Some("logit_bias".into()),
+                format!("logit_bias keys must be token ids, got {k:?}."),
+            )
         })?;
         if id as usize >= vocab {
             return Err(ApiError::invalid(
@@ -108,7 +123,13 @@ pub fn validate(c: Common, vocab: usize, max_n: usize) -> ApiResult<Validated> {
 
 /// `max_tokens` against the context window: the OpenAI message when the
 /// prompt and completion cannot fit, the room left when it is not given.
-pub fn max_tokens(requested: Option<i64>, param: &str, prompt_len: usize, context: usize, what: &str) -> ApiResult<usize> {
+pub fn max_tokens(
+    requested: Option<i64>,
+    param: &str,
+    prompt_len: usize,
+    context: usize,
+    what: &str,
+) -> ApiResult<usize> {
     if prompt_len >= context {
         return Err(ApiError::invalid(
             Some(what.to_string()),

@@ -94,6 +94,9 @@ pub struct ChatCompletionRequest {
     /// Ollama-style: how long to keep the model loaded after this request.
     #[serde(default)]
     pub keep_alive: Option<Value>,
+    /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
 }
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of
@@ -140,6 +143,9 @@ pub struct CompletionRequest {
     pub user: Option<String>,
     #[serde(default)]
     pub keep_alive: Option<Value>,
+    /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
+    #[serde(default)]
+    pub ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -1,0 +1,39 @@
+# The two commands of the README, and their parts.
+#   make run   fetch the default models, build, serve them on 127.0.0.1:8000
+#   make test  fetch the models, build, run every test (Rust and Python)
+
+PYTHON ?= python3
+VENV   ?= .venv
+HOST   ?= 127.0.0.1
+PORT   ?= 8000
+
+.PHONY: run test models build test-rust test-python lint
+
+models:
+	scripts/fetch-models.sh
+
+build:
+	cargo build --release -p hfms
+
+run: models build
+	./target/release/hfms serve --host $(HOST) --port $(PORT) --preload smollm2,all-minilm
+
+# Tests build once, with the optimised-but-incremental `fast` profile
+# (model maths in a debug build is tens of times slower).
+test-rust: models
+	cargo test --profile fast --workspace
+
+$(VENV)/.installed: tests/python/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
+	touch $@
+
+test-python: models $(VENV)/.installed
+	cargo build --profile fast -p hfms
+	HFMS_BIN=target/fast/hfms $(VENV)/bin/python -m pytest -q tests/python
+
+test: test-rust test-python
+
+lint:
+	cargo fmt --check
+	cargo clippy --profile fast --all-targets -- -D warnings

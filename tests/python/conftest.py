@@ -1,0 +1,163 @@
+"""Fixtures for the Python end-to-end tests: one real hfms server per session.
+
+Environment:
+  HFMS_BIN          the server binary (default: <repo>/target/fast/hfms)
+  HFMS_TEST_MODELS  the models folder (default: <repo>/models)
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+REFERENCE = REPO / "tests" / "reference"
+
+LISTEN_TIMEOUT_S = 60
+READY_TIMEOUT_S = 120
+LISTENING = re.compile(r"hfms listening on (http://\S+)")
+
+CHAT_MODEL = "smollm2"
+CHAT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+EMBED_MODEL = "all-minilm"
+EMBED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Server:
+    """A running `hfms serve` whose stderr is drained by a thread."""
+
+    def __init__(self, binary: Path, models: Path):
+        self.log: collections.deque[str] = collections.deque(maxlen=400)
+        self.base_url: str | None = None
+        self._listening = threading.Event()
+        self.proc = subprocess.Popen(
+            [
+                str(binary), "serve",
+                "--port", "0",
+                "--models-dir", str(models),
+                "--no-hf-cache",
+                "--preload", f"{CHAT_MODEL},{EMBED_MODEL}",
+                "--log-format", "json",
+            ],
+            # Servers that know HFMS_EXIT_ON_STDIN_EOF exit when this pipe
+            # closes, so even a killed pytest leaves no server behind; older
+            # ones ignore it (and are terminated in stop()).
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "HFMS_EXIT_ON_STDIN_EOF": "true"},
+        )
+        # One thread reads stderr for the whole session, so the pipe never
+        # fills up and blocks the server; it also spots the listening line.
+        self._drain = threading.Thread(target=self._read_stderr, name="hfms-stderr", daemon=True)
+        self._drain.start()
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.log.append(line)
+            if not self._listening.is_set():
+                m = LISTENING.search(line)
+                if m:
+                    self.base_url = m.group(1).rstrip("/")
+                    self._listening.set()
+        self._listening.set()  # EOF: wake the waiter; it sees the exit
+
+    def log_tail(self, n: int = 40) -> str:
+        return "\n".join(list(self.log)[-n:])
+
+    def wait_listening(self, timeout: float) -> str:
+        if not self._listening.wait(timeout) or self.base_url is None:
+            code = self.proc.poll()
+            raise RuntimeError(
+                f"hfms did not print its listening line within {timeout}s "
+                f"(exit code {code}); stderr:\n{self.log_tail()}"
+            )
+        return self.base_url
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"hfms exited with {self.proc.returncode}; stderr:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.base_url}/ready", timeout=5) as r:
+                    if r.status == 200:
+                        return
+                    last = f"HTTP {r.status}"
+            except urllib.error.HTTPError as e:  # 503 while models load
+                last = f"HTTP {e.code}"
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.25)
+        raise RuntimeError(f"/ready did not answer 200 within {timeout}s ({last}); stderr:\n{self.log_tail()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._drain.join(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def server():
+    binary = Path(os.environ.get("HFMS_BIN", REPO / "target" / "fast" / "hfms"))
+    models = Path(os.environ.get("HFMS_TEST_MODELS", REPO / "models"))
+    if not binary.is_file():
+        pytest.fail(f"hfms binary not found at {binary} (build it, or set HFMS_BIN)")
+    if not models.is_dir():
+        pytest.fail(f"models folder not found at {models} (run scripts/fetch-models.sh, or set HFMS_TEST_MODELS)")
+    srv = Server(binary, models)
+    try:
+        srv.wait_listening(LISTEN_TIMEOUT_S)
+        srv.wait_ready(READY_TIMEOUT_S)
+    except RuntimeError as e:
+        srv.stop()
+        pytest.fail(str(e))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(server) -> str:
+    """`http://HOST:PORT`, without the /v1 prefix."""
+    return server.base_url
+
+
+@pytest.fixture(scope="session")
+def client(base_url) -> openai.OpenAI:
+    # The server ignores API keys in this version; the SDK insists on one.
+    # No retries: every error should surface as it is.
+    c = openai.OpenAI(base_url=f"{base_url}/v1", api_key="unused", max_retries=0, timeout=120)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def reference_chat() -> dict:
+    """tests/reference/inputs/chat.json: messages, max_tokens 48, temperature 0."""
+    return json.loads((REFERENCE / "inputs" / "chat.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def minilm_reference() -> dict:
+    return json.loads((REFERENCE / "minilm_st.json").read_text())
