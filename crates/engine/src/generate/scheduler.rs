@@ -278,6 +278,8 @@ impl Scheduler {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
+                // Idle: what /status shows must be true while we wait.
+                self.publish_stats();
                 match rx.recv() {
                     Ok(job) => self.enqueue(job),
                     Err(_) => return,
