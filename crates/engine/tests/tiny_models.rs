@@ -28,11 +28,19 @@ fn goldens() -> Value {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// Last-position logits of the prompt and 8 greedy tokens.
@@ -42,13 +50,31 @@ fn run(m: &dyn CausalLm, prompt: &[u32]) -> (Vec<f32>, Vec<u32>) {
     let mut seq = SeqKv::default();
     seq.reserve(&mut kv, prompt.len() + 9).unwrap();
     let first = m
-        .forward(&[StepItem { tokens: prompt, start: 0, kv: &seq, logits: LogitsWanted::Last }], &mut kv, &pool)
+        .forward(
+            &[StepItem {
+                tokens: prompt,
+                start: 0,
+                kv: &seq,
+                logits: LogitsWanted::Last,
+            }],
+            &mut kv,
+            &pool,
+        )
         .unwrap();
     let mut greedy = vec![argmax(&first)];
     for i in 0..7 {
         let t = [*greedy.last().unwrap()];
         let l = m
-            .forward(&[StepItem { tokens: &t, start: prompt.len() + i, kv: &seq, logits: LogitsWanted::Last }], &mut kv, &pool)
+            .forward(
+                &[StepItem {
+                    tokens: &t,
+                    start: prompt.len() + i,
+                    kv: &seq,
+                    logits: LogitsWanted::Last,
+                }],
+                &mut kv,
+                &pool,
+            )
             .unwrap();
         greedy.push(argmax(&l));
     }
@@ -83,18 +109,27 @@ fn gguf_decoders_match_transformers_on_dequantised_weights() {
     for name in ["llama-quant.gguf", "qwen2-q8_0.gguf"] {
         let f = GgufFile::open(&dir().join(name)).unwrap();
         let m = LlamaModel::from_gguf(&f).unwrap();
-        let (logits, greedy) = run(&m, &prompt);
         let want = floats(&g["decoders"][name]["last_logits"]);
+        // With f32 activations the GGUF path (dequantisation, Q/K
+        // permutation, rotary style, biases) agrees to float precision.
+        let (exact, exact_greedy) = hfms_engine::compute::matrix::with_exact_activations(|| run(&m, &prompt));
+        let d = max_abs_diff(&exact, &want);
+        assert!(d < 2e-3, "{name}: exact-activation logits differ by {d}");
+        assert_eq!(
+            exact_greedy,
+            ids(&g["decoders"][name]["greedy"]),
+            "{name}: greedy tokens"
+        );
+        let (logits, _) = run(&m, &prompt);
         // Activations are quantised to 8 bits for the products (as llama.cpp
-        // does): with a hidden size of 64 the rounding barely averages out,
-        // so a few percent of the logit range, and the same ranking.
-        // (With exact f32 activations these agree to float precision.)
+        // does): these random weights are wide (std 0.2) and the hidden size
+        // is 64, so the rounding barely averages out and attention is sharp:
+        // a few percent of the logit range, and the same top token (later
+        // greedy steps of such a sharp random model can flip on that).
         let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
         let d = max_abs_diff(&logits, &want);
-        assert!(d < 0.04 * scale, "{name}: logits differ by {d} (scale {scale})");
+        assert!(d < 0.06 * scale, "{name}: logits differ by {d} (scale {scale})");
         assert_eq!(argmax(&logits), argmax(&want), "{name}: top token");
-        let want_greedy = ids(&g["decoders"][name]["greedy"]);
-        assert_eq!(greedy, want_greedy, "{name}: greedy tokens");
     }
 }
 
@@ -107,8 +142,16 @@ fn gguf_tokenizer_equals_tokenizer_json() {
     let prompt = g["prompt"].as_str().unwrap();
     assert_eq!(from_gguf.encode(prompt, false).unwrap(), ids(&g["prompt_ids"]));
     assert_eq!(from_json.encode(prompt, false).unwrap(), ids(&g["prompt_ids"]));
-    for s in ["Numbers like 12345 and 3.14", "Grüße aus Zürich", "  two  spaces\n\nnewlines"] {
-        assert_eq!(from_gguf.encode(s, false).unwrap(), from_json.encode(s, false).unwrap(), "{s:?}");
+    for s in [
+        "Numbers like 12345 and 3.14",
+        "Grüße aus Zürich",
+        "  two  spaces\n\nnewlines",
+    ] {
+        assert_eq!(
+            from_gguf.encode(s, false).unwrap(),
+            from_json.encode(s, false).unwrap(),
+            "{s:?}"
+        );
     }
 }
 
@@ -170,12 +213,18 @@ fn dequantisation_matches_gguf_py() {
         .find(|t| t.name() == name)
         .unwrap();
         let hex = b["hex"].as_str().unwrap();
-        let bytes: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let bytes: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
         let want = floats(&b["values"]);
         let mut got = vec![0f32; want.len()];
         dequantize_row(ty, &bytes, &mut got);
         for (i, (a, w)) in got.iter().zip(&want).enumerate() {
-            assert!((a - w).abs() <= 1e-6 * w.abs().max(1.0), "{name} element {i}: {a} vs {w}");
+            assert!(
+                (a - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{name} element {i}: {a} vs {w}"
+            );
         }
     }
 }

@@ -36,6 +36,21 @@ impl std::fmt::Debug for Matrix {
     }
 }
 
+thread_local! {
+    static EXACT_ACTIVATIONS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Run `f` with quantised weights multiplied against f32 activations
+/// (dequantised rows, no 8-bit activation rounding) on this thread: the
+/// reference the fast path is checked against. Slow; for tests and accuracy
+/// investigations.
+pub fn with_exact_activations<R>(f: impl FnOnce() -> R) -> R {
+    let before = EXACT_ACTIVATIONS.with(|c| c.replace(true));
+    let r = f();
+    EXACT_ACTIVATIONS.with(|c| c.set(before));
+    r
+}
+
 /// From this many tokens on, float weights go through a blocked GEMM rather
 /// than row-by-row dot products.
 const GEMM_MIN_TOKENS: usize = 4;
@@ -176,6 +191,7 @@ impl Matrix {
         match self.dtype {
             GgmlType::F32 => self.matmul_f32(x, t, out, pool),
             GgmlType::F16 | GgmlType::BF16 => self.matmul_half(x, t, out, pool),
+            _ if EXACT_ACTIVATIONS.with(|c| c.get()) => self.matmul_half(x, t, out, pool),
             _ => self.matmul_quant(x, t, out, pool),
         }
     }
@@ -233,6 +249,8 @@ impl Matrix {
         });
     }
 
+    /// Rows converted to f32 (from half precision or any quantised type)
+    /// and multiplied in f32.
     fn matmul_half(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
         let bytes = self.bytes();
