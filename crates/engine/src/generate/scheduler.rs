@@ -344,10 +344,21 @@ impl Scheduler {
 
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len() + self.running.len();
-        self.waiting.retain(|s| !s.cancelled());
+        self.waiting.retain(|s| {
+            let gone = s.cancelled();
+            if gone {
+                tracing::info!(request_id = %s.job.req.tag, "client went away; dropping the queued sequence");
+            }
+            !gone
+        });
         let kv = &mut self.kv;
         self.running.retain_mut(|s| {
             if s.cancelled() {
+                tracing::info!(
+                    request_id = %s.job.req.tag,
+                    generated = s.generated,
+                    "client went away; stopping the sequence and freeing its KV cache"
+                );
                 s.kv.free(kv);
                 false
             } else {
@@ -400,7 +411,11 @@ impl Scheduler {
         let mut s = self.running.swap_remove(idx);
         s.kv.free(&mut self.kv);
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(tokens = s.tokens.len(), "KV cache full: preempting the newest sequence");
+        tracing::info!(
+            request_id = %s.job.req.tag,
+            tokens = s.tokens.len(),
+            "KV cache full: preempting the newest sequence"
+        );
         self.waiting.push_front(s);
     }
 
@@ -638,7 +653,7 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
     let delta = match s.decoder.push(tok, id) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(error = %e, "detokenization failed");
+            tracing::warn!(request_id = %s.job.req.tag, error = %e, "detokenization failed");
             String::new()
         }
     };
