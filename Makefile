@@ -28,8 +28,10 @@ $(VENV)/.installed: tests/python/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
+# `--no-run` builds the binary with the same features `cargo test` uses, so
+# after test-rust nothing is rebuilt.
 test-python: models $(VENV)/.installed
-	cargo build --profile fast -p hfms
+	cargo test --profile fast -p hfms --no-run
 	HFMS_BIN=target/fast/hfms $(VENV)/bin/python -m pytest -q tests/python
 
 test: test-rust test-python
