@@ -131,7 +131,7 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
             let info = skill.info();
             d.skill = Some(info.name.to_string());
             d.task = Some(info.task);
-            d.hardware = info.platforms.iter().map(|p| p.to_string()).collect();
+            d.hardware = registry.platforms(info).iter().map(|p| p.to_string()).collect();
         }
         Err(e) => d.error = Some(e.to_string()),
     }

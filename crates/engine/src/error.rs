@@ -27,6 +27,9 @@ pub enum EngineError {
     /// Loading failed (corrupt file, out of memory…).
     #[error("model {model} failed to load: {reason}")]
     LoadFailed { model: String, reason: String },
+    /// No device can take the model (or its pinned device cannot).
+    #[error("model {model} cannot be placed: {reason}")]
+    Placement { model: String, reason: String },
     /// No skill serves this architecture.
     #[error("unsupported architecture {arch} (supported: {supported})")]
     UnsupportedArchitecture { arch: String, supported: String },

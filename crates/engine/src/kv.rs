@@ -39,97 +39,29 @@ impl KvLayout {
 
 pub type BlockId = u32;
 
-/// The block pool of one model. Blocks are allocated on first use up to
-/// `max_blocks` and recycled, never returned to the allocator, so memory is
-/// bounded by configuration.
-pub struct KvPool {
+/// Where the keys and values of blocks live. The model decides: CPU memory
+/// for the native engine ([`CpuBlocks`]), device memory for a GPU backend.
+/// The pool only hands out block ids; the store holds their contents.
+pub trait BlockStore: Send {
+    /// Give block `id` storage; called the first time the id is handed out.
+    fn ensure(&mut self, id: BlockId) -> Result<()>;
+    /// Copy the contents of one block into another.
+    fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<()>;
+    fn as_any(&self) -> &dyn std::any::Any;
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
+}
+
+/// Blocks in CPU memory, allocated on first use.
+pub struct CpuBlocks {
     layout: KvLayout,
     blocks: Vec<Box<[f32]>>,
-    free: Vec<BlockId>,
-    refs: Vec<u32>,
-    max_blocks: usize,
 }
 
-impl std::fmt::Debug for KvPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KvPool")
-            .field("layout", &self.layout)
-            .field("allocated", &self.blocks.len())
-            .field("free", &self.free.len())
-            .field("max_blocks", &self.max_blocks)
-            .finish()
-    }
-}
-
-impl KvPool {
-    /// A pool holding at most `budget_bytes` of cache (at least one block).
-    pub fn new(layout: KvLayout, budget_bytes: usize) -> Self {
-        let max_blocks = (budget_bytes / layout.block_bytes()).max(1);
-        KvPool {
+impl CpuBlocks {
+    pub fn new(layout: KvLayout) -> Self {
+        CpuBlocks {
             layout,
             blocks: Vec::new(),
-            free: Vec::new(),
-            refs: Vec::new(),
-            max_blocks,
-        }
-    }
-
-    pub fn layout(&self) -> &KvLayout {
-        &self.layout
-    }
-
-    pub fn max_blocks(&self) -> usize {
-        self.max_blocks
-    }
-
-    /// Blocks that can still be handed out.
-    pub fn available_blocks(&self) -> usize {
-        self.free.len() + (self.max_blocks - self.blocks.len())
-    }
-
-    pub fn used_blocks(&self) -> usize {
-        self.blocks.len() - self.free.len()
-    }
-
-    /// Bytes of cache memory allocated so far (in use or recycled).
-    pub fn allocated_bytes(&self) -> usize {
-        self.blocks.len() * self.layout.block_bytes()
-    }
-
-    pub fn capacity_tokens(&self) -> usize {
-        self.max_blocks * self.layout.block_size
-    }
-
-    pub fn allocate(&mut self) -> Option<BlockId> {
-        let id = if let Some(id) = self.free.pop() {
-            id
-        } else if self.blocks.len() < self.max_blocks {
-            self.blocks
-                .push(vec![0f32; self.layout.block_floats()].into_boxed_slice());
-            self.refs.push(0);
-            (self.blocks.len() - 1) as BlockId
-        } else {
-            return None;
-        };
-        self.refs[id as usize] = 1;
-        Some(id)
-    }
-
-    /// Another owner of a block (a sequence sharing a cached prefix).
-    pub fn retain(&mut self, id: BlockId) {
-        self.refs[id as usize] += 1;
-    }
-
-    pub fn ref_count(&self, id: BlockId) -> u32 {
-        self.refs[id as usize]
-    }
-
-    pub fn release(&mut self, id: BlockId) {
-        let r = &mut self.refs[id as usize];
-        debug_assert!(*r > 0, "block {id} released twice");
-        *r = r.saturating_sub(1);
-        if *r == 0 {
-            self.free.push(id);
         }
     }
 
@@ -161,10 +93,157 @@ impl KvPool {
         &self.blocks[id as usize][o..o + l.block_size * l.head_dim]
     }
 
-    /// Copy a whole block (copy-on-write of a shared last block).
-    pub fn copy_block(&mut self, from: BlockId, to: BlockId) {
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+}
+
+impl BlockStore for CpuBlocks {
+    fn ensure(&mut self, id: BlockId) -> Result<()> {
+        while self.blocks.len() <= id as usize {
+            self.blocks
+                .push(vec![0f32; self.layout.block_floats()].into_boxed_slice());
+        }
+        Ok(())
+    }
+
+    fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<()> {
         let src = self.blocks[from as usize].clone();
         self.blocks[to as usize].copy_from_slice(&src);
+        Ok(())
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
+
+/// The block pool of one model. Blocks get storage on first use, up to
+/// `max_blocks`, and are recycled, never given back to the allocator, so
+/// memory is bounded by configuration.
+pub struct KvPool {
+    layout: KvLayout,
+    store: Box<dyn BlockStore>,
+    /// Blocks that have storage.
+    allocated: usize,
+    free: Vec<BlockId>,
+    refs: Vec<u32>,
+    max_blocks: usize,
+}
+
+impl std::fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvPool")
+            .field("layout", &self.layout)
+            .field("allocated", &self.allocated)
+            .field("free", &self.free.len())
+            .field("max_blocks", &self.max_blocks)
+            .finish()
+    }
+}
+
+impl KvPool {
+    /// A pool holding at most `budget_bytes` of cache (at least one block)
+    /// in `store`.
+    pub fn with_store(layout: KvLayout, budget_bytes: usize, store: Box<dyn BlockStore>) -> Self {
+        let max_blocks = (budget_bytes / layout.block_bytes()).max(1);
+        KvPool {
+            layout,
+            store,
+            allocated: 0,
+            free: Vec::new(),
+            refs: Vec::new(),
+            max_blocks,
+        }
+    }
+
+    /// A pool in CPU memory.
+    pub fn new(layout: KvLayout, budget_bytes: usize) -> Self {
+        Self::with_store(layout, budget_bytes, Box::new(CpuBlocks::new(layout)))
+    }
+
+    pub fn layout(&self) -> &KvLayout {
+        &self.layout
+    }
+
+    pub fn store(&self) -> &dyn BlockStore {
+        self.store.as_ref()
+    }
+
+    pub fn store_mut(&mut self) -> &mut dyn BlockStore {
+        self.store.as_mut()
+    }
+
+    /// The CPU store, when the blocks live in CPU memory.
+    pub fn cpu(&self) -> Option<&CpuBlocks> {
+        self.store.as_any().downcast_ref()
+    }
+
+    pub fn cpu_mut(&mut self) -> Option<&mut CpuBlocks> {
+        self.store.as_any_mut().downcast_mut()
+    }
+
+    pub fn max_blocks(&self) -> usize {
+        self.max_blocks
+    }
+
+    /// Blocks that can still be handed out.
+    pub fn available_blocks(&self) -> usize {
+        self.free.len() + (self.max_blocks - self.allocated)
+    }
+
+    pub fn used_blocks(&self) -> usize {
+        self.allocated - self.free.len()
+    }
+
+    /// Bytes of cache memory allocated so far (in use or recycled).
+    pub fn allocated_bytes(&self) -> usize {
+        self.allocated * self.layout.block_bytes()
+    }
+
+    pub fn capacity_tokens(&self) -> usize {
+        self.max_blocks * self.layout.block_size
+    }
+
+    pub fn allocate(&mut self) -> Option<BlockId> {
+        let id = if let Some(id) = self.free.pop() {
+            id
+        } else if self.allocated < self.max_blocks {
+            let id = self.allocated as BlockId;
+            if let Err(e) = self.store.ensure(id) {
+                tracing::warn!(error = %e, "KV block storage could not grow");
+                return None;
+            }
+            self.allocated += 1;
+            self.refs.push(0);
+            id
+        } else {
+            return None;
+        };
+        self.refs[id as usize] = 1;
+        Some(id)
+    }
+
+    /// Another owner of a block (a sequence sharing a cached prefix).
+    pub fn retain(&mut self, id: BlockId) {
+        self.refs[id as usize] += 1;
+    }
+
+    pub fn ref_count(&self, id: BlockId) -> u32 {
+        self.refs[id as usize]
+    }
+
+    pub fn release(&mut self, id: BlockId) {
+        let r = &mut self.refs[id as usize];
+        debug_assert!(*r > 0, "block {id} released twice");
+        *r = r.saturating_sub(1);
+        if *r == 0 {
+            self.free.push(id);
+        }
     }
 }
 
@@ -259,10 +338,11 @@ mod tests {
         let (blk, slot) = s.locate(l.block_size, 5);
         let k: Vec<f32> = (0..8).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..8).map(|i| 100.0 + i as f32).collect();
-        pool.write(blk, 1, slot, &k, &v);
-        assert_eq!(&pool.keys(blk, 1, 1)[slot * 4..slot * 4 + 4], &[4.0, 5.0, 6.0, 7.0]);
+        let cpu = pool.cpu_mut().unwrap();
+        cpu.write(blk, 1, slot, &k, &v);
+        assert_eq!(&cpu.keys(blk, 1, 1)[slot * 4..slot * 4 + 4], &[4.0, 5.0, 6.0, 7.0]);
         assert_eq!(
-            &pool.values(blk, 1, 0)[slot * 4..slot * 4 + 4],
+            &cpu.values(blk, 1, 0)[slot * 4..slot * 4 + 4],
             &[100.0, 101.0, 102.0, 103.0]
         );
     }

@@ -3,19 +3,76 @@
 //! requests for a model that is not loaded cause one load, and the others
 //! wait for it. Calls block; async callers run them on a blocking thread.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
+
+use hfms_hardware::{DeviceId, DeviceLoad, DeviceState, InFlightGuard, ModelFootprint, PlacementRequest, Platform};
 
 use crate::compute::ComputePool;
 use crate::discover::ModelDescription;
 use crate::error::{EngineError, Result};
 use crate::generate::SchedulerConfig;
-use crate::skills::{LoadContext, LoadedModel, Registry};
+use crate::skills::{LoadContext, LoadedModel, Registry, Task};
 
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub scheduler: SchedulerConfig,
+    /// Devices as detected at start-up (capacity and free memory then);
+    /// what this process has placed since is tracked by the manager.
+    pub devices: Vec<DeviceState>,
+    /// Model id → the device it must run on.
+    pub pins: BTreeMap<String, DeviceId>,
+    /// Platforms no model may use.
+    pub forbidden: BTreeSet<Platform>,
+}
+
+impl ManagerConfig {
+    /// CPU only, default scheduling: tests and tools.
+    pub fn cpu(scheduler: SchedulerConfig) -> Self {
+        ManagerConfig {
+            scheduler,
+            devices: vec![DeviceState {
+                id: DeviceId::CPU,
+                total_bytes: u64::MAX / 4,
+                free_bytes: u64::MAX / 4,
+                build_supported: true,
+                resident_models: 0,
+                reserved_bytes: 0,
+                in_flight: 0,
+            }],
+            pins: BTreeMap::new(),
+            forbidden: BTreeSet::new(),
+        }
+    }
+}
+
+/// A loaded model held for the length of a request: while any lease is
+/// alive the request counts as in flight on the model's device.
+pub struct ModelLease {
+    pub id: String,
+    pub device: DeviceId,
+    pub model: Arc<LoadedModel>,
+    _in_flight: InFlightGuard,
+}
+
+impl std::ops::Deref for ModelLease {
+    type Target = LoadedModel;
+    fn deref(&self) -> &LoadedModel {
+        &self.model
+    }
+}
+
+/// One device's capacity and load, for `/status` and metrics.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeviceStatus {
+    pub device: DeviceId,
+    pub total_bytes: u64,
+    pub free_bytes_at_start: u64,
+    pub build_supported: bool,
+    pub resident_bytes: u64,
+    pub resident_models: usize,
+    pub in_flight: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -43,7 +100,12 @@ pub struct ModelStatus {
 
 enum Slot {
     Loading,
-    Loaded(Arc<LoadedModel>),
+    Loaded {
+        model: Arc<LoadedModel>,
+        device: DeviceId,
+        /// Bytes reserved on the device for it.
+        reserved: u64,
+    },
 }
 
 #[derive(Default)]
@@ -63,6 +125,7 @@ pub struct ModelManager {
     changed: Condvar,
     pool: ComputePool,
     config: ManagerConfig,
+    load: DeviceLoad,
 }
 
 impl ModelManager {
@@ -81,7 +144,61 @@ impl ModelManager {
             changed: Condvar::new(),
             pool,
             config,
+            load: DeviceLoad::new(),
         }
+    }
+
+    /// Memory a model will take on its device: the weights (file size),
+    /// the KV cache budget for generation models, and a working-set
+    /// estimate for activations and logits.
+    fn footprint(&self, d: &ModelDescription) -> ModelFootprint {
+        let weights = d.size_bytes;
+        let (kv, workspace) = match d.task {
+            Some(Task::Generate) => (self.config.scheduler.kv_budget_bytes as u64, (64 << 20) + weights / 50),
+            _ => (0, (32 << 20) + weights / 50),
+        };
+        ModelFootprint {
+            weights_bytes: weights,
+            kv_cache_bytes: kv,
+            workspace_bytes: workspace,
+        }
+    }
+
+    /// Choose a device for a model (placement policy of hfms-hardware).
+    fn place(&self, d: &ModelDescription, footprint: ModelFootprint) -> Result<hfms_hardware::Placement> {
+        let skill = self.registry.for_source(&d.source())?;
+        let mut request = PlacementRequest::new(footprint, self.registry.platforms(skill.info()));
+        request.pin = self.config.pins.get(&d.id).copied();
+        for p in &self.config.forbidden {
+            request = request.forbid(*p);
+        }
+        let mut devices = self.config.devices.clone();
+        self.load.apply(&mut devices);
+        hfms_hardware::place(&request, &devices).map_err(|e| EngineError::Placement {
+            model: d.id.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Capacity and load of every device.
+    pub fn devices(&self) -> Vec<DeviceStatus> {
+        let snap = self.load.snapshot();
+        self.config
+            .devices
+            .iter()
+            .map(|d| {
+                let l = snap.iter().find(|s| s.device == d.id);
+                DeviceStatus {
+                    device: d.id,
+                    total_bytes: d.total_bytes,
+                    free_bytes_at_start: d.free_bytes,
+                    build_supported: d.build_supported,
+                    resident_bytes: l.map_or(0, |l| l.resident_bytes),
+                    resident_models: l.map_or(0, |l| l.resident_models),
+                    in_flight: l.map_or(0, |l| l.in_flight),
+                }
+            })
+            .collect()
     }
 
     pub fn registry(&self) -> &Registry {
@@ -108,8 +225,9 @@ impl ModelManager {
         self.records.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The loaded model, loading it first if needed (single-flight).
-    pub fn get(&self, name: &str) -> Result<Arc<LoadedModel>> {
+    /// The loaded model, loading it first if needed (single-flight), held
+    /// for one request.
+    pub fn get(&self, name: &str) -> Result<ModelLease> {
         let desc = self
             .resolve(name)
             .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?
@@ -124,9 +242,14 @@ impl ModelManager {
         loop {
             let rec = records.entry(desc.id.clone()).or_default();
             match &rec.slot {
-                Some(Slot::Loaded(m)) => {
+                Some(Slot::Loaded { model, device, .. }) => {
                     rec.last_used = Some(SystemTime::now());
-                    return Ok(m.clone());
+                    return Ok(ModelLease {
+                        id: desc.id.clone(),
+                        device: *device,
+                        model: model.clone(),
+                        _in_flight: self.load.request_started(*device),
+                    });
                 }
                 Some(Slot::Loading) => {
                     records = self.changed.wait(records).unwrap_or_else(|p| p.into_inner());
@@ -141,38 +264,67 @@ impl ModelManager {
 
         // Load outside the lock; others wait on the condvar.
         let started = Instant::now();
-        tracing::info!(model = %desc.id, path = %desc.path.display(), "loading model");
-        let result = self.registry.for_source(&desc.source()).and_then(|skill| {
+        let footprint = self.footprint(&desc);
+        let result = self.place(&desc, footprint).and_then(|placement| {
+            tracing::info!(
+                model = %desc.id,
+                path = %desc.path.display(),
+                device = %placement.device,
+                needed_bytes = placement.needed_bytes,
+                available_bytes = placement.available_bytes,
+                skipped = ?placement.skipped,
+                "loading model"
+            );
+            let skill = self.registry.for_source(&desc.source())?;
             let ctx = LoadContext {
                 pool: self.pool.clone(),
                 scheduler: self.config.scheduler.clone(),
                 name: short_name(&desc.id),
+                device: placement.device,
+                backend: self
+                    .registry
+                    .backend_for(skill.info().family, placement.device.platform),
             };
             // A panic in a loader is a bug; it must not wedge the slot.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| skill.load(&desc.source(), &ctx)))
                 .unwrap_or_else(|_| Err(EngineError::internal("model loader panicked")))
+                .map(|m| (m, placement.device))
         });
         let elapsed = started.elapsed();
         let mut records = self.lock();
         let rec = records.entry(desc.id.clone()).or_default();
         let out = match result {
-            Ok(m) => {
+            Ok((m, device)) => {
                 let m = Arc::new(m);
-                tracing::info!(model = %desc.id, seconds = elapsed.as_secs_f64(), bytes = m.weight_bytes(), "model loaded");
-                rec.slot = Some(Slot::Loaded(m.clone()));
+                let reserved = footprint.total_bytes();
+                self.load.reserve(device, reserved);
+                tracing::info!(model = %desc.id, %device, seconds = elapsed.as_secs_f64(), bytes = m.weight_bytes(), "model loaded");
+                rec.slot = Some(Slot::Loaded {
+                    model: m.clone(),
+                    device,
+                    reserved,
+                });
                 rec.loads += 1;
                 rec.last_load = Some(elapsed);
                 rec.last_used = Some(SystemTime::now());
                 rec.last_error = None;
-                Ok(m)
+                Ok(ModelLease {
+                    id: desc.id.clone(),
+                    device,
+                    model: m,
+                    _in_flight: self.load.request_started(device),
+                })
             }
             Err(e) => {
                 tracing::error!(model = %desc.id, error = %e, "model failed to load");
                 rec.slot = None;
                 rec.last_error = Some(e.to_string());
-                Err(EngineError::LoadFailed {
-                    model: desc.id.clone(),
-                    reason: e.to_string(),
+                Err(match e {
+                    placement @ EngineError::Placement { .. } => placement,
+                    other => EngineError::LoadFailed {
+                        model: desc.id.clone(),
+                        reason: other.to_string(),
+                    },
                 })
             }
         };
@@ -191,12 +343,17 @@ impl ModelManager {
         let Some(rec) = records.get_mut(&desc.id) else {
             return Ok(false);
         };
-        let was = matches!(rec.slot, Some(Slot::Loaded(_)));
-        if was {
-            rec.slot = None;
-            tracing::info!(model = %desc.id, "model unloaded");
+        match rec.slot {
+            Some(Slot::Loaded { device, reserved, .. }) => {
+                rec.slot = None;
+                if let Err(e) = self.load.release(device, reserved) {
+                    tracing::warn!(model = %desc.id, error = %e, "device accounting was off at unload");
+                }
+                tracing::info!(model = %desc.id, %device, "model unloaded");
+                Ok(true)
+            }
+            _ => Ok(false),
         }
-        Ok(was)
     }
 
     pub fn status(&self) -> Vec<ModelStatus> {
@@ -205,15 +362,17 @@ impl ModelManager {
             .iter()
             .map(|d| {
                 let rec = records.get(&d.id);
-                let (state, bytes) = match rec.and_then(|r| r.slot.as_ref()) {
-                    Some(Slot::Loaded(m)) => (ModelState::Loaded, Some(m.weight_bytes())),
-                    Some(Slot::Loading) => (ModelState::Loading, None),
-                    None => (ModelState::Unloaded, None),
+                let (state, bytes, device) = match rec.and_then(|r| r.slot.as_ref()) {
+                    Some(Slot::Loaded { model, device, .. }) => {
+                        (ModelState::Loaded, Some(model.weight_bytes()), Some(device.to_string()))
+                    }
+                    Some(Slot::Loading) => (ModelState::Loading, None, None),
+                    None => (ModelState::Unloaded, None, None),
                 };
                 ModelStatus {
                     id: d.id.clone(),
                     state,
-                    device: (state == ModelState::Loaded).then(|| "cpu".to_string()),
+                    device,
                     bytes,
                     last_used: rec
                         .and_then(|r| r.last_used)
@@ -233,7 +392,7 @@ impl ModelManager {
         records
             .iter()
             .filter_map(|(id, r)| match &r.slot {
-                Some(Slot::Loaded(m)) => Some((id.clone(), m.clone())),
+                Some(Slot::Loaded { model, .. }) => Some((id.clone(), model.clone())),
                 _ => None,
             })
             .collect()

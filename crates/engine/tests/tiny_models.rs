@@ -232,11 +232,7 @@ fn dequantisation_matches_gguf_py() {
 #[test]
 fn skills_load_tiny_models_with_their_chat_templates() {
     let registry = Registry::builtin();
-    let ctx = hfms_engine::skills::LoadContext {
-        pool: ComputePool::new(1).unwrap(),
-        scheduler: Default::default(),
-        name: "tiny".into(),
-    };
+    let ctx = hfms_engine::skills::LoadContext::cpu(ComputePool::new(1).unwrap(), "tiny");
     let g = goldens();
     for (format, path) in [
         (Format::Safetensors, dir().join("qwen2-bf16")),

@@ -84,6 +84,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_LOG_FORMAT")]
     pub log_format: Option<String>,
 
+    /// Run a model on a given device: `MODEL=DEVICE` (e.g.
+    /// `smollm2=cuda:1`, `all-minilm=cpu`); loading fails clearly if that
+    /// device cannot take it.
+    #[arg(long = "device", env = "HFMS_DEVICES", value_delimiter = ',')]
+    pub devices: Vec<String>,
+
+    /// Platforms no model may use (cuda, rocm, metal, openvino, qnn).
+    #[arg(long = "forbid-platform", env = "HFMS_FORBID_PLATFORMS", value_delimiter = ',')]
+    pub forbid_platforms: Vec<String>,
+
     /// Exit when standard input closes: lets a supervising process (a test
     /// harness) end the server by simply going away.
     #[arg(long, env = "HFMS_EXIT_ON_STDIN_EOF", hide = true)]
@@ -112,6 +122,10 @@ pub struct FileConfig {
     /// alias → id
     #[serde(default)]
     pub aliases: BTreeMap<String, String>,
+    /// model id or alias → device ("cuda:1", "cpu")
+    #[serde(default)]
+    pub devices: BTreeMap<String, String>,
+    pub forbid_platforms: Option<Vec<String>>,
 }
 
 pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
@@ -126,6 +140,10 @@ pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
 #[derive(Debug, Clone)]
 pub struct ModelSettings {
     pub discover: hfms_engine::discover::DiscoverConfig,
+}
+
+fn parse_device(s: &str) -> Result<hfms_hardware::DeviceId> {
+    s.parse().map_err(|e| anyhow::anyhow!("device {s:?}: {e}"))
 }
 
 fn split_pair(s: &str, what: &str) -> Result<(String, String)> {
@@ -197,6 +215,9 @@ pub struct ServeSettings {
     pub preload: Vec<String>,
     pub log_format: String,
     pub exit_on_stdin_eof: bool,
+    /// model id or alias → device
+    pub pins: BTreeMap<String, hfms_hardware::DeviceId>,
+    pub forbidden: std::collections::BTreeSet<hfms_hardware::Platform>,
     pub models: ModelSettings,
 }
 
@@ -240,6 +261,31 @@ impl ServeArgs {
                 .or(file.log_format.clone())
                 .unwrap_or_else(|| "auto".into()),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
+            pins: {
+                let mut pins = BTreeMap::new();
+                for (model, dev) in &file.devices {
+                    pins.insert(model.clone(), parse_device(dev)?);
+                }
+                for d in &self.devices {
+                    let (model, dev) = split_pair(d, "--device")?;
+                    pins.insert(model, parse_device(&dev)?);
+                }
+                pins
+            },
+            forbidden: {
+                let names = if self.forbid_platforms.is_empty() {
+                    file.forbid_platforms.clone().unwrap_or_default()
+                } else {
+                    self.forbid_platforms.clone()
+                };
+                names
+                    .iter()
+                    .map(|p| {
+                        p.parse::<hfms_hardware::Platform>()
+                            .map_err(|e| anyhow::anyhow!("--forbid-platform {p}: {e}"))
+                    })
+                    .collect::<Result<_>>()?
+            },
             models: self.models.resolve(&file)?,
         })
     }

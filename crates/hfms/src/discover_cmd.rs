@@ -3,7 +3,6 @@
 
 use anyhow::Result;
 use hfms_engine::discover::{ModelDescription, discover};
-use hfms_engine::skills::Registry;
 
 use crate::config::{ModelArgs, load_file};
 
@@ -88,7 +87,7 @@ pub fn table(models: &[ModelDescription]) -> String {
 pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
     let file = load_file(args.config.as_ref())?;
     let settings = args.resolve(&file)?;
-    let found = discover(&Registry::builtin(), &settings.discover);
+    let found = discover(&crate::registry(), &settings.discover);
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {

@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve models over the OpenAI API.
-    Serve(config::ServeArgs),
+    Serve(Box<config::ServeArgs>),
     /// List every model found on disk and which skill serves it.
     Discover {
         #[command(flatten)]
@@ -38,6 +38,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The skills of this build, with its GPU backends.
+pub fn registry() -> hfms_engine::skills::Registry {
+    #[allow(unused_mut)]
+    let mut r = hfms_engine::skills::Registry::builtin();
+    #[cfg(any(feature = "cuda", feature = "metal"))]
+    for b in hfms_backend_candle::CandleBackend::available() {
+        r = r.with_backend(b);
+    }
+    r
 }
 
 /// JSON logs unless a person is watching a terminal; level from HFMS_LOG or

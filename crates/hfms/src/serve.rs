@@ -7,7 +7,6 @@ use hfms_engine::compute::ComputePool;
 use hfms_engine::discover::discover;
 use hfms_engine::generate::SchedulerConfig;
 use hfms_engine::manager::{ManagerConfig, ModelManager};
-use hfms_engine::skills::Registry;
 use hfms_server::{AppState, ServerConfig};
 
 use crate::config::ServeSettings;
@@ -32,7 +31,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
             std::process::exit(0);
         });
     }
-    let registry = Registry::builtin();
+    let registry = crate::registry();
     let catalog = discover(&registry, &s.models.discover);
     for d in &catalog {
         match &d.error {
@@ -46,6 +45,28 @@ async fn serve(s: ServeSettings) -> Result<()> {
     }
     if catalog.iter().all(|d| !d.servable()) {
         tracing::warn!(dirs = ?s.models.discover.models_dirs, "no servable model found; run scripts/fetch-models.sh or pass --model");
+    }
+    let hardware = hfms_hardware::detect_default();
+    for p in &hardware.platforms {
+        if p.present {
+            tracing::info!(
+                platform = %p.platform,
+                devices = p.devices.len(),
+                build_supports = p.build_supports,
+                reason = %p.build_reason,
+                "hardware"
+            );
+        }
+    }
+    // Pins name models by id or alias; placement sees ids.
+    let mut pins = std::collections::BTreeMap::new();
+    for (name, dev) in &s.pins {
+        let id = catalog
+            .iter()
+            .find(|d| d.id == *name || d.aliases.contains(name))
+            .map(|d| d.id.clone())
+            .with_context(|| format!("--device {name}={dev}: no such model (see `hfms discover`)"))?;
+        pins.insert(id, *dev);
     }
     let pool = ComputePool::new(s.threads)?;
     tracing::info!(
@@ -65,6 +86,10 @@ async fn serve(s: ServeSettings) -> Result<()> {
                 kv_budget_bytes: s.kv_cache_bytes,
                 ..SchedulerConfig::default()
             },
+            devices: hardware.device_states(),
+
+            pins,
+            forbidden: s.forbidden.clone(),
         },
     ));
     let state = AppState::new(
@@ -73,6 +98,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
             max_body_bytes: s.max_body_bytes,
             ..ServerConfig::default()
         },
+        Some(hardware),
     );
     let listener = tokio::net::TcpListener::bind(s.listen)
         .await

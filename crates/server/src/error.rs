@@ -130,6 +130,11 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Tokenizer(msg) => ApiError::invalid(None, format!("tokenization failed: {msg}")),
             EngineError::Unavailable(msg) => ApiError::unavailable(msg, 1),
+            EngineError::Placement { .. } => {
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string());
+                e.code = Some("model_placement_failed");
+                e
+            }
             EngineError::Cancelled => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "request cancelled")
             }

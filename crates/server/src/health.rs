@@ -90,5 +90,23 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             "kernels": hfms_engine::quant::kernels().name,
         },
         "models": models,
+        "devices": m.devices(),
+        "hardware": state.hardware().map(|h| {
+            h.platforms
+                .iter()
+                .map(|p| json!({
+                    "platform": p.platform,
+                    "present": p.present,
+                    "devices": p.devices.iter().map(|d| json!({
+                        "id": d.id,
+                        "name": d.name,
+                        "total_bytes": d.total_bytes,
+                        "free_bytes": d.free_bytes,
+                    })).collect::<Vec<_>>(),
+                    "build_supports": p.build_supports,
+                    "reason": p.reason,
+                }))
+                .collect::<Vec<_>>()
+        }),
     }))
 }

@@ -34,21 +34,32 @@ pub struct AppState {
 
 struct Inner {
     manager: Arc<ModelManager>,
+    hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
     started: Instant,
     ready: AtomicBool,
 }
 
 impl AppState {
-    pub fn new(manager: Arc<ModelManager>, config: ServerConfig) -> Self {
+    /// `hardware`: the start-up detection report, shown in /status.
+    pub fn new(
+        manager: Arc<ModelManager>,
+        config: ServerConfig,
+        hardware: Option<hfms_hardware::HardwareReport>,
+    ) -> Self {
         AppState {
             inner: Arc::new(Inner {
                 manager,
+                hardware,
                 config,
                 started: Instant::now(),
                 ready: AtomicBool::new(false),
             }),
         }
+    }
+
+    pub fn hardware(&self) -> Option<&hfms_hardware::HardwareReport> {
+        self.inner.hardware.as_ref()
     }
 
     pub fn manager(&self) -> &Arc<ModelManager> {

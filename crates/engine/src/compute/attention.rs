@@ -3,7 +3,7 @@
 //! `0..=p` of its own sequence.
 
 use super::{ComputePool, SendPtr};
-use crate::kv::{KvPool, SeqKv};
+use crate::kv::{CpuBlocks, SeqKv};
 use crate::quant::kernels;
 
 /// Where each row of the flattened batch belongs.
@@ -20,7 +20,7 @@ pub fn attention(
     q: &[f32],
     heads: usize,
     layer: usize,
-    kv: &KvPool,
+    kv: &CpuBlocks,
     out: &mut [f32],
     pool: &ComputePool,
 ) {

@@ -165,7 +165,13 @@ impl Generator {
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
-        let kv = KvPool::new(model.kv_layout(config.block_size), config.kv_budget_bytes);
+        let layout = model.kv_layout(config.block_size);
+        let max_blocks = (config.kv_budget_bytes / layout.block_bytes()).max(1);
+        let kv = KvPool::with_store(
+            layout,
+            config.kv_budget_bytes,
+            model.new_block_store(layout, max_blocks)?,
+        );
         stats.kv_total_blocks.store(kv.max_blocks(), Ordering::Relaxed);
         let mut sched = Scheduler {
             model: model.clone(),

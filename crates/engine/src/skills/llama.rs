@@ -18,7 +18,7 @@ use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Checkpoint;
-use crate::kv::{KvLayout, KvPool, SeqKv};
+use crate::kv::{BlockStore, CpuBlocks, KvLayout, KvPool, SeqKv};
 
 /// Shapes and hyper-parameters of a decoder.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -79,6 +79,11 @@ pub trait CausalLm: Send + Sync {
             block_size,
         }
     }
+    /// Storage for `max_blocks` KV blocks of `layout` where this model's
+    /// forward reads them (CPU memory unless the model runs on a device).
+    fn new_block_store(&self, layout: KvLayout, _max_blocks: usize) -> Result<Box<dyn BlockStore>> {
+        Ok(Box::new(CpuBlocks::new(layout)))
+    }
     /// Run one step: writes the new keys/values into `kv` and returns the
     /// logits rows asked for, item by item, in order (`vocab` floats each).
     fn forward(&self, items: &[StepItem<'_>], kv: &mut KvPool, pool: &ComputePool) -> Result<Vec<f32>>;
@@ -113,30 +118,33 @@ pub struct LlamaModel {
     output: Option<Matrix>,
 }
 
-/// Tensor names of one checkpoint format.
-struct Names {
-    gguf: bool,
+/// Tensor names of one checkpoint format (shared with other backends).
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    pub gguf: bool,
 }
 
 impl Names {
-    fn embed(&self) -> &'static str {
+    pub fn embed(&self) -> &'static str {
         if self.gguf {
             "token_embd.weight"
         } else {
             "model.embed_tokens.weight"
         }
     }
-    fn norm(&self) -> &'static str {
+    pub fn norm(&self) -> &'static str {
         if self.gguf {
             "output_norm.weight"
         } else {
             "model.norm.weight"
         }
     }
-    fn output(&self) -> &'static str {
+    pub fn output(&self) -> &'static str {
         if self.gguf { "output.weight" } else { "lm_head.weight" }
     }
-    fn layer(&self, i: usize, part: &str) -> String {
+    /// Layer `i`'s tensor: `part` is one of attn_norm, q, k, v, o, q_bias,
+    /// k_bias, v_bias, q_norm, k_norm, ffn_norm, gate, up, down.
+    pub fn layer(&self, i: usize, part: &str) -> String {
         if self.gguf {
             let p = match part {
                 "attn_norm" => "attn_norm.weight",
@@ -451,6 +459,9 @@ impl CausalLm for LlamaModel {
         let q_dim = c.heads * hd;
         let kv_dim = c.kv_heads * hd;
         let bs = kv.layout().block_size;
+        let kv = kv
+            .cpu_mut()
+            .ok_or_else(|| EngineError::internal("the CPU decoder was given a KV cache that is not in CPU memory"))?;
 
         // Flatten the batch: one row per new token.
         let mut places: Vec<RowPlace<'_>> = Vec::new();

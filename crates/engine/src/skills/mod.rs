@@ -11,6 +11,8 @@ pub mod llama;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hfms_hardware::{DeviceId, Platform};
+
 use crate::compute::ComputePool;
 use crate::embed::{EmbeddingModel, Pooling};
 use crate::error::{EngineError, Result};
@@ -60,24 +62,72 @@ pub struct ModelSource {
     pub path: PathBuf,
 }
 
+/// The model families a backend can run (each skill is one family).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Family {
+    /// Llama-style decoders (`llama::CausalLm`).
+    Llama,
+    /// BERT-style encoders (`bert::Encoder`).
+    Bert,
+}
+
 /// What a skill declares about itself.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct SkillInfo {
     pub name: &'static str,
     pub task: Task,
+    pub family: Family,
     pub formats: &'static [Format],
-    /// Hardware platforms this skill's code runs on in this build.
-    pub platforms: &'static [&'static str],
     pub architectures: &'static [&'static str],
 }
 
+/// Runs a model family on a device other than the CPU (the native engine
+/// is the CPU backend). Builds with the `cuda` or `metal` feature register
+/// one per platform; skills ask it for the model maths and keep everything
+/// else (tokenizers, templates, scheduling) their own.
+pub trait DeviceBackend: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn platform(&self) -> Platform;
+    fn families(&self) -> &[Family];
+    fn load_causal_lm(&self, source: &ModelSource, device: DeviceId) -> Result<Arc<dyn llama::CausalLm>>;
+    fn load_encoder(&self, source: &ModelSource, device: DeviceId) -> Result<Arc<dyn bert::Encoder>>;
+}
+
 /// Everything a load needs besides the files.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadContext {
     pub pool: ComputePool,
     pub scheduler: SchedulerConfig,
     /// Name for threads and logs.
     pub name: String,
+    /// Where placement put the model.
+    pub device: DeviceId,
+    /// The backend for `device` when it is not the CPU.
+    pub backend: Option<Arc<dyn DeviceBackend>>,
+}
+
+impl LoadContext {
+    /// A CPU load with default scheduling (tests, tools).
+    pub fn cpu(pool: ComputePool, name: &str) -> Self {
+        LoadContext {
+            pool,
+            scheduler: SchedulerConfig::default(),
+            name: name.to_string(),
+            device: DeviceId::CPU,
+            backend: None,
+        }
+    }
+
+    fn device_backend(&self) -> Result<Option<&Arc<dyn DeviceBackend>>> {
+        if self.device.platform == Platform::Cpu {
+            return Ok(None);
+        }
+        match &self.backend {
+            Some(b) if b.platform() == self.device.platform => Ok(Some(b)),
+            _ => Err(EngineError::internal(format!("no backend for device {}", self.device))),
+        }
+    }
 }
 
 /// A generation model ready to serve.
@@ -115,9 +165,6 @@ pub trait Skill: Send + Sync {
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel>;
 }
 
-/// The CPU is the one platform every skill runs on in every build.
-const CPU_ONLY: &[&str] = &["cpu"];
-
 struct LlamaSkill {
     info: SkillInfo,
 }
@@ -128,10 +175,14 @@ impl Skill for LlamaSkill {
     }
 
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel> {
-        let (model, tokenizer, template) = match source.format {
+        let backend = ctx.device_backend()?;
+        let (model, tokenizer, template): (Arc<dyn llama::CausalLm>, _, _) = match source.format {
             Format::Gguf => {
                 let f = GgufFile::open(&source.path)?;
-                let model = llama::LlamaModel::from_gguf(&f)?;
+                let model: Arc<dyn llama::CausalLm> = match backend {
+                    Some(b) => b.load_causal_lm(source, ctx.device)?,
+                    None => Arc::new(llama::LlamaModel::from_gguf(&f)?),
+                };
                 let tokenizer = Tokenizer::from_gguf(&f)?;
                 let template = match f.get_str("tokenizer.chat_template") {
                     Some(src) => {
@@ -146,16 +197,18 @@ impl Skill for LlamaSkill {
             }
             Format::Safetensors => {
                 let meta = hf::HfFolder::read(&source.path)?;
-                let model = llama::LlamaModel::from_safetensors(&source.path, &meta.config)?;
+                let model: Arc<dyn llama::CausalLm> = match backend {
+                    Some(b) => b.load_causal_lm(source, ctx.device)?,
+                    None => Arc::new(llama::LlamaModel::from_safetensors(&source.path, &meta.config)?),
+                };
                 let tokenizer = meta.tokenizer(None)?;
                 let template = meta.chat_template()?;
                 (model, tokenizer, template)
             }
         };
-        use llama::CausalLm;
         let context_length = model.config().context_length;
         let generator = Generator::spawn(
-            Arc::new(model),
+            model,
             Arc::new(tokenizer),
             ctx.pool.clone(),
             ctx.scheduler.clone(),
@@ -178,17 +231,19 @@ impl Skill for BertSkill {
         &self.info
     }
 
-    fn load(&self, source: &ModelSource, _ctx: &LoadContext) -> Result<LoadedModel> {
+    fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel> {
         let meta = hf::HfFolder::read(&source.path)?;
-        let model = bert::BertModel::from_safetensors(&source.path, &meta.config)?;
-        use bert::Encoder;
+        let model: Arc<dyn bert::Encoder> = match ctx.device_backend()? {
+            Some(b) => b.load_encoder(source, ctx.device)?,
+            None => Arc::new(bert::BertModel::from_safetensors(&source.path, &meta.config)?),
+        };
         let max_tokens = meta
             .max_seq_length()
             .unwrap_or(model.config().max_positions)
             .min(model.config().max_positions);
         let tokenizer = meta.tokenizer(Some(max_tokens))?;
         Ok(LoadedModel::Embedding(EmbeddingModel {
-            encoder: Arc::new(model),
+            encoder: model,
             tokenizer: Arc::new(tokenizer),
             pooling: Pooling::from_model_dir(&source.path)?,
             normalize: meta.normalizes(),
@@ -197,9 +252,10 @@ impl Skill for BertSkill {
     }
 }
 
-/// All skills of this build.
+/// All skills of this build, and the device backends beside the CPU.
 pub struct Registry {
     skills: Vec<Box<dyn Skill>>,
+    backends: Vec<Arc<dyn DeviceBackend>>,
 }
 
 impl Default for Registry {
@@ -216,8 +272,8 @@ impl Registry {
                     info: SkillInfo {
                         name: "llama",
                         task: Task::Generate,
+                        family: Family::Llama,
                         formats: &[Format::Gguf, Format::Safetensors],
-                        platforms: CPU_ONLY,
                         architectures: llama::ARCHITECTURES,
                     },
                 }),
@@ -225,13 +281,45 @@ impl Registry {
                     info: SkillInfo {
                         name: "bert",
                         task: Task::Embed,
+                        family: Family::Bert,
                         formats: &[Format::Safetensors],
-                        platforms: CPU_ONLY,
                         architectures: bert::ARCHITECTURES,
                     },
                 }),
             ],
+            backends: Vec::new(),
         }
+    }
+
+    /// Add a device backend (GPU builds).
+    pub fn with_backend(mut self, backend: Arc<dyn DeviceBackend>) -> Self {
+        self.backends.push(backend);
+        self
+    }
+
+    pub fn backends(&self) -> &[Arc<dyn DeviceBackend>] {
+        &self.backends
+    }
+
+    /// The backend that runs `family` on `platform` (None for the CPU, which
+    /// the engine runs itself).
+    pub fn backend_for(&self, family: Family, platform: Platform) -> Option<Arc<dyn DeviceBackend>> {
+        self.backends
+            .iter()
+            .find(|b| b.platform() == platform && b.families().contains(&family))
+            .cloned()
+    }
+
+    /// Platforms a skill's models can run on in this build: the CPU, plus
+    /// every platform a backend runs the skill's family on.
+    pub fn platforms(&self, info: &SkillInfo) -> Vec<Platform> {
+        let mut out = vec![Platform::Cpu];
+        for b in &self.backends {
+            if b.families().contains(&info.family) && !out.contains(&b.platform()) {
+                out.push(b.platform());
+            }
+        }
+        out
     }
 
     pub fn skills(&self) -> impl Iterator<Item = &SkillInfo> {

@@ -192,8 +192,9 @@ pub async fn create(
         _ => None,
     };
 
-    let (model_id, model) = acquire(&state, &req.model, Task::Generate).await?;
-    let LoadedModel::Generation(gm) = model.as_ref() else {
+    let model = acquire(&state, &req.model, Task::Generate).await?;
+    let model_id = model.id.clone();
+    let LoadedModel::Generation(gm) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
     };
     let tokenizer = gm.generator.tokenizer().clone();

@@ -135,12 +135,13 @@ pub async fn create(
             ));
         }
     };
-    let (model_id, model) = acquire(&state, &req.model, Task::Embed).await?;
+    let model = acquire(&state, &req.model, Task::Embed).await?;
+    let model_id = model.id.clone();
     let pool = state.manager().pool().clone();
     let span = tracing::Span::current();
     let (vectors, tokens) = tokio::task::spawn_blocking(move || {
         span.in_scope(|| {
-            let LoadedModel::Embedding(em) = model.as_ref() else {
+            let LoadedModel::Embedding(em) = &*model.model else {
                 return Err(ApiError::internal("model task mismatch"));
             };
             let ids = em.tokenize(&inputs)?;

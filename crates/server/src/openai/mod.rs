@@ -14,8 +14,8 @@ use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hfms_engine::generate::{FinishReason, GenEvent, GenUsage, PromptToken, TokenLogprob};
-use hfms_engine::manager::ModelManager;
-use hfms_engine::skills::{LoadedModel, Task};
+use hfms_engine::manager::{ModelLease, ModelManager};
+use hfms_engine::skills::Task;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::error::{ApiError, ApiResult};
@@ -39,8 +39,9 @@ pub fn fingerprint() -> String {
 }
 
 /// Resolve a model name, check it can do `task`, and load it (off the async
-/// threads; concurrent first requests share one load).
-pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<(String, Arc<LoadedModel>)> {
+/// threads; concurrent first requests share one load). The lease keeps the
+/// model loaded and counts the request as in flight on its device.
+pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<ModelLease> {
     let manager: Arc<ModelManager> = state.manager().clone();
     let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
@@ -59,10 +60,10 @@ pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<(Str
     }
     let name = id.clone();
     let span = tracing::Span::current();
-    let model = tokio::task::spawn_blocking(move || span.in_scope(|| manager.get(&name)))
+    let lease = tokio::task::spawn_blocking(move || span.in_scope(|| manager.get(&name)))
         .await
         .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
-    Ok((id, model))
+    Ok(lease)
 }
 
 pub fn finish_str(r: FinishReason) -> &'static str {
