@@ -132,6 +132,9 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
             d.skill = Some(info.name.to_string());
             d.task = Some(info.task);
             d.hardware = registry.platforms(info).iter().map(|p| p.to_string()).collect();
+            if let Err(e) = skill.check(&d.source()) {
+                d.error = Some(e.to_string());
+            }
         }
         Err(e) => d.error = Some(e.to_string()),
     }

@@ -162,6 +162,9 @@ impl LoadedModel {
 
 pub trait Skill: Send + Sync {
     fn info(&self) -> &SkillInfo;
+    /// Check a model's metadata (shapes, tokenizer) without reading weights,
+    /// so discovery can say up front why a model cannot be served.
+    fn check(&self, source: &ModelSource) -> Result<()>;
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel>;
 }
 
@@ -172,6 +175,34 @@ struct LlamaSkill {
 impl Skill for LlamaSkill {
     fn info(&self) -> &SkillInfo {
         &self.info
+    }
+
+    fn check(&self, source: &ModelSource) -> Result<()> {
+        match source.format {
+            Format::Gguf => {
+                let f = GgufFile::open(&source.path)?;
+                llama::config_from_gguf(&f)?;
+                if f.tensor("token_embd.weight").is_none() {
+                    return Err(EngineError::format(
+                        "GGUF has no token_embd.weight: not a complete model",
+                    ));
+                }
+                if f.get("tokenizer.ggml.tokens").is_none() {
+                    return Err(EngineError::Tokenizer(
+                        "GGUF carries no tokenizer (tokenizer.ggml.tokens)".into(),
+                    ));
+                }
+                Ok(())
+            }
+            Format::Safetensors => {
+                let meta = hf::HfFolder::read(&source.path)?;
+                llama::config_from_hf(&meta.config)?;
+                if !source.path.join("tokenizer.json").exists() {
+                    return Err(EngineError::Tokenizer("tokenizer.json is missing".into()));
+                }
+                Ok(())
+            }
+        }
     }
 
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel> {
@@ -229,6 +260,15 @@ struct BertSkill {
 impl Skill for BertSkill {
     fn info(&self) -> &SkillInfo {
         &self.info
+    }
+
+    fn check(&self, source: &ModelSource) -> Result<()> {
+        let meta = hf::HfFolder::read(&source.path)?;
+        bert::config_from_hf(&meta.config)?;
+        if !source.path.join("tokenizer.json").exists() {
+            return Err(EngineError::Tokenizer("tokenizer.json is missing".into()));
+        }
+        Ok(())
     }
 
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel> {
