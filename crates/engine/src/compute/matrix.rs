@@ -8,6 +8,7 @@ use gemm::Parallelism;
 use super::{ComputePool, SendPtr};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::MappedBytes;
+use crate::quant::packed::{GROUP, Packed};
 use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
 
 /// Where a matrix's bytes live.
@@ -19,6 +20,8 @@ enum Storage {
     Mapped(MappedBytes),
     /// Raw ggml-typed bytes owned in memory.
     Owned(Vec<u8>),
+    /// Only the packed copy (fused projections, which no one reads by row).
+    PackedOnly,
 }
 
 #[derive(Clone)]
@@ -28,6 +31,8 @@ pub struct Matrix {
     dtype: GgmlType,
     row_bytes: usize,
     storage: Storage,
+    /// The row-interleaved copy the products use, for the types that have one.
+    packed: Option<Packed>,
 }
 
 impl std::fmt::Debug for Matrix {
@@ -71,6 +76,7 @@ impl Matrix {
             dtype: GgmlType::F32,
             row_bytes: cols * 4,
             storage: Storage::F32(data),
+            packed: None,
         })
     }
 
@@ -101,12 +107,19 @@ impl Matrix {
             dequantize_row(dtype, bytes.bytes(), &mut v);
             return Self::from_f32(rows, cols, v);
         }
+        // Repack the types with a packed layout; the file pages then need
+        // not stay resident (embedding lookups re-read single rows).
+        let packed = Packed::from_rows(dtype, rows, cols, bytes.bytes());
+        if packed.is_some() {
+            bytes.release_pages();
+        }
         Ok(Matrix {
             rows,
             cols,
             dtype,
             row_bytes,
             storage: Storage::Mapped(bytes),
+            packed,
         })
     }
 
@@ -117,12 +130,34 @@ impl Matrix {
             dequantize_row(dtype, &bytes, &mut v);
             return Self::from_f32(rows, cols, v);
         }
+        let packed = Packed::from_rows(dtype, rows, cols, &bytes);
         Ok(Matrix {
             rows,
             cols,
             dtype,
             row_bytes,
             storage: Storage::Owned(bytes),
+            packed,
+        })
+    }
+
+    /// Matrices with the same type and width stacked by rows into one, so
+    /// that one product serves several projections (Q/K/V, gate/up). None
+    /// when they cannot be fused.
+    pub fn stack(parts: &[&Matrix]) -> Option<Matrix> {
+        let packed: Vec<&Packed> = parts.iter().map(|m| m.packed.as_ref()).collect::<Option<_>>()?;
+        let first = parts.first()?;
+        if parts.iter().any(|m| m.dtype != first.dtype || m.cols != first.cols) {
+            return None;
+        }
+        let p = Packed::stack(&packed)?;
+        Some(Matrix {
+            rows: p.rows,
+            cols: first.cols,
+            dtype: first.dtype,
+            row_bytes: first.row_bytes,
+            storage: Storage::PackedOnly,
+            packed: Some(p),
         })
     }
 
@@ -141,8 +176,9 @@ impl Matrix {
     /// Bytes of weight data (for memory accounting).
     pub fn byte_len(&self) -> usize {
         match &self.storage {
+            _ if self.packed.is_some() => self.packed.as_ref().map_or(0, |p| p.byte_len()),
             Storage::F32(v) => v.len() * 4,
-            Storage::Mapped(_) | Storage::Owned(_) => self.row_bytes * self.rows,
+            Storage::Mapped(_) | Storage::Owned(_) | Storage::PackedOnly => self.row_bytes * self.rows,
         }
     }
 
@@ -150,7 +186,7 @@ impl Matrix {
         match &self.storage {
             Storage::Mapped(m) => m.bytes(),
             Storage::Owned(v) => v,
-            Storage::F32(_) => &[],
+            Storage::F32(_) | Storage::PackedOnly => &[],
         }
     }
 
@@ -165,6 +201,11 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match &self.storage {
             Storage::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+            Storage::PackedOnly => {
+                if let Some(p) = &self.packed {
+                    p.row_f32(r, out);
+                }
+            }
             _ => {
                 let b = &self.bytes()[r * self.row_bytes..(r + 1) * self.row_bytes];
                 dequantize_row(self.dtype, b, out);
@@ -253,7 +294,6 @@ impl Matrix {
     /// and multiplied in f32.
     fn matmul_half(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
-        let bytes = self.bytes();
         let dst = SendPtr(out.as_mut_ptr());
         if t < GEMM_MIN_TOKENS {
             let dot = kernels().f32_dot;
@@ -262,11 +302,7 @@ impl Matrix {
                 let mut row = vec![0f32; k];
                 let r0 = c * chunk;
                 for r in r0..(r0 + chunk).min(n) {
-                    dequantize_row(
-                        self.dtype,
-                        &bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
-                        &mut row,
-                    );
+                    self.row_f32(r, &mut row);
                     for tok in 0..t {
                         let v = dot(&row, &x[tok * k..(tok + 1) * k]);
                         // SAFETY: each (tok, r) is written by exactly one task.
@@ -283,12 +319,7 @@ impl Matrix {
             let rows = HALF_TILE_ROWS.min(n - r0);
             let mut tile = vec![0f32; rows * k];
             for i in 0..rows {
-                let r = r0 + i;
-                dequantize_row(
-                    self.dtype,
-                    &bytes[r * self.row_bytes..(r + 1) * self.row_bytes],
-                    &mut tile[i * k..(i + 1) * k],
-                );
+                self.row_f32(r0 + i, &mut tile[i * k..(i + 1) * k]);
             }
             // SAFETY: this task owns output columns r0..r0+rows of every row.
             unsafe {
@@ -320,6 +351,9 @@ impl Matrix {
     fn matmul_quant(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
         let ks = kernels();
+        if let Some(p) = &self.packed {
+            return self.matmul_packed(p, x, t, out, pool);
+        }
         let Some(dot) = ks.dot(self.dtype) else {
             return;
         };
@@ -344,6 +378,93 @@ impl Matrix {
                 }
             }
         });
+    }
+}
+
+impl Matrix {
+    /// The product on the packed layout: groups of 8 rows split across the
+    /// pool, each group applied to every token (its weights stay in L1).
+    fn matmul_packed(&self, p: &Packed, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+        let (n, k) = (self.rows, self.cols);
+        let ks = kernels();
+        let kernel = ks.packed(p.kind);
+        let blocks = k / QK;
+        let mut act = vec![BlockQ8::default(); t * blocks];
+        for tok in 0..t {
+            (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
+        }
+        let tasks = (pool.threads() * 4).max(1);
+        let per_task = p.groups.div_ceil(tasks).max(1);
+        let dst = SendPtr(out.as_mut_ptr());
+        let act = &act;
+        pool.for_each(p.groups.div_ceil(per_task), |c| {
+            let mut tmp = vec![0f32; t * GROUP];
+            for g in c * per_task..((c + 1) * per_task).min(p.groups) {
+                kernel(p.group(g), blocks, act, t, &mut tmp);
+                let rows = GROUP.min(n - g * GROUP);
+                for tok in 0..t {
+                    for r in 0..rows {
+                        // SAFETY: group g's rows are written by this task only.
+                        unsafe { dst.write(tok * n + g * GROUP + r, tmp[tok * GROUP + r]) };
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Several projections of the same input (Q/K/V, gate/up): one fused
+/// product when the matrices stack, else one product each.
+#[derive(Debug)]
+pub struct Projections {
+    widths: Vec<usize>,
+    fused: Option<Matrix>,
+    parts: Vec<Matrix>,
+}
+
+impl Projections {
+    pub fn new(parts: Vec<Matrix>) -> Self {
+        let widths = parts.iter().map(|m| m.rows()).collect();
+        let refs: Vec<&Matrix> = parts.iter().collect();
+        match Matrix::stack(&refs) {
+            Some(m) => Projections {
+                widths,
+                fused: Some(m),
+                parts: Vec::new(),
+            },
+            None => Projections {
+                widths,
+                fused: None,
+                parts,
+            },
+        }
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.fused.as_ref().map_or(0, |m| m.byte_len()) + self.parts.iter().map(|m| m.byte_len()).sum::<usize>()
+    }
+
+    /// `outs[i][t, widths[i]] = x[t, cols] · W_iᵀ`.
+    pub fn apply(&self, x: &[f32], t: usize, outs: &mut [&mut [f32]], pool: &ComputePool) {
+        match &self.fused {
+            Some(m) => {
+                let total: usize = self.widths.iter().sum();
+                let mut all = vec![0f32; t * total];
+                m.matmul(x, t, &mut all, pool);
+                for tok in 0..t {
+                    let mut col = 0;
+                    for (o, &w) in outs.iter_mut().zip(&self.widths) {
+                        o[tok * w..(tok + 1) * w].copy_from_slice(&all[tok * total + col..tok * total + col + w]);
+                        col += w;
+                    }
+                }
+            }
+            None => {
+                for (m, o) in self.parts.iter().zip(outs.iter_mut()) {
+                    m.matmul(x, t, o, pool);
+                }
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@ pub mod ops;
 
 use std::sync::Arc;
 
-pub use matrix::Matrix;
+pub use matrix::{Matrix, Projections};
 
 /// The threads that run model maths. One pool per process, sized explicitly
 /// (never "all cores, spinning"): a model server shares the machine with its

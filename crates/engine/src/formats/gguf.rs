@@ -371,6 +371,23 @@ impl MappedBytes {
     pub fn bytes(&self) -> &[u8] {
         &self.map[self.start..self.start + self.len]
     }
+
+    /// Drop this range's pages from memory (they are re-read from the file
+    /// if touched again): after a weight was repacked into its own memory,
+    /// the file pages it was read from need not stay resident.
+    pub fn release_pages(&self) {
+        let page = 4096;
+        let start = self.start.div_ceil(page) * page;
+        let end = (self.start + self.len) / page * page;
+        if end > start {
+            // SAFETY: a read-only file mapping; MADV_DONTNEED only makes the
+            // kernel re-read the pages from the file on the next access.
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+            };
+        }
+    }
 }
 
 #[cfg(test)]

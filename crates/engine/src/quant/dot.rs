@@ -5,6 +5,7 @@
 use std::sync::OnceLock;
 
 use super::dequant::q6k_value;
+use super::packed::{PackKind, PackedKernel, q4x8_scalar, q8x8_scalar};
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
 
 /// `row` is one weight row of the kernel's type; `act` the activations of one
@@ -29,6 +30,8 @@ pub struct Kernels {
     q4_k: DotFn,
     q5_k: DotFn,
     q6_k: DotFn,
+    packed_q4: PackedKernel,
+    packed_q8: PackedKernel,
 }
 
 impl Kernels {
@@ -50,6 +53,22 @@ impl Kernels {
         })
     }
 
+    /// The kernel for a packed (row-interleaved) layout.
+    pub fn packed(&self, kind: PackKind) -> PackedKernel {
+        match kind {
+            PackKind::Q4 => self.packed_q4,
+            PackKind::Q8 => self.packed_q8,
+        }
+    }
+
+    /// The portable kernel for a packed layout (reference for tests).
+    pub fn packed_scalar(&self, kind: PackKind) -> PackedKernel {
+        match kind {
+            PackKind::Q4 => q4x8_scalar,
+            PackKind::Q8 => q8x8_scalar,
+        }
+    }
+
     pub fn scalar() -> Kernels {
         Kernels {
             name: "scalar",
@@ -65,6 +84,8 @@ impl Kernels {
             q4_k: dot_q4_k,
             q5_k: dot_q5_k,
             q6_k: dot_q6_k,
+            packed_q4: q4x8_scalar,
+            packed_q8: q8x8_scalar,
         }
     }
 
@@ -102,6 +123,12 @@ impl KernelSlots<'_> {
     pub fn f32_dot(&mut self, f: F32DotFn) {
         self.0.f32_dot = f;
     }
+    pub fn packed(&mut self, kind: PackKind, f: PackedKernel) {
+        match kind {
+            PackKind::Q4 => self.0.packed_q4 = f,
+            PackKind::Q8 => self.0.packed_q8 = f,
+        }
+    }
     pub fn set(&mut self, ty: GgmlType, f: DotFn) {
         let k = &mut *self.0;
         match ty {
@@ -118,6 +145,15 @@ impl KernelSlots<'_> {
             GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {}
         }
     }
+}
+
+/// Every kernel set this CPU can run, scalar first (tests check each).
+pub fn available_kernels() -> Vec<Kernels> {
+    #[allow(unused_mut)]
+    let mut v = vec![Kernels::scalar()];
+    #[cfg(target_arch = "x86_64")]
+    v.extend(super::x86::all());
+    v
 }
 
 pub fn kernels() -> &'static Kernels {
@@ -438,8 +474,13 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn chosen_kernels_match_scalar() {
-        let fast = kernels();
+    fn every_kernel_set_matches_scalar() {
+        for fast in available_kernels() {
+            check_against_scalar(&fast);
+        }
+    }
+
+    fn check_against_scalar(fast: &Kernels) {
         let slow = Kernels::scalar();
         for n in [256, 576, 1536, 4096] {
             let x = random_acts(n, n as u64);

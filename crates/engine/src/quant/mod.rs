@@ -9,13 +9,14 @@
 
 mod dequant;
 mod dot;
+pub mod packed;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use dequant::dequantize_row;
 #[cfg(test)]
 pub(crate) use dot::tests as dot_tests;
-pub use dot::{Kernels, kernels, quantize_activations};
+pub use dot::{Kernels, available_kernels, kernels, quantize_activations};
 
 use half::{bf16, f16};
 

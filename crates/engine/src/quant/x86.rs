@@ -9,11 +9,19 @@
 use std::arch::x86_64::*;
 
 use super::dot::Kernels;
+use super::packed::PackKind;
 use super::{BlockQ8, GgmlType, QK, QK_K, k4_scale_min};
 
 trait U8Dot {
     /// Eight i32 lanes, lane i = sum over bytes 4i..4i+4 of `u[b] * s[b]`.
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
+    /// `acc + dot(u, s)`.
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+    /// Whether `dot_q8` leaves the `+128` bias of packed Q8 quants in the
+    /// sum (the caller then subtracts `128·Σx`).
+    const Q8_BIASED: bool;
+    /// `acc + Σ w·x` for packed Q8 quants `w` stored as `q + 128`.
+    unsafe fn dot_q8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i;
 }
 
 struct Avx2;
@@ -27,12 +35,35 @@ impl U8Dot for Avx2 {
             _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
         }
     }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_add_epi32(acc, Self::dot(u, s)) }
+    }
+    // maddubs saturates at i16: (q + 128)·x can reach 255·127·2. Undo the
+    // bias and move the sign onto x instead: 128·127·2 fits.
+    const Q8_BIASED: bool = false;
+    #[inline(always)]
+    unsafe fn dot_q8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        unsafe {
+            let q = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
+            Self::dot_acc(acc, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
+        }
+    }
 }
 
 impl U8Dot for Vnni {
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+    #[inline(always)]
+    unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+    const Q8_BIASED: bool = true;
+    #[inline(always)]
+    unsafe fn dot_q8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        unsafe { _mm256_dpbusd_epi32(acc, w, x) }
     }
 }
 
@@ -307,6 +338,110 @@ unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// Four activation bytes `4c..4c+4` of a block, in every lane.
+#[inline(always)]
+unsafe fn x4(a: &BlockQ8, c: usize) -> __m256i {
+    unsafe { _mm256_set1_epi32((a.qs.as_ptr().add(4 * c) as *const i32).read_unaligned()) }
+}
+
+/// Tokens per tile: unpacked weights of a block are reused this many times.
+const TILE: usize = 4;
+
+#[inline(always)]
+unsafe fn q4x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+    unsafe {
+        const GB: usize = 32 + 16 * 8;
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut t0 = 0;
+        while t0 < t {
+            let n = TILE.min(t - t0);
+            let mut acc = [_mm256_setzero_ps(); TILE];
+            let mut accm = [_mm256_setzero_ps(); TILE];
+            for k in 0..blocks {
+                let b = group.as_ptr().add(k * GB);
+                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                let m8 = _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i));
+                let w0 = _mm256_loadu_si256(b.add(32) as *const __m256i);
+                let w1 = _mm256_loadu_si256(b.add(64) as *const __m256i);
+                let w2 = _mm256_loadu_si256(b.add(96) as *const __m256i);
+                let w3 = _mm256_loadu_si256(b.add(128) as *const __m256i);
+                let lo = [
+                    _mm256_and_si256(w0, m4),
+                    _mm256_and_si256(w1, m4),
+                    _mm256_and_si256(w2, m4),
+                    _mm256_and_si256(w3, m4),
+                ];
+                let hi = [
+                    _mm256_and_si256(_mm256_srli_epi16(w0, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(w1, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(w2, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(w3, 4), m4),
+                ];
+                for j in 0..n {
+                    let a = &acts[(t0 + j) * blocks + k];
+                    // Four independent chains, then a sum.
+                    let s0 = D::dot_acc(D::dot(lo[0], x4(a, 0)), hi[0], x4(a, 4));
+                    let s1 = D::dot_acc(D::dot(lo[1], x4(a, 1)), hi[1], x4(a, 5));
+                    let s2 = D::dot_acc(D::dot(lo[2], x4(a, 2)), hi[2], x4(a, 6));
+                    let s3 = D::dot_acc(D::dot(lo[3], x4(a, 3)), hi[3], x4(a, 7));
+                    let isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
+                    let dx = _mm256_set1_ps(a.d);
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, dx), acc[j]);
+                    accm[j] = _mm256_fmadd_ps(m8, _mm256_set1_ps(a.d * a.sum() as f32), accm[j]);
+                }
+            }
+            for j in 0..n {
+                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), _mm256_add_ps(acc[j], accm[j]));
+            }
+            t0 += n;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn q8x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+    unsafe {
+        const GB: usize = 16 + 32 * 8;
+        let mut t0 = 0;
+        while t0 < t {
+            let n = TILE.min(t - t0);
+            let mut acc = [_mm256_setzero_ps(); TILE];
+            for k in 0..blocks {
+                let b = group.as_ptr().add(k * GB);
+                let d8 = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                let w = [
+                    _mm256_loadu_si256(b.add(16) as *const __m256i),
+                    _mm256_loadu_si256(b.add(48) as *const __m256i),
+                    _mm256_loadu_si256(b.add(80) as *const __m256i),
+                    _mm256_loadu_si256(b.add(112) as *const __m256i),
+                    _mm256_loadu_si256(b.add(144) as *const __m256i),
+                    _mm256_loadu_si256(b.add(176) as *const __m256i),
+                    _mm256_loadu_si256(b.add(208) as *const __m256i),
+                    _mm256_loadu_si256(b.add(240) as *const __m256i),
+                ];
+                for j in 0..n {
+                    let a = &acts[(t0 + j) * blocks + k];
+                    let z = _mm256_setzero_si256();
+                    let s0 = D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[4], x4(a, 4));
+                    let s1 = D::dot_q8_acc(D::dot_q8_acc(z, w[1], x4(a, 1)), w[5], x4(a, 5));
+                    let s2 = D::dot_q8_acc(D::dot_q8_acc(z, w[2], x4(a, 2)), w[6], x4(a, 6));
+                    let s3 = D::dot_q8_acc(D::dot_q8_acc(z, w[3], x4(a, 3)), w[7], x4(a, 7));
+                    let mut isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
+                    if D::Q8_BIASED {
+                        // Quants were stored as q + 128.
+                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * a.sum()));
+                    }
+                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_set1_ps(a.d)), acc[j]);
+                }
+            }
+            for j in 0..n {
+                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), acc[j]);
+            }
+            t0 += n;
+        }
+    }
+}
+
 macro_rules! entry_points {
     ($feat:literal, $suffix:ident, $d:ty) => {
         mod $suffix {
@@ -343,7 +478,21 @@ macro_rules! entry_points {
             unsafe fn q6_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
                 unsafe { q6_k_body::<$d>(r, a) }
             }
+            #[target_feature(enable = $feat)]
+            unsafe fn q4x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_body::<$d>(g, blocks, a, t, out) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q8x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_body::<$d>(g, blocks, a, t, out) }
+            }
             // Safe wrappers: only installed after the features were detected.
+            pub fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_tf(g, blocks, a, t, out) }
+            }
+            pub fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_tf(g, blocks, a, t, out) }
+            }
             pub fn quantize(x: &[f32], out: &mut [BlockQ8]) {
                 unsafe { quantize_tf(x, out) }
             }
@@ -386,6 +535,8 @@ fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
         s.set(GgmlType::Q4_K, m.q4_k);
         s.set(GgmlType::Q5_K, m.q5_k);
         s.set(GgmlType::Q6_K, m.q6_k);
+        s.packed(PackKind::Q4, m.q4x8);
+        s.packed(PackKind::Q8, m.q8x8);
     })
 }
 
@@ -398,6 +549,8 @@ struct ModuleFns {
     q4_k: super::dot::DotFn,
     q5_k: super::dot::DotFn,
     q6_k: super::dot::DotFn,
+    q4x8: super::packed::PackedKernel,
+    q8x8: super::packed::PackedKernel,
 }
 
 macro_rules! module_fns {
@@ -411,8 +564,27 @@ macro_rules! module_fns {
             q4_k: $m::q4_k,
             q5_k: $m::q5_k,
             q6_k: $m::q6_k,
+            q4x8: $m::q4x8,
+            q8x8: $m::q8x8,
         }
     };
+}
+
+/// Every SIMD kernel set this CPU can run (for tests that check each).
+pub(super) fn all() -> Vec<Kernels> {
+    let mut out = Vec::new();
+    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    if avx2 {
+        out.push(install(Kernels::scalar(), "avx2", module_fns!(avx2)));
+        if is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+        {
+            out.push(install(Kernels::scalar(), "avx512vnni", module_fns!(vnni)));
+        }
+    }
+    out
 }
 
 /// The best kernel set this CPU supports, or None for the scalar fallback.

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::compute::attention::{RowPlace, attention};
 use crate::compute::ops::{self, Rope, RopeStyle};
-use crate::compute::{ComputePool, Matrix};
+use crate::compute::{ComputePool, Matrix, Projections};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
 use crate::formats::gguf::GgufFile;
@@ -93,9 +93,8 @@ pub trait CausalLm: Send + Sync {
 
 struct Layer {
     attn_norm: Vec<f32>,
-    wq: Matrix,
-    wk: Matrix,
-    wv: Matrix,
+    /// Q, K and V.
+    qkv: Projections,
     wo: Matrix,
     bq: Option<Vec<f32>>,
     bk: Option<Vec<f32>>,
@@ -103,8 +102,8 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    gate: Matrix,
-    up: Matrix,
+    /// gate and up.
+    gate_up: Projections,
     down: Matrix,
 }
 
@@ -361,32 +360,24 @@ impl LlamaModel {
         };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
-            let l = Layer {
-                attn_norm: src.vector(&n.layer(i, "attn_norm"))?,
-                wq: src.matrix(&n.layer(i, "q"))?,
-                wk: src.matrix(&n.layer(i, "k"))?,
-                wv: src.matrix(&n.layer(i, "v"))?,
-                wo: src.matrix(&n.layer(i, "o"))?,
-                bq: opt_vec(n.layer(i, "q_bias"))?,
-                bk: opt_vec(n.layer(i, "k_bias"))?,
-                bv: opt_vec(n.layer(i, "v_bias"))?,
-                q_norm: opt_vec(n.layer(i, "q_norm"))?,
-                k_norm: opt_vec(n.layer(i, "k_norm"))?,
-                ffn_norm: src.vector(&n.layer(i, "ffn_norm"))?,
-                gate: src.matrix(&n.layer(i, "gate"))?,
-                up: src.matrix(&n.layer(i, "up"))?,
-                down: src.matrix(&n.layer(i, "down"))?,
-            };
+            let (wq, wk, wv) = (
+                src.matrix(&n.layer(i, "q"))?,
+                src.matrix(&n.layer(i, "k"))?,
+                src.matrix(&n.layer(i, "v"))?,
+            );
+            let wo = src.matrix(&n.layer(i, "o"))?;
+            let (gate, up) = (src.matrix(&n.layer(i, "gate"))?, src.matrix(&n.layer(i, "up"))?);
+            let down = src.matrix(&n.layer(i, "down"))?;
             let q_out = cfg.heads * cfg.head_dim;
             let kv_out = cfg.kv_heads * cfg.head_dim;
             let shapes = [
-                (&l.wq, q_out, cfg.hidden, "q"),
-                (&l.wk, kv_out, cfg.hidden, "k"),
-                (&l.wv, kv_out, cfg.hidden, "v"),
-                (&l.wo, cfg.hidden, q_out, "o"),
-                (&l.gate, cfg.ffn, cfg.hidden, "gate"),
-                (&l.up, cfg.ffn, cfg.hidden, "up"),
-                (&l.down, cfg.hidden, cfg.ffn, "down"),
+                (&wq, q_out, cfg.hidden, "q"),
+                (&wk, kv_out, cfg.hidden, "k"),
+                (&wv, kv_out, cfg.hidden, "v"),
+                (&wo, cfg.hidden, q_out, "o"),
+                (&gate, cfg.ffn, cfg.hidden, "gate"),
+                (&up, cfg.ffn, cfg.hidden, "up"),
+                (&down, cfg.hidden, cfg.ffn, "down"),
             ];
             for (m, rows, cols, what) in shapes {
                 if m.rows() != rows || m.cols() != cols {
@@ -397,6 +388,19 @@ impl LlamaModel {
                     )));
                 }
             }
+            let l = Layer {
+                attn_norm: src.vector(&n.layer(i, "attn_norm"))?,
+                qkv: Projections::new(vec![wq, wk, wv]),
+                wo,
+                bq: opt_vec(n.layer(i, "q_bias"))?,
+                bk: opt_vec(n.layer(i, "k_bias"))?,
+                bv: opt_vec(n.layer(i, "v_bias"))?,
+                q_norm: opt_vec(n.layer(i, "q_norm"))?,
+                k_norm: opt_vec(n.layer(i, "k_norm"))?,
+                ffn_norm: src.vector(&n.layer(i, "ffn_norm"))?,
+                gate_up: Projections::new(vec![gate, up]),
+                down,
+            };
             layers.push(l);
         }
         let embed = src.matrix(n.embed())?;
@@ -445,10 +449,7 @@ impl CausalLm for LlamaModel {
     fn weight_bytes(&self) -> usize {
         let mut n = self.embed.byte_len() + self.output.as_ref().map_or(0, |m| m.byte_len());
         for l in &self.layers {
-            n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
-                .iter()
-                .map(|m| m.byte_len())
-                .sum::<usize>();
+            n += l.qkv.byte_len() + l.gate_up.byte_len() + l.wo.byte_len() + l.down.byte_len();
         }
         n
     }
@@ -510,9 +511,7 @@ impl CausalLm for LlamaModel {
 
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut hbuf);
-            l.wq.matmul(&hbuf, t, &mut q, pool);
-            l.wk.matmul(&hbuf, t, &mut k, pool);
-            l.wv.matmul(&hbuf, t, &mut v, pool);
+            l.qkv.apply(&hbuf, t, &mut [&mut q, &mut k, &mut v], pool);
             if let Some(b) = &l.bq {
                 ops::add_bias(&mut q, b);
             }
@@ -546,8 +545,7 @@ impl CausalLm for LlamaModel {
             ops::add_in_place(&mut x, &o);
 
             ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut hbuf);
-            l.gate.matmul(&hbuf, t, &mut gate, pool);
-            l.up.matmul(&hbuf, t, &mut up, pool);
+            l.gate_up.apply(&hbuf, t, &mut [&mut gate, &mut up], pool);
             ops::silu_mul(&mut gate, &up);
             l.down.matmul(&gate, t, &mut o, pool);
             ops::add_in_place(&mut x, &o);

@@ -1,0 +1,316 @@
+//! Row-interleaved ("packed") layouts of the common 32-wide quantised types,
+//! made once at load, so that one SIMD instruction works on eight rows at once.
+//!
+//! A group is 8 consecutive weight rows. For each 32-element block index the
+//! group stores the 8 rows' scales side by side, then their quants in 4-byte
+//! pieces interleaved by row: piece `c` of rows 0..8, then piece `c + 1`…
+//! Loading 32 bytes yields row `r`'s 4 quants of piece `c` in 32-bit lane `r`,
+//! so a `vpdpbusd` against 4 activation bytes broadcast to every lane adds
+//! each row's partial dot product to its own lane: no horizontal sums, and the
+//! scales of 8 rows are one vector. Rows past the end are zero padding.
+//!
+//! - `Q4x8` (from Q4_0 and Q4_1): `[d: 8×f16][m: 8×f16][16 bytes × 8 rows]`;
+//!   value = `d·q + m` (Q4_0: `m = -8d`, exact in f16). Low nibbles of piece
+//!   `c` are elements `4c..4c+4`, high nibbles elements `16+4c..`.
+//! - `Q8x8` (from Q8_0): `[d: 8×f16][32 bytes × 8 rows]`, quants stored as
+//!   `q + 128` (unsigned, as `vpdpbusd` wants); the kernel subtracts
+//!   `128·Σx`.
+
+use super::{BlockQ8, GgmlType, QK};
+
+/// Rows per group.
+pub const GROUP: usize = 8;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackKind {
+    Q4,
+    Q8,
+}
+
+impl PackKind {
+    pub fn for_type(ty: GgmlType) -> Option<PackKind> {
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => Some(PackKind::Q4),
+            GgmlType::Q8_0 => Some(PackKind::Q8),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one block index of one group.
+    pub fn block_bytes(self) -> usize {
+        match self {
+            PackKind::Q4 => 32 + 16 * GROUP,
+            PackKind::Q8 => 16 + 32 * GROUP,
+        }
+    }
+}
+
+/// `out[t][r]` (row `r` of the group, token `t`, stride 8) for `t` tokens.
+pub type PackedKernel = fn(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]);
+
+/// A matrix in a packed layout.
+#[derive(Clone)]
+pub struct Packed {
+    pub kind: PackKind,
+    pub rows: usize,
+    pub cols: usize,
+    pub blocks: usize,
+    pub groups: usize,
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Packed[{:?} {}x{}]", self.kind, self.rows, self.cols)
+    }
+}
+
+impl Packed {
+    /// Repack a row-major ggml matrix; None for types without a packed form.
+    pub fn from_rows(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Packed> {
+        let kind = PackKind::for_type(ty)?;
+        let (_, bb) = ty.block();
+        let blocks = cols / QK;
+        let row_bytes = blocks * bb;
+        let groups = rows.div_ceil(GROUP);
+        let gb = kind.block_bytes();
+        let mut data = vec![0u8; groups * blocks * gb];
+        for g in 0..groups {
+            for k in 0..blocks {
+                let dst = &mut data[(g * blocks + k) * gb..(g * blocks + k + 1) * gb];
+                for r in 0..GROUP {
+                    let row = g * GROUP + r;
+                    if row >= rows {
+                        // Padding rows: zero scales, so zero output. Q8
+                        // quants must still hold q + 128 = 128 (q = 0).
+                        if kind == PackKind::Q8 {
+                            for c in 0..8 {
+                                let o = 16 + (c * GROUP + r) * 4;
+                                dst[o..o + 4].fill(128);
+                            }
+                        }
+                        continue;
+                    }
+                    let b = &bytes[row * row_bytes + k * bb..row * row_bytes + (k + 1) * bb];
+                    match ty {
+                        GgmlType::Q4_0 => {
+                            dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                            let d = half::f16::from_le_bytes([b[0], b[1]]);
+                            let m = half::f16::from_f32(-8.0 * d.to_f32());
+                            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&m.to_le_bytes());
+                            put_q4(dst, r, &b[2..18]);
+                        }
+                        GgmlType::Q4_1 => {
+                            dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                            put_q4(dst, r, &b[4..20]);
+                        }
+                        GgmlType::Q8_0 => {
+                            dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                            for c in 0..8 {
+                                let o = 16 + (c * GROUP + r) * 4;
+                                for j in 0..4 {
+                                    dst[o + j] = (b[2 + 4 * c + j] as i8 as i16 + 128) as u8;
+                                }
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+        }
+        Some(Packed {
+            kind,
+            rows,
+            cols,
+            blocks,
+            groups,
+            data,
+        })
+    }
+
+    pub fn group_bytes(&self) -> usize {
+        self.blocks * self.kind.block_bytes()
+    }
+
+    pub fn group(&self, g: usize) -> &[u8] {
+        let n = self.group_bytes();
+        &self.data[g * n..(g + 1) * n]
+    }
+
+    pub fn byte_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Row `row` dequantised (the reference path and tests).
+    pub fn row_f32(&self, row: usize, out: &mut [f32]) {
+        let (g, r) = (row / GROUP, row % GROUP);
+        let gb = self.kind.block_bytes();
+        let group = self.group(g);
+        for k in 0..self.blocks {
+            let b = &group[k * gb..(k + 1) * gb];
+            let o = &mut out[k * QK..(k + 1) * QK];
+            let d = f16(b, 2 * r);
+            match self.kind {
+                PackKind::Q4 => {
+                    let m = f16(b, 16 + 2 * r);
+                    for c in 0..4 {
+                        for j in 0..4 {
+                            let q = b[32 + (c * GROUP + r) * 4 + j];
+                            o[4 * c + j] = d * (q & 0x0f) as f32 + m;
+                            o[16 + 4 * c + j] = d * (q >> 4) as f32 + m;
+                        }
+                    }
+                }
+                PackKind::Q8 => {
+                    for c in 0..8 {
+                        for j in 0..4 {
+                            o[4 * c + j] = d * (b[16 + (c * GROUP + r) * 4 + j] as i32 - 128) as f32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Rows of several packed matrices stacked into one (fused
+    /// projections). Every part must have rows in whole groups.
+    pub fn stack(parts: &[&Packed]) -> Option<Packed> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.kind != first.kind || p.cols != first.cols || p.rows % GROUP != 0)
+        {
+            return None;
+        }
+        let mut data = Vec::with_capacity(parts.iter().map(|p| p.data.len()).sum());
+        for p in parts {
+            data.extend_from_slice(&p.data);
+        }
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        Some(Packed {
+            kind: first.kind,
+            rows,
+            cols: first.cols,
+            blocks: first.blocks,
+            groups: rows / GROUP,
+            data,
+        })
+    }
+}
+
+fn put_q4(dst: &mut [u8], r: usize, qs: &[u8]) {
+    for c in 0..4 {
+        let o = 32 + (c * GROUP + r) * 4;
+        dst[o..o + 4].copy_from_slice(&qs[4 * c..4 * c + 4]);
+    }
+}
+
+fn f16(b: &[u8], i: usize) -> f32 {
+    half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+/// Reference kernels: what the SIMD ones compute, for other CPUs and tests.
+pub(super) fn q4x8_scalar(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+    let gb = PackKind::Q4.block_bytes();
+    for tok in 0..t {
+        let mut acc = [0f32; GROUP];
+        for k in 0..blocks {
+            let b = &group[k * gb..(k + 1) * gb];
+            let a = &acts[tok * blocks + k];
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let mut isum = 0i32;
+                for c in 0..4 {
+                    for j in 0..4 {
+                        let q = b[32 + (c * GROUP + r) * 4 + j];
+                        isum += (q & 0x0f) as i32 * a.qs[4 * c + j] as i32;
+                        isum += (q >> 4) as i32 * a.qs[16 + 4 * c + j] as i32;
+                    }
+                }
+                *acc_r += f16(b, 2 * r) * a.d * isum as f32 + f16(b, 16 + 2 * r) * a.d * a.sum() as f32;
+            }
+        }
+        out[tok * GROUP..(tok + 1) * GROUP].copy_from_slice(&acc);
+    }
+}
+
+pub(super) fn q8x8_scalar(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+    let gb = PackKind::Q8.block_bytes();
+    for tok in 0..t {
+        let mut acc = [0f32; GROUP];
+        for k in 0..blocks {
+            let b = &group[k * gb..(k + 1) * gb];
+            let a = &acts[tok * blocks + k];
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let mut isum = 0i32;
+                for c in 0..8 {
+                    for j in 0..4 {
+                        isum += b[16 + (c * GROUP + r) * 4 + j] as i32 * a.qs[4 * c + j] as i32;
+                    }
+                }
+                isum -= 128 * a.sum();
+                *acc_r += f16(b, 2 * r) * a.d * isum as f32;
+            }
+        }
+        out[tok * GROUP..(tok + 1) * GROUP].copy_from_slice(&acc);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::dot_tests::{random_acts, random_row};
+    use crate::quant::quantize_activations;
+
+    /// Packed products equal the per-row dot products (same activations).
+    #[test]
+    fn packed_kernels_match_row_kernels() {
+        for ks in crate::quant::available_kernels() {
+            check(&ks);
+        }
+    }
+
+    fn check(ks: &crate::quant::Kernels) {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+            for (rows, cols, t) in [(8, 64, 1), (13, 96, 3), (21, 576, 5)] {
+                let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 17 + r as u64)).collect();
+                let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();
+                let x = random_acts(t * cols, 5);
+                let blocks = cols / QK;
+                let mut acts = vec![BlockQ8::default(); t * blocks];
+                for tok in 0..t {
+                    quantize_activations(
+                        &x[tok * cols..(tok + 1) * cols],
+                        &mut acts[tok * blocks..(tok + 1) * blocks],
+                    );
+                }
+                let row_bytes = ty.row_bytes(cols).unwrap();
+                let dot = ks.dot(ty).unwrap();
+                for (name, kernel) in [("scalar", ks.packed_scalar(p.kind)), (ks.name, ks.packed(p.kind))] {
+                    for g in 0..p.groups {
+                        let mut out = vec![0f32; t * GROUP];
+                        kernel(p.group(g), blocks, &acts, t, &mut out);
+                        for tok in 0..t {
+                            for r in 0..GROUP {
+                                let row = g * GROUP + r;
+                                let got = out[tok * GROUP + r];
+                                if row >= rows {
+                                    assert_eq!(got, 0.0, "padding row");
+                                    continue;
+                                }
+                                let want = dot(
+                                    &bytes[row * row_bytes..(row + 1) * row_bytes],
+                                    &acts[tok * blocks..(tok + 1) * blocks],
+                                );
+                                assert!(
+                                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                    "{name} {ty:?} {rows}x{cols} t={tok} row={row}: {got} vs {want}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
