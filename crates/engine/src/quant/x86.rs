@@ -434,8 +434,8 @@ unsafe fn q8x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: 
                     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_set1_ps(a.d)), acc[j]);
                 }
             }
-            for j in 0..n {
-                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), acc[j]);
+            for (j, a) in acc.iter().enumerate().take(n) {
+                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), *a);
             }
             t0 += n;
         }
