@@ -1,81 +1,196 @@
 //! Element-wise and row-wise operations of transformer layers, on row-major
 //! `[rows, dim]` f32 buffers.
 
-/// `out[r] = x[r] / rms(x[r]) * weight` for every row.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    let dim = weight.len();
-    for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
-            *o = v * scale * w;
+/// Define an op once and compile it twice: as written, and with AVX2 + FMA
+/// enabled (where the loops vectorise to 256 bits), picking the second at
+/// run time when the CPU has it. The body is `#[inline(always)]` so it is
+/// compiled inside each entry point with that entry point's features.
+macro_rules! vectorized {
+    ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$meta])*
+        pub fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
+                if has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Sum with eight independent accumulators (vectorisable; the order of a
+/// plain `sum` forbids that).
+#[inline(always)]
+fn sum8(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += f(c[l]);
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in rest {
+        s += f(*v);
+    }
+    s
+}
+
+/// e^x in f32 without a libm call, so loops over it vectorise: range
+/// reduction x = n ln2 + r, a degree-6 polynomial for e^r, 2^n through the
+/// exponent bits. Relative error below 2e-7; inputs below -87 give 0.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// erf for f32: Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7) away from 0,
+/// its Taylor series near 0 (where `1 - …` would cancel). Both are computed
+/// and one selected, so loops stay branch-free and vectorise.
+#[inline(always)]
+pub fn fast_erf(x: f32) -> f32 {
+    let a = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * a);
+    let far = 1.0
+        - t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))))
+            * fast_exp(-a * a);
+    let a2 = a * a;
+    // 2/sqrt(pi) * (a - a^3/3 + a^5/10 - a^7/42 + a^9/216 - a^11/1320)
+    let near = 1.128_379_2
+        * a
+        * (1.0 - a2 * (1.0 / 3.0 - a2 * (0.1 - a2 * (1.0 / 42.0 - a2 * (1.0 / 216.0 - a2 / 1320.0)))));
+    let y = if a < 0.5 { near } else { far };
+    y.copysign(x)
+}
+
+vectorized! {
+    /// `out[r] = x[r] / rms(x[r]) * weight` for every row.
+    pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+        let dim = weight.len();
+        for (xr, or) in x.chunks_exact(dim).zip(out.chunks_exact_mut(dim)) {
+            let ss = sum8(xr, |v| v * v) / dim as f32;
+            let scale = 1.0 / (ss + eps).sqrt();
+            for ((o, v), w) in or.iter_mut().zip(xr).zip(weight) {
+                *o = v * scale * w;
+            }
         }
     }
 }
 
-/// RMS norm of each `dim`-wide piece in place (per-head q/k norms).
-pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
-    let dim = weight.len();
-    for xr in x.chunks_exact_mut(dim) {
-        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
-        let scale = 1.0 / (ss + eps).sqrt();
-        for (v, w) in xr.iter_mut().zip(weight) {
-            *v = *v * scale * w;
+vectorized! {
+    /// RMS norm of each `dim`-wide piece in place (per-head q/k norms).
+    pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+        let dim = weight.len();
+        for xr in x.chunks_exact_mut(dim) {
+            let ss = sum8(xr, |v| v * v) / dim as f32;
+            let scale = 1.0 / (ss + eps).sqrt();
+            for (v, w) in xr.iter_mut().zip(weight) {
+                *v = *v * scale * w;
+            }
         }
     }
 }
 
-/// LayerNorm in place: `(x - mean) / sqrt(var + eps) * weight + bias`.
-pub fn layer_norm_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    let dim = weight.len();
-    for xr in x.chunks_exact_mut(dim) {
-        let mean = xr.iter().sum::<f32>() / dim as f32;
-        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / dim as f32;
-        let inv = 1.0 / (var + eps).sqrt();
-        for ((v, w), b) in xr.iter_mut().zip(weight).zip(bias) {
-            *v = (*v - mean) * inv * w + b;
+vectorized! {
+    /// LayerNorm in place: `(x - mean) / sqrt(var + eps) * weight + bias`.
+    pub fn layer_norm_in_place(x: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+        let dim = weight.len();
+        for xr in x.chunks_exact_mut(dim) {
+            let mean = sum8(xr, |v| v) / dim as f32;
+            let var = sum8(xr, |v| (v - mean) * (v - mean)) / dim as f32;
+            let inv = 1.0 / (var + eps).sqrt();
+            for ((v, w), b) in xr.iter_mut().zip(weight).zip(bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
         }
     }
 }
 
-/// `a += b`
-pub fn add_in_place(a: &mut [f32], b: &[f32]) {
-    for (x, y) in a.iter_mut().zip(b) {
-        *x += y;
+vectorized! {
+    /// `a += b`
+    pub fn add_in_place(a: &mut [f32], b: &[f32]) {
+        for (x, y) in a.iter_mut().zip(b) {
+            *x += y;
+        }
     }
 }
 
-/// Add `bias` to every row of `x`.
-pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-    for row in x.chunks_exact_mut(bias.len()) {
-        add_in_place(row, bias);
+vectorized! {
+    /// Add `bias` to every row of `x`.
+    pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+        for row in x.chunks_exact_mut(bias.len()) {
+            for (v, b) in row.iter_mut().zip(bias) {
+                *v += b;
+            }
+        }
     }
 }
 
-/// SwiGLU: `gate = silu(gate) * up`, in place on `gate`.
-pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
+vectorized! {
+    /// `y += a * x`
+    pub fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
+        for (yi, xi) in y.iter_mut().zip(x) {
+            *yi += a * xi;
+        }
     }
 }
 
-/// GELU as BERT defines it (the exact erf form), in place.
-pub fn gelu_in_place(x: &mut [f32]) {
-    for v in x.iter_mut() {
-        *v = 0.5 * *v * (1.0 + erf(*v / std::f32::consts::SQRT_2));
+vectorized! {
+    /// SwiGLU: `gate = silu(gate) * up`, in place on `gate`.
+    pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        for (g, u) in gate.iter_mut().zip(up) {
+            *g = *g / (1.0 + fast_exp(-*g)) * u;
+        }
     }
 }
 
-/// GELU, tanh approximation (`gelu_new`, `gelu_pytorch_tanh`), in place.
-pub fn gelu_tanh_in_place(x: &mut [f32]) {
-    const C: f32 = 0.797_884_6; // sqrt(2/pi)
-    for v in x.iter_mut() {
-        *v = 0.5 * *v * (1.0 + (C * (*v + 0.044_715 * *v * *v * *v)).tanh());
+vectorized! {
+    /// GELU as BERT defines it (the exact erf form), in place.
+    pub fn gelu_in_place(x: &mut [f32]) {
+        for v in x.iter_mut() {
+            *v = 0.5 * *v * (1.0 + fast_erf(*v * std::f32::consts::FRAC_1_SQRT_2));
+        }
     }
 }
 
-/// erf with max error ~1.2e-7 (Numerical Recipes' erfc Chebyshev fit),
-/// computed in f64 so GELU matches PyTorch's to f32 precision.
+vectorized! {
+    /// GELU, tanh approximation (`gelu_new`, `gelu_pytorch_tanh`), in place.
+    pub fn gelu_tanh_in_place(x: &mut [f32]) {
+        const C: f32 = 0.797_884_6; // sqrt(2/pi)
+        for v in x.iter_mut() {
+            let u = C * (*v + 0.044_715 * *v * *v * *v);
+            // tanh(u) = 1 - 2 / (e^{2u} + 1)
+            let th = 1.0 - 2.0 / (fast_exp(2.0 * u) + 1.0);
+            *v = 0.5 * *v * (1.0 + th);
+        }
+    }
+}
+
+/// erf in f64 (Numerical Recipes' erfc Chebyshev fit, error ~1.2e-7): the
+/// reference `fast_erf` is tested against.
 pub fn erf(x: f32) -> f32 {
     let x = x as f64;
     let z = x.abs();
@@ -87,24 +202,26 @@ pub fn erf(x: f32) -> f32 {
                     + t * (0.096_784_18
                         + t * (-0.186_288_06
                             + t * (0.278_868_07
-                                + t * (-1.135_203_98
-                                    + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                                + t * (-1.135_203_98 + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
             .exp();
     let v = 1.0 - r;
     (if x >= 0.0 { v } else { -v }) as f32
 }
 
-/// Softmax in place over the whole slice.
-pub fn softmax_in_place(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
+vectorized! {
+    /// Softmax in place over the whole slice.
+    pub fn softmax_in_place(x: &mut [f32]) {
+        let mut max = f32::NEG_INFINITY;
+        for v in x.iter() {
+            max = max.max(*v);
+        }
+        for v in x.iter_mut() {
+            *v = fast_exp(*v - max);
+        }
+        let inv = 1.0 / sum8(x, |v| v);
+        for v in x.iter_mut() {
+            *v *= inv;
+        }
     }
 }
 
@@ -230,6 +347,47 @@ mod tests {
             (3.5, 0.999_999_3),
         ] {
             assert!((erf(x) - want).abs() < 1e-6, "erf({x}) = {} want {want}", erf(x));
+        }
+    }
+
+    #[test]
+    fn fast_exp_and_erf_are_accurate() {
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            let (got, want) = (fast_exp(x), (x as f64).exp() as f32);
+            assert!((got - want).abs() <= 3e-7 * want, "exp({x}) = {got} want {want}");
+            let (e, w) = (fast_erf(x / 6.0), erf(x / 6.0));
+            assert!((e - w).abs() < 3e-7, "erf({}) = {e} want {w}", x / 6.0);
+            x += 0.0137;
+        }
+        assert_eq!(fast_exp(-200.0), 0.0f32.max(fast_exp(-200.0)));
+        assert!(fast_exp(-200.0) < 1e-37);
+    }
+
+    #[test]
+    fn vectorized_ops_match_plain_maths() {
+        let x: Vec<f32> = (0..37).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let mut s = x.clone();
+        softmax_in_place(&mut s);
+        let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let z: f64 = x.iter().map(|v| ((v - max) as f64).exp()).sum();
+        for (a, v) in s.iter().zip(&x) {
+            assert!((a - (((v - max) as f64).exp() / z) as f32).abs() < 1e-6);
+        }
+        let w = vec![1.5f32; 37];
+        let b = vec![0.25f32; 37];
+        let mut ln = x.clone();
+        layer_norm_in_place(&mut ln, &w, &b, 1e-5);
+        let mean: f32 = x.iter().sum::<f32>() / 37.0;
+        let var: f32 = x.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / 37.0;
+        for (a, v) in ln.iter().zip(&x) {
+            assert!((a - ((v - mean) / (var + 1e-5).sqrt() * 1.5 + 0.25)).abs() < 1e-5);
+        }
+        let mut g = x.clone();
+        gelu_in_place(&mut g);
+        for (a, v) in g.iter().zip(&x) {
+            let want = 0.5 * v * (1.0 + erf(v / std::f32::consts::SQRT_2));
+            assert!((a - want).abs() < 1e-6, "gelu({v}) = {a} want {want}");
         }
     }
 
