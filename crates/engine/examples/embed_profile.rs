@@ -35,5 +35,9 @@ fn main() {
         m.embed_tokens(&ids, None, &pool).unwrap();
     }
     let dt = t.elapsed().as_secs_f64() / iters as f64;
-    println!("batch {batch} ({tokens} tokens): {:.2} ms = {:.0} sentences/s", dt * 1e3, batch as f64 / dt);
+    println!(
+        "batch {batch} ({tokens} tokens): {:.2} ms = {:.0} sentences/s",
+        dt * 1e3,
+        batch as f64 / dt
+    );
 }

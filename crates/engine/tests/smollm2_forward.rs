@@ -189,6 +189,9 @@ fn teacher_forced_logprobs_track_the_reference() {
         let ours: Vec<f64> = top5.iter().map(|e| row[e.0] as f64).collect();
         let ref_lp = ref_logits[0] - lse(&ref_logits);
         let our_lp = ours[0] - lse(&ours);
+        if std::env::var_os("HFMS_DEBUG").is_some() {
+            eprintln!("step {i}: ours {our_lp:.4} ref {ref_lp:.4}");
+        }
         assert!(
             (ref_lp - our_lp).abs() < 0.1,
             "step {i}: top-1 logprob {our_lp:.4} vs reference {ref_lp:.4}"

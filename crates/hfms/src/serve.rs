@@ -68,6 +68,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
             .with_context(|| format!("--device {name}={dev}: no such model (see `hfms discover`)"))?;
         pins.insert(id, *dev);
     }
+    hfms_engine::quant::set_precise_activations(!s.fast_activations);
     let pool = ComputePool::new(s.threads)?;
     tracing::info!(
         threads = pool.threads(),

@@ -387,12 +387,27 @@ impl Matrix {
     fn matmul_packed(&self, p: &Packed, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
         let ks = kernels();
-        let kernel = ks.packed(p.kind);
+        let precise = crate::quant::precise_activations();
+        let kernel = ks.packed(p.kind, precise);
         let blocks = k / QK;
         let mut act = vec![BlockQ8::default(); t * blocks];
         for tok in 0..t {
             (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
         }
+        let mut res = Vec::new();
+        if precise {
+            res = vec![BlockQ8::default(); t * blocks];
+            let mut scratch = Vec::with_capacity(k);
+            for tok in 0..t {
+                crate::quant::packed::quantize_residual(
+                    &x[tok * k..(tok + 1) * k],
+                    &act[tok * blocks..(tok + 1) * blocks],
+                    &mut res[tok * blocks..(tok + 1) * blocks],
+                    &mut scratch,
+                );
+            }
+        }
+        let res = &res;
         let tasks = (pool.threads() * 4).max(1);
         let per_task = p.groups.div_ceil(tasks).max(1);
         let dst = SendPtr(out.as_mut_ptr());
@@ -400,7 +415,7 @@ impl Matrix {
         pool.for_each(p.groups.div_ceil(per_task), |c| {
             let mut tmp = vec![0f32; t * GROUP];
             for g in c * per_task..((c + 1) * per_task).min(p.groups) {
-                kernel(p.group(g), blocks, act, t, &mut tmp);
+                kernel(p.group(g), blocks, act, res, t, &mut tmp);
                 let rows = GROUP.min(n - g * GROUP);
                 for tok in 0..t {
                     for r in 0..rows {

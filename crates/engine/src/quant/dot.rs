@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use super::dequant::q6k_value;
-use super::packed::{PackKind, PackedKernel, q4x8_scalar, q8x8_scalar};
+use super::packed::{PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8x8_res_scalar, q8x8_scalar};
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
 
 /// `row` is one weight row of the kernel's type; `act` the activations of one
@@ -32,6 +32,8 @@ pub struct Kernels {
     q6_k: DotFn,
     packed_q4: PackedKernel,
     packed_q8: PackedKernel,
+    packed_q4_res: PackedKernel,
+    packed_q8_res: PackedKernel,
 }
 
 impl Kernels {
@@ -53,11 +55,14 @@ impl Kernels {
         })
     }
 
-    /// The kernel for a packed (row-interleaved) layout.
-    pub fn packed(&self, kind: PackKind) -> PackedKernel {
-        match kind {
-            PackKind::Q4 => self.packed_q4,
-            PackKind::Q8 => self.packed_q8,
+    /// The kernel for a packed (row-interleaved) layout; `precise` adds the
+    /// activations' residual pass (~16-bit activations).
+    pub fn packed(&self, kind: PackKind, precise: bool) -> PackedKernel {
+        match (kind, precise) {
+            (PackKind::Q4, false) => self.packed_q4,
+            (PackKind::Q8, false) => self.packed_q8,
+            (PackKind::Q4, true) => self.packed_q4_res,
+            (PackKind::Q8, true) => self.packed_q8_res,
         }
     }
 
@@ -86,6 +91,8 @@ impl Kernels {
             q6_k: dot_q6_k,
             packed_q4: q4x8_scalar,
             packed_q8: q8x8_scalar,
+            packed_q4_res: q4x8_res_scalar,
+            packed_q8_res: q8x8_res_scalar,
         }
     }
 
@@ -123,10 +130,12 @@ impl KernelSlots<'_> {
     pub fn f32_dot(&mut self, f: F32DotFn) {
         self.0.f32_dot = f;
     }
-    pub fn packed(&mut self, kind: PackKind, f: PackedKernel) {
-        match kind {
-            PackKind::Q4 => self.0.packed_q4 = f,
-            PackKind::Q8 => self.0.packed_q8 = f,
+    pub fn packed(&mut self, kind: PackKind, precise: bool, f: PackedKernel) {
+        match (kind, precise) {
+            (PackKind::Q4, false) => self.0.packed_q4 = f,
+            (PackKind::Q8, false) => self.0.packed_q8 = f,
+            (PackKind::Q4, true) => self.0.packed_q4_res = f,
+            (PackKind::Q8, true) => self.0.packed_q8_res = f,
         }
     }
     pub fn set(&mut self, ty: GgmlType, f: DotFn) {

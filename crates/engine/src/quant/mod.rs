@@ -20,6 +20,20 @@ pub use dot::{Kernels, available_kernels, kernels, quantize_activations};
 
 use half::{bf16, f16};
 
+static PRECISE_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether products with the packed types quantise activations twice (the
+/// value, then its residual: ~16-bit activations, logits within ~1e-3 of
+/// f32 maths) or once (8-bit, llama.cpp's choice: faster prefill, logits
+/// off by up to ~0.3 on SmolLM2). Process-wide; default precise.
+pub fn set_precise_activations(on: bool) {
+    PRECISE_ACTIVATIONS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub fn precise_activations() -> bool {
+    PRECISE_ACTIVATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Elements in a K-quant super-block.
 pub const QK_K: usize = 256;
 /// Elements in a simple block and in an activation block.

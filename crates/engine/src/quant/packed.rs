@@ -46,7 +46,9 @@ impl PackKind {
 }
 
 /// `out[t][r]` (row `r` of the group, token `t`, stride 8) for `t` tokens.
-pub type PackedKernel = fn(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]);
+/// `res`: the activations' residual quantised again (the precise kernels
+/// add its product, for ~16-bit activations); ignored by the others.
+pub type PackedKernel = fn(group: &[u8], blocks: usize, acts: &[BlockQ8], res: &[BlockQ8], t: usize, out: &mut [f32]);
 
 /// A matrix in a packed layout.
 #[derive(Clone)]
@@ -211,49 +213,87 @@ fn f16(b: &[u8], i: usize) -> f32 {
 }
 
 /// Reference kernels: what the SIMD ones compute, for other CPUs and tests.
-pub(super) fn q4x8_scalar(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
-    let gb = PackKind::Q4.block_bytes();
+fn q4x8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
+    let mut isum = 0i32;
+    for c in 0..4 {
+        for j in 0..4 {
+            let q = b[32 + (c * GROUP + r) * 4 + j];
+            isum += (q & 0x0f) as i32 * a.qs[4 * c + j] as i32;
+            isum += (q >> 4) as i32 * a.qs[16 + 4 * c + j] as i32;
+        }
+    }
+    f16(b, 2 * r) * a.d * isum as f32 + f16(b, 16 + 2 * r) * a.d * a.sum() as f32
+}
+
+fn q8x8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
+    let mut isum = 0i32;
+    for c in 0..8 {
+        for j in 0..4 {
+            isum += b[16 + (c * GROUP + r) * 4 + j] as i32 * a.qs[4 * c + j] as i32;
+        }
+    }
+    isum -= 128 * a.sum();
+    f16(b, 2 * r) * a.d * isum as f32
+}
+
+#[allow(clippy::too_many_arguments)]
+fn packed_scalar(
+    kind: PackKind,
+    with_res: bool,
+    group: &[u8],
+    blocks: usize,
+    acts: &[BlockQ8],
+    res: &[BlockQ8],
+    t: usize,
+    out: &mut [f32],
+) {
+    let gb = kind.block_bytes();
+    let block = match kind {
+        PackKind::Q4 => q4x8_block,
+        PackKind::Q8 => q8x8_block,
+    };
     for tok in 0..t {
         let mut acc = [0f32; GROUP];
         for k in 0..blocks {
             let b = &group[k * gb..(k + 1) * gb];
-            let a = &acts[tok * blocks + k];
             for (r, acc_r) in acc.iter_mut().enumerate() {
-                let mut isum = 0i32;
-                for c in 0..4 {
-                    for j in 0..4 {
-                        let q = b[32 + (c * GROUP + r) * 4 + j];
-                        isum += (q & 0x0f) as i32 * a.qs[4 * c + j] as i32;
-                        isum += (q >> 4) as i32 * a.qs[16 + 4 * c + j] as i32;
-                    }
+                *acc_r += block(b, r, &acts[tok * blocks + k]);
+                if with_res {
+                    *acc_r += block(b, r, &res[tok * blocks + k]);
                 }
-                *acc_r += f16(b, 2 * r) * a.d * isum as f32 + f16(b, 16 + 2 * r) * a.d * a.sum() as f32;
             }
         }
         out[tok * GROUP..(tok + 1) * GROUP].copy_from_slice(&acc);
     }
 }
 
-pub(super) fn q8x8_scalar(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
-    let gb = PackKind::Q8.block_bytes();
-    for tok in 0..t {
-        let mut acc = [0f32; GROUP];
-        for k in 0..blocks {
-            let b = &group[k * gb..(k + 1) * gb];
-            let a = &acts[tok * blocks + k];
-            for (r, acc_r) in acc.iter_mut().enumerate() {
-                let mut isum = 0i32;
-                for c in 0..8 {
-                    for j in 0..4 {
-                        isum += b[16 + (c * GROUP + r) * 4 + j] as i32 * a.qs[4 * c + j] as i32;
-                    }
-                }
-                isum -= 128 * a.sum();
-                *acc_r += f16(b, 2 * r) * a.d * isum as f32;
-            }
+/// Reference kernels: what the SIMD ones compute, for other CPUs and tests.
+pub(super) fn q4x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q4, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q4x8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q4, true, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8x8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8, true, g, blocks, a, r, t, out)
+}
+
+/// Quantise the residual `x - dequant(acts)` into `res`: a second 8-bit
+/// pass that the precise kernels add, making activations ~16-bit.
+pub fn quantize_residual(x: &[f32], acts: &[BlockQ8], res: &mut [BlockQ8], scratch: &mut Vec<f32>) {
+    scratch.clear();
+    for (xb, a) in x.chunks_exact(QK).zip(acts) {
+        for (v, q) in xb.iter().zip(&a.qs) {
+            scratch.push(v - *q as f32 * a.d);
         }
-        out[tok * GROUP..(tok + 1) * GROUP].copy_from_slice(&acc);
     }
+    super::quantize_activations(scratch, res);
 }
 
 #[cfg(test)]
@@ -286,10 +326,52 @@ mod tests {
                 }
                 let row_bytes = ty.row_bytes(cols).unwrap();
                 let dot = ks.dot(ty).unwrap();
-                for (name, kernel) in [("scalar", ks.packed_scalar(p.kind)), (ks.name, ks.packed(p.kind))] {
+                let mut res = vec![BlockQ8::default(); t * blocks];
+                let mut scratch = Vec::new();
+                quantize_residual(&x, &acts, &mut res, &mut scratch);
+                let exact_rows: Vec<f32> = {
+                    let mut w = vec![0f32; rows * cols];
+                    for r in 0..rows {
+                        crate::quant::dequantize_row(
+                            ty,
+                            &bytes[r * row_bytes..(r + 1) * row_bytes],
+                            &mut w[r * cols..(r + 1) * cols],
+                        );
+                    }
+                    w
+                };
+                for precise in [false, true] {
+                    let kernel = ks.packed(p.kind, precise);
                     for g in 0..p.groups {
                         let mut out = vec![0f32; t * GROUP];
-                        kernel(p.group(g), blocks, &acts, t, &mut out);
+                        kernel(p.group(g), blocks, &acts, &res, t, &mut out);
+                        for tok in 0..t {
+                            for r in 0..GROUP.min(rows - g * GROUP) {
+                                let row = g * GROUP + r;
+                                let exact: f32 =
+                                    (0..cols).map(|i| exact_rows[row * cols + i] * x[tok * cols + i]).sum();
+                                let got = out[tok * GROUP + r];
+                                let scale: f32 = (0..cols)
+                                    .map(|i| (exact_rows[row * cols + i] * x[tok * cols + i]).abs())
+                                    .sum();
+                                // 8-bit activations: ~1e-2 of the scale; with the residual pass ~1e-4.
+                                let tol = if precise { 2e-4 } else { 2e-2 };
+                                assert!(
+                                    (got - exact).abs() <= tol * scale.max(1.0),
+                                    "{} precise={precise} {ty:?}: {got} vs {exact}",
+                                    ks.name
+                                );
+                            }
+                        }
+                    }
+                }
+                for (name, kernel) in [
+                    ("scalar", ks.packed_scalar(p.kind)),
+                    (ks.name, ks.packed(p.kind, false)),
+                ] {
+                    for g in 0..p.groups {
+                        let mut out = vec![0f32; t * GROUP];
+                        kernel(p.group(g), blocks, &acts, &res, t, &mut out);
                         for tok in 0..t {
                             for r in 0..GROUP {
                                 let row = g * GROUP + r;

@@ -344,11 +344,50 @@ unsafe fn x4(a: &BlockQ8, c: usize) -> __m256i {
     unsafe { _mm256_set1_epi32((a.qs.as_ptr().add(4 * c) as *const i32).read_unaligned()) }
 }
 
+/// One activation block against 8 rows' unpacked Q4 quants: four
+/// independent chains, then a sum. (A helper, not a closure: closures do not
+/// inherit the caller's target features, and their intrinsics would not
+/// inline.)
+#[inline(always)]
+unsafe fn q4x8_dots<D: U8Dot>(lo: &[__m256i; 4], hi: &[__m256i; 4], a: &BlockQ8) -> __m256 {
+    unsafe {
+        let s0 = D::dot_acc(D::dot(lo[0], x4(a, 0)), hi[0], x4(a, 4));
+        let s1 = D::dot_acc(D::dot(lo[1], x4(a, 1)), hi[1], x4(a, 5));
+        let s2 = D::dot_acc(D::dot(lo[2], x4(a, 2)), hi[2], x4(a, 6));
+        let s3 = D::dot_acc(D::dot(lo[3], x4(a, 3)), hi[3], x4(a, 7));
+        _mm256_cvtepi32_ps(_mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3)))
+    }
+}
+
+/// One activation block against 8 rows' packed Q8 quants (stored `q + 128`).
+#[inline(always)]
+unsafe fn q8x8_dots<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> __m256 {
+    unsafe {
+        let z = _mm256_setzero_si256();
+        let s0 = D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[4], x4(a, 4));
+        let s1 = D::dot_q8_acc(D::dot_q8_acc(z, w[1], x4(a, 1)), w[5], x4(a, 5));
+        let s2 = D::dot_q8_acc(D::dot_q8_acc(z, w[2], x4(a, 2)), w[6], x4(a, 6));
+        let s3 = D::dot_q8_acc(D::dot_q8_acc(z, w[3], x4(a, 3)), w[7], x4(a, 7));
+        let mut isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
+        if D::Q8_BIASED {
+            isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * a.sum()));
+        }
+        _mm256_cvtepi32_ps(isum)
+    }
+}
+
 /// Tokens per tile: unpacked weights of a block are reused this many times.
 const TILE: usize = 4;
 
 #[inline(always)]
-unsafe fn q4x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
+    group: &[u8],
+    blocks: usize,
+    acts: &[BlockQ8],
+    res: &[BlockQ8],
+    t: usize,
+    out: &mut [f32],
+) {
     unsafe {
         const GB: usize = 32 + 16 * 8;
         let m4 = _mm256_set1_epi8(0x0f);
@@ -378,16 +417,25 @@ unsafe fn q4x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: 
                     _mm256_and_si256(_mm256_srli_epi16(w3, 4), m4),
                 ];
                 for j in 0..n {
-                    let a = &acts[(t0 + j) * blocks + k];
-                    // Four independent chains, then a sum.
-                    let s0 = D::dot_acc(D::dot(lo[0], x4(a, 0)), hi[0], x4(a, 4));
-                    let s1 = D::dot_acc(D::dot(lo[1], x4(a, 1)), hi[1], x4(a, 5));
-                    let s2 = D::dot_acc(D::dot(lo[2], x4(a, 2)), hi[2], x4(a, 6));
-                    let s3 = D::dot_acc(D::dot(lo[3], x4(a, 3)), hi[3], x4(a, 7));
-                    let isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
-                    let dx = _mm256_set1_ps(a.d);
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, dx), acc[j]);
-                    accm[j] = _mm256_fmadd_ps(m8, _mm256_set1_ps(a.d * a.sum() as f32), accm[j]);
+                    let idx = (t0 + j) * blocks + k;
+                    let a = &acts[idx];
+                    acc[j] = _mm256_fmadd_ps(
+                        q4x8_dots::<D>(&lo, &hi, a),
+                        _mm256_mul_ps(d8, _mm256_set1_ps(a.d)),
+                        acc[j],
+                    );
+                    let mut msum = a.d * a.sum() as f32;
+                    if RES {
+                        // The residual's own 8-bit pass: ~16-bit activations.
+                        let r = &res[idx];
+                        acc[j] = _mm256_fmadd_ps(
+                            q4x8_dots::<D>(&lo, &hi, r),
+                            _mm256_mul_ps(d8, _mm256_set1_ps(r.d)),
+                            acc[j],
+                        );
+                        msum += r.d * r.sum() as f32;
+                    }
+                    accm[j] = _mm256_fmadd_ps(m8, _mm256_set1_ps(msum), accm[j]);
                 }
             }
             for j in 0..n {
@@ -399,7 +447,14 @@ unsafe fn q4x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: 
 }
 
 #[inline(always)]
-unsafe fn q8x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: usize, out: &mut [f32]) {
+unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
+    group: &[u8],
+    blocks: usize,
+    acts: &[BlockQ8],
+    res: &[BlockQ8],
+    t: usize,
+    out: &mut [f32],
+) {
     unsafe {
         const GB: usize = 16 + 32 * 8;
         let mut t0 = 0;
@@ -419,19 +474,14 @@ unsafe fn q8x8_body<D: U8Dot>(group: &[u8], blocks: usize, acts: &[BlockQ8], t: 
                     _mm256_loadu_si256(b.add(208) as *const __m256i),
                     _mm256_loadu_si256(b.add(240) as *const __m256i),
                 ];
-                for j in 0..n {
-                    let a = &acts[(t0 + j) * blocks + k];
-                    let z = _mm256_setzero_si256();
-                    let s0 = D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[4], x4(a, 4));
-                    let s1 = D::dot_q8_acc(D::dot_q8_acc(z, w[1], x4(a, 1)), w[5], x4(a, 5));
-                    let s2 = D::dot_q8_acc(D::dot_q8_acc(z, w[2], x4(a, 2)), w[6], x4(a, 6));
-                    let s3 = D::dot_q8_acc(D::dot_q8_acc(z, w[3], x4(a, 3)), w[7], x4(a, 7));
-                    let mut isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
-                    if D::Q8_BIASED {
-                        // Quants were stored as q + 128.
-                        isum = _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * a.sum()));
+                for (j, acc_j) in acc.iter_mut().enumerate().take(n) {
+                    let idx = (t0 + j) * blocks + k;
+                    let a = &acts[idx];
+                    *acc_j = _mm256_fmadd_ps(q8x8_dots::<D>(&w, a), _mm256_mul_ps(d8, _mm256_set1_ps(a.d)), *acc_j);
+                    if RES {
+                        let r = &res[idx];
+                        *acc_j = _mm256_fmadd_ps(q8x8_dots::<D>(&w, r), _mm256_mul_ps(d8, _mm256_set1_ps(r.d)), *acc_j);
                     }
-                    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d8, _mm256_set1_ps(a.d)), acc[j]);
                 }
             }
             for (j, a) in acc.iter().enumerate().take(n) {
@@ -479,19 +529,33 @@ macro_rules! entry_points {
                 unsafe { q6_k_body::<$d>(r, a) }
             }
             #[target_feature(enable = $feat)]
-            unsafe fn q4x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_body::<$d>(g, blocks, a, t, out) }
+            unsafe fn q4x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_body::<$d, false>(g, blocks, a, r, t, out) }
             }
             #[target_feature(enable = $feat)]
-            unsafe fn q8x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_body::<$d>(g, blocks, a, t, out) }
+            unsafe fn q8x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_body::<$d, false>(g, blocks, a, r, t, out) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q4x8_res_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_body::<$d, true>(g, blocks, a, r, t, out) }
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn q8x8_res_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_body::<$d, true>(g, blocks, a, r, t, out) }
             }
             // Safe wrappers: only installed after the features were detected.
-            pub fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_tf(g, blocks, a, t, out) }
+            pub fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_tf(g, blocks, a, r, t, out) }
             }
-            pub fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_tf(g, blocks, a, t, out) }
+            pub fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_tf(g, blocks, a, r, t, out) }
+            }
+            pub fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q4x8_res_tf(g, blocks, a, r, t, out) }
+            }
+            pub fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+                unsafe { q8x8_res_tf(g, blocks, a, r, t, out) }
             }
             pub fn quantize(x: &[f32], out: &mut [BlockQ8]) {
                 unsafe { quantize_tf(x, out) }
@@ -535,8 +599,10 @@ fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
         s.set(GgmlType::Q4_K, m.q4_k);
         s.set(GgmlType::Q5_K, m.q5_k);
         s.set(GgmlType::Q6_K, m.q6_k);
-        s.packed(PackKind::Q4, m.q4x8);
-        s.packed(PackKind::Q8, m.q8x8);
+        s.packed(PackKind::Q4, false, m.q4x8);
+        s.packed(PackKind::Q8, false, m.q8x8);
+        s.packed(PackKind::Q4, true, m.q4x8_res);
+        s.packed(PackKind::Q8, true, m.q8x8_res);
     })
 }
 
@@ -551,6 +617,8 @@ struct ModuleFns {
     q6_k: super::dot::DotFn,
     q4x8: super::packed::PackedKernel,
     q8x8: super::packed::PackedKernel,
+    q4x8_res: super::packed::PackedKernel,
+    q8x8_res: super::packed::PackedKernel,
 }
 
 macro_rules! module_fns {
@@ -566,6 +634,8 @@ macro_rules! module_fns {
             q6_k: $m::q6_k,
             q4x8: $m::q4x8,
             q8x8: $m::q8x8,
+            q4x8_res: $m::q4x8_res,
+            q8x8_res: $m::q8x8_res,
         }
     };
 }
