@@ -52,6 +52,9 @@ pub enum EngineError {
     /// The engine was shut down or the model unloaded while work was queued.
     #[error("{0}")]
     Unavailable(String),
+    /// Too much work is queued; the caller should retry later.
+    #[error("{0}")]
+    Overloaded(String),
     /// The request was cancelled (client went away).
     #[error("cancelled")]
     Cancelled,

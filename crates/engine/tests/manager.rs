@@ -113,7 +113,10 @@ fn a_gpu_without_a_backend_in_this_build_falls_back_to_the_cpu() {
             .in_flight,
         0
     );
-    assert!(m.unload("tiny-llama").unwrap());
+    assert_eq!(
+        m.unload("tiny-llama").unwrap(),
+        hfms_engine::manager::ModelState::Unloaded
+    );
     let cpu = m.devices().into_iter().find(|d| d.device == DeviceId::CPU).unwrap();
     assert_eq!((cpu.resident_models, cpu.resident_bytes), (0, 0));
 }
@@ -219,4 +222,144 @@ fn a_pin_that_cannot_be_met_is_a_clear_error() {
     );
     let err = m.get("tiny-llama").err().unwrap().to_string();
     assert!(err.contains("cpu") && err.contains("free"), "{err}");
+}
+
+// ---- lifecycle: single-flight, LRU eviction, keep-alive, pins ----------------
+
+use hfms_engine::manager::{KeepAlive, ModelState};
+use std::time::Duration;
+
+/// A CPU-only manager over three tiny models with room for `fit` of the
+/// decoder footprints (weights + 4 MiB KV + working set).
+fn lifecycle_manager(fit: f64, keep_alive: KeepAlive, pinned: &[&str]) -> ModelManager {
+    let registry = Registry::builtin();
+    let cfg = DiscoverConfig {
+        extra: vec![
+            (Some("a".into()), tiny("llama-f32")),
+            (Some("b".into()), tiny("qwen3-f32")),
+            (Some("c".into()), tiny("mistral-f16")),
+        ],
+        ..Default::default()
+    };
+    let catalog = discover(&registry, &cfg);
+    let footprint: u64 = catalog
+        .iter()
+        .map(|d| d.size_bytes + (4 << 20) + (64 << 20) + d.size_bytes / 50)
+        .max()
+        .unwrap();
+    let mut config = ManagerConfig::cpu(hfms_engine::generate::SchedulerConfig {
+        kv_budget_bytes: 4 << 20,
+        ..Default::default()
+    });
+    config.devices = vec![device("cpu", 0, true)];
+    config.devices[0].free_bytes = (footprint as f64 * fit) as u64;
+    config.devices[0].total_bytes = config.devices[0].free_bytes;
+    config.keep_alive = keep_alive;
+    config.pinned = pinned.iter().map(|s| s.to_string()).collect();
+    ModelManager::new(registry, catalog, BTreeMap::new(), ComputePool::new(1).unwrap(), config)
+}
+
+fn state(m: &ModelManager, id: &str) -> ModelState {
+    m.status().into_iter().find(|s| s.id == id).unwrap().state
+}
+
+#[test]
+fn concurrent_first_requests_cause_one_load() {
+    let m = Arc::new(lifecycle_manager(3.5, KeepAlive::Forever, &[]));
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let m = m.clone();
+            std::thread::spawn(move || m.get("a").map(|l| l.id.clone()))
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap(), "a");
+    }
+    let s = m.status().into_iter().find(|s| s.id == "a").unwrap();
+    assert_eq!(s.loads, 1, "eight concurrent first requests, one load");
+    assert_eq!(m.counters().loads.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn least_recently_used_idle_model_is_evicted_first() {
+    let m = lifecycle_manager(2.5, KeepAlive::Forever, &[]);
+    drop(m.get("a").unwrap());
+    std::thread::sleep(Duration::from_millis(5));
+    drop(m.get("b").unwrap());
+    std::thread::sleep(Duration::from_millis(5));
+    // a is used again: b is now the least recently used.
+    drop(m.get("a").unwrap());
+    drop(m.get("c").unwrap());
+    assert_eq!(state(&m, "b"), ModelState::Unloaded, "b was least recently used");
+    assert_eq!(state(&m, "a"), ModelState::Loaded);
+    assert_eq!(state(&m, "c"), ModelState::Loaded);
+    assert_eq!(m.counters().evictions.load(Ordering::Relaxed), 1);
+    assert_eq!(m.status().into_iter().find(|s| s.id == "b").unwrap().evictions, 1);
+}
+
+#[test]
+fn a_model_with_requests_in_flight_is_never_evicted() {
+    let m = lifecycle_manager(2.5, KeepAlive::Forever, &[]);
+    let held = m.get("a").unwrap(); // a request in flight on a (the oldest)
+    std::thread::sleep(Duration::from_millis(5));
+    drop(m.get("b").unwrap());
+    drop(m.get("c").unwrap());
+    assert_eq!(
+        state(&m, "a"),
+        ModelState::Loaded,
+        "in flight: not evicted although least recent"
+    );
+    assert_eq!(state(&m, "b"), ModelState::Unloaded);
+    drop(held);
+    // With everything in flight, a load that does not fit fails clearly.
+    let _c = m.get("c").unwrap();
+    let _a = m.get("a").unwrap();
+    match m.get("b") {
+        Err(EngineError::Placement { reason, .. }) => assert!(reason.contains("needs"), "{reason}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("nothing idle to evict: the load must fail"),
+    }
+}
+
+#[test]
+fn pinned_models_are_never_evicted() {
+    let m = lifecycle_manager(2.5, KeepAlive::Forever, &["a"]);
+    drop(m.get("a").unwrap());
+    std::thread::sleep(Duration::from_millis(5));
+    drop(m.get("b").unwrap());
+    drop(m.get("c").unwrap());
+    assert_eq!(state(&m, "a"), ModelState::Loaded, "pinned");
+    assert_eq!(state(&m, "b"), ModelState::Unloaded);
+    assert!(m.status().into_iter().find(|s| s.id == "a").unwrap().pinned);
+}
+
+#[test]
+fn keep_alive_zero_unloads_when_the_request_ends_and_ttl_expires() {
+    let m = lifecycle_manager(3.5, KeepAlive::Forever, &[]);
+    let lease = m.acquire("a", Some(KeepAlive::UntilIdle), None).unwrap();
+    assert_eq!(state(&m, "a"), ModelState::Loaded);
+    drop(lease);
+    assert_eq!(
+        state(&m, "a"),
+        ModelState::Unloaded,
+        "keep_alive 0: gone with its last request"
+    );
+    // A short TTL: the reaper unloads it once idle that long.
+    drop(
+        m.acquire("b", Some(KeepAlive::For(Duration::from_millis(200))), None)
+            .unwrap(),
+    );
+    assert_eq!(state(&m, "b"), ModelState::Loaded);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while state(&m, "b") != ModelState::Unloaded {
+        assert!(std::time::Instant::now() < deadline, "b did not expire");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(m.counters().expirations.load(Ordering::Relaxed), 1);
+    // Unload of a busy model waits for its requests.
+    let busy = m.get("c").unwrap();
+    assert_eq!(m.unload("c").unwrap(), ModelState::Unloading);
+    assert_eq!(state(&m, "c"), ModelState::Loaded);
+    drop(busy);
+    assert_eq!(state(&m, "c"), ModelState::Unloaded);
 }

@@ -94,6 +94,38 @@ pub struct ServeArgs {
     #[arg(long = "forbid-platform", env = "HFMS_FORBID_PLATFORMS", value_delimiter = ',')]
     pub forbid_platforms: Vec<String>,
 
+    /// How long a model stays loaded after its last request: a duration
+    /// ("5m", "1h") or seconds; 0 unloads after each request; negative
+    /// keeps models loaded (memory pressure still evicts the least
+    /// recently used idle ones). Requests may override it per model
+    /// (`keep_alive`). Default: -1.
+    #[arg(long, env = "HFMS_KEEP_ALIVE", allow_hyphen_values = true)]
+    pub keep_alive: Option<String>,
+
+    /// Models that are never evicted or expired (ids or aliases).
+    #[arg(long = "pin", env = "HFMS_PIN", value_delimiter = ',')]
+    pub pin: Vec<String>,
+
+    /// Memory models may use per device, in MiB: `cpu=8000,cuda:0=40000`.
+    /// Devices not named get `--memory-fraction` of what was free at start.
+    #[arg(long = "memory-budget", env = "HFMS_MEMORY_BUDGET", value_delimiter = ',')]
+    pub memory_budget: Vec<String>,
+
+    /// Fraction of each device's free memory (at start) models may use when
+    /// no budget is given. Default: 0.8
+    #[arg(long, env = "HFMS_MEMORY_FRACTION")]
+    pub memory_fraction: Option<f64>,
+
+    /// Requests that may wait per generation model before new ones get 503
+    /// server_overloaded. Default: 256
+    #[arg(long, env = "HFMS_MAX_WAITING")]
+    pub max_waiting: Option<usize>,
+
+    /// Seconds a request may take before it is cancelled with 504.
+    /// Default: 600
+    #[arg(long, env = "HFMS_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
+
     /// Quantise activations once (8-bit, as llama.cpp does) instead of
     /// twice (~16-bit, the default): faster prefill, logits less exact.
     #[arg(long, env = "HFMS_FAST_ACTIVATIONS")]
@@ -132,6 +164,14 @@ pub struct FileConfig {
     pub devices: BTreeMap<String, String>,
     pub forbid_platforms: Option<Vec<String>>,
     pub fast_activations: Option<bool>,
+    pub keep_alive: Option<String>,
+    pub pin: Option<Vec<String>>,
+    /// device → MiB
+    #[serde(default)]
+    pub memory_budget: BTreeMap<String, u64>,
+    pub memory_fraction: Option<f64>,
+    pub max_waiting: Option<usize>,
+    pub request_timeout: Option<u64>,
 }
 
 pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
@@ -222,6 +262,14 @@ pub struct ServeSettings {
     pub log_format: String,
     pub exit_on_stdin_eof: bool,
     pub fast_activations: bool,
+    pub keep_alive: hfms_engine::manager::KeepAlive,
+    /// ids or aliases
+    pub pin: Vec<String>,
+    /// device → bytes
+    pub memory_budget: BTreeMap<hfms_hardware::DeviceId, u64>,
+    pub memory_fraction: f64,
+    pub max_waiting: usize,
+    pub request_timeout: std::time::Duration,
     /// model id or alias → device
     pub pins: BTreeMap<String, hfms_hardware::DeviceId>,
     pub forbidden: std::collections::BTreeSet<hfms_hardware::Platform>,
@@ -269,6 +317,43 @@ impl ServeArgs {
                 .unwrap_or_else(|| "auto".into()),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
             fast_activations: self.fast_activations || file.fast_activations.unwrap_or(false),
+            keep_alive: match self.keep_alive.clone().or(file.keep_alive.clone()) {
+                Some(k) => {
+                    hfms_engine::manager::KeepAlive::parse_str(&k).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?
+                }
+                None => hfms_engine::manager::KeepAlive::Forever,
+            },
+            pin: if self.pin.is_empty() {
+                file.pin.clone().unwrap_or_default()
+            } else {
+                self.pin.clone()
+            },
+            memory_budget: {
+                let mut b = BTreeMap::new();
+                for (d, mib) in &file.memory_budget {
+                    b.insert(parse_device(d)?, mib << 20);
+                }
+                for entry in &self.memory_budget {
+                    let (d, mib) = split_pair(entry, "--memory-budget")?;
+                    let mib: u64 = mib
+                        .parse()
+                        .with_context(|| format!("--memory-budget {entry}: MiB must be a number"))?;
+                    b.insert(parse_device(&d)?, mib << 20);
+                }
+                b
+            },
+            memory_fraction: {
+                let f = self.memory_fraction.or(file.memory_fraction).unwrap_or(0.8);
+                if !(f > 0.0 && f <= 1.0) {
+                    bail!("--memory-fraction must be in (0, 1], got {f}");
+                }
+                f
+            },
+            max_waiting: positive(self.max_waiting.or(file.max_waiting).unwrap_or(256), "max_waiting")?,
+            request_timeout: std::time::Duration::from_secs(positive(
+                self.request_timeout.or(file.request_timeout).unwrap_or(600) as usize,
+                "request_timeout",
+            )? as u64),
             pins: {
                 let mut pins = BTreeMap::new();
                 for (model, dev) in &file.devices {

@@ -58,15 +58,30 @@ async fn serve(s: ServeSettings) -> Result<()> {
             );
         }
     }
-    // Pins name models by id or alias; placement sees ids.
+    // Config names models by id or alias; the manager sees ids.
+    let id_of = |name: &str, flag: &str| -> Result<String> {
+        catalog
+            .iter()
+            .find(|d| d.id == name || d.aliases.iter().any(|a| a == name))
+            .map(|d| d.id.clone())
+            .with_context(|| format!("{flag} {name}: no such model (see `hfms discover`)"))
+    };
     let mut pins = std::collections::BTreeMap::new();
     for (name, dev) in &s.pins {
-        let id = catalog
-            .iter()
-            .find(|d| d.id == *name || d.aliases.contains(name))
-            .map(|d| d.id.clone())
-            .with_context(|| format!("--device {name}={dev}: no such model (see `hfms discover`)"))?;
-        pins.insert(id, *dev);
+        pins.insert(id_of(name, "--device")?, *dev);
+    }
+    let mut pinned = std::collections::BTreeSet::new();
+    for name in &s.pin {
+        pinned.insert(id_of(name, "--pin")?);
+    }
+    // What models may use per device: the budget given, else a fraction of
+    // what was free at start.
+    let mut devices = hardware.device_states();
+    for d in devices.iter_mut() {
+        d.free_bytes = match s.memory_budget.get(&d.id) {
+            Some(&b) => b.min(d.total_bytes),
+            None => (d.free_bytes as f64 * s.memory_fraction) as u64,
+        };
     }
     hfms_engine::quant::set_precise_activations(!s.fast_activations);
     let pool = ComputePool::new(s.threads)?;
@@ -84,19 +99,22 @@ async fn serve(s: ServeSettings) -> Result<()> {
             scheduler: SchedulerConfig {
                 max_batch_tokens: s.max_batch_tokens,
                 max_running: s.max_running,
+                max_waiting: s.max_waiting,
                 kv_budget_bytes: s.kv_cache_bytes,
                 ..SchedulerConfig::default()
             },
-            devices: hardware.device_states(),
-
+            devices,
             pins,
             forbidden: s.forbidden.clone(),
+            keep_alive: s.keep_alive,
+            pinned,
         },
     ));
     let state = AppState::new(
         manager.clone(),
         ServerConfig {
             max_body_bytes: s.max_body_bytes,
+            request_timeout: s.request_timeout,
             ..ServerConfig::default()
         },
         Some(hardware),

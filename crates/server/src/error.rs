@@ -78,6 +78,20 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }
 
+    /// A request that ran past the server's time limit (it was cancelled).
+    pub fn timeout(limit: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "timeout_error",
+            format!(
+                "The request timed out after {} seconds and was cancelled.",
+                limit.as_secs()
+            ),
+        );
+        e.code = Some("request_timeout");
+        e
+    }
+
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_overloaded", message);
         e.retry_after = Some(retry_after);
@@ -130,6 +144,7 @@ impl From<EngineError> for ApiError {
             ),
             EngineError::Tokenizer(msg) => ApiError::invalid(None, format!("tokenization failed: {msg}")),
             EngineError::Unavailable(msg) => ApiError::unavailable(msg, 1),
+            EngineError::Overloaded(msg) => ApiError::unavailable(msg, 1),
             EngineError::Placement { .. } => {
                 let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", e.to_string());
                 e.code = Some("model_placement_failed");

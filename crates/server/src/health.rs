@@ -65,20 +65,14 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
                     }
                     LoadedModel::Embedding(_) => None,
                 });
-            json!({
-                "id": s.id,
-                "aliases": desc.map(|d| d.aliases.clone()),
-                "task": desc.and_then(|d| d.task),
-                "state": s.state,
-                "device": s.device,
-                "bytes": s.bytes,
-                "last_used": s.last_used,
-                "loads": s.loads,
-                "last_load_seconds": s.last_load_seconds,
-                "last_error": s.last_error,
-                "error": desc.and_then(|d| d.error.clone()),
-                "scheduler": sched,
-            })
+            let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+            if let Value::Object(o) = &mut v {
+                o.insert("aliases".into(), json!(desc.map(|d| d.aliases.clone())));
+                o.insert("task".into(), json!(desc.and_then(|d| d.task)));
+                o.insert("error".into(), json!(desc.and_then(|d| d.error.clone())));
+                o.insert("scheduler".into(), json!(sched));
+            }
+            v
         })
         .collect();
     axum::Json(json!({
@@ -91,6 +85,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
         },
         "models": models,
         "devices": m.devices(),
+        "manager": m.counters(),
         "hardware": state.hardware().map(|h| {
             h.platforms
                 .iter()

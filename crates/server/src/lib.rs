@@ -5,6 +5,7 @@
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod management;
 pub mod middleware;
 pub mod openai;
 pub mod state;
@@ -25,6 +26,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings::create))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
+        .route("/models/load", post(management::load))
+        .route("/models/unload", post(management::unload))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/status", get(health::status))

@@ -15,6 +15,8 @@ pub struct ServerConfig {
     pub max_embedding_inputs: usize,
     /// Largest `n` accepted.
     pub max_n: usize,
+    /// How long a request may take before it is cancelled (504).
+    pub request_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -23,6 +25,7 @@ impl Default for ServerConfig {
             max_body_bytes: 8 << 20,
             max_embedding_inputs: 2048,
             max_n: 16,
+            request_timeout: std::time::Duration::from_secs(600),
         }
     }
 }

@@ -110,6 +110,9 @@ pub struct SchedulerConfig {
     pub max_batch_tokens: usize,
     /// Most sequences running at once.
     pub max_running: usize,
+    /// Most sequences waiting to start; beyond it `submit` refuses with
+    /// `Overloaded` (bounded queue: memory bounded by configuration).
+    pub max_waiting: usize,
     /// KV cache memory for this model.
     pub kv_budget_bytes: usize,
     pub block_size: usize,
@@ -120,6 +123,7 @@ impl Default for SchedulerConfig {
         SchedulerConfig {
             max_batch_tokens: 512,
             max_running: 64,
+            max_waiting: 256,
             kv_budget_bytes: 512 << 20,
             block_size: 16,
         }
@@ -138,6 +142,8 @@ pub struct SchedulerStats {
     pub generated_tokens: AtomicU64,
     pub preemptions: AtomicU64,
     pub cancelled: AtomicU64,
+    /// Requests refused because the queue was full.
+    pub rejected: AtomicU64,
 }
 
 struct Job {
@@ -150,6 +156,7 @@ struct Job {
 #[derive(Clone)]
 pub struct Generator {
     tx: mpsc::Sender<Job>,
+    max_waiting: usize,
     stats: Arc<SchedulerStats>,
     model: Arc<dyn CausalLm>,
     tokenizer: Arc<Tokenizer>,
@@ -173,6 +180,7 @@ impl Generator {
             model.new_block_store(layout, max_blocks)?,
         );
         stats.kv_total_blocks.store(kv.max_blocks(), Ordering::Relaxed);
+        let max_waiting = config.max_waiting;
         let mut sched = Scheduler {
             model: model.clone(),
             tokenizer: tokenizer.clone(),
@@ -190,10 +198,24 @@ impl Generator {
             .map_err(|e| EngineError::internal(format!("scheduler thread: {e}")))?;
         Ok(Generator {
             tx,
+            max_waiting,
             stats,
             model,
             tokenizer,
         })
+    }
+
+    /// Refuse `n` more sequences when the waiting queue would overflow.
+    pub fn admit_check(&self, n: usize) -> Result<()> {
+        let waiting = self.stats.waiting.load(Ordering::Relaxed);
+        if waiting + n > self.max_waiting {
+            self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(EngineError::Overloaded(format!(
+                "the model's queue is full ({waiting} requests waiting, at most {}); retry shortly",
+                self.max_waiting
+            )));
+        }
+        Ok(())
     }
 
     pub fn stats(&self) -> &Arc<SchedulerStats> {
@@ -211,6 +233,7 @@ impl Generator {
     /// Queue a request; events arrive on the returned channel. Dropping the
     /// receiver cancels the request.
     pub fn submit(&self, req: GenerateRequest) -> Result<tokio::sync::mpsc::UnboundedReceiver<GenEvent>> {
+        self.admit_check(1)?;
         let (events, rx) = tokio::sync::mpsc::unbounded_channel();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
         self.tx

@@ -15,7 +15,9 @@ use tracing::Instrument;
 
 use super::params::{self, Common};
 use super::types::*;
-use super::{Collected, acquire, collect, fingerprint, finish_str, logprob_json, merge, now_unix, sse_done, sse_json};
+use super::{
+    Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, merge, now_unix, sse_done, sse_json,
+};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -192,7 +194,7 @@ pub async fn create(
         _ => None,
     };
 
-    let model = acquire(&state, &req.model, Task::Generate).await?;
+    let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Generation(gm) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
@@ -232,6 +234,8 @@ pub async fn create(
         "messages",
     )?;
 
+    // All n choices are admitted or none (a full queue answers 503).
+    gm.generator.admit_check(validated.n)?;
     let mut receivers = Vec::with_capacity(validated.n);
     for i in 0..validated.n {
         let mut sampling = validated.sampling.clone();
@@ -251,7 +255,7 @@ pub async fn create(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now_unix();
     if !stream {
-        let results = futures::future::try_join_all(receivers.into_iter().map(collect)).await?;
+        let results = collect_all(receivers, state.config().request_timeout).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
         let choices = results
             .into_iter()
@@ -285,6 +289,7 @@ pub async fn create(
     let n = receivers.len();
     let prompt_tokens = prompt.len();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let limit = state.config().request_timeout;
     let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>| ChatCompletionChunk {
         id: id.clone(),
         object: "chat.completion.chunk",
@@ -317,9 +322,20 @@ pub async fn create(
                 }
             }
             let mut events = merge(receivers);
+            let deadline = tokio::time::Instant::now() + limit;
             let mut completion = 0;
             let mut done = 0;
-            while let Some((index, ev)) = events.next().await {
+            loop {
+                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(seconds = limit.as_secs(), "stream timed out; cancelling it");
+                        let _ = tx.send(sse_json(&ApiError::timeout(limit).to_json())).await;
+                        return;
+                    }
+                };
+                let (index, ev) = next;
                 let c = match ev {
                     GenEvent::Prompt(_) => continue,
                     GenEvent::Delta { text, logprobs } => chunk(

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::chat::json_kind;
 use super::params::{self, Common};
 use super::types::*;
-use super::{acquire, collect, fingerprint, finish_str, merge, now_unix, sse_done, sse_json};
+use super::{acquire, collect_all, fingerprint, finish_str, merge, now_unix, sse_done, sse_json};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -208,7 +208,7 @@ pub async fn create(
         ));
     }
 
-    let model = acquire(&state, &req.model, Task::Generate).await?;
+    let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Generation(gm) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
@@ -248,6 +248,8 @@ pub async fn create(
         )?);
     }
 
+    // All choices are admitted or none (a full queue answers 503).
+    gm.generator.admit_check(prompts.len() * validated.n)?;
     // choice index = prompt index * n + i, as OpenAI numbers them.
     let mut receivers = Vec::new();
     let mut echoes = Vec::new();
@@ -275,7 +277,7 @@ pub async fn create(
     let created = now_unix();
 
     if !stream {
-        let results = futures::future::try_join_all(receivers.into_iter().map(collect)).await?;
+        let results = collect_all(receivers, state.config().request_timeout).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
         let choices = results
             .into_iter()
@@ -309,6 +311,7 @@ pub async fn create(
 
     let n = receivers.len();
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let limit = state.config().request_timeout;
     let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>| CompletionResponse {
         id: id.clone(),
         object: "text_completion",
@@ -323,13 +326,24 @@ pub async fn create(
         async move {
             let _model = model;
             let mut events = merge(receivers);
+            let deadline = tokio::time::Instant::now() + limit;
             let mut completion = 0;
             let mut done = 0;
             // Bytes of text sent so far per choice: where the next token's
             // text_offset starts. The echo goes out with a choice's first chunk.
             let mut sent: Vec<usize> = vec![0; n];
             let mut echoed = vec![false; n];
-            while let Some((index, ev)) = events.next().await {
+            loop {
+                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(Some(next)) => next,
+                    Ok(None) => break,
+                    Err(_) => {
+                        tracing::warn!(seconds = limit.as_secs(), "stream timed out; cancelling it");
+                        let _ = tx.send(sse_json(&ApiError::timeout(limit).to_json())).await;
+                        return;
+                    }
+                };
+                let (index, ev) = next;
                 let mut text = String::new();
                 if !echoed[index] {
                     echoed[index] = true;

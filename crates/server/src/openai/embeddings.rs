@@ -135,7 +135,7 @@ pub async fn create(
             ));
         }
     };
-    let model = acquire(&state, &req.model, Task::Embed).await?;
+    let model = acquire(&state, &req.model, Task::Embed, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let pool = state.manager().pool().clone();
     let span = tracing::Span::current();

@@ -14,7 +14,7 @@ use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hfms_engine::generate::{FinishReason, GenEvent, GenUsage, PromptToken, TokenLogprob};
-use hfms_engine::manager::{ModelLease, ModelManager};
+use hfms_engine::manager::{KeepAlive, ModelLease, ModelManager};
 use hfms_engine::skills::Task;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -41,7 +41,16 @@ pub fn fingerprint() -> String {
 /// Resolve a model name, check it can do `task`, and load it (off the async
 /// threads; concurrent first requests share one load). The lease keeps the
 /// model loaded and counts the request as in flight on its device.
-pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<ModelLease> {
+pub async fn acquire(
+    state: &AppState,
+    name: &str,
+    task: Task,
+    keep_alive: Option<&serde_json::Value>,
+) -> ApiResult<ModelLease> {
+    let keep_alive = keep_alive
+        .filter(|v| !v.is_null())
+        .map(|v| KeepAlive::parse(v).map_err(|e| ApiError::invalid(Some("keep_alive".into()), e)))
+        .transpose()?;
     let manager: Arc<ModelManager> = state.manager().clone();
     let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
@@ -60,7 +69,7 @@ pub async fn acquire(state: &AppState, name: &str, task: Task) -> ApiResult<Mode
     }
     let name = id.clone();
     let span = tracing::Span::current();
-    let lease = tokio::task::spawn_blocking(move || span.in_scope(|| manager.get(&name)))
+    let lease = tokio::task::spawn_blocking(move || span.in_scope(|| manager.acquire(&name, keep_alive, None)))
         .await
         .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
     Ok(lease)
@@ -121,6 +130,21 @@ pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected
         }
     }
     Err(ApiError::internal("generation ended without a result"))
+}
+
+/// Wait for every choice, or give up at the server's time limit (dropping
+/// the receivers cancels the sequences).
+pub async fn collect_all(
+    receivers: Vec<UnboundedReceiver<GenEvent>>,
+    limit: std::time::Duration,
+) -> ApiResult<Vec<Collected>> {
+    match tokio::time::timeout(limit, futures::future::try_join_all(receivers.into_iter().map(collect))).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!(seconds = limit.as_secs(), "request timed out; cancelling it");
+            Err(ApiError::timeout(limit))
+        }
+    }
 }
 
 /// All choices' events as one stream of `(choice index, event)`.

@@ -43,6 +43,10 @@ fn object(d: &ModelDescription, status: Option<&ModelStatus>) -> ModelObject {
             "device": status.and_then(|s| s.device.clone()),
             "bytes": status.and_then(|s| s.bytes),
             "last_used": status.and_then(|s| s.last_used),
+            "in_flight": status.map(|s| s.in_flight),
+            "pinned": status.map(|s| s.pinned),
+            "keep_alive": status.map(|s| s.keep_alive),
+            "expires_at": status.and_then(|s| s.expires_at),
         }),
     }
 }
