@@ -1,5 +1,6 @@
 //! hfms: one binary that serves Hugging Face models through the OpenAI API.
 
+mod bench;
 mod config;
 mod discover_cmd;
 mod serve;
@@ -32,6 +33,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Load-test an OpenAI-compatible server: chat, embeddings, model swaps.
+    Bench(Box<bench::BenchArgs>),
     /// Detect hardware: CPU, CUDA, ROCm, Metal, OpenVINO, QNN.
     Hardware {
         /// Print JSON instead of a table.
@@ -90,6 +93,7 @@ fn main() -> Result<()> {
             init_logging("text");
             discover_cmd::run(&models, json)
         }
+        Command::Bench(args) => bench::run(*args),
         Command::Hardware { json } => {
             let report = hfms_hardware::detect_default();
             if json {

@@ -61,6 +61,12 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
                             "generated_tokens": st.generated_tokens.load(Ordering::Relaxed),
                             "preemptions": st.preemptions.load(Ordering::Relaxed),
                             "cancelled": st.cancelled.load(Ordering::Relaxed),
+                            "rejected": st.rejected.load(Ordering::Relaxed),
+                            "prefix_cache": {
+                                "queried_blocks": st.prefix_queried_blocks.load(Ordering::Relaxed),
+                                "hit_blocks": st.prefix_hit_blocks.load(Ordering::Relaxed),
+                                "cached_blocks": st.prefix_cached_blocks.load(Ordering::Relaxed),
+                            },
                         }))
                     }
                     LoadedModel::Embedding(_) => None,

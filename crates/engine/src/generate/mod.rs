@@ -1,6 +1,7 @@
 //! Generation: sampling, stop sequences, and the scheduler that steps all
 //! running sequences of a model together.
 pub mod json;
+pub mod prefix;
 pub mod sampling;
 pub mod scheduler;
 pub mod stop;

@@ -19,6 +19,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::json::JsonPrefix;
+use super::prefix::PrefixCache;
 use super::sampling::{Sampled, Sampler, SamplingParams};
 use super::stop::StopText;
 use crate::compute::ComputePool;
@@ -82,6 +83,8 @@ pub struct PromptToken {
 pub struct GenUsage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
 }
 
 #[derive(Debug)]
@@ -116,6 +119,8 @@ pub struct SchedulerConfig {
     /// KV cache memory for this model.
     pub kv_budget_bytes: usize,
     pub block_size: usize,
+    /// Reuse the KV of prompt prefixes computed before.
+    pub prefix_caching: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -126,6 +131,7 @@ impl Default for SchedulerConfig {
             max_waiting: 256,
             kv_budget_bytes: 512 << 20,
             block_size: 16,
+            prefix_caching: true,
         }
     }
 }
@@ -135,6 +141,8 @@ impl Default for SchedulerConfig {
 pub struct SchedulerStats {
     pub waiting: AtomicUsize,
     pub running: AtomicUsize,
+    /// KV blocks held by sequences (blocks only the prefix cache holds are
+    /// free for the taking and not counted).
     pub kv_used_blocks: AtomicUsize,
     pub kv_total_blocks: AtomicUsize,
     pub steps: AtomicU64,
@@ -144,6 +152,10 @@ pub struct SchedulerStats {
     pub cancelled: AtomicU64,
     /// Requests refused because the queue was full.
     pub rejected: AtomicU64,
+    /// Prefix cache: full prompt blocks looked up, found, and held.
+    pub prefix_queried_blocks: AtomicU64,
+    pub prefix_hit_blocks: AtomicU64,
+    pub prefix_cached_blocks: AtomicUsize,
 }
 
 struct Job {
@@ -181,7 +193,9 @@ impl Generator {
         );
         stats.kv_total_blocks.store(kv.max_blocks(), Ordering::Relaxed);
         let max_waiting = config.max_waiting;
+        let prefix = PrefixCache::new(config.prefix_caching, config.block_size);
         let mut sched = Scheduler {
+            prefix,
             model: model.clone(),
             tokenizer: tokenizer.clone(),
             pool,
@@ -269,6 +283,10 @@ struct Sequence {
     tail: String,
     /// JSON mode: the document generated so far.
     json: Option<JsonPrefix>,
+    /// Chain hashes of the sequence's full blocks (prefix cache).
+    hashes: Vec<u64>,
+    /// Prompt tokens served from the prefix cache at first admission.
+    cached_tokens: Option<usize>,
     first_token_at: Option<Instant>,
     prompt_logprobs_sent: bool,
     prompt_logprobs: Vec<PromptToken>,
@@ -287,6 +305,7 @@ impl Sequence {
 }
 
 struct Scheduler {
+    prefix: PrefixCache,
     model: Arc<dyn CausalLm>,
     tokenizer: Arc<Tokenizer>,
     pool: ComputePool,
@@ -339,11 +358,23 @@ impl Scheduler {
     }
 
     fn publish_stats(&self) {
+        self.stats
+            .prefix_queried_blocks
+            .store(self.prefix.queried_blocks, Ordering::Relaxed);
+        self.stats
+            .prefix_hit_blocks
+            .store(self.prefix.hit_blocks, Ordering::Relaxed);
+        self.stats
+            .prefix_cached_blocks
+            .store(self.prefix.cached_blocks(), Ordering::Relaxed);
         self.stats.running.store(self.running.len(), Ordering::Relaxed);
         self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
+        // Blocks held by sequences; what only the prefix cache holds is
+        // reclaimable and shown as prefix_cached_blocks.
+        let cache_only = self.prefix.evictable(&self.kv);
         self.stats
             .kv_used_blocks
-            .store(self.kv.used_blocks(), Ordering::Relaxed);
+            .store(self.kv.used_blocks() - cache_only, Ordering::Relaxed);
     }
 
     fn enqueue(&mut self, job: Job) {
@@ -362,6 +393,8 @@ impl Scheduler {
             sent_end: 0,
             tail: String::new(),
             json: job.req.json.then(JsonPrefix::new),
+            hashes: Vec::new(),
+            cached_tokens: None,
             first_token_at: None,
             prompt_logprobs_sent: false,
             prompt_logprobs: Vec::new(),
@@ -401,19 +434,38 @@ impl Scheduler {
         }
     }
 
+    /// Blocks that can be had now: free ones plus cached ones no sequence
+    /// holds.
+    fn available_blocks(&self) -> usize {
+        self.kv.available_blocks() + self.prefix.evictable(&self.kv)
+    }
+
     /// FIFO admission while a first chunk of each prompt fits in the cache.
     fn admit(&mut self) {
         while self.running.len() < self.config.max_running {
+            let Some(front) = self.waiting.front_mut() else {
+                break;
+            };
+            // Reuse what the prefix cache has of this prompt.
+            if front.kv.blocks.is_empty() && front.job.req.prompt_logprobs.is_none() {
+                let n = front.tokens.len();
+                let reused = self
+                    .prefix
+                    .attach(&front.tokens, n, &mut front.kv, &mut front.hashes, &mut self.kv);
+                let prompt_len = front.prompt_len;
+                front.cached_tokens.get_or_insert(reused.min(prompt_len));
+            }
             let Some(front) = self.waiting.front() else {
                 break;
             };
             let first_chunk = front.unfed().min(self.config.max_batch_tokens);
             let need = front.kv.blocks_needed(&self.kv, front.kv.len + first_chunk.max(1));
+            let available = self.available_blocks();
             // Keep a block per running sequence in hand for their decode.
-            if need + self.running.len() > self.kv.available_blocks() && !self.running.is_empty() {
+            if need + self.running.len() > available && !self.running.is_empty() {
                 break;
             }
-            if need > self.kv.available_blocks() {
+            if need > available {
                 break;
             }
             let Some(mut s) = self.waiting.pop_front() else {
@@ -439,6 +491,7 @@ impl Scheduler {
         };
         let mut s = self.running.swap_remove(idx);
         s.kv.free(&mut self.kv);
+        s.hashes.clear();
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             request_id = %s.job.req.tag,
@@ -485,7 +538,7 @@ impl Scheduler {
                     s.kv.blocks_needed(&self.kv, s.kv.len + n)
                 })
                 .sum();
-            if need <= self.kv.available_blocks() {
+            if need <= self.available_blocks() {
                 break plan;
             }
             if self.running.len() > 1 {
@@ -505,6 +558,14 @@ impl Scheduler {
             }
             return;
         };
+        let need: usize = plan
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                s.kv.blocks_needed(&self.kv, s.kv.len + n)
+            })
+            .sum();
+        self.prefix.make_room(need, &mut self.kv);
         for &(i, n) in &plan {
             let s = &mut self.running[i];
             let total = s.kv.len + n;
@@ -564,6 +625,7 @@ impl Scheduler {
             let s = &mut self.running[i];
             let start = s.kv.len;
             s.kv.len += n;
+            self.prefix.register(&s.tokens, &s.kv, &mut s.hashes, &mut self.kv);
             let prompt_fed = (start + n).min(s.prompt_len).saturating_sub(start.min(s.prompt_len));
             self.stats.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
             let rows = match want {
@@ -761,6 +823,7 @@ fn finish(s: &mut Sequence, tok: &Tokenizer, reason: FinishReason) {
         usage: GenUsage {
             prompt_tokens: s.prompt_len,
             completion_tokens: s.generated,
+            cached_tokens: s.cached_tokens.unwrap_or(0),
         },
         time_to_first_token: ttft,
     });

@@ -257,6 +257,8 @@ pub async fn create(
     if !stream {
         let results = collect_all(receivers, state.config().request_timeout).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+        // The prompt is counted once; the first choice says what it reused.
+        let cached = results.first().map_or(0, |r| r.usage.cached_tokens);
         let choices = results
             .into_iter()
             .enumerate()
@@ -281,7 +283,7 @@ pub async fn create(
             model: model_id,
             system_fingerprint: fingerprint(),
             choices,
-            usage: Usage::new(prompt.len(), completion),
+            usage: Usage::new(prompt.len(), completion, cached),
         };
         return Ok(axum::Json(body).into_response());
     }
@@ -324,6 +326,7 @@ pub async fn create(
             let mut events = merge(receivers);
             let deadline = tokio::time::Instant::now() + limit;
             let mut completion = 0;
+            let mut cached = 0;
             let mut done = 0;
             loop {
                 let next = match tokio::time::timeout_at(deadline, events.next()).await {
@@ -357,6 +360,9 @@ pub async fn create(
                         finish_reason, usage, ..
                     } => {
                         completion += usage.completion_tokens;
+                        if index == 0 {
+                            cached += usage.cached_tokens;
+                        }
                         done += 1;
                         chunk(
                             vec![ChatChunkChoice {
@@ -384,7 +390,7 @@ pub async fn create(
                 }
             }
             if include_usage {
-                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion))));
+                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
                 if tx.send(sse_json(&c)).await.is_err() {
                     return;
                 }

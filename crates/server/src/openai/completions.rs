@@ -279,6 +279,9 @@ pub async fn create(
     if !stream {
         let results = collect_all(receivers, state.config().request_timeout).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+        // Each prompt is counted once: by its first choice.
+        let n = validated.n;
+        let cached: usize = results.iter().step_by(n).map(|r| r.usage.cached_tokens).sum();
         let choices = results
             .into_iter()
             .zip(echoes)
@@ -304,12 +307,13 @@ pub async fn create(
             model: model_id,
             system_fingerprint: fingerprint(),
             choices,
-            usage: Some(Some(Usage::new(prompt_tokens, completion))),
+            usage: Some(Some(Usage::new(prompt_tokens, completion, cached))),
         };
         return Ok(axum::Json(body).into_response());
     }
 
     let n = receivers.len();
+    let per_prompt = validated.n;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let limit = state.config().request_timeout;
     let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>| CompletionResponse {
@@ -328,6 +332,7 @@ pub async fn create(
             let mut events = merge(receivers);
             let deadline = tokio::time::Instant::now() + limit;
             let mut completion = 0;
+            let mut cached = 0;
             let mut done = 0;
             // Bytes of text sent so far per choice: where the next token's
             // text_offset starts. The echo goes out with a choice's first chunk.
@@ -385,6 +390,9 @@ pub async fn create(
                         finish_reason, usage, ..
                     } => {
                         completion += usage.completion_tokens;
+                        if index % per_prompt == 0 {
+                            cached += usage.cached_tokens;
+                        }
                         done += 1;
                         chunk(
                             vec![CompletionChoice {
@@ -412,7 +420,7 @@ pub async fn create(
                 }
             }
             if include_usage {
-                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion))));
+                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
                 if tx.send(sse_json(&c)).await.is_err() {
                     return;
                 }

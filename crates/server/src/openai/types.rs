@@ -165,18 +165,26 @@ pub struct EmbeddingRequest {
 // ---- responses -------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV came from the prefix cache.
+    pub cached_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    pub prompt_tokens_details: PromptTokensDetails,
 }
 
 impl Usage {
-    pub fn new(prompt: usize, completion: usize) -> Self {
+    pub fn new(prompt: usize, completion: usize, cached: usize) -> Self {
         Usage {
             prompt_tokens: prompt,
             completion_tokens: completion,
             total_tokens: prompt + completion,
+            prompt_tokens_details: PromptTokensDetails { cached_tokens: cached },
         }
     }
 }
