@@ -1,0 +1,162 @@
+//! The continuous-batching scheduler with SmolLM2: batch invariance,
+//! preemption under a tiny KV budget, the bounded queue, prefix caching.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use hfms_engine::EngineError;
+use hfms_engine::compute::ComputePool;
+use hfms_engine::formats::gguf::GgufFile;
+use hfms_engine::generate::{GenEvent, GenUsage, GenerateRequest, Generator, SamplingParams, SchedulerConfig};
+use hfms_engine::skills::llama::LlamaModel;
+use hfms_engine::tokenizer::Tokenizer;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn generator(config: SchedulerConfig) -> Generator {
+    let g = GgufFile::open(&common::smollm2_gguf()).unwrap();
+    Generator::spawn(
+        Arc::new(LlamaModel::from_gguf(&g).unwrap()),
+        Arc::new(Tokenizer::from_gguf(&g).unwrap()),
+        ComputePool::new(2).unwrap(),
+        config,
+        "test",
+    )
+    .unwrap()
+}
+
+fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
+    GenerateRequest {
+        prompt,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            top_logprobs: Some(0),
+            ..Default::default()
+        },
+        stop: vec![],
+        stop_token_ids: vec![],
+        ignore_eos: true,
+        prompt_logprobs: None,
+        json: false,
+        tag: "test".into(),
+    }
+}
+
+/// The generated token ids and usage of one sequence.
+fn tokens(mut rx: UnboundedReceiver<GenEvent>) -> (Vec<u32>, GenUsage) {
+    let mut ids = Vec::new();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            GenEvent::Delta { logprobs, .. } => ids.extend(logprobs.iter().map(|l| l.id)),
+            GenEvent::Done { usage, .. } => return (ids, usage),
+            GenEvent::Error(e) => panic!("{e}"),
+            GenEvent::Prompt(_) => {}
+        }
+    }
+    panic!("no Done event");
+}
+
+fn prompt(tok: &Tokenizer, i: usize) -> Vec<u32> {
+    let topics = ["the sea", "a red fox", "mountains", "Paris", "bread", "the moon", "trains", "music"];
+    let text = format!(
+        "<|im_start|>user\nWrite one sentence about {} number {i}.<|im_end|>\n<|im_start|>assistant\n",
+        topics[i % topics.len()]
+    );
+    tok.encode(&text, false).unwrap()
+}
+
+#[test]
+fn greedy_output_does_not_depend_on_the_batch() {
+    let g = generator(SchedulerConfig::default());
+    let tok = g.tokenizer().clone();
+    let target = prompt(&tok, 0);
+    let (alone, _) = tokens(g.submit(request(target.clone(), 24)).unwrap());
+    // The same request among 16 others, submitted together so they share
+    // steps (prefills and decodes of different lengths interleave).
+    let mut rxs = vec![g.submit(request(target.clone(), 24)).unwrap()];
+    for i in 1..=16 {
+        rxs.push(g.submit(request(prompt(&tok, i), 8 + i)).unwrap());
+    }
+    let mut outs: Vec<Vec<u32>> = rxs.into_iter().map(|rx| tokens(rx).0).collect();
+    assert_eq!(outs.remove(0), alone, "same tokens alone and among 16 others");
+    assert!(g.stats().steps.load(Ordering::Relaxed) > 0);
+}
+
+#[test]
+fn preemption_under_a_tiny_kv_budget_still_completes_every_request() {
+    let g = generator(SchedulerConfig {
+        // 12 blocks of 16 positions: two sequences of ~30 + 60 tokens at most.
+        kv_budget_bytes: 12 * 16 * 30 * 2 * 3 * 64 * 4,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    let tok = g.tokenizer().clone();
+    let alone: Vec<Vec<u32>> = (0..3).map(|i| tokens(g.submit(request(prompt(&tok, i), 60)).unwrap()).0).collect();
+    let rxs: Vec<_> = (0..6).map(|i| g.submit(request(prompt(&tok, i % 3), 60)).unwrap()).collect();
+    for (i, rx) in rxs.into_iter().enumerate() {
+        let (ids, usage) = tokens(rx);
+        assert_eq!(usage.completion_tokens, 60, "request {i} completed");
+        // Recomputed after preemption, the greedy output is unchanged.
+        assert_eq!(ids, alone[i % 3], "request {i}");
+    }
+    assert!(g.stats().preemptions.load(Ordering::Relaxed) > 0, "the budget forced preemption");
+    assert_eq!(g.stats().kv_used_blocks.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn a_full_queue_refuses_new_requests() {
+    let g = generator(SchedulerConfig {
+        max_running: 1,
+        max_waiting: 2,
+        ..Default::default()
+    });
+    let tok = g.tokenizer().clone();
+    let long = g.submit(request(prompt(&tok, 0), 400)).unwrap();
+    // Wait until it runs, so the queue holds only what comes next.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while g.stats().running.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let a = g.submit(request(prompt(&tok, 1), 4)).unwrap();
+    let b = g.submit(request(prompt(&tok, 2), 4)).unwrap();
+    match g.submit(request(prompt(&tok, 3), 4)) {
+        Err(EngineError::Overloaded(msg)) => assert!(msg.contains("queue is full"), "{msg}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a third waiting request must be refused"),
+    }
+    assert_eq!(g.stats().rejected.load(Ordering::Relaxed), 1);
+    drop(long); // cancel: the queue drains
+    assert_eq!(tokens(a).1.completion_tokens, 4);
+    assert_eq!(tokens(b).1.completion_tokens, 4);
+}
+
+#[test]
+fn a_shared_prompt_prefix_is_computed_once() {
+    let g = generator(SchedulerConfig::default());
+    let tok = g.tokenizer().clone();
+    let system = "You are a careful assistant. Answer briefly and precisely. ".repeat(8);
+    let p = |q: &str| {
+        tok.encode(
+            &format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"),
+            false,
+        )
+        .unwrap()
+    };
+    let first = p("What is 2+2?");
+    let (a, ua) = tokens(g.submit(request(first.clone(), 12)).unwrap());
+    assert_eq!(ua.cached_tokens, 0);
+    // Same system prompt, another question: the shared blocks are reused.
+    let (_, ub) = tokens(g.submit(request(p("Name a color."), 12)).unwrap());
+    assert!(ub.cached_tokens >= 16 * ((system.len() / 8) / 16), "cached {}", ub.cached_tokens);
+    assert!(ub.cached_tokens < ub.prompt_tokens);
+    // The very same prompt again: everything but the last block is reused,
+    // and the output is the same as computed from scratch.
+    let (c, uc) = tokens(g.submit(request(first.clone(), 12)).unwrap());
+    assert_eq!(c, a);
+    assert_eq!(uc.cached_tokens, (first.len() - 1) / 16 * 16);
+    assert!(g.stats().prefix_hit_blocks.load(Ordering::Relaxed) > 0);
+}
