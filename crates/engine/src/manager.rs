@@ -139,6 +139,7 @@ fn humantime_like(s: &str) -> std::result::Result<Duration, String> {
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     pub scheduler: SchedulerConfig,
+    pub batcher: crate::embed::batcher::BatcherConfig,
     /// Devices as detected at start-up, with `free_bytes` already capped by
     /// the memory budget for models on each device.
     pub devices: Vec<DeviceState>,
@@ -157,6 +158,7 @@ impl ManagerConfig {
     pub fn cpu(scheduler: SchedulerConfig) -> Self {
         ManagerConfig {
             scheduler,
+            batcher: Default::default(),
             devices: vec![DeviceState {
                 id: DeviceId::CPU,
                 total_bytes: u64::MAX / 4,
@@ -706,6 +708,7 @@ impl ModelManager {
             let ctx = LoadContext {
                 pool: inner.pool.clone(),
                 scheduler: inner.config.scheduler.clone(),
+                batcher: inner.config.batcher.clone(),
                 name: short_name(&desc.id),
                 device: placement.device,
                 backend: inner

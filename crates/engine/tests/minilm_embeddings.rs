@@ -98,3 +98,54 @@ fn dimensions_truncate_and_renormalise() {
     assert!(m.embed_tokens(&ids, Some(0), &pool).is_err());
     assert!(m.embed_tokens(&ids, Some(385), &pool).is_err());
 }
+
+#[test]
+fn concurrent_requests_are_batched_and_answered_in_order() {
+    use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
+    use std::sync::atomic::Ordering;
+    let m = Arc::new(model());
+    let pool = ComputePool::new(2).unwrap();
+    let b = EmbedBatcher::spawn(
+        m.clone(),
+        pool.clone(),
+        BatcherConfig {
+            max_wait: std::time::Duration::from_millis(50),
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    let texts: Vec<Vec<String>> = (0..8)
+        .map(|i| {
+            (0..=i % 3)
+                .map(|j| format!("request {i} input {j}: {}", "word ".repeat(i + j)))
+                .collect()
+        })
+        .collect();
+    let receivers: Vec<_> = texts
+        .iter()
+        .map(|t| {
+            let ids = m
+                .tokenize(&t.iter().cloned().map(EmbedInput::Text).collect::<Vec<_>>())
+                .unwrap();
+            (ids.clone(), b.submit(ids, Some(128)).unwrap())
+        })
+        .collect();
+    for (ids, rx) in receivers {
+        let got = rx.blocking_recv().unwrap().unwrap();
+        let want = m.embed_tokens(&ids, Some(128), &pool).unwrap();
+        assert_eq!(got.len(), want.len());
+        for (g, w) in got.iter().zip(&want) {
+            assert_eq!(g.len(), 128);
+            let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+            assert!(d < 1e-5, "batched and alone differ by {d}");
+        }
+    }
+    let batches = b.stats().batches.load(Ordering::Relaxed);
+    assert!(batches < 8, "8 concurrent requests ran in {batches} batches");
+    assert_eq!(b.stats().requests.load(Ordering::Relaxed), 8);
+    assert!(
+        b.submit(vec![vec![101, 102]], Some(999)).is_err(),
+        "dimensions are checked up front"
+    );
+}

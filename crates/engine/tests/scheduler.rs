@@ -60,7 +60,16 @@ fn tokens(mut rx: UnboundedReceiver<GenEvent>) -> (Vec<u32>, GenUsage) {
 }
 
 fn prompt(tok: &Tokenizer, i: usize) -> Vec<u32> {
-    let topics = ["the sea", "a red fox", "mountains", "Paris", "bread", "the moon", "trains", "music"];
+    let topics = [
+        "the sea",
+        "a red fox",
+        "mountains",
+        "Paris",
+        "bread",
+        "the moon",
+        "trains",
+        "music",
+    ];
     let text = format!(
         "<|im_start|>user\nWrite one sentence about {} number {i}.<|im_end|>\n<|im_start|>assistant\n",
         topics[i % topics.len()]
@@ -94,15 +103,22 @@ fn preemption_under_a_tiny_kv_budget_still_completes_every_request() {
         ..Default::default()
     });
     let tok = g.tokenizer().clone();
-    let alone: Vec<Vec<u32>> = (0..3).map(|i| tokens(g.submit(request(prompt(&tok, i), 60)).unwrap()).0).collect();
-    let rxs: Vec<_> = (0..6).map(|i| g.submit(request(prompt(&tok, i % 3), 60)).unwrap()).collect();
+    let alone: Vec<Vec<u32>> = (0..3)
+        .map(|i| tokens(g.submit(request(prompt(&tok, i), 60)).unwrap()).0)
+        .collect();
+    let rxs: Vec<_> = (0..6)
+        .map(|i| g.submit(request(prompt(&tok, i % 3), 60)).unwrap())
+        .collect();
     for (i, rx) in rxs.into_iter().enumerate() {
         let (ids, usage) = tokens(rx);
         assert_eq!(usage.completion_tokens, 60, "request {i} completed");
         // Recomputed after preemption, the greedy output is unchanged.
         assert_eq!(ids, alone[i % 3], "request {i}");
     }
-    assert!(g.stats().preemptions.load(Ordering::Relaxed) > 0, "the budget forced preemption");
+    assert!(
+        g.stats().preemptions.load(Ordering::Relaxed) > 0,
+        "the budget forced preemption"
+    );
     assert_eq!(g.stats().kv_used_blocks.load(Ordering::Relaxed), 0);
 }
 
@@ -141,7 +157,9 @@ fn a_shared_prompt_prefix_is_computed_once() {
     let system = "You are a careful assistant. Answer briefly and precisely. ".repeat(8);
     let p = |q: &str| {
         tok.encode(
-            &format!("<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"),
+            &format!(
+                "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{q}<|im_end|>\n<|im_start|>assistant\n"
+            ),
             false,
         )
         .unwrap()
@@ -151,7 +169,11 @@ fn a_shared_prompt_prefix_is_computed_once() {
     assert_eq!(ua.cached_tokens, 0);
     // Same system prompt, another question: the shared blocks are reused.
     let (_, ub) = tokens(g.submit(request(p("Name a color."), 12)).unwrap());
-    assert!(ub.cached_tokens >= 16 * ((system.len() / 8) / 16), "cached {}", ub.cached_tokens);
+    assert!(
+        ub.cached_tokens >= 16 * ((system.len() / 8) / 16),
+        "cached {}",
+        ub.cached_tokens
+    );
     assert!(ub.cached_tokens < ub.prompt_tokens);
     // The very same prompt again: everything but the last block is reused,
     // and the output is the same as computed from scratch.

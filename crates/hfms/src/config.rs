@@ -116,6 +116,16 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_MEMORY_FRACTION")]
     pub memory_fraction: Option<f64>,
 
+    /// Embeddings: most tokens in one encoder pass (requests are batched
+    /// together up to this). Default: 8192
+    #[arg(long, env = "HFMS_EMBED_MAX_BATCH_TOKENS")]
+    pub embed_max_batch_tokens: Option<usize>,
+
+    /// Embeddings: how long (ms) a request waits for others to batch with.
+    /// Default: 2
+    #[arg(long, env = "HFMS_EMBED_MAX_WAIT_MS")]
+    pub embed_max_wait_ms: Option<u64>,
+
     /// Requests that may wait per generation model before new ones get 503
     /// server_overloaded. Default: 256
     #[arg(long, env = "HFMS_MAX_WAITING")]
@@ -172,6 +182,8 @@ pub struct FileConfig {
     pub memory_fraction: Option<f64>,
     pub max_waiting: Option<usize>,
     pub request_timeout: Option<u64>,
+    pub embed_max_batch_tokens: Option<usize>,
+    pub embed_max_wait_ms: Option<u64>,
 }
 
 pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
@@ -270,6 +282,8 @@ pub struct ServeSettings {
     pub memory_fraction: f64,
     pub max_waiting: usize,
     pub request_timeout: std::time::Duration,
+    pub embed_max_batch_tokens: usize,
+    pub embed_max_wait: std::time::Duration,
     /// model id or alias → device
     pub pins: BTreeMap<String, hfms_hardware::DeviceId>,
     pub forbidden: std::collections::BTreeSet<hfms_hardware::Platform>,
@@ -350,6 +364,15 @@ impl ServeArgs {
                 f
             },
             max_waiting: positive(self.max_waiting.or(file.max_waiting).unwrap_or(256), "max_waiting")?,
+            embed_max_batch_tokens: positive(
+                self.embed_max_batch_tokens
+                    .or(file.embed_max_batch_tokens)
+                    .unwrap_or(8192),
+                "embed_max_batch_tokens",
+            )?,
+            embed_max_wait: std::time::Duration::from_millis(
+                self.embed_max_wait_ms.or(file.embed_max_wait_ms).unwrap_or(2),
+            ),
             request_timeout: std::time::Duration::from_secs(positive(
                 self.request_timeout.or(file.request_timeout).unwrap_or(600) as usize,
                 "request_timeout",

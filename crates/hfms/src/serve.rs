@@ -103,6 +103,12 @@ async fn serve(s: ServeSettings) -> Result<()> {
                 kv_budget_bytes: s.kv_cache_bytes,
                 ..SchedulerConfig::default()
             },
+            batcher: hfms_engine::embed::batcher::BatcherConfig {
+                max_batch_tokens: s.embed_max_batch_tokens,
+                max_wait: s.embed_max_wait,
+                max_waiting: s.max_waiting,
+                ..Default::default()
+            },
             devices,
             pins,
             forbidden: s.forbidden.clone(),

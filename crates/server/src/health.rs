@@ -69,7 +69,17 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
                             },
                         }))
                     }
-                    LoadedModel::Embedding(_) => None,
+                    LoadedModel::Embedding(b) => {
+                        let st = b.stats();
+                        Some(json!({
+                            "waiting": st.waiting.load(Ordering::Relaxed),
+                            "batches": st.batches.load(Ordering::Relaxed),
+                            "requests": st.requests.load(Ordering::Relaxed),
+                            "inputs": st.inputs.load(Ordering::Relaxed),
+                            "tokens": st.tokens.load(Ordering::Relaxed),
+                            "rejected": st.rejected.load(Ordering::Relaxed),
+                        }))
+                    }
                 });
             let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
             if let Value::Object(o) = &mut v {

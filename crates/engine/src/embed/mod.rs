@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
+pub mod batcher;
+
 use crate::compute::ComputePool;
 use crate::error::{EngineError, Result};
 use crate::skills::bert::Encoder;
@@ -146,25 +148,23 @@ impl EmbeddingModel {
             .collect()
     }
 
-    /// Embed already-tokenized inputs. `dimensions`: keep the first N
-    /// features (then renormalise).
-    pub fn embed_tokens(
-        &self,
-        inputs: &[Vec<u32>],
-        dimensions: Option<usize>,
-        pool: &ComputePool,
-    ) -> Result<Vec<Vec<f32>>> {
+    /// An error unless `d` features can be kept.
+    pub fn check_dimensions(&self, dimensions: Option<usize>) -> Result<()> {
         let h = self.encoder.config().hidden;
-        if let Some(d) = dimensions
-            && (d == 0 || d > h)
-        {
-            return Err(EngineError::invalid(
+        match dimensions {
+            Some(d) if d == 0 || d > h => Err(EngineError::invalid(
                 format!("dimensions must be between 1 and {h} for this model, got {d}"),
                 Some("dimensions"),
-            ));
+            )),
+            _ => Ok(()),
         }
-        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
-        let states = self.encoder.encode(&refs, pool)?;
+    }
+
+    /// Pooled (and normalised, when the model does) vectors of several
+    /// tokenized inputs, encoded as one flattened batch.
+    pub fn pooled(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<Vec<f32>>> {
+        let h = self.encoder.config().hidden;
+        let states = self.encoder.encode(inputs, pool)?;
         let mut out = Vec::with_capacity(inputs.len());
         let mut row = 0;
         for inp in inputs {
@@ -174,13 +174,34 @@ impl EmbeddingModel {
             if self.normalize {
                 l2_normalize(&mut e);
             }
-            if let Some(d) = dimensions {
-                e.truncate(d);
-                if self.normalize {
-                    l2_normalize(&mut e);
-                }
-            }
             out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// Keep the first `d` features (and renormalise, when the model does).
+    pub fn apply_dimensions(&self, e: &mut Vec<f32>, dimensions: Option<usize>) {
+        if let Some(d) = dimensions {
+            e.truncate(d);
+            if self.normalize {
+                l2_normalize(e);
+            }
+        }
+    }
+
+    /// Embed already-tokenized inputs. `dimensions`: keep the first N
+    /// features (then renormalise).
+    pub fn embed_tokens(
+        &self,
+        inputs: &[Vec<u32>],
+        dimensions: Option<usize>,
+        pool: &ComputePool,
+    ) -> Result<Vec<Vec<f32>>> {
+        self.check_dimensions(dimensions)?;
+        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let mut out = self.pooled(&refs, pool)?;
+        for e in out.iter_mut() {
+            self.apply_dimensions(e, dimensions);
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use hfms_hardware::{DeviceId, Platform};
 
 use crate::compute::ComputePool;
+use crate::embed::batcher::{BatcherConfig, EmbedBatcher};
 use crate::embed::{EmbeddingModel, Pooling};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
@@ -99,6 +100,7 @@ pub trait DeviceBackend: Send + Sync {
 pub struct LoadContext {
     pub pool: ComputePool,
     pub scheduler: SchedulerConfig,
+    pub batcher: BatcherConfig,
     /// Name for threads and logs.
     pub name: String,
     /// Where placement put the model.
@@ -113,6 +115,7 @@ impl LoadContext {
         LoadContext {
             pool,
             scheduler: SchedulerConfig::default(),
+            batcher: BatcherConfig::default(),
             name: name.to_string(),
             device: DeviceId::CPU,
             backend: None,
@@ -140,7 +143,7 @@ pub struct GenerationModel {
 /// A model in memory, ready to serve.
 pub enum LoadedModel {
     Generation(Box<GenerationModel>),
-    Embedding(EmbeddingModel),
+    Embedding(EmbedBatcher),
 }
 
 impl LoadedModel {
@@ -155,7 +158,7 @@ impl LoadedModel {
     pub fn weight_bytes(&self) -> usize {
         match self {
             LoadedModel::Generation(g) => g.generator.model().weight_bytes(),
-            LoadedModel::Embedding(e) => e.encoder.weight_bytes(),
+            LoadedModel::Embedding(e) => e.model().encoder.weight_bytes(),
         }
     }
 }
@@ -282,13 +285,19 @@ impl Skill for BertSkill {
             .unwrap_or(model.config().max_positions)
             .min(model.config().max_positions);
         let tokenizer = meta.tokenizer(Some(max_tokens))?;
-        Ok(LoadedModel::Embedding(EmbeddingModel {
+        let model = Arc::new(EmbeddingModel {
             encoder: model,
             tokenizer: Arc::new(tokenizer),
             pooling: Pooling::from_model_dir(&source.path)?,
             normalize: meta.normalizes(),
             max_tokens,
-        }))
+        });
+        Ok(LoadedModel::Embedding(EmbedBatcher::spawn(
+            model,
+            ctx.pool.clone(),
+            ctx.batcher.clone(),
+            &ctx.name,
+        )?))
     }
 }
 

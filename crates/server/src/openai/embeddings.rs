@@ -137,21 +137,25 @@ pub async fn create(
     };
     let model = acquire(&state, &req.model, Task::Embed, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
-    let pool = state.manager().pool().clone();
+    let LoadedModel::Embedding(batcher) = &*model.model else {
+        return Err(ApiError::internal("model task mismatch"));
+    };
+    let batcher = batcher.clone();
+    // Tokenize on the blocking pool, then join the model's dynamic batch.
     let span = tracing::Span::current();
-    let (vectors, tokens) = tokio::task::spawn_blocking(move || {
-        span.in_scope(|| {
-            let LoadedModel::Embedding(em) = &*model.model else {
-                return Err(ApiError::internal("model task mismatch"));
-            };
-            let ids = em.tokenize(&inputs)?;
-            let tokens: usize = ids.iter().map(|v| v.len()).sum();
-            let vectors = em.embed_tokens(&ids, dimensions, &pool)?;
-            Ok::<_, ApiError>((vectors, tokens))
-        })
-    })
-    .await
-    .map_err(|e| ApiError::internal(format!("embedding task failed: {e}")))??;
+    let em = batcher.model().clone();
+    let ids = tokio::task::spawn_blocking(move || span.in_scope(|| em.tokenize(&inputs)))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))??;
+    let tokens: usize = ids.iter().map(|v| v.len()).sum();
+    let rx = batcher.submit(ids, dimensions)?;
+    let limit = state.config().request_timeout;
+    let vectors = match tokio::time::timeout(limit, rx).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) => return Err(ApiError::internal("the embedding batcher dropped the request")),
+        Err(_) => return Err(ApiError::timeout(limit)),
+    };
+    drop(model);
     let data = vectors
         .into_iter()
         .enumerate()
