@@ -48,10 +48,10 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
             let sched = loaded
                 .iter()
                 .find(|(id, _)| *id == s.id)
-                .and_then(|(_, lm)| match lm.as_ref() {
+                .map(|(_, lm)| match lm.as_ref() {
                     LoadedModel::Generation(g) => {
                         let st = g.generator.stats();
-                        Some(json!({
+                        json!({
                             "waiting": st.waiting.load(Ordering::Relaxed),
                             "running": st.running.load(Ordering::Relaxed),
                             "kv_blocks_used": st.kv_used_blocks.load(Ordering::Relaxed),
@@ -67,18 +67,18 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
                                 "hit_blocks": st.prefix_hit_blocks.load(Ordering::Relaxed),
                                 "cached_blocks": st.prefix_cached_blocks.load(Ordering::Relaxed),
                             },
-                        }))
+                        })
                     }
                     LoadedModel::Embedding(b) => {
                         let st = b.stats();
-                        Some(json!({
+                        json!({
                             "waiting": st.waiting.load(Ordering::Relaxed),
                             "batches": st.batches.load(Ordering::Relaxed),
                             "requests": st.requests.load(Ordering::Relaxed),
                             "inputs": st.inputs.load(Ordering::Relaxed),
                             "tokens": st.tokens.load(Ordering::Relaxed),
                             "rejected": st.rejected.load(Ordering::Relaxed),
-                        }))
+                        })
                     }
                 });
             let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
