@@ -3,8 +3,6 @@
 //! of tokens: each weight row is read from memory once per call and used for
 //! every token in it, which is what makes a batched decode step cheap.
 
-use gemm::Parallelism;
-
 use super::{ComputePool, SendPtr};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::MappedBytes;
@@ -14,7 +12,7 @@ use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
 /// Where a matrix's bytes live.
 #[derive(Clone)]
 enum Storage {
-    /// Converted to f32 at load (f32 sources; tiny tensors).
+    /// f32, packed into panels of 16 rows (`gemm::pack`) for the products.
     F32(Vec<f32>),
     /// Raw ggml-typed bytes inside a file mapping (no copy).
     Mapped(MappedBytes),
@@ -56,11 +54,9 @@ pub fn with_exact_activations<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-/// From this many tokens on, float weights go through a blocked GEMM rather
-/// than row-by-row dot products.
+/// From this many tokens on, half-precision weights are converted to f32
+/// panels (cost shared by the tokens) rather than dotted row by row.
 const GEMM_MIN_TOKENS: usize = 4;
-/// Rows converted to f32 at a time when a half-precision matrix meets a GEMM.
-const HALF_TILE_ROWS: usize = 64;
 
 impl Matrix {
     pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
@@ -75,7 +71,7 @@ impl Matrix {
             cols,
             dtype: GgmlType::F32,
             row_bytes: cols * 4,
-            storage: Storage::F32(data),
+            storage: Storage::F32(super::gemm::pack(rows, cols, &data)),
             packed: None,
         })
     }
@@ -190,17 +186,10 @@ impl Matrix {
         }
     }
 
-    fn f32_data(&self) -> Option<&[f32]> {
-        match &self.storage {
-            Storage::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-
     /// Row `r` as f32 (embedding lookups).
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match &self.storage {
-            Storage::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+            Storage::F32(v) => super::gemm::unpack_row(v, self.cols, r, out),
             Storage::PackedOnly => {
                 if let Some(p) = &self.packed {
                     p.row_f32(r, out);
@@ -244,48 +233,23 @@ impl Matrix {
         self.rows.div_ceil(tasks).clamp(8, 512)
     }
 
+    /// Panels of 16 output rows split across the pool; each panel applied
+    /// to every token in register tiles (`gemm`).
     fn matmul_f32(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
-        let w = self.f32_data().unwrap_or(&[]);
+        let Storage::F32(w) = &self.storage else { return };
         let (n, k) = (self.rows, self.cols);
-        if t >= GEMM_MIN_TOKENS {
-            pool.install(|| unsafe {
-                // dst[t, n] (row-major) = x[t, k] · w[n, k]ᵀ
-                gemm::gemm(
-                    t,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    w.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::Rayon(pool.threads()),
-                );
-            });
-            return;
-        }
-        let dot = kernels().f32_dot;
-        let chunk = self.chunk_rows(pool);
+        let nr = super::gemm::NR;
+        let kernel = super::gemm::panel_kernel();
+        let panels = n.div_ceil(nr);
+        let per_task = panels.div_ceil(pool.threads() * 2).max(1);
         let dst = SendPtr(out.as_mut_ptr());
-        pool.for_each(n.div_ceil(chunk), |c| {
-            let r0 = c * chunk;
-            for r in r0..(r0 + chunk).min(n) {
-                let row = &w[r * k..(r + 1) * k];
-                for tok in 0..t {
-                    let v = dot(row, &x[tok * k..(tok + 1) * k]);
-                    // SAFETY: each (tok, r) is written by exactly one task.
-                    unsafe { dst.write(tok * n + r, v) };
-                }
+        pool.for_each(panels.div_ceil(per_task), |c| {
+            for p in c * per_task..((c + 1) * per_task).min(panels) {
+                let width = nr.min(n - p * nr);
+                // SAFETY: this task alone writes output columns p*16..p*16+width
+                // of every token row; the slice covers them.
+                let o = unsafe { dst.slice_mut(p * nr, (t - 1) * n + width) };
+                kernel(&w[p * k * nr..(p + 1) * k * nr], x, t, k, o, n, width);
             }
         });
     }
@@ -312,38 +276,29 @@ impl Matrix {
             });
             return;
         }
-        // Convert a tile of rows to f32, then one GEMM per tile writing its
-        // columns of the output in place.
-        pool.for_each(n.div_ceil(HALF_TILE_ROWS), |c| {
-            let r0 = c * HALF_TILE_ROWS;
-            let rows = HALF_TILE_ROWS.min(n - r0);
-            let mut tile = vec![0f32; rows * k];
-            for i in 0..rows {
-                self.row_f32(r0 + i, &mut tile[i * k..(i + 1) * k]);
-            }
-            // SAFETY: this task owns output columns r0..r0+rows of every row.
-            unsafe {
-                gemm::gemm(
-                    t,
-                    rows,
-                    k,
-                    dst.at(r0),
-                    1,
-                    n as isize,
-                    false,
-                    x.as_ptr(),
-                    1,
-                    k as isize,
-                    tile.as_ptr(),
-                    k as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
-                );
+        // Convert 16 rows at a time into an f32 panel, then the panel kernel
+        // over every token writes those output columns in place.
+        let nr = super::gemm::NR;
+        let kernel = super::gemm::panel_kernel();
+        let panels = n.div_ceil(nr);
+        let per_task = panels.div_ceil(pool.threads() * 4).max(1);
+        pool.for_each(panels.div_ceil(per_task), |c| {
+            let mut rows = vec![0f32; nr * k];
+            let mut panel = vec![0f32; k * nr];
+            for p in c * per_task..((c + 1) * per_task).min(panels) {
+                let width = nr.min(n - p * nr);
+                rows.fill(0.0);
+                for j in 0..width {
+                    self.row_f32(p * nr + j, &mut rows[j * k..(j + 1) * k]);
+                }
+                for kk in 0..k {
+                    for j in 0..nr {
+                        panel[kk * nr + j] = rows[j * k + kk];
+                    }
+                }
+                // SAFETY: this task alone writes output columns of panel p.
+                let o = unsafe { dst.slice_mut(p * nr, (t - 1) * n + width) };
+                kernel(&panel, x, t, k, o, n, width);
             }
         });
     }

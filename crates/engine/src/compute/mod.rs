@@ -3,6 +3,7 @@
 //! row-major `[tokens, features]` layout; no tensor library in between.
 
 pub mod attention;
+pub mod gemm;
 pub mod matrix;
 pub mod ops;
 
@@ -81,13 +82,6 @@ unsafe impl<T> Send for SendPtr<T> {}
 unsafe impl<T> Sync for SendPtr<T> {}
 
 impl<T> SendPtr<T> {
-    /// The pointer `i` elements on. A method (not field access) so closures
-    /// capture the whole `SendPtr`, which is Sync, rather than the raw field.
-    #[inline]
-    pub fn at(self, i: usize) -> *mut T {
-        self.0.wrapping_add(i)
-    }
-
     /// # Safety
     /// `i` is in bounds of the allocation and no other thread writes it.
     #[inline]

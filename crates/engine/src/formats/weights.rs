@@ -5,6 +5,7 @@ use super::gguf::GgufFile;
 use super::safetensors::Checkpoint;
 use crate::compute::Matrix;
 use crate::error::{EngineError, Result};
+use crate::quant::dequantize_row;
 
 pub trait WeightSource {
     fn has(&self, name: &str) -> bool;
@@ -40,7 +41,9 @@ impl WeightSource for GgufFile {
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name).ok_or_else(|| missing(name))?;
         let n = t.elements() as usize;
-        Ok(Matrix::from_mapped(1, n, t.dtype, self.tensor_view(t)?)?.to_f32())
+        let mut out = vec![0f32; n];
+        dequantize_row(t.dtype, self.tensor_bytes(t)?, &mut out);
+        Ok(out)
     }
 }
 
@@ -65,6 +68,15 @@ impl WeightSource for Checkpoint {
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.get(name).ok_or_else(|| missing(name))?;
         let n: usize = t.shape.iter().product();
-        Ok(Matrix::from_mapped(1, n, self.dtype(name, t)?, self.bytes(t)?)?.to_f32())
+        let ty = self.dtype(name, t)?;
+        let bytes = self.bytes(t)?;
+        if ty.row_bytes(n) != Some(bytes.bytes().len()) {
+            return Err(EngineError::format(format!(
+                "tensor {name}: size does not match its shape"
+            )));
+        }
+        let mut out = vec![0f32; n];
+        dequantize_row(ty, bytes.bytes(), &mut out);
+        Ok(out)
     }
 }

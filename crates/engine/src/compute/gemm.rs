@@ -1,0 +1,171 @@
+//! f32 products with weights packed once, at load, into panels of 16 output
+//! rows: `panel[k][j]` is weight row `16p + j`, column `k`. A micro-kernel
+//! keeps a tile of up to 6 tokens × 16 outputs in registers and streams the
+//! panel once per tile: no per-call packing (the overhead that dominates
+//! small products in general-purpose GEMMs), no padding of the token count.
+
+/// Output rows per panel.
+pub const NR: usize = 16;
+/// Tokens per register tile.
+const MR: usize = 6;
+
+/// Row-major `[rows, cols]` → panels (rows padded to a multiple of 16).
+pub fn pack(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
+    let panels = rows.div_ceil(NR);
+    let mut out = vec![0f32; panels * cols * NR];
+    for r in 0..rows {
+        let (p, j) = (r / NR, r % NR);
+        for k in 0..cols {
+            out[(p * cols + k) * NR + j] = data[r * cols + k];
+        }
+    }
+    out
+}
+
+/// Row `r` of a packed matrix.
+pub fn unpack_row(packed: &[f32], cols: usize, r: usize, out: &mut [f32]) {
+    let (p, j) = (r / NR, r % NR);
+    for (k, o) in out.iter_mut().enumerate().take(cols) {
+        *o = packed[(p * cols + k) * NR + j];
+    }
+}
+
+/// One panel against tokens `x[t, k]`: writes `out[tok * stride + j]` for
+/// `j < width` (the panel's real rows).
+pub type PanelKernel = fn(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize);
+
+pub fn panel_kernel() -> PanelKernel {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return x86::panel;
+        }
+    }
+    panel_scalar
+}
+
+pub fn panel_scalar(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
+    for tok in 0..t {
+        let mut acc = [0f32; NR];
+        for kk in 0..k {
+            let a = x[tok * k + kk];
+            let b = &panel[kk * NR..(kk + 1) * NR];
+            for j in 0..NR {
+                acc[j] += a * b[j];
+            }
+        }
+        out[tok * stride..tok * stride + width].copy_from_slice(&acc[..width]);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{MR, NR};
+
+    #[inline(always)]
+    unsafe fn tile<const M: usize>(
+        panel: *const f32,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        stride: usize,
+        width: usize,
+    ) {
+        unsafe {
+            let mut acc = [[_mm256_setzero_ps(); 2]; M];
+            for kk in 0..k {
+                let b0 = _mm256_loadu_ps(panel.add(kk * NR));
+                let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let a = _mm256_broadcast_ss(&*x.add(i * k + kk));
+                    acc_i[0] = _mm256_fmadd_ps(a, b0, acc_i[0]);
+                    acc_i[1] = _mm256_fmadd_ps(a, b1, acc_i[1]);
+                }
+            }
+            for (i, acc_i) in acc.iter().enumerate() {
+                let o = out.add(i * stride);
+                if width == NR {
+                    _mm256_storeu_ps(o, acc_i[0]);
+                    _mm256_storeu_ps(o.add(8), acc_i[1]);
+                } else {
+                    let mut tmp = [0f32; NR];
+                    _mm256_storeu_ps(tmp.as_mut_ptr(), acc_i[0]);
+                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc_i[1]);
+                    std::ptr::copy_nonoverlapping(tmp.as_ptr(), o, width);
+                }
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn panel_tf(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
+        unsafe {
+            let (p, xp, op) = (panel.as_ptr(), x.as_ptr(), out.as_mut_ptr());
+            let mut t0 = 0;
+            while t0 < t {
+                let m = MR.min(t - t0);
+                let (xs, os) = (xp.add(t0 * k), op.add(t0 * stride));
+                match m {
+                    6 => tile::<6>(p, xs, k, os, stride, width),
+                    5 => tile::<5>(p, xs, k, os, stride, width),
+                    4 => tile::<4>(p, xs, k, os, stride, width),
+                    3 => tile::<3>(p, xs, k, os, stride, width),
+                    2 => tile::<2>(p, xs, k, os, stride, width),
+                    _ => tile::<1>(p, xs, k, os, stride, width),
+                }
+                t0 += m;
+            }
+        }
+    }
+
+    /// Installed only after AVX2 and FMA were detected.
+    pub fn panel(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
+        assert!(panel.len() >= k * NR && x.len() >= t * k && (t == 0 || out.len() >= (t - 1) * stride + width));
+        // SAFETY: the CPU has AVX2+FMA; bounds are checked above.
+        unsafe { panel_tf(panel, x, t, k, out, stride, width) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernels_match_plain_maths() {
+        for (rows, cols, t) in [(16, 8, 1), (21, 33, 7), (50, 64, 13)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
+            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
+            let packed = pack(rows, cols, &w);
+            let mut row = vec![0f32; cols];
+            unpack_row(&packed, cols, rows - 1, &mut row);
+            assert_eq!(row, w[(rows - 1) * cols..]);
+            for kernel in [panel_scalar as PanelKernel, panel_kernel()] {
+                let mut out = vec![0f32; t * rows];
+                for p in 0..rows.div_ceil(NR) {
+                    let width = NR.min(rows - p * NR);
+                    kernel(
+                        &packed[p * cols * NR..(p + 1) * cols * NR],
+                        &x,
+                        t,
+                        cols,
+                        &mut out[p * NR..],
+                        rows,
+                        width,
+                    );
+                }
+                for tok in 0..t {
+                    for r in 0..rows {
+                        let want: f32 = (0..cols).map(|k| w[r * cols + k] * x[tok * cols + k]).sum();
+                        let got = out[tok * rows + r];
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{rows}x{cols} t={tok} r={r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
