@@ -2,6 +2,7 @@
 //! cache: no padding, no mask tensor; a query at position `p` reads positions
 //! `0..=p` of its own sequence.
 
+use super::ops::{axpy, softmax_in_place};
 use super::{ComputePool, SendPtr};
 use crate::kv::{CpuBlocks, SeqKv};
 use crate::quant::kernels;
@@ -31,16 +32,35 @@ pub fn attention(
     let dot = kernels().f32_dot;
     let dst = SendPtr(out.as_mut_ptr());
     let q_stride = heads * hd;
-    // One task per (row, kv head): the query heads of a group share keys.
-    pool.for_each(rows.len() * l.kv_heads, |task| {
-        let (r, g) = (task / l.kv_heads, task % l.kv_heads);
-        let place = rows[r];
-        let n = place.pos + 1;
-        let mut scores = vec![0f32; n * group];
-        for qi in 0..group {
-            let h = g * group + qi;
+    // Work per (row, query head) is its context length: hand out tasks of
+    // similar total length, so a long sequence does not leave a thread idle.
+    let total: usize = rows.iter().map(|r| (r.pos + 1) * heads).sum();
+    let tasks = (pool.threads() * 4).max(1);
+    let target = total.div_ceil(tasks).max(1);
+    let mut bounds = vec![0usize];
+    let mut acc = 0;
+    for (i, r) in rows.iter().enumerate() {
+        for h in 0..heads {
+            acc += r.pos + 1;
+            if acc >= target {
+                bounds.push(i * heads + h + 1);
+                acc = 0;
+            }
+        }
+    }
+    if *bounds.last().unwrap_or(&0) != rows.len() * heads {
+        bounds.push(rows.len() * heads);
+    }
+    pool.for_each(bounds.len() - 1, |task| {
+        let mut scores = Vec::new();
+        for item in bounds[task]..bounds[task + 1] {
+            let (r, h) = (item / heads, item % heads);
+            let g = h / group;
+            let place = rows[r];
+            let n = place.pos + 1;
+            scores.clear();
+            scores.resize(n, 0.0);
             let qv = &q[r * q_stride + h * hd..r * q_stride + (h + 1) * hd];
-            let s = &mut scores[qi * n..(qi + 1) * n];
             for (b, &blk) in place.kv.blocks.iter().enumerate() {
                 let start = b * l.block_size;
                 if start >= n {
@@ -48,17 +68,13 @@ pub fn attention(
                 }
                 let keys = kv.keys(blk, layer, g);
                 for slot in 0..l.block_size.min(n - start) {
-                    s[start + slot] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
+                    scores[start + slot] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
                 }
             }
-            super::ops::softmax_in_place(s);
-        }
-        for qi in 0..group {
-            let h = g * group + qi;
-            // SAFETY: this task alone writes row r, heads of group g.
+            softmax_in_place(&mut scores);
+            // SAFETY: this task alone writes row r, head h.
             let o = unsafe { dst.slice_mut(r * q_stride + h * hd, hd) };
             o.fill(0.0);
-            let s = &scores[qi * n..(qi + 1) * n];
             for (b, &blk) in place.kv.blocks.iter().enumerate() {
                 let start = b * l.block_size;
                 if start >= n {
@@ -66,11 +82,7 @@ pub fn attention(
                 }
                 let vals = kv.values(blk, layer, g);
                 for slot in 0..l.block_size.min(n - start) {
-                    let p = s[start + slot];
-                    let v = &vals[slot * hd..(slot + 1) * hd];
-                    for (oi, vi) in o.iter_mut().zip(v) {
-                        *oi += p * vi;
-                    }
+                    axpy(scores[start + slot], &vals[slot * hd..(slot + 1) * hd], o);
                 }
             }
         }

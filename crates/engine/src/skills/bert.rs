@@ -303,10 +303,7 @@ fn self_attention(
             let o = unsafe { dst.slice_mut((start + i) * h + col, hd) };
             o.fill(0.0);
             for (j, p) in scores.iter().enumerate() {
-                let vj = &v[(start + j) * h + col..(start + j) * h + col + hd];
-                for (a, b) in o.iter_mut().zip(vj) {
-                    *a += p * b;
-                }
+                ops::axpy(*p, &v[(start + j) * h + col..(start + j) * h + col + hd], o);
             }
         }
     });
