@@ -6,61 +6,41 @@ pub mod attention;
 pub mod gemm;
 pub mod matrix;
 pub mod ops;
+mod pool;
 
 use std::sync::Arc;
 
 pub use matrix::{Matrix, Projections};
 
 /// The threads that run model maths. One pool per process, sized explicitly
-/// (never "all cores, spinning"): a model server shares the machine with its
-/// own HTTP threads and often with other processes.
+/// (never "all cores"): a model server shares the machine with its own HTTP
+/// threads and often with other processes. Idle workers park; see `pool`.
 #[derive(Clone)]
 pub struct ComputePool {
-    pool: Arc<rayon::ThreadPool>,
-    threads: usize,
+    team: Arc<pool::Team>,
 }
 
 impl std::fmt::Debug for ComputePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ComputePool").field("threads", &self.threads).finish()
+        f.debug_struct("ComputePool").field("threads", &self.threads()).finish()
     }
 }
 
 impl ComputePool {
-    /// `threads == 0` picks the number of physical cores this process may use.
+    /// `threads == 0` picks the number of cores this process may use.
     pub fn new(threads: usize) -> crate::Result<Self> {
         let threads = if threads == 0 { default_threads() } else { threads };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("hfms-compute-{i}"))
-            .build()
-            .map_err(|e| crate::EngineError::internal(format!("thread pool: {e}")))?;
-        Ok(ComputePool {
-            pool: Arc::new(pool),
-            threads,
-        })
+        let team = pool::Team::new(threads).map_err(|e| crate::EngineError::internal(format!("thread pool: {e}")))?;
+        Ok(ComputePool { team: Arc::new(team) })
     }
 
     pub fn threads(&self) -> usize {
-        self.threads
-    }
-
-    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.pool.install(f)
+        self.team.threads()
     }
 
     /// Run `f(i)` for `i in 0..n` across the pool; returns when all are done.
     pub fn for_each(&self, n: usize, f: impl Fn(usize) + Sync + Send) {
-        if n == 1 || self.threads == 1 {
-            for i in 0..n {
-                f(i);
-            }
-            return;
-        }
-        self.pool.install(|| {
-            use rayon::prelude::*;
-            (0..n).into_par_iter().for_each(f);
-        });
+        self.team.for_each(n, &f);
     }
 }
 
