@@ -368,7 +368,6 @@ impl Scheduler {
             .prefix_cached_blocks
             .store(self.prefix.cached_blocks(), Ordering::Relaxed);
         self.stats.running.store(self.running.len(), Ordering::Relaxed);
-        self.stats.waiting.store(self.waiting.len(), Ordering::Relaxed);
         // Blocks held by sequences; what only the prefix cache holds is
         // reclaimable and shown as prefix_cached_blocks.
         let cache_only = self.prefix.evictable(&self.kv);
@@ -406,8 +405,12 @@ impl Scheduler {
 
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len() + self.running.len();
+        let stats = &self.stats;
         self.waiting.retain(|s| {
             let gone = s.cancelled();
+            if gone {
+                stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
             if gone {
                 tracing::info!(request_id = %s.job.req.tag, "client went away; dropping the queued sequence");
             }
@@ -474,6 +477,10 @@ impl Scheduler {
             self.next_id += 1;
             s.admitted = self.next_id;
             self.running.push(s);
+            // `waiting` counts submitted-but-not-running sequences exactly
+            // (submit adds, admission and cancellation take away), so the
+            // queue bound holds even between steps.
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -499,6 +506,7 @@ impl Scheduler {
             "KV cache full: preempting the newest sequence"
         );
         self.waiting.push_front(s);
+        self.stats.waiting.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Which sequences feed how many tokens this step: decode tokens first

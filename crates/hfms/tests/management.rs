@@ -1,0 +1,144 @@
+//! Backpressure and model management over HTTP: a full queue answers 503
+//! with Retry-After; models load and unload on request; keep_alive works.
+
+mod common;
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use common::{Server, client, error_of};
+use serde_json::{Value, json};
+
+fn model<'a>(status: &'a Value, id: &str) -> &'a Value {
+    status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap()
+}
+
+const SMOL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
+const MINI: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let s = Server::start(&["--preload", "smollm2", "--max-running", "1", "--max-waiting", "1"]);
+    // One long generation holds the only running slot.
+    let mut long = client()
+        .post(s.url("/v1/completions"))
+        .json(&json!({"model": "smollm2", "prompt": "Once", "max_tokens": 3000, "stream": true, "ignore_eos": true}))
+        .send()
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(long.read(&mut buf).unwrap() > 0);
+    // The next one waits (in the background)...
+    let base = s.base.clone();
+    let waiting = std::thread::spawn(move || {
+        client()
+            .post(format!("{base}/v1/completions"))
+            .json(&json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 2}))
+            .send()
+            .map(|r| r.status().as_u16())
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = s.get_json("/status").1;
+        if model(&st, SMOL)["scheduler"]["waiting"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "second request never queued: {st}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // ...and the one after that is turned away.
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .json(&json!({"model": "smollm2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().unwrap();
+    let (msg, kind, _, _) = error_of(&v);
+    assert_eq!(kind, "server_overloaded");
+    assert!(msg.contains("queue is full"), "{msg}");
+    let st = s.get_json("/status").1;
+    assert_eq!(model(&st, SMOL)["scheduler"]["rejected"], 1);
+    drop(long); // free the slot: the waiting request completes
+    assert_eq!(waiting.join().unwrap().unwrap(), 200);
+}
+
+#[test]
+fn models_load_and_unload_on_request_and_keep_alive_applies() {
+    let s = Server::start(&[]);
+    let st = s.get_json("/status").1;
+    assert_eq!(model(&st, MINI)["state"], "unloaded");
+    // Load with a keep_alive; /v1/models shows the state.
+    let (code, v) = s.post_json("/models/load", json!({"model": "all-minilm", "keep_alive": "10m"}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["model"], MINI);
+    assert_eq!(v["status"]["state"], "loaded");
+    assert_eq!(v["status"]["keep_alive"], 600.0);
+    assert!(v["status"]["expires_at"].as_u64().is_some());
+    let (_, m) = s.get_json("/v1/models/all-minilm");
+    assert_eq!(m["state"], "loaded");
+    assert_eq!(m["device"], "cpu");
+    // Unload.
+    let (code, v) = s.post_json("/models/unload", json!({"model": "all-minilm"}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["state"], "unloaded");
+    assert_eq!(model(&s.get_json("/status").1, MINI)["state"], "unloaded");
+    // keep_alive 0 on a request: loaded for it, unloaded after it.
+    let (code, _) = s.post_json(
+        "/v1/embeddings",
+        json!({"model": "all-minilm", "input": "hi", "keep_alive": 0}),
+    );
+    assert_eq!(code, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while model(&s.get_json("/status").1, MINI)["state"] != "unloaded" {
+        assert!(Instant::now() < deadline, "keep_alive 0 did not unload");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = s.get_json("/status").1;
+    assert!(model(&st, MINI)["loads"].as_u64().unwrap() >= 2);
+    assert!(st["manager"]["unloads"].as_u64().unwrap() >= 2);
+    // Bad requests.
+    let (code, v) = s.post_json("/models/load", json!({"model": "nope"}));
+    assert_eq!(code, 404);
+    assert_eq!(error_of(&v).3, Some("model_not_found"));
+    let (code, v) = s.post_json("/models/load", json!({"model": "smollm2", "keep_alive": "soon"}));
+    assert_eq!(code, 400);
+    assert_eq!(error_of(&v).2, Some("keep_alive"));
+    let (code, v) = s.post_json("/models/load", json!({"model": "smollm2", "device": "tpu:0"}));
+    assert_eq!(code, 400);
+    assert_eq!(error_of(&v).2, Some("device"));
+    let (code, v) = s.post_json("/models/load", json!({"model": "smollm2", "device": "cuda:3"}));
+    assert_eq!(code, 503, "{v}");
+    assert_eq!(error_of(&v).3, Some("model_placement_failed"));
+    let (code, v) = s.post_json(
+        "/v1/chat/completions",
+        json!({"model": "smollm2", "keep_alive": [1], "messages": [{"role": "user", "content": "x"}]}),
+    );
+    assert_eq!(code, 400);
+    assert_eq!(error_of(&v).2, Some("keep_alive"));
+}
+
+#[test]
+fn a_memory_budget_for_one_model_swaps_them() {
+    // Room for one model at a time: each request evicts the other.
+    let s = Server::start(&["--memory-budget", "cpu=300", "--kv-cache-mb", "64"]);
+    for round in 0..2 {
+        let (code, v) = s.post_json("/v1/embeddings", json!({"model": "all-minilm", "input": "hi"}));
+        assert_eq!(code, 200, "round {round}: {v}");
+        let (code, v) = s.post_json(
+            "/v1/completions",
+            json!({"model": "smollm2", "prompt": "Hi", "max_tokens": 2}),
+        );
+        assert_eq!(code, 200, "round {round}: {v}");
+        let st = s.get_json("/status").1;
+        assert_eq!(model(&st, MINI)["state"], "unloaded", "round {round}");
+        assert_eq!(model(&st, SMOL)["state"], "loaded");
+    }
+    let st = s.get_json("/status").1;
+    assert!(st["manager"]["evictions"].as_u64().unwrap() >= 3, "{}", st["manager"]);
+}
