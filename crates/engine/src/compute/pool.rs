@@ -10,7 +10,8 @@
 //! can never take a task of a job that has moved on.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,23 +23,33 @@ type Task<'a> = dyn Fn(usize) + Sync + 'a;
 struct Shared {
     /// `epoch << 32 | next task index`.
     ticket: AtomicU64,
-    /// Tasks in the current job.
-    tasks: AtomicUsize,
-    /// Tasks of the current job finished.
+    /// The current job. Read as one unit so a worker never pairs one job's
+    /// task count with another job's closure.
+    job: Mutex<Option<Job>>,
+    /// Tasks of the current job finished (reset before each publish; only
+    /// holders of a task claimed from the current epoch add to it).
     done: AtomicUsize,
-    /// The current job's closure (valid while `done < tasks` for its epoch).
-    job: Mutex<Option<JobPtr>>,
+    /// A task of the current job panicked on a worker.
+    panicked: AtomicBool,
+    /// One `for_each` at a time: models running on separate threads (a
+    /// generator and an embedding batcher) share the pool and take turns
+    /// per product.
+    caller: Mutex<()>,
     /// Parking for idle workers.
     sleepers: Mutex<u64>,
     wake: Condvar,
-    shutdown: std::sync::atomic::AtomicBool,
+    shutdown: AtomicBool,
 }
 
 #[derive(Clone, Copy)]
-struct JobPtr(*const Task<'static>);
-// SAFETY: the pointee is `Sync`; the pointer is only dereferenced while the
-// job it belongs to is running (see `claim`).
-unsafe impl Send for JobPtr {}
+struct Job {
+    epoch: u64,
+    tasks: usize,
+    f: *const Task<'static>,
+}
+// SAFETY: the pointee is `Sync`; the pointer is only dereferenced by a thread
+// holding a task claimed from `epoch`, while that job's `for_each` waits.
+unsafe impl Send for Job {}
 
 thread_local! {
     static IN_POOL: Cell<bool> = const { Cell::new(false) };
@@ -54,7 +65,7 @@ impl Drop for Team {
     fn drop(&mut self) {
         self.shared.shutdown.store(true, Ordering::Release);
         {
-            let _g = self.shared.sleepers.lock().unwrap_or_else(|p| p.into_inner());
+            let _g = lock(&self.shared.sleepers);
             self.shared.wake.notify_all();
         }
         for h in self.handles.drain(..) {
@@ -63,16 +74,21 @@ impl Drop for Team {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Team {
     pub fn new(threads: usize) -> std::io::Result<Team> {
         let shared = Arc::new(Shared {
             ticket: AtomicU64::new(0),
-            tasks: AtomicUsize::new(0),
-            done: AtomicUsize::new(0),
             job: Mutex::new(None),
+            done: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            caller: Mutex::new(()),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
-            shutdown: std::sync::atomic::AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
         });
         let mut handles = Vec::new();
         for i in 1..threads.max(1) {
@@ -94,7 +110,8 @@ impl Team {
         self.threads
     }
 
-    /// Run `f(i)` for `i in 0..n` on the caller and the workers.
+    /// Run `f(i)` for `i in 0..n` on the caller and the workers. A panic in
+    /// any task is re-raised here after every claimed task has finished.
     pub fn for_each(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
         // One task, one thread, or a call from inside a task: run here.
         if n <= 1 || self.threads == 1 || IN_POOL.with(|c| c.get()) {
@@ -103,30 +120,41 @@ impl Team {
             }
             return;
         }
+        assert!(n < u32::MAX as usize, "too many tasks for one job");
         let s = &*self.shared;
+        let _turn = lock(&s.caller);
         // SAFETY: the lifetime is erased only for the duration of this call:
-        // we return after every task of this job is done, and workers never
-        // call a job's closure without a task claimed from that job.
-        let ptr = JobPtr(unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(f as *const Task<'_>) });
-        *s.job.lock().unwrap_or_else(|p| p.into_inner()) = Some(ptr);
-        s.tasks.store(n, Ordering::Relaxed);
-        s.done.store(0, Ordering::Relaxed);
+        // we return (or unwind) only after every task of this job is done,
+        // and workers call a job's closure only with a task claimed from it.
+        let f_static = unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(f as *const Task<'_>) };
         let epoch = (s.ticket.load(Ordering::Relaxed) >> 32) + 1;
+        s.done.store(0, Ordering::Relaxed);
+        s.panicked.store(false, Ordering::Relaxed);
+        *lock(&s.job) = Some(Job {
+            epoch,
+            tasks: n,
+            f: f_static,
+        });
         // Publish: from here on tasks of this epoch can be claimed.
         s.ticket.store(epoch << 32, Ordering::Release);
         {
-            let sleepers = s.sleepers.lock().unwrap_or_else(|p| p.into_inner());
+            let sleepers = lock(&s.sleepers);
             if *sleepers > 0 {
                 s.wake.notify_all();
             }
         }
         IN_POOL.with(|c| c.set(true));
+        let mut own_panic = None;
         while let Some(i) = claim(s, epoch, n) {
-            f(i);
+            if own_panic.is_none()
+                && let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i)))
+            {
+                own_panic = Some(p);
+            }
             s.done.fetch_add(1, Ordering::AcqRel);
         }
         IN_POOL.with(|c| c.set(false));
-        // Wait for tasks other threads took.
+        // Wait for tasks other threads took: `f` must outlive them.
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < n {
             spins += 1;
@@ -135,6 +163,13 @@ impl Team {
             } else {
                 std::thread::yield_now();
             }
+        }
+        *lock(&s.job) = None;
+        if let Some(p) = own_panic {
+            resume_unwind(p);
+        }
+        if s.panicked.load(Ordering::Acquire) {
+            panic!("a compute task panicked on a pool thread");
         }
     }
 }
@@ -166,19 +201,18 @@ fn worker(s: Arc<Shared>) {
     loop {
         // Wait for a new epoch: spin a little, then park.
         let started = Instant::now();
-        let epoch = loop {
+        loop {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            let e = s.ticket.load(Ordering::Acquire) >> 32;
-            if e != seen {
-                break e;
+            if s.ticket.load(Ordering::Acquire) >> 32 != seen {
+                break;
             }
             if started.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
-            let mut sleepers = s.sleepers.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sleepers = lock(&s.sleepers);
             // Re-check under the lock: `for_each` notifies under it.
             if s.ticket.load(Ordering::Acquire) >> 32 != seen || s.shutdown.load(Ordering::Acquire) {
                 continue;
@@ -186,15 +220,21 @@ fn worker(s: Arc<Shared>) {
             *sleepers += 1;
             sleepers = s.wake.wait(sleepers).unwrap_or_else(|p| p.into_inner());
             *sleepers -= 1;
+        }
+        // The job as one unit; it may already be newer than the epoch seen
+        // above, or gone — `claim` checks its epoch against the ticket.
+        let Some(job) = *lock(&s.job) else {
+            seen = s.ticket.load(Ordering::Acquire) >> 32;
+            continue;
         };
-        seen = epoch;
-        let n = s.tasks.load(Ordering::Acquire);
-        let job = *s.job.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(JobPtr(f)) = job else { continue };
-        while let Some(i) = claim(&s, epoch, n) {
-            // SAFETY: a task of `epoch` is claimed and not yet marked done,
-            // so `for_each` for that job has not returned: `f` is alive.
-            unsafe { (*f)(i) };
+        seen = job.epoch;
+        while let Some(i) = claim(&s, job.epoch, job.tasks) {
+            // SAFETY: a task of `job.epoch` is claimed and not yet marked
+            // done, so that job's `for_each` has not returned: `f` is alive.
+            let f = unsafe { &*job.f };
+            if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
+                s.panicked.store(true, Ordering::Release);
+            }
             s.done.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -240,5 +280,52 @@ mod tests {
             });
         });
         assert_eq!(count.load(Ordering::Relaxed), 12);
+    }
+    #[test]
+    fn concurrent_callers_share_the_pool() {
+        // A generator and an embedding batcher call the same pool from
+        // their own threads.
+        let team = Arc::new(Team::new(3).unwrap());
+        let callers: Vec<_> = (0..4)
+            .map(|c| {
+                let team = team.clone();
+                std::thread::spawn(move || {
+                    for round in 0..500 {
+                        let n = 1 + (round * 7 + c * 13) % 97;
+                        let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+                        team.for_each(n, &|i| {
+                            hits[i].fetch_add(1, Ordering::Relaxed);
+                        });
+                        assert!(
+                            hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                            "caller {c} round {round}"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for c in callers {
+            c.join().unwrap();
+        }
+    }
+
+    #[test]
+    fn a_panicking_task_reaches_the_caller_and_the_pool_lives_on() {
+        let team = Team::new(2).unwrap();
+        for _ in 0..20 {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                team.for_each(64, &|i| {
+                    if i == 37 {
+                        panic!("task {i}");
+                    }
+                })
+            }));
+            assert!(r.is_err());
+        }
+        let sum = AtomicUsize::new(0);
+        team.for_each(100, &|i| {
+            sum.fetch_add(i, Ordering::Relaxed);
+        });
+        assert_eq!(sum.load(Ordering::Relaxed), 4950);
     }
 }
