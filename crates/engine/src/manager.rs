@@ -151,6 +151,8 @@ pub struct ManagerConfig {
     pub keep_alive: KeepAlive,
     /// Model ids that are never evicted or expired.
     pub pinned: BTreeSet<String>,
+    /// Encoders hold f32 layer weights as f16 (`LoadContext::encoder_f16`).
+    pub encoder_f16: bool,
 }
 
 impl ManagerConfig {
@@ -172,6 +174,7 @@ impl ManagerConfig {
             forbidden: BTreeSet::new(),
             keep_alive: KeepAlive::Forever,
             pinned: BTreeSet::new(),
+            encoder_f16: false,
         }
     }
 }
@@ -711,6 +714,7 @@ impl ModelManager {
                 batcher: inner.config.batcher.clone(),
                 name: short_name(&desc.id),
                 device: placement.device,
+                encoder_f16: inner.config.encoder_f16,
                 backend: inner
                     .registry
                     .backend_for(skill.info().family, placement.device.platform),

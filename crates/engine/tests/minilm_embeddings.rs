@@ -12,10 +12,14 @@ use hfms_engine::skills::bert::BertModel;
 use hfms_engine::tokenizer::Tokenizer;
 
 fn model() -> EmbeddingModel {
+    model_with(|b| b)
+}
+
+fn model_with(weights: impl FnOnce(BertModel) -> BertModel) -> EmbeddingModel {
     let dir = common::minilm_dir();
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
-    let bert = BertModel::from_safetensors(&dir, &cfg).unwrap();
+    let bert = weights(BertModel::from_safetensors(&dir, &cfg).unwrap());
     let tok = Tokenizer::from_file(&dir.join("tokenizer.json"), Some(256)).unwrap();
     EmbeddingModel {
         encoder: Arc::new(bert),
@@ -35,7 +39,21 @@ fn cosine(a: &[f32], b: &[f64]) -> f64 {
 
 #[test]
 fn embeddings_match_sentence_transformers() {
-    let m = model();
+    check_against_reference(&model(), 0.9999);
+}
+
+/// The half-precision panel kernels (the path of f16 checkpoints), on the
+/// same weights rounded to f16: rounding costs little accuracy.
+#[test]
+fn half_precision_weights_stay_close() {
+    let half = model_with(|b| b.into_f16().unwrap());
+    let full = model();
+    // The layers halve; the token embedding table (about half) stays f32.
+    assert!(half.encoder.weight_bytes() < full.encoder.weight_bytes() * 8 / 10);
+    check_against_reference(&half, 0.9999);
+}
+
+fn check_against_reference(m: &EmbeddingModel, min_cosine: f64) {
     assert_eq!(m.pooling, Pooling::Mean);
     let r = common::reference("minilm_st.json");
     let sentences: Vec<String> = r["sentences"]
@@ -65,7 +83,10 @@ fn embeddings_match_sentence_transformers() {
             .map(|v| v.as_f64().unwrap())
             .collect();
         let c = cosine(&embs[i], &want);
-        assert!(c >= 0.9999, "{s:?}: cosine {c}");
+        assert!(c >= min_cosine, "{s:?}: cosine {c}");
+        if i == 0 {
+            eprintln!("cosine of {s:?}: {c}");
+        }
         let norm: f32 = embs[i].iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5);
     }

@@ -121,8 +121,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_EMBED_MAX_BATCH_TOKENS")]
     pub embed_max_batch_tokens: Option<usize>,
 
-    /// Embeddings: how long (ms) a request waits for others to batch with.
-    /// Default: 2
+    /// Embeddings: how long (ms) a batch's first request waits for others.
+    /// Default: 0 (a batch takes what is queued when the encoder is free;
+    /// under load that is many requests, and a quiet server adds no wait)
     #[arg(long, env = "HFMS_EMBED_MAX_WAIT_MS")]
     pub embed_max_wait_ms: Option<u64>,
 
@@ -140,6 +141,13 @@ pub struct ServeArgs {
     /// twice (~16-bit, the default): faster prefill, logits less exact.
     #[arg(long, env = "HFMS_FAST_ACTIVATIONS")]
     pub fast_activations: bool,
+
+    /// Hold the f32 layer weights of encoders (embedding models) as f16:
+    /// a quarter less memory for all-MiniLM-L6-v2 and ~15% lower
+    /// single-sentence latency on the CPU; vectors stay within cosine
+    /// 0.99999 of f32. Products still accumulate in f32.
+    #[arg(long, env = "HFMS_ENCODER_F16")]
+    pub encoder_f16: bool,
 
     /// Exit when standard input closes: lets a supervising process (a test
     /// harness) end the server by simply going away.
@@ -174,6 +182,7 @@ pub struct FileConfig {
     pub devices: BTreeMap<String, String>,
     pub forbid_platforms: Option<Vec<String>>,
     pub fast_activations: Option<bool>,
+    pub encoder_f16: Option<bool>,
     pub keep_alive: Option<String>,
     pub pin: Option<Vec<String>>,
     /// device → MiB
@@ -274,6 +283,7 @@ pub struct ServeSettings {
     pub log_format: String,
     pub exit_on_stdin_eof: bool,
     pub fast_activations: bool,
+    pub encoder_f16: bool,
     pub keep_alive: hfms_engine::manager::KeepAlive,
     /// ids or aliases
     pub pin: Vec<String>,
@@ -331,6 +341,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| "auto".into()),
             exit_on_stdin_eof: self.exit_on_stdin_eof,
             fast_activations: self.fast_activations || file.fast_activations.unwrap_or(false),
+            encoder_f16: self.encoder_f16 || file.encoder_f16.unwrap_or(false),
             keep_alive: match self.keep_alive.clone().or(file.keep_alive.clone()) {
                 Some(k) => {
                     hfms_engine::manager::KeepAlive::parse_str(&k).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?
@@ -371,7 +382,7 @@ impl ServeArgs {
                 "embed_max_batch_tokens",
             )?,
             embed_max_wait: std::time::Duration::from_millis(
-                self.embed_max_wait_ms.or(file.embed_max_wait_ms).unwrap_or(2),
+                self.embed_max_wait_ms.or(file.embed_max_wait_ms).unwrap_or(0),
             ),
             request_timeout: std::time::Duration::from_secs(positive(
                 self.request_timeout.or(file.request_timeout).unwrap_or(600) as usize,

@@ -114,6 +114,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
             forbidden: s.forbidden.clone(),
             keep_alive: s.keep_alive,
             pinned,
+            encoder_f16: s.encoder_f16,
         },
     ));
     let state = AppState::new(

@@ -142,3 +142,33 @@ fn a_memory_budget_for_one_model_swaps_them() {
     let st = s.get_json("/status").1;
     assert!(st["manager"]["evictions"].as_u64().unwrap() >= 3, "{}", st["manager"]);
 }
+
+/// `--encoder-f16`: the encoder's layer weights are held as f16 (fewer
+/// bytes in `/status`) and its vectors stay next to the f32 ones.
+#[test]
+fn encoder_f16_halves_layer_weights_and_keeps_vectors() {
+    let embed = |s: &Server| {
+        let (st, v) = s.post_json(
+            "/v1/embeddings",
+            json!({"model": "all-minilm", "input": "The quick brown fox jumps over the lazy dog."}),
+        );
+        assert_eq!(st, 200, "{v}");
+        let vector: Vec<f64> = v["data"][0]["embedding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
+        let bytes = model(&s.get_json("/status").1, MINI)["bytes"].as_u64().unwrap();
+        (vector, bytes)
+    };
+    let (full, full_bytes) = embed(&Server::start(&[]));
+    let (half, half_bytes) = embed(&Server::start(&["--encoder-f16"]));
+    // The layers halve; the token embedding table (about half) stays f32.
+    assert!(
+        half_bytes < full_bytes * 8 / 10,
+        "{half_bytes} bytes with f16 vs {full_bytes}"
+    );
+    let dot: f64 = full.iter().zip(&half).map(|(a, b)| a * b).sum();
+    assert!(dot > 0.99999, "cosine {dot}");
+}

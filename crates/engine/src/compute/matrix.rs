@@ -14,6 +14,8 @@ use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
 enum Storage {
     /// f32, packed into panels of 16 rows (`gemm::pack`) for the products.
     F32(Vec<f32>),
+    /// IEEE half bits in the same panels (`gemm::pack_f16`).
+    F16(Vec<u16>),
     /// Raw ggml-typed bytes inside a file mapping (no copy).
     Mapped(MappedBytes),
     /// Raw ggml-typed bytes owned in memory.
@@ -76,6 +78,36 @@ impl Matrix {
         })
     }
 
+    /// f32 values kept as half-precision panels: half the memory and, for
+    /// products over few tokens, about half the time (they are bound by
+    /// reading the weights). Rounds each weight to 11 significant bits.
+    pub fn from_f32_as_f16(rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(EngineError::format(format!(
+                "matrix {rows}x{cols} given {} values",
+                data.len()
+            )));
+        }
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype: GgmlType::F16,
+            row_bytes: cols * 2,
+            storage: Storage::F16(super::gemm::pack_f16(rows, cols, data)),
+            packed: None,
+        })
+    }
+
+    /// This matrix with f32 weights narrowed to half panels; other types
+    /// are returned unchanged (they are already as small or smaller).
+    pub fn into_f16(self) -> Result<Self> {
+        if !matches!(self.storage, Storage::F32(_)) {
+            return Ok(self);
+        }
+        let data = self.to_f32();
+        Self::from_f32_as_f16(self.rows, self.cols, &data)
+    }
+
     fn check(rows: usize, cols: usize, dtype: GgmlType, len: usize) -> Result<usize> {
         let row_bytes = dtype.row_bytes(cols).ok_or_else(|| {
             EngineError::format(format!(
@@ -93,15 +125,23 @@ impl Matrix {
         Ok(row_bytes)
     }
 
-    /// A matrix over mapped file bytes. F32 data is copied out (it is only
+    /// f32 or f16 file bytes → panels of the same precision (exact).
+    fn from_float_bytes(rows: usize, cols: usize, dtype: GgmlType, bytes: &[u8]) -> Result<Self> {
+        let mut v = vec![0f32; rows * cols];
+        dequantize_row(dtype, bytes, &mut v);
+        match dtype {
+            GgmlType::F16 => Self::from_f32_as_f16(rows, cols, &v),
+            _ => Self::from_f32(rows, cols, v),
+        }
+    }
+
+    /// A matrix over mapped file bytes. F32 and F16 data are copied out into panels (it is only
     /// ever small norms/biases in quantised files, and f32 maths wants an
     /// aligned `&[f32]`).
     pub fn from_mapped(rows: usize, cols: usize, dtype: GgmlType, bytes: MappedBytes) -> Result<Self> {
         let row_bytes = Self::check(rows, cols, dtype, bytes.bytes().len())?;
-        if dtype == GgmlType::F32 {
-            let mut v = vec![0f32; rows * cols];
-            dequantize_row(dtype, bytes.bytes(), &mut v);
-            return Self::from_f32(rows, cols, v);
+        if matches!(dtype, GgmlType::F32 | GgmlType::F16) {
+            return Self::from_float_bytes(rows, cols, dtype, bytes.bytes());
         }
         // Repack the types with a packed layout; the file pages then need
         // not stay resident (embedding lookups re-read single rows).
@@ -121,10 +161,8 @@ impl Matrix {
 
     pub fn from_bytes(rows: usize, cols: usize, dtype: GgmlType, bytes: Vec<u8>) -> Result<Self> {
         let row_bytes = Self::check(rows, cols, dtype, bytes.len())?;
-        if dtype == GgmlType::F32 {
-            let mut v = vec![0f32; rows * cols];
-            dequantize_row(dtype, &bytes, &mut v);
-            return Self::from_f32(rows, cols, v);
+        if matches!(dtype, GgmlType::F32 | GgmlType::F16) {
+            return Self::from_float_bytes(rows, cols, dtype, &bytes);
         }
         let packed = Packed::from_rows(dtype, rows, cols, &bytes);
         Ok(Matrix {
@@ -141,6 +179,9 @@ impl Matrix {
     /// that one product serves several projections (Q/K/V, gate/up). None
     /// when they cannot be fused.
     pub fn stack(parts: &[&Matrix]) -> Option<Matrix> {
+        if let Some(m) = Self::stack_panels(parts) {
+            return Some(m);
+        }
         let packed: Vec<&Packed> = parts.iter().map(|m| m.packed.as_ref()).collect::<Option<_>>()?;
         let first = parts.first()?;
         if parts.iter().any(|m| m.dtype != first.dtype || m.cols != first.cols) {
@@ -154,6 +195,46 @@ impl Matrix {
             row_bytes: first.row_bytes,
             storage: Storage::PackedOnly,
             packed: Some(p),
+        })
+    }
+
+    /// f32 or half panels concatenate when every part but the last fills
+    /// its last panel.
+    fn stack_panels(parts: &[&Matrix]) -> Option<Matrix> {
+        let first = parts.first()?;
+        let (_, init) = parts.split_last()?;
+        if parts.iter().any(|m| m.dtype != first.dtype || m.cols != first.cols)
+            || init.iter().any(|m| m.rows % super::gemm::NR != 0)
+        {
+            return None;
+        }
+        let rows = parts.iter().map(|m| m.rows).sum();
+        let storage = match &first.storage {
+            Storage::F32(_) => {
+                let mut all = Vec::new();
+                for m in parts {
+                    let Storage::F32(v) = &m.storage else { return None };
+                    all.extend_from_slice(v);
+                }
+                Storage::F32(all)
+            }
+            Storage::F16(_) => {
+                let mut all = Vec::new();
+                for m in parts {
+                    let Storage::F16(v) = &m.storage else { return None };
+                    all.extend_from_slice(v);
+                }
+                Storage::F16(all)
+            }
+            _ => return None,
+        };
+        Some(Matrix {
+            rows,
+            cols: first.cols,
+            dtype: first.dtype,
+            row_bytes: first.row_bytes,
+            storage,
+            packed: None,
         })
     }
 
@@ -174,6 +255,7 @@ impl Matrix {
         match &self.storage {
             _ if self.packed.is_some() => self.packed.as_ref().map_or(0, |p| p.byte_len()),
             Storage::F32(v) => v.len() * 4,
+            Storage::F16(v) => v.len() * 2,
             Storage::Mapped(_) | Storage::Owned(_) | Storage::PackedOnly => self.row_bytes * self.rows,
         }
     }
@@ -182,7 +264,7 @@ impl Matrix {
         match &self.storage {
             Storage::Mapped(m) => m.bytes(),
             Storage::Owned(v) => v,
-            Storage::F32(_) | Storage::PackedOnly => &[],
+            Storage::F32(_) | Storage::F16(_) | Storage::PackedOnly => &[],
         }
     }
 
@@ -190,6 +272,7 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match &self.storage {
             Storage::F32(v) => super::gemm::unpack_row(v, self.cols, r, out),
+            Storage::F16(v) => super::gemm::unpack_row_f16(v, self.cols, r, out),
             Storage::PackedOnly => {
                 if let Some(p) = &self.packed {
                     p.row_f32(r, out);
@@ -218,9 +301,10 @@ impl Matrix {
         if t == 0 {
             return;
         }
-        match self.dtype {
-            GgmlType::F32 => self.matmul_f32(x, t, out, pool),
-            GgmlType::F16 | GgmlType::BF16 => self.matmul_half(x, t, out, pool),
+        match (&self.storage, self.dtype) {
+            (Storage::F32(w), _) => self.matmul_panels(w, super::gemm::panel_kernel(), x, t, out, pool),
+            (Storage::F16(w), _) => self.matmul_panels(w, super::gemm::panel_kernel_f16(), x, t, out, pool),
+            (_, GgmlType::F16 | GgmlType::BF16) => self.matmul_half(x, t, out, pool),
             _ if EXACT_ACTIVATIONS.with(|c| c.get()) => self.matmul_half(x, t, out, pool),
             _ => self.matmul_quant(x, t, out, pool),
         }
@@ -235,11 +319,17 @@ impl Matrix {
 
     /// Panels of 16 output rows split across the pool; each panel applied
     /// to every token in register tiles (`gemm`).
-    fn matmul_f32(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
-        let Storage::F32(w) = &self.storage else { return };
+    fn matmul_panels<E: Sync>(
+        &self,
+        w: &[E],
+        kernel: super::gemm::PanelKernelOf<E>,
+        x: &[f32],
+        t: usize,
+        out: &mut [f32],
+        pool: &ComputePool,
+    ) {
         let (n, k) = (self.rows, self.cols);
         let nr = super::gemm::NR;
-        let kernel = super::gemm::panel_kernel();
         let panels = n.div_ceil(nr);
         let per_task = panels.div_ceil(pool.threads() * 2).max(1);
         let dst = SendPtr(out.as_mut_ptr());
@@ -407,6 +497,20 @@ impl Projections {
                 fused: None,
                 parts,
             },
+        }
+    }
+
+    /// The same projections with f32 weights narrowed to half panels.
+    pub fn into_f16(self) -> Result<Self> {
+        match self.fused {
+            Some(m) => Ok(Projections {
+                widths: self.widths,
+                fused: Some(m.into_f16()?),
+                parts: Vec::new(),
+            }),
+            None => Ok(Projections::new(
+                self.parts.into_iter().map(Matrix::into_f16).collect::<Result<_>>()?,
+            )),
         }
     }
 

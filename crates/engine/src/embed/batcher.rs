@@ -3,6 +3,11 @@
 //! or `max_wait` after its first request arrived; the inputs of all requests
 //! in it are encoded as one flattened batch (sorted by length, no padding)
 //! and the vectors go back to each request in order.
+//!
+//! `max_wait` is 0 by default: a batch takes what is queued when the encoder
+//! is free and starts at once. Under load, requests pile up while a batch
+//! runs, so the next batch is large anyway; when the server is quiet, a
+//! wait would only add its length to every lone request's latency.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,7 +35,7 @@ impl Default for BatcherConfig {
         BatcherConfig {
             max_batch_tokens: 8192,
             max_batch_requests: 64,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
             max_waiting: 1024,
         }
     }

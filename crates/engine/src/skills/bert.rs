@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::compute::ops;
-use crate::compute::{ComputePool, Matrix, SendPtr};
+use crate::compute::{ComputePool, Matrix, Projections, SendPtr};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
 use crate::formats::safetensors::Checkpoint;
@@ -42,9 +42,8 @@ pub trait Encoder: Send + Sync {
 }
 
 struct Layer {
-    q: Matrix,
-    k: Matrix,
-    v: Matrix,
+    /// Query, key and value projections (one fused product where they stack).
+    qkv: Projections,
     bq: Vec<f32>,
     bk: Vec<f32>,
     bv: Vec<f32>,
@@ -132,9 +131,11 @@ impl BertModel {
         for i in 0..cfg.layers {
             let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
             layers.push(Layer {
-                q: ck.matrix(&l("attention.self.query.weight"))?,
-                k: ck.matrix(&l("attention.self.key.weight"))?,
-                v: ck.matrix(&l("attention.self.value.weight"))?,
+                qkv: Projections::new(vec![
+                    ck.matrix(&l("attention.self.query.weight"))?,
+                    ck.matrix(&l("attention.self.key.weight"))?,
+                    ck.matrix(&l("attention.self.value.weight"))?,
+                ]),
                 bq: ck.vector(&l("attention.self.query.bias"))?,
                 bk: ck.vector(&l("attention.self.key.bias"))?,
                 bv: ck.vector(&l("attention.self.value.bias"))?,
@@ -173,6 +174,22 @@ impl BertModel {
         }
         Ok(model)
     }
+
+    /// The same model with its f32 layer weights held as half precision:
+    /// half the memory, and products over few tokens (bound by reading the
+    /// weights) faster: all-MiniLM-L6-v2, one sentence, 2 threads, 3.6 → 3.05
+    /// ms. Embedding tables, norms and biases stay f32; products accumulate
+    /// in f32. This is also the path of checkpoints stored as f16.
+    pub fn into_f16(mut self) -> Result<Self> {
+        for l in &mut self.layers {
+            l.qkv = std::mem::replace(&mut l.qkv, Projections::new(Vec::new())).into_f16()?;
+            for m in [&mut l.o, &mut l.inter, &mut l.out] {
+                let owned = std::mem::replace(m, Matrix::from_f32(0, 0, Vec::new())?);
+                *m = owned.into_f16()?;
+            }
+        }
+        Ok(self)
+    }
 }
 
 impl Encoder for BertModel {
@@ -183,10 +200,8 @@ impl Encoder for BertModel {
     fn weight_bytes(&self) -> usize {
         let mut n = self.word.byte_len() + self.position.byte_len();
         for l in &self.layers {
-            n += [&l.q, &l.k, &l.v, &l.o, &l.inter, &l.out]
-                .iter()
-                .map(|m| m.byte_len())
-                .sum::<usize>();
+            n += l.qkv.byte_len();
+            n += [&l.o, &l.inter, &l.out].iter().map(|m| m.byte_len()).sum::<usize>();
         }
         n
     }
@@ -245,9 +260,7 @@ impl Encoder for BertModel {
         let mut tmp = vec![0f32; t * h];
         let mut inter = vec![0f32; t * c.intermediate];
         for l in &self.layers {
-            l.q.matmul(&x, t, &mut q, pool);
-            l.k.matmul(&x, t, &mut k, pool);
-            l.v.matmul(&x, t, &mut v, pool);
+            l.qkv.apply(&x, t, &mut [&mut q, &mut k, &mut v], pool);
             ops::add_bias(&mut q, &l.bq);
             ops::add_bias(&mut k, &l.bk);
             ops::add_bias(&mut v, &l.bv);

@@ -107,6 +107,8 @@ pub struct LoadContext {
     pub device: DeviceId,
     /// The backend for `device` when it is not the CPU.
     pub backend: Option<Arc<dyn DeviceBackend>>,
+    /// CPU encoders hold their f32 layer weights as f16 (`BertModel::into_f16`).
+    pub encoder_f16: bool,
 }
 
 impl LoadContext {
@@ -119,6 +121,7 @@ impl LoadContext {
             name: name.to_string(),
             device: DeviceId::CPU,
             backend: None,
+            encoder_f16: false,
         }
     }
 
@@ -278,7 +281,10 @@ impl Skill for BertSkill {
         let meta = hf::HfFolder::read(&source.path)?;
         let model: Arc<dyn bert::Encoder> = match ctx.device_backend()? {
             Some(b) => b.load_encoder(source, ctx.device)?,
-            None => Arc::new(bert::BertModel::from_safetensors(&source.path, &meta.config)?),
+            None => {
+                let bert = bert::BertModel::from_safetensors(&source.path, &meta.config)?;
+                Arc::new(if ctx.encoder_f16 { bert.into_f16()? } else { bert })
+            }
         };
         let max_tokens = meta
             .max_seq_length()
