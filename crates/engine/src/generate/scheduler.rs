@@ -449,27 +449,39 @@ impl Scheduler {
             let Some(front) = self.waiting.front_mut() else {
                 break;
             };
-            // Reuse what the prefix cache has of this prompt.
-            if front.kv.blocks.is_empty() && front.job.req.prompt_logprobs.is_none() {
+            // Reuse what the prefix cache has of this prompt (for a
+            // preempted sequence, of its prompt and its output so far).
+            let counted = (self.prefix.queried_blocks, self.prefix.hit_blocks);
+            let reused = if front.kv.blocks.is_empty() && front.job.req.prompt_logprobs.is_none() {
                 let n = front.tokens.len();
-                let reused = self
-                    .prefix
-                    .attach(&front.tokens, n, &mut front.kv, &mut front.hashes, &mut self.kv);
-                let prompt_len = front.prompt_len;
-                front.cached_tokens.get_or_insert(reused.min(prompt_len));
-            }
-            let Some(front) = self.waiting.front() else {
-                break;
+                Some(
+                    self.prefix
+                        .attach(&front.tokens, n, &mut front.kv, &mut front.hashes, &mut self.kv),
+                )
+            } else {
+                None
             };
             let first_chunk = front.unfed().min(self.config.max_batch_tokens);
             let need = front.kv.blocks_needed(&self.kv, front.kv.len + first_chunk.max(1));
-            let available = self.available_blocks();
+            // `available_blocks`, with `front` still borrowed.
+            let available = self.kv.available_blocks() + self.prefix.evictable(&self.kv);
             // Keep a block per running sequence in hand for their decode.
-            if need + self.running.len() > available && !self.running.is_empty() {
+            let fits = need <= available && (self.running.is_empty() || need + self.running.len() <= available);
+            if !fits {
+                // A waiting sequence holds no blocks: what it attached goes
+                // back to the cache (evictable again), or the pool would
+                // shrink under the running sequences with every preemption.
+                // The lookup is tried again next step: count it once.
+                if reused.is_some() {
+                    front.kv.free(&mut self.kv);
+                    front.hashes.clear();
+                    (self.prefix.queried_blocks, self.prefix.hit_blocks) = counted;
+                }
                 break;
             }
-            if need > available {
-                break;
+            if let Some(reused) = reused {
+                let prompt_len = front.prompt_len;
+                front.cached_tokens.get_or_insert(reused.min(prompt_len));
             }
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
