@@ -81,12 +81,34 @@ fn init_logging(format: &str) {
     }
 }
 
+/// glibc raises its mmap threshold whenever a large block is freed; blocks
+/// of that size then come from the heap and stay resident after free, so
+/// the activations of the largest batch ever run would stay in the process
+/// for good (measured: +35 MiB after a chat and embedding load on the two
+/// test models). A fixed threshold returns large buffers to the system.
+/// `MALLOC_MMAP_THRESHOLD_` in the environment still wins.
+fn fix_malloc_mmap_threshold() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+        unsafe extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: mallopt only changes the allocator's tuning; it is called
+        // before the server starts its threads.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 256 << 10);
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => {
             let settings = args.resolve()?;
             init_logging(&settings.log_format);
+            fix_malloc_mmap_threshold();
             serve::run(settings)
         }
         Command::Discover { models, json } => {

@@ -14,17 +14,36 @@ pub const NR: usize = 16;
 /// Tokens per register tile.
 const MR: usize = 6;
 
-/// Row-major `[rows, cols]` → panels (rows padded to a multiple of 16).
-pub fn pack(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
+/// Panels of `E` from rows produced one at a time by `row(r, buf)` (rows
+/// padded to a multiple of 16): a file's tensor packs without a whole f32
+/// copy of it alongside.
+pub fn pack_with<E: Copy + Default>(
+    rows: usize,
+    cols: usize,
+    mut row: impl FnMut(usize, &mut [f32]),
+    convert: impl Fn(f32) -> E,
+) -> Vec<E> {
     let panels = rows.div_ceil(NR);
-    let mut out = vec![0f32; panels * cols * NR];
+    let mut out = vec![E::default(); panels * cols * NR];
+    let mut buf = vec![0f32; cols];
     for r in 0..rows {
+        row(r, &mut buf);
         let (p, j) = (r / NR, r % NR);
-        for k in 0..cols {
-            out[(p * cols + k) * NR + j] = data[r * cols + k];
+        for (k, &v) in buf.iter().enumerate() {
+            out[(p * cols + k) * NR + j] = convert(v);
         }
     }
     out
+}
+
+/// Row-major `[rows, cols]` → panels.
+pub fn pack(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
+    pack_with(
+        rows,
+        cols,
+        |r, buf| buf.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+        |v| v,
+    )
 }
 
 /// Row `r` of a packed matrix.
@@ -37,15 +56,17 @@ pub fn unpack_row(packed: &[f32], cols: usize, r: usize, out: &mut [f32]) {
 
 /// Row-major f32 `[rows, cols]` → half panels (rounded to nearest).
 pub fn pack_f16(rows: usize, cols: usize, data: &[f32]) -> Vec<u16> {
-    let panels = rows.div_ceil(NR);
-    let mut out = vec![0u16; panels * cols * NR];
-    for r in 0..rows {
-        let (p, j) = (r / NR, r % NR);
-        for k in 0..cols {
-            out[(p * cols + k) * NR + j] = half::f16::from_f32(data[r * cols + k]).to_bits();
-        }
-    }
-    out
+    pack_with(
+        rows,
+        cols,
+        |r, buf| buf.copy_from_slice(&data[r * cols..(r + 1) * cols]),
+        f16_bits,
+    )
+}
+
+/// An f32 as IEEE half bits, rounded to nearest.
+pub fn f16_bits(v: f32) -> u16 {
+    half::f16::from_f32(v).to_bits()
 }
 
 /// Row `r` of a half-packed matrix.

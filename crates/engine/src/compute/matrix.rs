@@ -125,23 +125,36 @@ impl Matrix {
         Ok(row_bytes)
     }
 
-    /// f32 or f16 file bytes → panels of the same precision (exact).
+    /// f32 or f16 file bytes → panels of the same precision (exact), a row
+    /// at a time.
     fn from_float_bytes(rows: usize, cols: usize, dtype: GgmlType, bytes: &[u8]) -> Result<Self> {
-        let mut v = vec![0f32; rows * cols];
-        dequantize_row(dtype, bytes, &mut v);
-        match dtype {
-            GgmlType::F16 => Self::from_f32_as_f16(rows, cols, &v),
-            _ => Self::from_f32(rows, cols, v),
-        }
+        let row_bytes = Self::check(rows, cols, dtype, bytes.len())?;
+        let row = |r: usize, buf: &mut [f32]| dequantize_row(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes], buf);
+        let storage = match dtype {
+            GgmlType::F16 => Storage::F16(super::gemm::pack_with(rows, cols, row, super::gemm::f16_bits)),
+            _ => Storage::F32(super::gemm::pack_with(rows, cols, row, |v| v)),
+        };
+        Ok(Matrix {
+            rows,
+            cols,
+            dtype,
+            row_bytes,
+            storage,
+            packed: None,
+        })
     }
 
-    /// A matrix over mapped file bytes. F32 and F16 data are copied out into panels (it is only
-    /// ever small norms/biases in quantised files, and f32 maths wants an
-    /// aligned `&[f32]`).
+    /// A matrix over mapped file bytes. F32 and F16 data are copied out into
+    /// panels (the layout the products read), quantised types repacked where
+    /// they have a packed layout.
     pub fn from_mapped(rows: usize, cols: usize, dtype: GgmlType, bytes: MappedBytes) -> Result<Self> {
         let row_bytes = Self::check(rows, cols, dtype, bytes.bytes().len())?;
         if matches!(dtype, GgmlType::F32 | GgmlType::F16) {
-            return Self::from_float_bytes(rows, cols, dtype, bytes.bytes());
+            // Copied into panels: the file pages need not stay resident
+            // (while a model loads they would double its footprint).
+            let m = Self::from_float_bytes(rows, cols, dtype, bytes.bytes());
+            bytes.release_pages();
+            return m;
         }
         // Repack the types with a packed layout; the file pages then need
         // not stay resident (embedding lookups re-read single rows).
