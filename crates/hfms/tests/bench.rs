@@ -72,7 +72,15 @@ fn chat_and_embeddings_against_hfms_serve() {
     assert!(stderr.contains("TTFT ms p50/p90/p99"), "{stderr}");
 
     for r in &records {
-        for key in ["base_url", "model", "timestamp", "hfms_version", "mode", "requests", "errors"] {
+        for key in [
+            "base_url",
+            "model",
+            "timestamp",
+            "hfms_version",
+            "mode",
+            "requests",
+            "errors",
+        ] {
             assert!(r.get(key).is_some(), "{key} missing: {r}");
         }
         assert_eq!(r["base_url"], base.as_str());
@@ -83,7 +91,12 @@ fn chat_and_embeddings_against_hfms_serve() {
     }
 
     let chat: Vec<&Value> = records.iter().filter(|r| r["mode"] == "chat").collect();
-    assert_eq!(chat.iter().map(|r| r["concurrency"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(
+        chat.iter()
+            .map(|r| r["concurrency"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
     for r in chat {
         assert_eq!(r["model"], "smollm2");
         // ignore_eos: every request generates exactly max_tokens.
@@ -106,7 +119,12 @@ fn chat_and_embeddings_against_hfms_serve() {
     }
 
     let emb: Vec<&Value> = records.iter().filter(|r| r["mode"] == "embeddings").collect();
-    assert_eq!(emb.iter().map(|r| r["batch_size"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 4]);
+    assert_eq!(
+        emb.iter()
+            .map(|r| r["batch_size"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 4]
+    );
     for r in emb {
         assert_eq!(r["model"], "all-minilm");
         let batch = r["batch_size"].as_u64().unwrap();

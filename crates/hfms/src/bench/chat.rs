@@ -27,6 +27,9 @@ pub struct ChatSample {
     pub e2e: f64,
     pub completion_tokens: u64,
     pub prompt_tokens: Option<u64>,
+    /// `usage.prompt_tokens_details.cached_tokens`: prompt tokens served
+    /// from a prefix cache, when the server says.
+    pub cached_tokens: Option<u64>,
     /// Whether the server sent a usage chunk (else tokens = content chunks).
     pub usage: bool,
 }
@@ -62,6 +65,7 @@ struct StreamState {
     content_chunks: u64,
     completion_tokens: Option<u64>,
     prompt_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
     done: Option<f64>,
 }
 
@@ -95,6 +99,9 @@ impl StreamState {
         if let Some(u) = v.get("usage").filter(|u| u.is_object()) {
             self.completion_tokens = u.get("completion_tokens").and_then(Value::as_u64);
             self.prompt_tokens = u.get("prompt_tokens").and_then(Value::as_u64);
+            self.cached_tokens = u
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64);
         }
         Ok(())
     }
@@ -134,16 +141,12 @@ pub async fn stream_chat(http: &Http, body: &Value) -> Result<ChatSample, String
     let Some(e2e) = state.done else {
         return Err("stream ended without data: [DONE]".into());
     };
-    // Read the end of the body so the connection goes back to the pool.
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(Some(_)) = resp.chunk().await {}
-    })
-    .await;
     Ok(ChatSample {
         ttft: state.ttft,
         e2e,
         completion_tokens: state.completion_tokens.unwrap_or(state.content_chunks),
         prompt_tokens: state.prompt_tokens,
+        cached_tokens: state.cached_tokens,
         usage: state.completion_tokens.is_some(),
     })
 }
@@ -186,7 +189,9 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
         let e2e = Summary::of(ok.iter().map(|s| s.e2e).collect()).scaled(1e3);
         let tokens: u64 = ok.iter().map(|s| s.completion_tokens).sum();
         let prompt: Vec<u64> = ok.iter().filter_map(|s| s.prompt_tokens).collect();
-        let prompt_mean = (!prompt.is_empty()).then(|| prompt.iter().sum::<u64>() as f64 / prompt.len() as f64);
+        let mean = |v: &[u64]| (!v.is_empty()).then(|| v.iter().sum::<u64>() as f64 / v.len() as f64);
+        let prompt_mean = mean(&prompt);
+        let cached: Vec<u64> = ok.iter().filter_map(|s| s.cached_tokens).collect();
         let tok_s = tokens as f64 / wall;
         let req_s = ok.len() as f64 / wall;
         let mut record = out.record("chat", &args.model);
@@ -201,6 +206,7 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
             ("ignore_eos".into(), json!(args.ignore_eos)),
             ("temperature".into(), json!(args.temperature)),
             ("prompt_tokens_mean".into(), json!(prompt_mean)),
+            ("cached_prompt_tokens_mean".into(), json!(mean(&cached))),
             ("completion_tokens_total".into(), json!(tokens)),
             (
                 "completion_tokens_min".into(),
@@ -225,6 +231,11 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
                 concurrency.to_string(),
                 level.results.len().to_string(),
                 level.errors().to_string(),
+                match (prompt_mean, mean(&cached)) {
+                    (Some(p), Some(c)) if c > 0.0 => format!("{p:.0} ({c:.0} cached)"),
+                    (Some(p), _) => format!("{p:.0}"),
+                    (None, _) => "-".into(),
+                },
                 fmt_triple(&ttft),
                 fmt_triple(&itl),
                 fmt_triple(&e2e),
@@ -248,6 +259,7 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
             "conc",
             "requests",
             "errors",
+            "prompt tok",
             "TTFT ms p50/p90/p99",
             "ITL ms p50/p90/p99",
             "e2e ms p50/p90/p99",
@@ -256,6 +268,7 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
             "req/s",
         ],
         rows,
+        &[],
     )?;
     Ok(failed)
 }

@@ -141,6 +141,7 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
             "req/s",
         ],
         rows,
+        &[],
     )?;
     Ok(failed)
 }

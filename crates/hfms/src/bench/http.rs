@@ -56,9 +56,15 @@ impl Http {
             v.set_sensitive(true);
             headers.insert(AUTHORIZATION, v);
         }
+        // A new connection for every request: some servers (llama-server
+        // after a streamed answer) close a connection they announced as
+        // keep-alive, and a pooled connection picked up at that moment fails
+        // with "connection closed before message completed". A loopback
+        // connect costs a fraction of a millisecond, the same for every server.
         let mut builder = reqwest::Client::builder()
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
             .tcp_nodelay(true);
         if loopback {
             // A proxy from the environment must not carry loopback traffic.

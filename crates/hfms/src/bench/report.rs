@@ -100,9 +100,15 @@ impl Output {
     }
 
     /// An aligned table: a title, a header row, one row per level, then the
-    /// first error of each level that had one and the machine's load.
-    /// On stdout, or stderr when stdout carries the JSON lines.
-    pub fn table(&mut self, title: &str, headers: &[&str], rows: Vec<(Vec<String>, Option<String>)>) -> Result<()> {
+    /// first error of each level that had one, `notes`, and the machine's
+    /// load. On stdout, or stderr when stdout carries the JSON lines.
+    pub fn table(
+        &mut self,
+        title: &str,
+        headers: &[&str],
+        rows: Vec<(Vec<String>, Option<String>)>,
+        notes: &[String],
+    ) -> Result<()> {
         let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
         for (cells, _) in &rows {
             for (w, c) in widths.iter_mut().zip(cells) {
@@ -126,6 +132,9 @@ impl Output {
                 text.push_str(&format!("  first error, {e}\n"));
             }
         }
+        for n in notes {
+            text.push_str(&format!("  {n}\n"));
+        }
         if !self.loads.is_empty() {
             let loads: Vec<String> = self.loads.iter().map(|l| format!("{l:.2}")).collect();
             text.push_str(&format!(
@@ -135,6 +144,11 @@ impl Output {
             self.loads.clear();
         }
         text.push('\n');
+        self.note(&text)
+    }
+
+    /// Text for people, where the tables go.
+    fn note(&mut self, text: &str) -> Result<()> {
         if matches!(self.sink, Sink::Stdout) {
             eprint!("{text}");
         } else {

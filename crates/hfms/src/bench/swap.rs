@@ -4,8 +4,16 @@
 //! Generation models get a chat completion with `max_tokens` 8, embedding
 //! models one input. Which a model is comes from `GET /models/{id}`'s `task`
 //! (hfms gives it); otherwise a one-token chat request is tried, and a 400
-//! means an embedding model. A request is "slow" when it takes more than
-//! [`SLOW_FACTOR`] × the median of the fastest quartile.
+//! means an embedding model.
+//!
+//! Before alternating, each model gets one request (which loads it) and
+//! [`WARM_SAMPLES`] more back to back: their median is its warm latency.
+//! Reported: latency percentiles over the alternating requests, how many
+//! were slow — more than [`SLOW_FACTOR`] × the median of the fastest
+//! quartile of all of them, and more than [`SLOW_FACTOR`] × their own
+//! model's warm latency (the better test when the models differ in cost, or
+//! when every alternating request reloads) — and per model the p50, the
+//! warm latency and the difference: what a swap costs.
 
 use std::time::{Duration, Instant};
 
@@ -18,6 +26,7 @@ use super::stats::{Summary, slow_outliers};
 use super::{BenchArgs, Bounds, embeddings, progress, run_level, workload};
 
 pub const SLOW_FACTOR: f64 = 5.0;
+const WARM_SAMPLES: usize = 3;
 const SWAP_MAX_TOKENS: u32 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,32 +99,60 @@ async fn detect(args: &BenchArgs, http: &Http, model: &str) -> (Kind, String) {
     }
 }
 
+/// One request to `model`, timed (milliseconds).
+async fn timed(args: &BenchArgs, http: &Http, model: &str, kind: Kind, seq: usize) -> Result<f64, String> {
+    let start = Instant::now();
+    match kind {
+        Kind::Chat => chat(http, &chat_body(args, model, seq as u64, SWAP_MAX_TOKENS))
+            .await
+            .map_err(|(_, e)| e)?,
+        Kind::Embed => embeddings::embed(http, model, embeddings::inputs(seq, 1))
+            .await
+            .map(|_| ())?,
+    }
+    Ok(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The model's latency when nothing has to be loaded: one request that
+/// loads it, then [`WARM_SAMPLES`] back to back; their median (ms).
+async fn warm_latency(args: &BenchArgs, http: &Http, model: &str, kind: Kind, timeout: Duration) -> Option<f64> {
+    let mut samples = Vec::new();
+    for i in 0..=WARM_SAMPLES {
+        match tokio::time::timeout(timeout, timed(args, http, model, kind, 1_000_000 + i)).await {
+            Ok(Ok(ms)) if i > 0 => samples.push(ms),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                eprintln!("hfms bench: swap: warm request to {model} failed: {e}");
+                return None;
+            }
+            Err(_) => {
+                eprintln!("hfms bench: swap: warm request to {model} timed out");
+                return None;
+            }
+        }
+    }
+    Summary::of(samples).p50
+}
+
 /// Runs the alternating requests; returns how many failed.
 pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usize> {
     let timeout = Duration::from_secs_f64(args.timeout);
     let models = &args.swap_models;
     let mut kinds = Vec::new();
+    let mut warm = Vec::new();
     for m in models {
-        kinds.push(detect(args, http, m).await);
+        let kind = detect(args, http, m).await;
+        warm.push(warm_latency(args, http, m, kind.0, timeout).await);
+        kinds.push(kind);
     }
     let bounds = Bounds::of(args, (4 * models.len()).max(8));
     let pb = progress("swap".into(), bounds);
     out.level_start();
+    // The last model warmed is the one loaded: request 0 (model 0) swaps.
     let level = run_level(1, bounds, timeout, &pb, |i| {
         let m = i % models.len();
         let (model, kind) = (models[m].as_str(), kinds[m].0);
-        async move {
-            let start = Instant::now();
-            match kind {
-                Kind::Chat => chat(http, &chat_body(args, model, i as u64, SWAP_MAX_TOKENS))
-                    .await
-                    .map_err(|(_, e)| e)?,
-                Kind::Embed => embeddings::embed(http, model, embeddings::inputs(i, 1))
-                    .await
-                    .map(|_| ())?,
-            }
-            Ok((m, start.elapsed().as_secs_f64() * 1e3))
-        }
+        async move { timed(args, http, model, kind, i).await.map(|ms| (m, ms)) }
     })
     .await;
     pb.finish_and_clear();
@@ -124,22 +161,36 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
     let all_ms: Vec<f64> = ok.iter().map(|(_, v)| *v).collect();
     let latency = Summary::of(all_ms.clone());
     let (fast_median, threshold, slow) = match slow_outliers(&all_ms, SLOW_FACTOR) {
-        Some((f, t, s)) => (Some(f), Some(t), s),
+        Some((f, t, n)) => (Some(f), Some(t), n),
         None => (None, None, 0),
     };
-    let per_model: serde_json::Map<String, Value> = models
-        .iter()
-        .enumerate()
-        .map(|(m, name)| {
-            let mine: Vec<f64> = ok.iter().filter(|(k, _)| *k == m).map(|(_, v)| *v).collect();
-            let s = Summary::of(mine.clone());
-            (
-                name.clone(),
-                json!({"task": kinds[m].0.as_str(), "detected_by": kinds[m].1, "requests": mine.len(),
-                       "latency_p50_ms": s.p50, "latency_max_ms": mine.iter().copied().reduce(f64::max)}),
-            )
-        })
-        .collect();
+    let mut slow_vs_warm = 0;
+    let mut per_model = serde_json::Map::new();
+    let mut model_cells = Vec::new();
+    for (m, name) in models.iter().enumerate() {
+        let mine: Vec<f64> = ok.iter().filter(|(k, _)| *k == m).map(|(_, v)| *v).collect();
+        let s = Summary::of(mine.clone());
+        let model_slow = warm[m].map_or(0, |w| mine.iter().filter(|v| **v > SLOW_FACTOR * w).count());
+        slow_vs_warm += model_slow;
+        model_cells.push(format!(
+            "{name}: p50 {} ms, warm {} ms, {model_slow} > {SLOW_FACTOR}× warm",
+            fmt_ms(s.p50),
+            fmt_ms(warm[m]),
+        ));
+        per_model.insert(
+            name.clone(),
+            json!({
+                "task": kinds[m].0.as_str(),
+                "detected_by": kinds[m].1,
+                "requests": mine.len(),
+                "latency_p50_ms": s.p50,
+                "latency_max_ms": mine.iter().copied().reduce(f64::max),
+                "warm_p50_ms": warm[m],
+                "swap_overhead_p50_ms": s.p50.zip(warm[m]).map(|(p, w)| p - w),
+                "slow_vs_warm_requests": model_slow,
+            }),
+        );
+    }
     let wall = level.wall.as_secs_f64();
     let mut record = out.record("swap", &models.join(","));
     record.extend([
@@ -150,10 +201,11 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
         ("wall_s".into(), json!(wall)),
         ("stopped_by_duration".into(), json!(level.stopped_by_duration)),
         ("chat_max_tokens".into(), json!(SWAP_MAX_TOKENS)),
-        ("fast_quartile_median_ms".into(), json!(fast_median)),
         ("slow_factor".into(), json!(SLOW_FACTOR)),
+        ("fast_quartile_median_ms".into(), json!(fast_median)),
         ("slow_threshold_ms".into(), json!(threshold)),
         ("slow_requests".into(), json!(slow)),
+        ("slow_vs_warm_requests".into(), json!(slow_vs_warm)),
         ("per_model".into(), Value::Object(per_model)),
         ("latencies_ms".into(), json!(all_ms)),
     ]);
@@ -166,13 +218,14 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
         .map(|(m, (k, _))| format!("{m} ({})", k.as_str()))
         .collect();
     out.table(
-        &format!("swap: {} at {}, one request at a time", tasks.join(" ↔ "), http.base),
+        &format!("swap: {} at {}, one request at a time", tasks.join(" <-> "), http.base),
         &[
             "requests",
             "errors",
             "latency ms p50/p90/p99",
-            "fastest quartile median ms",
-            &format!("slow (> {SLOW_FACTOR}× that)"),
+            "fastest-quartile median ms",
+            &format!("slow (> {SLOW_FACTOR}×)"),
+            &format!("slow (> {SLOW_FACTOR}× warm)"),
         ],
         vec![(
             vec![
@@ -181,9 +234,11 @@ pub async fn run(args: &BenchArgs, http: &Http, out: &mut Output) -> Result<usiz
                 fmt_triple(&latency),
                 fmt_ms(fast_median),
                 slow.to_string(),
+                slow_vs_warm.to_string(),
             ],
             level.first_error().map(|e| format!("swap: {e}")),
         )],
+        &model_cells,
     )?;
     Ok(level.errors())
 }
