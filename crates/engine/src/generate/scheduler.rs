@@ -445,6 +445,18 @@ impl Scheduler {
 
     /// FIFO admission while a first chunk of each prompt fits in the cache.
     fn admit(&mut self) {
+        // Blocks the running sequences take in the coming step: a newcomer
+        // must fit beside them, or the step preempts it straight away (and a
+        // preempted sequence whose blocks are still cached would bounce in
+        // and out at every step).
+        let mut committed: usize = self
+            .plan()
+            .iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                s.kv.blocks_needed(&self.kv, s.kv.len + n)
+            })
+            .sum();
         while self.running.len() < self.config.max_running {
             let Some(front) = self.waiting.front_mut() else {
                 break;
@@ -466,7 +478,8 @@ impl Scheduler {
             // `available_blocks`, with `front` still borrowed.
             let available = self.kv.available_blocks() + self.prefix.evictable(&self.kv);
             // Keep a block per running sequence in hand for their decode.
-            let fits = need <= available && (self.running.is_empty() || need + self.running.len() <= available);
+            let fits = need + committed <= available
+                && (self.running.is_empty() || need + committed + self.running.len() <= available);
             if !fits {
                 // A waiting sequence holds no blocks: what it attached goes
                 // back to the cache (evictable again), or the pool would
@@ -483,6 +496,7 @@ impl Scheduler {
                 let prompt_len = front.prompt_len;
                 front.cached_tokens.get_or_insert(reused.min(prompt_len));
             }
+            committed += need;
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
