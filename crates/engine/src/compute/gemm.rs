@@ -14,15 +14,39 @@ pub const NR: usize = 16;
 /// Tokens per register tile.
 const MR: usize = 6;
 
-/// Panels of `E` from rows produced one at a time by `row(r, buf)` (rows
-/// padded to a multiple of 16): a file's tensor packs without a whole f32
-/// copy of it alongside.
-pub fn pack_with<E: Copy + Default>(
-    rows: usize,
-    cols: usize,
-    mut row: impl FnMut(usize, &mut [f32]),
-    convert: impl Fn(f32) -> E,
-) -> Vec<E> {
+/// What a panel holds: f32, or IEEE half bits.
+pub trait PanelElem: Copy + Default + Send + Sync + 'static {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl PanelElem for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+impl PanelElem for u16 {
+    /// Rounded to nearest.
+    #[inline(always)]
+    fn from_f32(v: f32) -> u16 {
+        half::f16::from_f32(v).to_bits()
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
+    }
+}
+
+/// Panels from rows produced one at a time by `row(r, buf)` (rows padded
+/// to a multiple of 16): a file's tensor packs without a whole f32 copy of
+/// it alongside.
+pub fn pack_with<E: PanelElem>(rows: usize, cols: usize, mut row: impl FnMut(usize, &mut [f32])) -> Vec<E> {
     let panels = rows.div_ceil(NR);
     let mut out = vec![E::default(); panels * cols * NR];
     let mut buf = vec![0f32; cols];
@@ -30,58 +54,34 @@ pub fn pack_with<E: Copy + Default>(
         row(r, &mut buf);
         let (p, j) = (r / NR, r % NR);
         for (k, &v) in buf.iter().enumerate() {
-            out[(p * cols + k) * NR + j] = convert(v);
+            out[(p * cols + k) * NR + j] = E::from_f32(v);
         }
     }
     out
 }
 
-/// Row-major `[rows, cols]` → panels.
-pub fn pack(rows: usize, cols: usize, data: &[f32]) -> Vec<f32> {
-    pack_with(
-        rows,
-        cols,
-        |r, buf| buf.copy_from_slice(&data[r * cols..(r + 1) * cols]),
-        |v| v,
-    )
+/// Row-major f32 `[rows, cols]` → panels.
+pub fn pack<E: PanelElem>(rows: usize, cols: usize, data: &[f32]) -> Vec<E> {
+    pack_with(rows, cols, |r, buf| {
+        buf.copy_from_slice(&data[r * cols..(r + 1) * cols])
+    })
 }
 
 /// Row `r` of a packed matrix.
-pub fn unpack_row(packed: &[f32], cols: usize, r: usize, out: &mut [f32]) {
+pub fn unpack_row<E: PanelElem>(packed: &[E], cols: usize, r: usize, out: &mut [f32]) {
     let (p, j) = (r / NR, r % NR);
     for (k, o) in out.iter_mut().enumerate().take(cols) {
-        *o = packed[(p * cols + k) * NR + j];
+        *o = packed[(p * cols + k) * NR + j].to_f32();
     }
 }
 
-/// Row-major f32 `[rows, cols]` → half panels (rounded to nearest).
-pub fn pack_f16(rows: usize, cols: usize, data: &[f32]) -> Vec<u16> {
-    pack_with(
-        rows,
-        cols,
-        |r, buf| buf.copy_from_slice(&data[r * cols..(r + 1) * cols]),
-        f16_bits,
-    )
-}
-
-/// An f32 as IEEE half bits, rounded to nearest.
-pub fn f16_bits(v: f32) -> u16 {
-    half::f16::from_f32(v).to_bits()
-}
-
-/// Row `r` of a half-packed matrix.
-pub fn unpack_row_f16(packed: &[u16], cols: usize, r: usize, out: &mut [f32]) {
-    let (p, j) = (r / NR, r % NR);
-    for (k, o) in out.iter_mut().enumerate().take(cols) {
-        *o = half::f16::from_bits(packed[(p * cols + k) * NR + j]).to_f32();
-    }
-}
-
-/// One panel (of f32, or of half bits) against tokens `x[t, k]`: writes
-/// `out[tok * stride + j]` for `j < width` (the panel's real rows).
+/// One panel against tokens `x[t, k]`: writes `out[tok * stride + j]` for
+/// `j < width` (the panel's real rows).
 pub type PanelKernelOf<E> =
     fn(panel: &[E], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize);
 pub type PanelKernel = PanelKernelOf<f32>;
+/// The half-panel twin of [`PanelKernel`].
+pub type PanelKernelF16 = PanelKernelOf<u16>;
 
 pub fn panel_kernel() -> PanelKernel {
     #[cfg(target_arch = "x86_64")]
@@ -93,9 +93,6 @@ pub fn panel_kernel() -> PanelKernel {
     panel_scalar
 }
 
-/// The half-panel twin of [`PanelKernel`].
-pub type PanelKernelF16 = PanelKernelOf<u16>;
-
 pub fn panel_kernel_f16() -> PanelKernelF16 {
     #[cfg(target_arch = "x86_64")]
     {
@@ -106,31 +103,25 @@ pub fn panel_kernel_f16() -> PanelKernelF16 {
             return x86::panel_f16;
         }
     }
-    panel_scalar_f16
+    panel_scalar
 }
 
-pub fn panel_scalar_f16(panel: &[u16], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
+pub fn panel_scalar<E: PanelElem>(
+    panel: &[E],
+    x: &[f32],
+    t: usize,
+    k: usize,
+    out: &mut [f32],
+    stride: usize,
+    width: usize,
+) {
     for tok in 0..t {
         let mut acc = [0f32; NR];
         for kk in 0..k {
             let a = x[tok * k + kk];
             let b = &panel[kk * NR..(kk + 1) * NR];
             for j in 0..NR {
-                acc[j] += a * half::f16::from_bits(b[j]).to_f32();
-            }
-        }
-        out[tok * stride..tok * stride + width].copy_from_slice(&acc[..width]);
-    }
-}
-
-pub fn panel_scalar(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-    for tok in 0..t {
-        let mut acc = [0f32; NR];
-        for kk in 0..k {
-            let a = x[tok * k + kk];
-            let b = &panel[kk * NR..(kk + 1) * NR];
-            for j in 0..NR {
-                acc[j] += a * b[j];
+                acc[j] += a * b[j].to_f32();
             }
         }
         out[tok * stride..tok * stride + width].copy_from_slice(&acc[..width]);
@@ -256,28 +247,23 @@ mod x86 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn kernels_match_plain_maths() {
+    /// Every kernel for `E` against the plain product of the weights as
+    /// panels of `E` hold them (half panels round each weight once).
+    fn check_kernels<E: PanelElem>(kernels: [PanelKernelOf<E>; 2]) {
         for (rows, cols, t) in [(16, 8, 1), (21, 33, 7), (50, 64, 13)] {
             let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
             let x: Vec<f32> = (0..t * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
-            let packed = pack(rows, cols, &w);
+            let packed = pack::<E>(rows, cols, &w);
+            let w: Vec<f32> = w.iter().map(|&v| E::from_f32(v).to_f32()).collect();
             let mut row = vec![0f32; cols];
             unpack_row(&packed, cols, rows - 1, &mut row);
             assert_eq!(row, w[(rows - 1) * cols..]);
-            for kernel in [panel_scalar as PanelKernel, panel_kernel()] {
+            for kernel in kernels {
                 let mut out = vec![0f32; t * rows];
                 for p in 0..rows.div_ceil(NR) {
                     let width = NR.min(rows - p * NR);
-                    kernel(
-                        &packed[p * cols * NR..(p + 1) * cols * NR],
-                        &x,
-                        t,
-                        cols,
-                        &mut out[p * NR..],
-                        rows,
-                        width,
-                    );
+                    let panel = &packed[p * cols * NR..(p + 1) * cols * NR];
+                    kernel(panel, &x, t, cols, &mut out[p * NR..], rows, width);
                 }
                 for tok in 0..t {
                     for r in 0..rows {
@@ -290,31 +276,12 @@ mod tests {
                     }
                 }
             }
-            // Half panels: the weights are rounded once, so compare with
-            // the product of the rounded weights.
-            let packed = pack_f16(rows, cols, &w);
-            let wh: Vec<f32> = w.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
-            let mut row = vec![0f32; cols];
-            unpack_row_f16(&packed, cols, 3, &mut row);
-            assert_eq!(row, wh[3 * cols..4 * cols]);
-            for kernel in [panel_scalar_f16 as PanelKernelF16, panel_kernel_f16()] {
-                let mut out = vec![0f32; t * rows];
-                for p in 0..rows.div_ceil(NR) {
-                    let width = NR.min(rows - p * NR);
-                    let panel = &packed[p * cols * NR..(p + 1) * cols * NR];
-                    kernel(panel, &x, t, cols, &mut out[p * NR..], rows, width);
-                }
-                for tok in 0..t {
-                    for r in 0..rows {
-                        let want: f32 = (0..cols).map(|k| wh[r * cols + k] * x[tok * cols + k]).sum();
-                        let got = out[tok * rows + r];
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "f16 {rows}x{cols}: {got} vs {want}"
-                        );
-                    }
-                }
-            }
         }
+    }
+
+    #[test]
+    fn kernels_match_plain_maths() {
+        check_kernels::<f32>([panel_scalar, panel_kernel()]);
+        check_kernels::<u16>([panel_scalar, panel_kernel_f16()]);
     }
 }

@@ -14,7 +14,7 @@ use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
 enum Storage {
     /// f32, packed into panels of 16 rows (`gemm::pack`) for the products.
     F32(Vec<f32>),
-    /// IEEE half bits in the same panels (`gemm::pack_f16`).
+    /// IEEE half bits in the same panels.
     F16(Vec<u16>),
     /// Raw ggml-typed bytes inside a file mapping (no copy).
     Mapped(MappedBytes),
@@ -62,38 +62,42 @@ const GEMM_MIN_TOKENS: usize = 4;
 
 impl Matrix {
     pub fn from_f32(rows: usize, cols: usize, data: Vec<f32>) -> Result<Self> {
-        if data.len() != rows * cols {
-            return Err(EngineError::format(format!(
-                "matrix {rows}x{cols} given {} values",
-                data.len()
-            )));
-        }
-        Ok(Matrix {
-            rows,
-            cols,
-            dtype: GgmlType::F32,
-            row_bytes: cols * 4,
-            storage: Storage::F32(super::gemm::pack(rows, cols, &data)),
-            packed: None,
-        })
+        Self::from_f32_panels(rows, cols, &data, GgmlType::F32)
     }
 
     /// f32 values kept as half-precision panels: half the memory and, for
-    /// products over few tokens, about half the time (they are bound by
-    /// reading the weights). Rounds each weight to 11 significant bits.
+    /// products over few tokens, less time (they are bound by reading the
+    /// weights). Rounds each weight to 11 significant bits.
     pub fn from_f32_as_f16(rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
+        Self::from_f32_panels(rows, cols, data, GgmlType::F16)
+    }
+
+    fn from_f32_panels(rows: usize, cols: usize, data: &[f32], dtype: GgmlType) -> Result<Self> {
         if data.len() != rows * cols {
             return Err(EngineError::format(format!(
                 "matrix {rows}x{cols} given {} values",
                 data.len()
             )));
         }
+        Self::from_rows(rows, cols, dtype, |r, buf| {
+            buf.copy_from_slice(&data[r * cols..(r + 1) * cols])
+        })
+    }
+
+    /// An F32 or F16 matrix packed into panels of its type from rows given
+    /// one at a time as f32.
+    fn from_rows(rows: usize, cols: usize, dtype: GgmlType, row: impl FnMut(usize, &mut [f32])) -> Result<Self> {
+        let (storage, elem_bytes) = match dtype {
+            GgmlType::F32 => (Storage::F32(super::gemm::pack_with(rows, cols, row)), 4),
+            GgmlType::F16 => (Storage::F16(super::gemm::pack_with(rows, cols, row)), 2),
+            other => return Err(EngineError::internal(format!("no panels of {other:?}"))),
+        };
         Ok(Matrix {
             rows,
             cols,
-            dtype: GgmlType::F16,
-            row_bytes: cols * 2,
-            storage: Storage::F16(super::gemm::pack_f16(rows, cols, data)),
+            dtype,
+            row_bytes: cols * elem_bytes,
+            storage,
             packed: None,
         })
     }
@@ -104,8 +108,7 @@ impl Matrix {
         if !matches!(self.storage, Storage::F32(_)) {
             return Ok(self);
         }
-        let data = self.to_f32();
-        Self::from_f32_as_f16(self.rows, self.cols, &data)
+        Self::from_rows(self.rows, self.cols, GgmlType::F16, |r, buf| self.row_f32(r, buf))
     }
 
     fn check(rows: usize, cols: usize, dtype: GgmlType, len: usize) -> Result<usize> {
@@ -129,18 +132,8 @@ impl Matrix {
     /// at a time.
     fn from_float_bytes(rows: usize, cols: usize, dtype: GgmlType, bytes: &[u8]) -> Result<Self> {
         let row_bytes = Self::check(rows, cols, dtype, bytes.len())?;
-        let row = |r: usize, buf: &mut [f32]| dequantize_row(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes], buf);
-        let storage = match dtype {
-            GgmlType::F16 => Storage::F16(super::gemm::pack_with(rows, cols, row, super::gemm::f16_bits)),
-            _ => Storage::F32(super::gemm::pack_with(rows, cols, row, |v| v)),
-        };
-        Ok(Matrix {
-            rows,
-            cols,
-            dtype,
-            row_bytes,
-            storage,
-            packed: None,
+        Self::from_rows(rows, cols, dtype, |r, buf| {
+            dequantize_row(dtype, &bytes[r * row_bytes..(r + 1) * row_bytes], buf)
         })
     }
 
@@ -222,23 +215,22 @@ impl Matrix {
             return None;
         }
         let rows = parts.iter().map(|m| m.rows).sum();
+        fn concat<E: Clone>(parts: &[&Matrix], panels: fn(&Storage) -> Option<&Vec<E>>) -> Option<Vec<E>> {
+            let mut all = Vec::new();
+            for m in parts {
+                all.extend_from_slice(panels(&m.storage)?);
+            }
+            Some(all)
+        }
         let storage = match &first.storage {
-            Storage::F32(_) => {
-                let mut all = Vec::new();
-                for m in parts {
-                    let Storage::F32(v) = &m.storage else { return None };
-                    all.extend_from_slice(v);
-                }
-                Storage::F32(all)
-            }
-            Storage::F16(_) => {
-                let mut all = Vec::new();
-                for m in parts {
-                    let Storage::F16(v) = &m.storage else { return None };
-                    all.extend_from_slice(v);
-                }
-                Storage::F16(all)
-            }
+            Storage::F32(_) => Storage::F32(concat(parts, |s| match s {
+                Storage::F32(v) => Some(v),
+                _ => None,
+            })?),
+            Storage::F16(_) => Storage::F16(concat(parts, |s| match s {
+                Storage::F16(v) => Some(v),
+                _ => None,
+            })?),
             _ => return None,
         };
         Some(Matrix {
@@ -285,7 +277,7 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, out: &mut [f32]) {
         match &self.storage {
             Storage::F32(v) => super::gemm::unpack_row(v, self.cols, r, out),
-            Storage::F16(v) => super::gemm::unpack_row_f16(v, self.cols, r, out),
+            Storage::F16(v) => super::gemm::unpack_row(v, self.cols, r, out),
             Storage::PackedOnly => {
                 if let Some(p) = &self.packed {
                     p.row_f32(r, out);

@@ -443,20 +443,23 @@ impl Scheduler {
         self.kv.available_blocks() + self.prefix.evictable(&self.kv)
     }
 
+    /// New KV blocks a plan's sequences need for its tokens.
+    fn blocks_for(&self, plan: &[(usize, usize)]) -> usize {
+        plan.iter()
+            .map(|&(i, n)| {
+                let s = &self.running[i];
+                s.kv.blocks_needed(&self.kv, s.kv.len + n)
+            })
+            .sum()
+    }
+
     /// FIFO admission while a first chunk of each prompt fits in the cache.
     fn admit(&mut self) {
         // Blocks the running sequences take in the coming step: a newcomer
         // must fit beside them, or the step preempts it straight away (and a
         // preempted sequence whose blocks are still cached would bounce in
         // and out at every step).
-        let mut committed: usize = self
-            .plan()
-            .iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                s.kv.blocks_needed(&self.kv, s.kv.len + n)
-            })
-            .sum();
+        let mut committed = self.blocks_for(&self.plan());
         while self.running.len() < self.config.max_running {
             let Some(front) = self.waiting.front_mut() else {
                 break;
@@ -563,17 +566,11 @@ impl Scheduler {
     fn step(&mut self) {
         // Reserve cache for the plan, preempting the newest sequences while
         // it does not fit.
-        let plan = loop {
+        let (plan, need) = loop {
             let plan = self.plan();
-            let need: usize = plan
-                .iter()
-                .map(|&(i, n)| {
-                    let s = &self.running[i];
-                    s.kv.blocks_needed(&self.kv, s.kv.len + n)
-                })
-                .sum();
+            let need = self.blocks_for(&plan);
             if need <= self.available_blocks() {
-                break plan;
+                break (plan, need);
             }
             if self.running.len() > 1 {
                 self.preempt_newest();
@@ -592,13 +589,6 @@ impl Scheduler {
             }
             return;
         };
-        let need: usize = plan
-            .iter()
-            .map(|&(i, n)| {
-                let s = &self.running[i];
-                s.kv.blocks_needed(&self.kv, s.kv.len + n)
-            })
-            .sum();
         self.prefix.make_room(need, &mut self.kv);
         for &(i, n) in &plan {
             let s = &mut self.running[i];

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{Value, json};
 
-use super::http::{Http, describe, envelope_message, status_error, truncate};
+use super::http::{Http, describe, envelope_message, truncate};
 use super::report::{Output, fmt_count, fmt_rate, fmt_triple, ms};
 use super::sse::Decoder;
 use super::stats::Summary;
@@ -110,16 +110,7 @@ impl StreamState {
 /// One streamed chat completion, measured.
 pub async fn stream_chat(http: &Http, body: &Value) -> Result<ChatSample, String> {
     let start = Instant::now();
-    let mut resp = http
-        .client
-        .post(http.url("/chat/completions"))
-        .json(body)
-        .send()
-        .await
-        .map_err(describe)?;
-    if !resp.status().is_success() {
-        return Err(status_error(resp).await);
-    }
+    let mut resp = http.post("/chat/completions", body).await?;
     let mut decoder = Decoder::new();
     let mut state = StreamState::default();
     while state.done.is_none() {

@@ -81,8 +81,9 @@ impl Http {
         format!("{}{path}", self.base)
     }
 
-    /// POST `body` as JSON; the parsed JSON answer of a 2xx response.
-    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, String> {
+    /// POST `body` as JSON; the response when its status is 2xx (its body
+    /// not yet read), else the status and body as the error.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<reqwest::Response, String> {
         let resp = self
             .client
             .post(self.url(path))
@@ -93,6 +94,12 @@ impl Http {
         if !resp.status().is_success() {
             return Err(status_error(resp).await);
         }
+        Ok(resp)
+    }
+
+    /// POST `body` as JSON; the parsed JSON answer of a 2xx response.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let resp = self.post(path, body).await?;
         let bytes = resp.bytes().await.map_err(describe)?;
         serde_json::from_slice(&bytes).map_err(|e| truncate(format!("response is not JSON ({e}): {}", lossy(&bytes))))
     }

@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::params::{self, Common};
 use super::types::*;
 use super::{
-    Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, merge, now_unix, sse_done, sse_json,
+    ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, sse_done, sse_json,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
@@ -323,22 +323,19 @@ pub async fn create(
                     return;
                 }
             }
-            let mut events = merge(receivers);
-            let deadline = tokio::time::Instant::now() + limit;
+            let mut events = ChoiceEvents::new(receivers, limit);
             let mut completion = 0;
             let mut cached = 0;
             let mut done = 0;
             loop {
-                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                let (index, ev) = match events.next().await {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
-                    Err(_) => {
-                        tracing::warn!(seconds = limit.as_secs(), "stream timed out; cancelling it");
-                        let _ = tx.send(sse_json(&ApiError::timeout(limit).to_json())).await;
+                    Err(e) => {
+                        let _ = tx.send(sse_json(&e.to_json())).await;
                         return;
                     }
                 };
-                let (index, ev) = next;
                 let c = match ev {
                     GenEvent::Prompt(_) => continue,
                     GenEvent::Delta { text, logprobs } => chunk(

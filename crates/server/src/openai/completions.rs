@@ -16,7 +16,7 @@ use tracing::Instrument;
 use super::chat::json_kind;
 use super::params::{self, Common};
 use super::types::*;
-use super::{acquire, collect_all, fingerprint, finish_str, merge, now_unix, sse_done, sse_json};
+use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, sse_done, sse_json};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -329,8 +329,7 @@ pub async fn create(
     tokio::spawn(
         async move {
             let _model = model;
-            let mut events = merge(receivers);
-            let deadline = tokio::time::Instant::now() + limit;
+            let mut events = ChoiceEvents::new(receivers, limit);
             let mut completion = 0;
             let mut cached = 0;
             let mut done = 0;
@@ -339,16 +338,14 @@ pub async fn create(
             let mut sent: Vec<usize> = vec![0; n];
             let mut echoed = vec![false; n];
             loop {
-                let next = match tokio::time::timeout_at(deadline, events.next()).await {
+                let (index, ev) = match events.next().await {
                     Ok(Some(next)) => next,
                     Ok(None) => break,
-                    Err(_) => {
-                        tracing::warn!(seconds = limit.as_secs(), "stream timed out; cancelling it");
-                        let _ = tx.send(sse_json(&ApiError::timeout(limit).to_json())).await;
+                    Err(e) => {
+                        let _ = tx.send(sse_json(&e.to_json())).await;
                         return;
                     }
                 };
-                let (index, ev) = next;
                 let mut text = String::new();
                 if !echoed[index] {
                     echoed[index] = true;

@@ -147,14 +147,40 @@ pub async fn collect_all(
     }
 }
 
-/// All choices' events as one stream of `(choice index, event)`.
-pub fn merge(receivers: Vec<UnboundedReceiver<GenEvent>>) -> BoxStream<'static, (usize, GenEvent)> {
-    let streams = receivers.into_iter().enumerate().map(|(i, rx)| {
-        tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
-            .map(move |ev| (i, ev))
-            .boxed()
-    });
-    futures::stream::select_all(streams).boxed()
+/// The events of a streamed request's choices, merged, `(choice, event)`,
+/// under the request's time limit.
+pub struct ChoiceEvents {
+    events: BoxStream<'static, (usize, GenEvent)>,
+    deadline: tokio::time::Instant,
+    limit: std::time::Duration,
+}
+
+impl ChoiceEvents {
+    pub fn new(receivers: Vec<UnboundedReceiver<GenEvent>>, limit: std::time::Duration) -> Self {
+        let streams = receivers.into_iter().enumerate().map(|(i, rx)| {
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+                .map(move |ev| (i, ev))
+                .boxed()
+        });
+        ChoiceEvents {
+            events: futures::stream::select_all(streams).boxed(),
+            deadline: tokio::time::Instant::now() + limit,
+            limit,
+        }
+    }
+
+    /// The next event; None when every choice has ended; the timeout error
+    /// once the limit has passed (the caller sends it and ends the stream,
+    /// which drops the receivers and so cancels the sequences).
+    pub async fn next(&mut self) -> ApiResult<Option<(usize, GenEvent)>> {
+        match tokio::time::timeout_at(self.deadline, self.events.next()).await {
+            Ok(next) => Ok(next),
+            Err(_) => {
+                tracing::warn!(seconds = self.limit.as_secs(), "stream timed out; cancelling it");
+                Err(ApiError::timeout(self.limit))
+            }
+        }
+    }
 }
 
 /// An SSE `data:` event with a JSON body.
