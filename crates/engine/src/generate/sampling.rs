@@ -52,6 +52,11 @@ pub struct Sampled {
     pub top: Vec<(u32, f32)>,
 }
 
+/// Temperatures below this sample greedily, as vLLM does: dividing logits
+/// by a near-zero temperature overflows to infinity, and the probabilities
+/// become NaN (a temperature of 1e-39 did exactly that).
+pub const GREEDY_BELOW: f32 = 1e-5;
+
 pub struct Sampler {
     params: SamplingParams,
     rng: ChaCha8Rng,
@@ -119,7 +124,7 @@ impl Sampler {
         }
 
         let id = match allowed {
-            None if self.params.temperature <= 0.0 => argmax(&l),
+            None if self.greedy() => argmax(&l),
             None => self.sample_from(&mut l),
             Some(ok) => self.sample_allowed(&mut l, ok),
         };
@@ -133,7 +138,7 @@ impl Sampler {
     /// Draw (or take the best), reject what `ok` refuses, repeat: cheap,
     /// because the likely tokens are checked first and usually pass.
     fn sample_allowed(&mut self, l: &mut [f32], ok: &dyn Fn(u32) -> bool) -> u32 {
-        if self.params.temperature > 0.0 {
+        if !self.greedy() {
             for _ in 0..64 {
                 let id = self.sample_from(l);
                 if !l[id as usize].is_finite() {
@@ -151,8 +156,13 @@ impl Sampler {
         order.into_iter().find(|&id| ok(id)).unwrap_or_else(|| argmax(l))
     }
 
+    /// Temperatures below `GREEDY_BELOW` (and NaN) pick the best token.
+    fn greedy(&self) -> bool {
+        self.params.temperature.is_nan() || self.params.temperature < GREEDY_BELOW
+    }
+
     fn sample_from(&mut self, l: &mut [f32]) -> u32 {
-        let inv_t = 1.0 / self.params.temperature;
+        let inv_t = 1.0 / self.params.temperature as f64;
         // Candidates sorted by logit, cut by top-k; softmax over them; cut by
         // top-p; draw.
         let mut idx: Vec<u32> = (0..l.len() as u32).filter(|&i| l[i as usize].is_finite()).collect();
@@ -172,7 +182,7 @@ impl Sampler {
         let max = l[idx[0] as usize];
         let mut probs: Vec<f64> = idx
             .iter()
-            .map(|&i| (((l[i as usize] - max) * inv_t) as f64).exp())
+            .map(|&i| ((l[i as usize] - max) as f64 * inv_t).exp())
             .collect();
         let total: f64 = probs.iter().sum();
         for p in probs.iter_mut() {
@@ -325,5 +335,28 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(s.sample(&logits()).id, 3);
+    }
+
+    #[test]
+    fn tiny_positive_temperatures_are_greedy_not_nan() {
+        for t in [1e-39f32, f32::MIN_POSITIVE, 1e-20, 1e-6] {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: t,
+                top_logprobs: Some(1),
+                ..Default::default()
+            });
+            for _ in 0..10 {
+                let out = s.sample(&logits());
+                assert_eq!(out.id, 1, "temperature {t}");
+                assert!(out.logprob.is_some_and(f32::is_finite));
+            }
+        }
+        // Just above the cut it samples (and never produces NaN).
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 2e-5,
+            seed: Some(1),
+            ..Default::default()
+        });
+        assert_eq!(s.sample(&logits()).id, 1);
     }
 }
