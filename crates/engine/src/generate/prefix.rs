@@ -8,6 +8,12 @@
 //! runs dry, blocks only the cache still holds are given back, least recently
 //! used first. Only full blocks are shared, and a sequence only ever writes at
 //! positions past its shared prefix, so shared blocks are never written.
+//!
+//! The hash only finds a candidate: each entry also keeps its block's tokens
+//! and its parent's hash, and a lookup walks the chain from the first block,
+//! comparing both at every step. A 64-bit hash collision (SipHash with fixed
+//! keys can be searched for offline) therefore costs a cache miss, never
+//! another request's KV.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -18,12 +24,31 @@ use crate::kv::{BlockId, KvPool, SeqKv};
 pub struct PrefixCache {
     enabled: bool,
     block_size: usize,
-    /// chain hash → (block, last use, depth in its chain)
-    map: HashMap<u64, (BlockId, u64, usize)>,
+    /// chain hash → the block with what identifies it exactly
+    map: HashMap<u64, Entry>,
     tick: u64,
     /// Full prompt blocks looked up, and found.
     pub queried_blocks: u64,
     pub hit_blocks: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    block: BlockId,
+    /// Last use (LRU clock).
+    used: u64,
+    /// Depth in its chain (0: the first block of a prompt).
+    depth: usize,
+    /// The chain hash of the block before it (0 for the first).
+    prev: u64,
+    /// The block's own tokens.
+    tokens: Box<[u32]>,
+}
+
+impl Entry {
+    fn matches(&self, prev: u64, tokens: &[u32]) -> bool {
+        self.prev == prev && *self.tokens == *tokens
+    }
 }
 
 /// The chain hash of a block following `prev`.
@@ -70,17 +95,20 @@ impl PrefixCache {
         self.tick += 1;
         for b in 0..usable {
             self.queried_blocks += 1;
-            let h = chain_hash(prev, &tokens[b * bs..(b + 1) * bs]);
+            let block = &tokens[b * bs..(b + 1) * bs];
+            let h = chain_hash(prev, block);
             match self.map.get_mut(&h) {
-                Some((id, used, _)) => {
-                    *used = self.tick;
-                    pool.retain(*id);
-                    seq.blocks.push(*id);
+                // Every block before this one matched exactly, so equal
+                // tokens after an equal parent hash mean an equal prefix.
+                Some(e) if e.matches(prev, block) => {
+                    e.used = self.tick;
+                    pool.retain(e.block);
+                    seq.blocks.push(e.block);
                     hashes.push(h);
                     self.hit_blocks += 1;
                     prev = h;
                 }
-                None => break,
+                _ => break,
             }
         }
         seq.len = seq.blocks.len() * bs;
@@ -101,19 +129,28 @@ impl PrefixCache {
         while hashes.len() < full {
             let b = hashes.len();
             let prev = hashes.last().copied().unwrap_or(0);
-            let h = chain_hash(prev, &tokens[b * bs..(b + 1) * bs]);
+            let block = &tokens[b * bs..(b + 1) * bs];
+            let h = chain_hash(prev, block);
             hashes.push(h);
+            // An occupied slot holds this block already, or (a collision)
+            // another one, which keeps its place: this one is not cached.
             if let std::collections::hash_map::Entry::Vacant(e) = self.map.entry(h) {
                 let id = seq.blocks[b];
                 pool.retain(id);
-                e.insert((id, self.tick, b));
+                e.insert(Entry {
+                    block: id,
+                    used: self.tick,
+                    depth: b,
+                    prev,
+                    tokens: block.into(),
+                });
             }
         }
     }
 
     /// Blocks that could be handed back (held by the cache alone).
     pub fn evictable(&self, pool: &KvPool) -> usize {
-        self.map.values().filter(|(id, _, _)| pool.ref_count(*id) == 1).count()
+        self.map.values().filter(|e| pool.ref_count(e.block) == 1).count()
     }
 
     /// Hand back cached blocks, least recently used first, until the pool
@@ -123,9 +160,9 @@ impl PrefixCache {
             let victim = self
                 .map
                 .iter()
-                .filter(|(_, (id, _, _))| pool.ref_count(*id) == 1)
-                .min_by_key(|(_, (_, used, depth))| (*used, std::cmp::Reverse(*depth)))
-                .map(|(h, (id, _, _))| (*h, *id));
+                .filter(|(_, e)| pool.ref_count(e.block) == 1)
+                .min_by_key(|(_, e)| (e.used, std::cmp::Reverse(e.depth)))
+                .map(|(h, e)| (*h, e.block));
             let Some((h, id)) = victim else { return };
             self.map.remove(&h);
             pool.release(id);
@@ -134,8 +171,8 @@ impl PrefixCache {
 
     /// Forget everything (blocks only the cache held become free).
     pub fn clear(&mut self, pool: &mut KvPool) {
-        for (_, (id, _, _)) in self.map.drain() {
-            pool.release(id);
+        for (_, e) in self.map.drain() {
+            pool.release(e.block);
         }
     }
 }
@@ -201,5 +238,33 @@ mod tests {
         c.make_room(2, &mut p);
         assert_eq!(p.available_blocks(), 2);
         assert_eq!(c.cached_blocks(), 1);
+    }
+
+    #[test]
+    fn a_hash_collision_is_a_miss_not_someone_elses_kv() {
+        let mut p = pool(8);
+        let mut c = PrefixCache::new(true, 4);
+        let a: Vec<u32> = vec![1, 2, 3, 4, 5];
+        let mut sa = SeqKv::default();
+        let mut ha = Vec::new();
+        sa.reserve(&mut p, 5).unwrap();
+        sa.len = 5;
+        c.register(&a, &sa, &mut ha, &mut p);
+        assert_eq!(c.cached_blocks(), 1);
+        // Forge a collision: another prompt's first block filed under the
+        // hash of `a`'s first block (what a found SipHash collision does).
+        let b: Vec<u32> = vec![9, 9, 9, 9, 5];
+        let forged = c.map.remove(&ha[0]).unwrap();
+        let hb = chain_hash(0, &b[..4]);
+        c.map.insert(hb, forged);
+        let mut sb = SeqKv::default();
+        assert_eq!(c.attach(&b, b.len(), &mut sb, &mut Vec::new(), &mut p), 0);
+        assert!(sb.blocks.is_empty());
+        assert_eq!(c.hit_blocks, 0);
+        // The honest lookup still hits where it should not be forged.
+        let entry = c.map.remove(&hb).unwrap();
+        c.map.insert(ha[0], entry);
+        let mut sc = SeqKv::default();
+        assert_eq!(c.attach(&a, a.len(), &mut sc, &mut Vec::new(), &mut p), 4);
     }
 }
