@@ -209,3 +209,109 @@ fn a_shared_prompt_prefix_is_computed_once() {
     assert_eq!(uc.cached_tokens, (first.len() - 1) / 16 * 16);
     assert!(g.stats().prefix_hit_blocks.load(Ordering::Relaxed) > 0);
 }
+
+/// A prompt position: its text, and the id and log-probability reported.
+type PromptEntry = (String, Option<u32>, Option<f32>);
+
+/// The prompt log-probabilities of a sequence (and its tokens).
+fn prompt_logprobs(mut rx: UnboundedReceiver<GenEvent>) -> (Vec<PromptEntry>, Vec<u32>) {
+    let mut prompt = None;
+    let mut ids = Vec::new();
+    while let Some(ev) = rx.blocking_recv() {
+        match ev {
+            GenEvent::Prompt(p) => {
+                assert!(prompt.is_none(), "prompt logprobs sent twice");
+                prompt = Some(
+                    p.into_iter()
+                        .map(|t| {
+                            let id = t.logprob.as_ref().map(|l| l.id);
+                            (t.token, id, t.logprob.map(|l| l.logprob))
+                        })
+                        .collect(),
+                );
+            }
+            GenEvent::Delta { logprobs, .. } => ids.extend(logprobs.iter().map(|l| l.id)),
+            GenEvent::Done { .. } => return (prompt.expect("no prompt logprobs"), ids),
+            GenEvent::Error(e) => panic!("{e}"),
+        }
+    }
+    panic!("no Done event");
+}
+
+/// Echoed prompt logprobs (completions `echo` + `logprobs`) of a sequence
+/// preempted in the middle of its prompt: it recomputes the prompt, and each
+/// position is reported once, equal to an undisturbed run.
+#[test]
+fn prompt_logprobs_survive_preemption() {
+    let tok = generator(SchedulerConfig::default()).tokenizer().clone();
+    let long = |i: usize| {
+        tok.encode(
+            &format!(
+                "Story {i}: {}",
+                "the quick brown fox jumps over the lazy dog and runs away. ".repeat(55)
+            ),
+            true,
+        )
+        .unwrap()
+    };
+    let with_echo = |p: Vec<u32>| GenerateRequest {
+        prompt_logprobs: Some(1),
+        ..request(p, 4)
+    };
+    let roomy = generator(SchedulerConfig::default());
+    // Prompts of ~700 tokens: admission reserves a first chunk of 512; the
+    // rest of two prompts does not fit 80 blocks, so the newer sequence is
+    // preempted in the middle of its prompt.
+    let tight = generator(SchedulerConfig {
+        kv_budget_bytes: 80 * 16 * 30 * 2 * 3 * 64 * 4,
+        prefix_caching: false,
+        ..Default::default()
+    });
+    assert!(long(0).len() > 600 && long(0).len() < 80 * 16 / 2 + 200, "{}", long(0).len());
+    let n = 3;
+    let rxs: Vec<_> = (0..n).map(|i| tight.submit(with_echo(long(i))).unwrap()).collect();
+    let together: Vec<_> = rxs.into_iter().map(prompt_logprobs).collect();
+    assert!(
+        tight.stats().preemptions.load(Ordering::Relaxed) > 0,
+        "the budget forced preemption"
+    );
+    for (i, (prompt, ids)) in together.into_iter().enumerate() {
+        let p = long(i);
+        let (alone, alone_ids) = prompt_logprobs(roomy.submit(with_echo(p.clone())).unwrap());
+        assert_eq!(prompt.len(), p.len(), "request {i}: one entry per prompt position");
+        for (pos, (a, b)) in prompt.iter().zip(&alone).enumerate() {
+            assert_eq!(a.0, b.0, "request {i} position {pos}");
+            assert_eq!(a.1, b.1, "request {i} position {pos}");
+            if pos > 0 {
+                assert_eq!(a.1, Some(p[pos]), "request {i} position {pos} is its own token");
+            }
+            match (a.2, b.2) {
+                (Some(x), Some(y)) => assert!((x - y).abs() < 1e-3, "request {i} position {pos}: {x} vs {y}"),
+                (None, None) => {}
+                other => panic!("request {i} position {pos}: {other:?}"),
+            }
+        }
+        assert_eq!(ids, alone_ids, "request {i}");
+    }
+}
+
+/// A request the model cannot run fails alone with a client error; the
+/// sequences sharing the scheduler finish normally.
+#[test]
+fn a_bad_request_fails_alone() {
+    let g = generator(SchedulerConfig::default());
+    let tok = g.tokenizer().clone();
+    let good: Vec<_> = (0..3).map(|i| g.submit(request(prompt(&tok, i), 8)).unwrap()).collect();
+    let vocab = g.model().config().vocab as u32;
+    let mut bad = g.submit(request(vec![1, 2, vocab + 5], 8)).unwrap();
+    match bad.blocking_recv() {
+        Some(GenEvent::Error(EngineError::InvalidRequest { message, .. })) => {
+            assert!(message.contains("vocabulary"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+    for rx in good {
+        assert_eq!(tokens(rx).1.completion_tokens, 8);
+    }
+    assert_eq!(g.stats().waiting.load(Ordering::Relaxed), 0);
+}

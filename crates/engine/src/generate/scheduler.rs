@@ -123,16 +123,21 @@ pub struct SchedulerConfig {
     pub prefix_caching: bool,
 }
 
+impl SchedulerConfig {
+    /// The defaults (also `hfms serve`'s: its flags name these).
+    pub const DEFAULT: SchedulerConfig = SchedulerConfig {
+        max_batch_tokens: 512,
+        max_running: 64,
+        max_waiting: 256,
+        kv_budget_bytes: 512 << 20,
+        block_size: 16,
+        prefix_caching: true,
+    };
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig {
-            max_batch_tokens: 512,
-            max_running: 64,
-            max_waiting: 256,
-            kv_budget_bytes: 512 << 20,
-            block_size: 16,
-            prefix_caching: true,
-        }
+        Self::DEFAULT
     }
 }
 
@@ -377,6 +382,13 @@ impl Scheduler {
     }
 
     fn enqueue(&mut self, job: Job) {
+        // A request the model cannot run fails alone, here, rather than in
+        // a step it shares with others.
+        if let Err(e) = self.check(&job.req) {
+            self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            let _ = job.events.send(GenEvent::Error(e));
+            return;
+        }
         let prompt = job.req.prompt.clone();
         let sampler = Sampler::new(job.req.sampling.clone());
         let stops = job.req.stop.clone();
@@ -401,6 +413,30 @@ impl Scheduler {
             job,
         });
         self.publish_stats();
+    }
+
+    fn check(&self, req: &GenerateRequest) -> Result<()> {
+        let c = self.model.config();
+        if req.prompt.is_empty() {
+            return Err(EngineError::invalid("the prompt has no tokens", Some("prompt")));
+        }
+        if let Some(bad) = req.prompt.iter().find(|&&t| t as usize >= c.vocab) {
+            return Err(EngineError::invalid(
+                format!("token id {bad} is outside the vocabulary (size {})", c.vocab),
+                Some("prompt"),
+            ));
+        }
+        if req.prompt.len() >= c.context_length {
+            return Err(EngineError::invalid(
+                format!(
+                    "the prompt has {} tokens; this model's context is {}",
+                    req.prompt.len(),
+                    c.context_length
+                ),
+                Some("prompt"),
+            ));
+        }
+        Ok(())
     }
 
     fn drop_cancelled(&mut self) {
@@ -625,20 +661,8 @@ impl Scheduler {
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(error = %e, "model step failed");
-                let msg = e.to_string();
-                for &(i, _) in &plan {
-                    let _ = self.running[i]
-                        .job
-                        .events
-                        .send(GenEvent::Error(EngineError::internal(msg.clone())));
-                }
-                let mut idx: Vec<usize> = plan.iter().map(|p| p.0).collect();
-                idx.sort_unstable_by(|a, b| b.cmp(a));
-                for i in idx {
-                    let mut s = self.running.swap_remove(i);
-                    s.kv.free(&mut self.kv);
-                }
+                tracing::error!(error = %e, sequences = plan.len(), "model step failed");
+                self.fail_culprits(&plan, &wanted, e);
                 return;
             }
         };
@@ -680,6 +704,51 @@ impl Scheduler {
     }
 }
 
+impl Scheduler {
+    /// After a failed step: find which sequences fail on their own and
+    /// fail only those; the others redo their tokens next step (their KV
+    /// length did not advance, so the positions are simply written again).
+    fn fail_culprits(&mut self, plan: &[(usize, usize)], wanted: &[LogitsWanted], batch_error: EngineError) {
+        let mut culprits: Vec<(usize, EngineError)> = Vec::new();
+        if plan.len() == 1 {
+            culprits.push((plan[0].0, batch_error));
+        } else {
+            for (&(i, n), &logits) in plan.iter().zip(wanted) {
+                let s = &self.running[i];
+                let item = StepItem {
+                    tokens: &s.tokens[s.kv.len..s.kv.len + n],
+                    start: s.kv.len,
+                    kv: &s.kv,
+                    logits,
+                };
+                if let Err(e) = self.model.forward(&[item], &mut self.kv, &self.pool) {
+                    culprits.push((i, e));
+                }
+            }
+            if culprits.is_empty() {
+                // Fails only together: nobody can be singled out.
+                culprits = plan
+                    .iter()
+                    .map(|&(i, _)| (i, EngineError::internal(batch_error.to_string())))
+                    .collect();
+            }
+        }
+        culprits.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
+        for (i, e) in culprits {
+            let mut s = self.running.swap_remove(i);
+            tracing::error!(request_id = %s.job.req.tag, error = %e, "sequence failed in a model step");
+            // Only what the client asked for is its fault (a 400); the
+            // rest is the server's.
+            let e = match e {
+                e @ EngineError::InvalidRequest { .. } => e,
+                other => EngineError::internal(other.to_string()),
+            };
+            let _ = s.job.events.send(GenEvent::Error(e));
+            s.kv.free(&mut self.kv);
+        }
+    }
+}
+
 fn logprob_entry(tok: &Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) -> TokenLogprob {
     TokenLogprob {
         id,
@@ -699,8 +768,14 @@ fn logprob_entry(tok: &Tokenizer, id: u32, logprob: f32, top: &[(u32, f32)]) -> 
 }
 
 fn collect_prompt_logprobs(s: &mut Sequence, tok: &Tokenizer, start: usize, n: usize, block: &[f32], vocab: usize) {
+    // `prompt_logprobs[p]` is position p. A sequence preempted during its
+    // prompt recomputes it from the start: positions it has already are
+    // skipped, and once sent there is nothing more to collect.
+    if s.prompt_logprobs_sent {
+        return;
+    }
     let k = s.job.req.prompt_logprobs.unwrap_or(0);
-    if start == 0 {
+    if start == 0 && s.prompt_logprobs.is_empty() {
         s.prompt_logprobs.push(PromptToken {
             token: tok.token_text(s.tokens[0]),
             logprob: None,
@@ -712,6 +787,9 @@ fn collect_prompt_logprobs(s: &mut Sequence, tok: &Tokenizer, start: usize, n: u
         let next = pos + 1;
         if next >= s.prompt_len {
             break;
+        }
+        if next < s.prompt_logprobs.len() {
+            continue;
         }
         let lp = crate::compute::ops::log_softmax(&block[j * vocab..(j + 1) * vocab]);
         let id = s.tokens[next];
