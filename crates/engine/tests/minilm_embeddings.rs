@@ -170,3 +170,66 @@ fn concurrent_requests_are_batched_and_answered_in_order() {
         "dimensions are checked up front"
     );
 }
+
+/// A request larger than one batch is spread over several (memory per
+/// batch stays bounded), its vectors equal those computed at once, a small
+/// request behind it is not held up, and a request whose client is gone is
+/// dropped before its next batch.
+#[test]
+fn a_large_request_is_split_into_batches_and_can_be_cancelled() {
+    use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
+    use std::sync::atomic::Ordering;
+    let m = Arc::new(model());
+    let pool = ComputePool::new(2).unwrap();
+    let b = EmbedBatcher::spawn(
+        m.clone(),
+        pool.clone(),
+        BatcherConfig {
+            max_batch_tokens: 256,
+            ..Default::default()
+        },
+        "test",
+    )
+    .unwrap();
+    let texts: Vec<EmbedInput> = (0..40)
+        .map(|i| EmbedInput::Text(format!("sentence {i}: {}", "lorem ipsum dolor ".repeat(1 + i % 7))))
+        .collect();
+    let ids = m.tokenize(&texts).unwrap();
+    let total: usize = ids.iter().map(Vec::len).sum();
+    assert!(total > 4 * 256, "{total} tokens");
+    let big = b.submit(ids.clone(), None).unwrap();
+    let small_ids = m.tokenize(&[EmbedInput::Text("a small request".into())]).unwrap();
+    let small = b.submit(small_ids.clone(), None).unwrap();
+    let small_got = small.blocking_recv().unwrap().unwrap();
+    let big_got = big.blocking_recv().unwrap().unwrap();
+    let batches = b.stats().batches.load(Ordering::Relaxed);
+    assert!(batches >= (total / 256) as u64, "{total} tokens in {batches} batches");
+    let want = m.embed_tokens(&ids, None, &pool).unwrap();
+    assert_eq!(big_got.len(), want.len());
+    for (g, w) in big_got.iter().zip(&want) {
+        let d = g.iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(d < 1e-5, "split and whole differ by {d}");
+    }
+    let small_want = m.embed_tokens(&small_ids, None, &pool).unwrap();
+    let d = small_got[0]
+        .iter()
+        .zip(&small_want[0])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(d < 1e-5, "small request differs by {d}");
+
+    // Cancelled: submit a large request and drop its receiver at once.
+    let before = b.stats().inputs.load(Ordering::Relaxed);
+    let many: Vec<Vec<u32>> = (0..20).flat_map(|_| ids.clone()).collect();
+    drop(b.submit(many.clone(), None).unwrap());
+    let after_cancel = b.submit(small_ids.clone(), None).unwrap();
+    after_cancel.blocking_recv().unwrap().unwrap();
+    let done = b.stats().inputs.load(Ordering::Relaxed) - before;
+    assert!(
+        done < many.len() as u64 / 4,
+        "{done} of {} inputs of a cancelled request were computed",
+        many.len()
+    );
+    assert_eq!(b.stats().cancelled.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats().waiting.load(Ordering::Relaxed), 0);
+}

@@ -1,8 +1,16 @@
 //! Dynamic batching for an encoder model: requests queue on one thread, a
 //! batch is cut when it reaches `max_batch_tokens` or `max_batch_requests`,
-//! or `max_wait` after its first request arrived; the inputs of all requests
-//! in it are encoded as one flattened batch (sorted by length, no padding)
-//! and the vectors go back to each request in order.
+//! or `max_wait` after its first request arrived; the inputs in it are
+//! encoded as one flattened batch (sorted by length, no padding) and the
+//! vectors go back to each request in order.
+//!
+//! A batch is made of inputs, not of whole requests: a request with more
+//! tokens than `max_batch_tokens` is spread over several batches, so memory
+//! per batch is bounded by configuration whatever one request holds. Each
+//! batch first gives every queued request a fair share of the token budget
+//! (at least one input each), then fills what is left in arrival order: a
+//! large request cannot hold up small ones, and it still advances in every
+//! batch. A request whose client has gone is dropped before the next batch.
 //!
 //! `max_wait` is 0 by default: a batch takes what is queued when the encoder
 //! is free and starts at once. Under load, requests pile up while a batch
@@ -30,25 +38,35 @@ pub struct BatcherConfig {
     pub max_waiting: usize,
 }
 
+impl BatcherConfig {
+    /// The defaults (also `hfms serve`'s: its flags name these).
+    pub const DEFAULT: BatcherConfig = BatcherConfig {
+        max_batch_tokens: 8192,
+        max_batch_requests: 64,
+        max_wait: Duration::ZERO,
+        // One queue bound for every model (`--max-waiting`).
+        max_waiting: crate::generate::SchedulerConfig::DEFAULT.max_waiting,
+    };
+}
+
 impl Default for BatcherConfig {
     fn default() -> Self {
-        BatcherConfig {
-            max_batch_tokens: 8192,
-            max_batch_requests: 64,
-            max_wait: Duration::ZERO,
-            max_waiting: 1024,
-        }
+        Self::DEFAULT
     }
 }
 
 #[derive(Debug, Default)]
 pub struct BatcherStats {
+    /// Requests queued or in progress.
     pub waiting: AtomicUsize,
     pub batches: AtomicU64,
+    /// Requests answered.
     pub requests: AtomicU64,
     pub inputs: AtomicU64,
     pub tokens: AtomicU64,
     pub rejected: AtomicU64,
+    /// Requests dropped because their client went away.
+    pub cancelled: AtomicU64,
 }
 
 type Reply = tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>>>;
@@ -138,85 +156,179 @@ struct Worker {
     stats: Arc<BatcherStats>,
 }
 
-impl Worker {
-    fn run(self, rx: mpsc::Receiver<Job>) {
-        // A job that did not fit the batch being cut starts the next one.
-        let mut carry: Option<Job> = None;
-        loop {
-            let first = match carry.take() {
-                Some(j) => j,
-                None => match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => return,
-                },
-            };
-            let started = Instant::now();
-            let mut batch = vec![first];
-            let mut tokens = batch[0].tokens;
-            while batch.len() < self.config.max_batch_requests && tokens < self.config.max_batch_tokens {
-                let left = self.config.max_wait.saturating_sub(started.elapsed());
-                let next = match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(mpsc::TryRecvError::Disconnected) => break,
-                    Err(mpsc::TryRecvError::Empty) if left.is_zero() => break,
-                    Err(mpsc::TryRecvError::Empty) => match rx.recv_timeout(left) {
-                        Ok(j) => j,
-                        Err(_) => break,
-                    },
-                };
-                if tokens + next.tokens > self.config.max_batch_tokens {
-                    carry = Some(next);
-                    break;
-                }
-                tokens += next.tokens;
-                batch.push(next);
-            }
-            self.stats.waiting.fetch_sub(batch.len(), Ordering::Relaxed);
-            self.run_batch(batch, tokens);
+/// A request being worked on: its inputs from `next` on are still to do.
+struct Pending {
+    job: Job,
+    next: usize,
+    vectors: Vec<Vec<f32>>,
+    /// A batch with some of its inputs failed: the request fails.
+    error: Option<EngineError>,
+}
+
+impl Pending {
+    fn new(job: Job) -> Self {
+        let n = job.inputs.len();
+        Pending {
+            job,
+            next: 0,
+            vectors: Vec::with_capacity(n),
+            error: None,
         }
     }
 
-    fn run_batch(&self, batch: Vec<Job>, tokens: usize) {
-        // Requests whose client is gone are not computed.
-        let batch: Vec<Job> = batch.into_iter().filter(|j| !j.reply.is_closed()).collect();
-        if batch.is_empty() {
-            return;
+    fn done(&self) -> bool {
+        self.error.is_some() || self.next >= self.job.inputs.len()
+    }
+}
+
+impl Worker {
+    fn run(self, rx: mpsc::Receiver<Job>) {
+        let mut queue: Vec<Pending> = Vec::new();
+        loop {
+            if queue.is_empty() {
+                match rx.recv() {
+                    Ok(j) => queue.push(Pending::new(j)),
+                    Err(_) => return,
+                }
+                // Company for the first request, up to `max_wait`.
+                let started = Instant::now();
+                while queued_tokens(&queue) < self.config.max_batch_tokens
+                    && queue.len() < self.config.max_batch_requests
+                {
+                    let left = self.config.max_wait.saturating_sub(started.elapsed());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left) {
+                        Ok(j) => queue.push(Pending::new(j)),
+                        Err(_) => break,
+                    }
+                }
+            }
+            while let Ok(j) = rx.try_recv() {
+                queue.push(Pending::new(j));
+            }
+            self.drop_cancelled(&mut queue);
+            if queue.is_empty() {
+                continue;
+            }
+            let plan = self.plan(&queue);
+            self.run_batch(&mut queue, &plan);
+            // Answer the requests that are complete (in queue order).
+            let mut i = 0;
+            while i < queue.len() {
+                if queue[i].done() {
+                    let p = queue.remove(i);
+                    self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                    if let Some(e) = p.error {
+                        let _ = p.job.reply.send(Err(e));
+                        continue;
+                    }
+                    self.stats.requests.fetch_add(1, Ordering::Relaxed);
+                    let mut vectors = p.vectors;
+                    for v in vectors.iter_mut() {
+                        self.model.apply_dimensions(v, p.job.dimensions);
+                    }
+                    let _ = p.job.reply.send(Ok(vectors));
+                } else {
+                    i += 1;
+                }
+            }
         }
-        // Every input of every job, sorted by length (similar lengths run
-        // together through attention), remembering where each came from.
-        let mut order: Vec<(usize, usize)> = batch
+    }
+
+    fn drop_cancelled(&self, queue: &mut Vec<Pending>) {
+        let before = queue.len();
+        queue.retain(|p| !p.job.reply.is_closed());
+        let gone = before - queue.len();
+        if gone > 0 {
+            self.stats.waiting.fetch_sub(gone, Ordering::Relaxed);
+            self.stats.cancelled.fetch_add(gone as u64, Ordering::Relaxed);
+            tracing::info!(requests = gone, "client went away; dropping its embedding work");
+        }
+    }
+
+    /// How many inputs of each queued request the next batch takes (from
+    /// its `next` on). The token budget is a hard bound, except that a
+    /// batch always takes at least one input (one input is bounded by the
+    /// model's own length limit). First every request gets one input, then
+    /// up to a fair share of the budget, then what is left goes in arrival
+    /// order.
+    fn plan(&self, queue: &[Pending]) -> Vec<usize> {
+        let budget = self.config.max_batch_tokens;
+        let served = queue.len().min(self.config.max_batch_requests);
+        let share = (budget / served.max(1)).max(1);
+        let mut take = vec![0usize; served];
+        let mut mine = vec![0usize; served];
+        let mut used = 0usize;
+        for pass in 0..2 {
+            for (i, p) in queue.iter().take(served).enumerate() {
+                while let Some(input) = p.job.inputs.get(p.next + take[i]) {
+                    let len = input.len();
+                    let fits = used + len <= budget;
+                    let ok = match pass {
+                        0 if take[i] == 0 => fits || used == 0,
+                        0 => fits && mine[i] + len <= share,
+                        _ => fits,
+                    };
+                    if !ok {
+                        break;
+                    }
+                    take[i] += 1;
+                    mine[i] += len;
+                    used += len;
+                }
+            }
+        }
+        take
+    }
+
+    fn run_batch(&self, queue: &mut [Pending], plan: &[usize]) {
+        // The inputs of this batch, sorted by length (similar lengths run
+        // together through attention), remembering whose they are.
+        let mut order: Vec<(usize, usize)> = plan
             .iter()
             .enumerate()
-            .flat_map(|(j, job)| (0..job.inputs.len()).map(move |i| (j, i)))
+            .flat_map(|(j, &n)| {
+                let start = queue[j].next;
+                (start..start + n).map(move |i| (j, i))
+            })
             .collect();
-        order.sort_by_key(|&(j, i)| batch[j].inputs[i].len());
-        let inputs: Vec<&[u32]> = order.iter().map(|&(j, i)| batch[j].inputs[i].as_slice()).collect();
+        order.sort_by_key(|&(j, i)| queue[j].job.inputs[i].len());
+        let inputs: Vec<&[u32]> = order.iter().map(|&(j, i)| queue[j].job.inputs[i].as_slice()).collect();
+        let tokens: usize = inputs.iter().map(|i| i.len()).sum();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.pooled(&inputs, &self.pool)))
             .unwrap_or_else(|_| Err(EngineError::internal("embedding step panicked")));
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
         self.stats.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
         self.stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         match result {
             Ok(vectors) => {
-                let mut per_job: Vec<Vec<Vec<f32>>> = batch.iter().map(|j| vec![Vec::new(); j.inputs.len()]).collect();
+                // Back in input order per request.
+                let mut slots: Vec<Vec<Option<Vec<f32>>>> = plan.iter().map(|&n| vec![None; n]).collect();
                 for (v, &(j, i)) in vectors.into_iter().zip(&order) {
-                    per_job[j][i] = v;
+                    slots[j][i - queue[j].next] = Some(v);
                 }
-                for (job, mut vs) in batch.into_iter().zip(per_job) {
-                    for v in vs.iter_mut() {
-                        self.model.apply_dimensions(v, job.dimensions);
-                    }
-                    let _ = job.reply.send(Ok(vs));
+                for (j, got) in slots.into_iter().enumerate() {
+                    let p = &mut queue[j];
+                    p.vectors.extend(got.into_iter().map(Option::unwrap_or_default));
+                    p.next += plan[j];
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "embedding batch failed");
                 let msg = e.to_string();
-                for job in batch {
-                    let _ = job.reply.send(Err(EngineError::internal(msg.clone())));
+                // The requests in it fail (answered by the caller).
+                for (j, &n) in plan.iter().enumerate() {
+                    if n > 0 {
+                        queue[j].error = Some(EngineError::internal(msg.clone()));
+                    }
                 }
             }
         }
     }
+}
+
+fn queued_tokens(queue: &[Pending]) -> usize {
+    queue.iter().map(|p| p.job.tokens).sum()
 }
