@@ -38,13 +38,20 @@ pub enum KeepAlive {
 }
 
 impl KeepAlive {
+    /// Longer than this is forever: Ollama clients send huge values
+    /// ("99999h", 1e19) to mean "never unload", and a deadline that far
+    /// out would overflow clock arithmetic.
+    pub const FOREVER_AFTER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
     /// Ollama's forms: a number of seconds (negative: forever, 0: unload
     /// now) or a duration string ("5m", "1h30m", "30s", "-1", "0").
+    /// Non-finite numbers are an error; anything past `FOREVER_AFTER`
+    /// (including durations too large to represent) is `Forever`.
     pub fn parse(v: &serde_json::Value) -> std::result::Result<Self, String> {
         match v {
             serde_json::Value::Number(n) => {
                 let secs = n.as_f64().ok_or("keep_alive must be a number or a duration string")?;
-                Ok(Self::from_secs(secs))
+                Self::from_secs(secs)
             }
             serde_json::Value::String(s) => Self::parse_str(s),
             _ => Err("keep_alive must be a number of seconds or a duration like \"5m\"".into()),
@@ -54,27 +61,42 @@ impl KeepAlive {
     pub fn parse_str(s: &str) -> std::result::Result<Self, String> {
         let s = s.trim();
         if let Ok(secs) = s.parse::<f64>() {
-            return Ok(Self::from_secs(secs));
+            return Self::from_secs(secs);
         }
+        let bad = |e: humantime::DurationError| {
+            format!("{s:?} is not a duration ({e}); use e.g. 30s, 5m, 1h, or a number of seconds")
+        };
         if let Some(rest) = s.strip_prefix('-') {
-            return humantime_like(rest).map(|_| KeepAlive::Forever);
+            return match humantime::parse_duration(rest) {
+                Ok(_) | Err(humantime::DurationError::NumberOverflow) => Ok(KeepAlive::Forever),
+                Err(e) => Err(bad(e)),
+            };
         }
-        humantime_like(s).map(|d| {
-            if d.is_zero() {
-                KeepAlive::UntilIdle
-            } else {
-                KeepAlive::For(d)
-            }
+        match humantime::parse_duration(s) {
+            Ok(d) => Ok(Self::from_duration(d)),
+            Err(humantime::DurationError::NumberOverflow) => Ok(KeepAlive::Forever),
+            Err(e) => Err(bad(e)),
+        }
+    }
+
+    fn from_secs(secs: f64) -> std::result::Result<Self, String> {
+        if !secs.is_finite() {
+            return Err(format!("keep_alive must be a finite number of seconds, got {secs}"));
+        }
+        Ok(if secs < 0.0 || secs >= Self::FOREVER_AFTER.as_secs_f64() {
+            KeepAlive::Forever
+        } else {
+            Self::from_duration(Duration::from_secs_f64(secs))
         })
     }
 
-    fn from_secs(secs: f64) -> Self {
-        if secs < 0.0 {
-            KeepAlive::Forever
-        } else if secs == 0.0 {
+    fn from_duration(d: Duration) -> Self {
+        if d.is_zero() {
             KeepAlive::UntilIdle
+        } else if d >= Self::FOREVER_AFTER {
+            KeepAlive::Forever
         } else {
-            KeepAlive::For(Duration::from_secs_f64(secs))
+            KeepAlive::For(d)
         }
     }
 
@@ -82,7 +104,7 @@ impl KeepAlive {
         match self {
             KeepAlive::Forever => false,
             KeepAlive::UntilIdle => true,
-            KeepAlive::For(d) => now.duration_since(idle_since) >= d,
+            KeepAlive::For(d) => now.saturating_duration_since(idle_since) >= d,
         }
     }
 }
@@ -95,45 +117,6 @@ impl serde::Serialize for KeepAlive {
             KeepAlive::For(d) => s.serialize_f64(d.as_secs_f64()),
         }
     }
-}
-
-/// "1h30m15s", "5m", "250ms", "2.5h" → Duration.
-fn humantime_like(s: &str) -> std::result::Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration (use e.g. 30s, 5m, 1h, or seconds)");
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        while let Some(&n) = chars.peek() {
-            if n.is_ascii_alphabetic() {
-                unit.push(n);
-                chars.next();
-            } else {
-                break;
-            }
-        }
-        let v: f64 = num.parse().map_err(|_| bad())?;
-        num.clear();
-        total += v * match unit.as_str() {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            "d" => 86400.0,
-            _ => return Err(bad()),
-        };
-        any = true;
-    }
-    if !num.is_empty() || !any {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(total))
 }
 
 #[derive(Debug, Clone)]
@@ -279,6 +262,10 @@ struct Record {
     idle_since: Option<Instant>,
     /// Set by the latest request or load call; None: the default.
     keep_alive: Option<KeepAlive>,
+    /// An unload was asked for while requests were in flight: the last
+    /// one to end unloads it. Cleared by the unload, so it never outlives
+    /// that model instance (a later load keeps its keep-alive).
+    unload_when_idle: bool,
     loads: u64,
     evictions: u64,
     last_load: Option<Duration>,
@@ -337,7 +324,7 @@ impl Inner {
         let now = Instant::now();
         rec.idle_since = Some(now);
         rec.last_used = Some(SystemTime::now());
-        if rec.in_flight == 0 && self.keep_alive_of(id, rec) == KeepAlive::UntilIdle {
+        if rec.in_flight == 0 && (rec.unload_when_idle || self.keep_alive_of(id, rec) == KeepAlive::UntilIdle) {
             let taken = take_for_unload(rec);
             drop(records);
             if let Some(t) = taken {
@@ -369,6 +356,10 @@ impl Inner {
             if matches!(rec.slot, Some(Slot::Unloading)) {
                 rec.slot = None;
             }
+            // A keep-alive belongs to the instance it was set on: the next
+            // load starts from the default again.
+            rec.unload_when_idle = false;
+            rec.keep_alive = None;
             if matches!(cause, UnloadCause::Evicted) {
                 rec.evictions += 1;
             }
@@ -759,7 +750,7 @@ impl ModelManager {
         };
         if rec.in_flight > 0 {
             // Requests in flight finish first; the last one unloads it.
-            rec.keep_alive = Some(KeepAlive::UntilIdle);
+            rec.unload_when_idle = true;
             return Ok(ModelState::Unloading);
         }
         let taken = take_for_unload(rec);
@@ -815,7 +806,10 @@ impl ModelManager {
                 let in_flight = rec.map_or(0, |r| r.in_flight);
                 let expires_at = match (state, keep_alive, in_flight) {
                     (ModelState::Loaded, KeepAlive::For(dur), 0) => {
-                        rec.and_then(|r| r.last_used).and_then(|t| to_unix(t + dur))
+                        // checked: a stored state must never fail to render.
+                        rec.and_then(|r| r.last_used)
+                            .and_then(|t| t.checked_add(dur))
+                            .and_then(to_unix)
                     }
                     _ => None,
                 };

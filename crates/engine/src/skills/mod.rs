@@ -139,7 +139,8 @@ impl LoadContext {
 /// A generation model ready to serve.
 pub struct GenerationModel {
     pub generator: Generator,
-    pub template: Option<ChatTemplate>,
+    /// Shared, so a request can render it off the async threads.
+    pub template: Option<Arc<ChatTemplate>>,
     pub context_length: usize,
 }
 
@@ -253,7 +254,7 @@ impl Skill for LlamaSkill {
         )?;
         Ok(LoadedModel::Generation(Box::new(GenerationModel {
             generator,
-            template,
+            template: template.map(Arc::new),
             context_length,
         })))
     }
