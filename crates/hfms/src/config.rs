@@ -1,26 +1,38 @@
-//! Configuration: one struct per command, every setting a flag with an
-//! `HFMS_*` environment variable, and an optional TOML file (`--config`) for
-//! anything not given on the command line or in the environment.
-//! Precedence: flag > environment > file > built-in default.
+//! Configuration: one struct per command, and each setting one field with
+//! its flag, its `HFMS_*` environment variable, its default and its help in
+//! one place (defaults the engine and server also use are their constants).
+//! An optional TOML file (`--config`) holds the same settings under the
+//! same names; it fills whatever the command line and the environment left
+//! at its default. Precedence: flag > environment > file > default.
+//! `hfms serve --print-config` shows the effective settings.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use serde::Deserialize;
+use clap::parser::{ArgMatches, ValueSource};
+use hfms_engine::embed::batcher::BatcherConfig;
+use hfms_engine::generate::SchedulerConfig;
+use hfms_server::state::{RequestLimits, ServerConfig};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// Where models come from (shared by `serve` and `discover`).
-#[derive(Debug, Clone, Args, Default)]
+#[derive(Debug, Clone, Args, Default, Serialize, Deserialize)]
 pub struct ModelArgs {
     /// Folders to scan for models (`org/name/` layout, .gguf files).
-    /// Default: ./models
-    #[arg(long = "models-dir", env = "HFMS_MODELS_DIR", value_delimiter = ',')]
+    #[arg(
+        long = "models-dir",
+        env = "HFMS_MODELS_DIR",
+        value_delimiter = ',',
+        default_value = "models"
+    )]
     pub models_dirs: Vec<PathBuf>,
 
-    /// The Hugging Face hub cache to scan. Default: $HF_HUB_CACHE, else
-    /// $HF_HOME/hub, else ~/.cache/huggingface/hub.
+    /// The Hugging Face hub cache to scan [default: $HF_HUB_CACHE, else
+    /// $HF_HOME/hub, else ~/.cache/huggingface/hub].
     #[arg(long, env = "HFMS_HF_CACHE")]
     pub hf_cache: Option<PathBuf>,
 
@@ -28,12 +40,13 @@ pub struct ModelArgs {
     #[arg(long, env = "HFMS_NO_HF_CACHE")]
     pub no_hf_cache: bool,
 
-    /// Serve a model file or folder explicitly: `PATH` or `ID=PATH`.
+    /// Serve a model file or folder explicitly: `PATH` or `ID=PATH` (in the
+    /// TOML file, a table `[models]` of id = path).
     #[arg(long = "model", env = "HFMS_MODELS", value_delimiter = ',')]
     pub models: Vec<String>,
 
     /// Another name for a model: `ALIAS=ID` (smollm2 and all-minilm are
-    /// built in).
+    /// built in; in the TOML file, a table `[aliases]`).
     #[arg(long = "alias", env = "HFMS_ALIASES", value_delimiter = ',')]
     pub aliases: Vec<String>,
 
@@ -42,51 +55,98 @@ pub struct ModelArgs {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ServeArgs {
     #[command(flatten)]
+    #[serde(flatten)]
     pub models: ModelArgs,
 
-    /// Address to listen on. Default: 127.0.0.1
-    #[arg(long, env = "HFMS_HOST")]
-    pub host: Option<String>,
+    /// Address to listen on.
+    #[arg(long, env = "HFMS_HOST", default_value = "127.0.0.1")]
+    pub host: String,
 
-    /// Port to listen on (0 picks a free one). Default: 8000
-    #[arg(long, env = "HFMS_PORT")]
-    pub port: Option<u16>,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "HFMS_PORT", default_value_t = 8000)]
+    pub port: u16,
 
     /// Compute threads for model maths (0 = one per available core).
-    #[arg(long, env = "HFMS_THREADS")]
-    pub threads: Option<usize>,
+    #[arg(long, env = "HFMS_THREADS", default_value_t = 0)]
+    pub threads: usize,
 
-    /// KV cache per generation model, in MiB. Default: 512
-    #[arg(long, env = "HFMS_KV_CACHE_MB")]
-    pub kv_cache_mb: Option<usize>,
+    /// KV cache per generation model, in MiB.
+    #[arg(long, env = "HFMS_KV_CACHE_MB", default_value_t = (SchedulerConfig::DEFAULT.kv_budget_bytes >> 20) as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub kv_cache_mb: u32,
 
-    /// Most tokens in one model step (prefill chunk + decodes). Default: 512
-    #[arg(long, env = "HFMS_MAX_BATCH_TOKENS")]
-    pub max_batch_tokens: Option<usize>,
+    /// Most tokens in one model step (prefill chunk + decodes).
+    #[arg(long, env = "HFMS_MAX_BATCH_TOKENS", default_value_t = SchedulerConfig::DEFAULT.max_batch_tokens,
+          value_parser = positive)]
+    pub max_batch_tokens: usize,
 
-    /// Most sequences generating at once per model. Default: 64
-    #[arg(long, env = "HFMS_MAX_RUNNING")]
-    pub max_running: Option<usize>,
+    /// Most sequences generating at once per model.
+    #[arg(long, env = "HFMS_MAX_RUNNING", default_value_t = SchedulerConfig::DEFAULT.max_running,
+          value_parser = positive)]
+    pub max_running: usize,
 
-    /// Largest request body, in MiB. Default: 8
-    #[arg(long, env = "HFMS_MAX_BODY_MB")]
-    pub max_body_mb: Option<usize>,
+    /// Requests that may wait per model before new ones get 503
+    /// server_overloaded.
+    #[arg(long, env = "HFMS_MAX_WAITING", default_value_t = SchedulerConfig::DEFAULT.max_waiting,
+          value_parser = positive)]
+    pub max_waiting: usize,
+
+    /// Largest request body, in MiB.
+    #[arg(long, env = "HFMS_MAX_BODY_MB", default_value_t = (ServerConfig::DEFAULT.max_body_bytes >> 20) as u32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_body_mb: u32,
+
+    /// Most inputs in one embeddings request.
+    #[arg(long, env = "HFMS_MAX_EMBEDDING_INPUTS", default_value_t = RequestLimits::DEFAULT.max_embedding_inputs,
+          value_parser = positive)]
+    pub max_embedding_inputs: usize,
+
+    /// Most tokens (after truncation to the model's length) in one
+    /// embeddings request.
+    #[arg(long, env = "HFMS_MAX_EMBEDDING_TOKENS", default_value_t = RequestLimits::DEFAULT.max_embedding_tokens,
+          value_parser = positive)]
+    pub max_embedding_tokens: usize,
+
+    /// Largest `n` (choices per prompt).
+    #[arg(long, env = "HFMS_MAX_N", default_value_t = RequestLimits::DEFAULT.max_n, value_parser = positive)]
+    pub max_n: usize,
+
+    /// Most choices in one completions request (prompts × n).
+    #[arg(long, env = "HFMS_MAX_CHOICES", default_value_t = RequestLimits::DEFAULT.max_choices,
+          value_parser = positive)]
+    pub max_choices: usize,
+
+    /// Longest stop sequence, in bytes.
+    #[arg(long, env = "HFMS_MAX_STOP_BYTES", default_value_t = RequestLimits::DEFAULT.max_stop_bytes,
+          value_parser = positive)]
+    pub max_stop_bytes: usize,
+
+    /// Most `logit_bias` entries in one request.
+    #[arg(long, env = "HFMS_MAX_LOGIT_BIAS", default_value_t = RequestLimits::DEFAULT.max_logit_bias)]
+    pub max_logit_bias: usize,
+
+    /// Most tokens one choice may generate [default: the rest of the
+    /// model's context].
+    #[arg(long, env = "HFMS_MAX_COMPLETION_TOKENS", value_parser = positive)]
+    pub max_completion_tokens: Option<usize>,
 
     /// Models to load at start-up (ids or aliases; `all` for every
-    /// servable model). /ready answers 200 once they are loaded.
+    /// servable model). /ready answers 200 once they are loaded, 503 with
+    /// the reason if one fails.
     #[arg(long = "preload", env = "HFMS_PRELOAD", value_delimiter = ',')]
     pub preload: Vec<String>,
 
     /// Log format: auto (JSON unless stderr is a terminal), json, text.
-    #[arg(long, env = "HFMS_LOG_FORMAT")]
-    pub log_format: Option<String>,
+    #[arg(long, env = "HFMS_LOG_FORMAT", default_value = "auto",
+          value_parser = ["auto", "json", "text"])]
+    pub log_format: String,
 
     /// Run a model on a given device: `MODEL=DEVICE` (e.g.
     /// `smollm2=cuda:1`, `all-minilm=cpu`); loading fails clearly if that
-    /// device cannot take it.
+    /// device cannot take it. In the TOML file, a table `[devices]`.
     #[arg(long = "device", env = "HFMS_DEVICES", value_delimiter = ',')]
     pub devices: Vec<String>,
 
@@ -95,47 +155,68 @@ pub struct ServeArgs {
     pub forbid_platforms: Vec<String>,
 
     /// How long a model stays loaded after its last request: a duration
-    /// ("5m", "1h") or seconds; 0 unloads after each request; negative
-    /// keeps models loaded (memory pressure still evicts the least
-    /// recently used idle ones). Requests may override it per model
-    /// (`keep_alive`). Default: -1.
-    #[arg(long, env = "HFMS_KEEP_ALIVE", allow_hyphen_values = true)]
-    pub keep_alive: Option<String>,
+    /// ("5m", "1h") or seconds; 0 unloads after each request; negative (or
+    /// over 100 years) keeps models loaded (memory pressure still evicts the
+    /// least recently used idle ones). Requests may override it per model
+    /// (`keep_alive`).
+    #[arg(long, env = "HFMS_KEEP_ALIVE", allow_hyphen_values = true, default_value = "-1")]
+    pub keep_alive: String,
 
     /// Models that are never evicted or expired (ids or aliases).
     #[arg(long = "pin", env = "HFMS_PIN", value_delimiter = ',')]
     pub pin: Vec<String>,
 
-    /// Memory models may use per device, in MiB: `cpu=8000,cuda:0=40000`.
-    /// Devices not named get `--memory-fraction` of what was free at start.
+    /// Memory models may use per device, in MiB: `cpu=8000,cuda:0=40000`
+    /// (in the TOML file, a table `[memory_budget]`). Devices not named
+    /// get `--memory-fraction` of what was free at start.
     #[arg(long = "memory-budget", env = "HFMS_MEMORY_BUDGET", value_delimiter = ',')]
     pub memory_budget: Vec<String>,
 
     /// Fraction of each device's free memory (at start) models may use when
-    /// no budget is given. Default: 0.8
-    #[arg(long, env = "HFMS_MEMORY_FRACTION")]
-    pub memory_fraction: Option<f64>,
+    /// no budget is given.
+    #[arg(long, env = "HFMS_MEMORY_FRACTION", default_value_t = 0.8, value_parser = fraction)]
+    pub memory_fraction: f64,
 
     /// Embeddings: most tokens in one encoder pass (requests are batched
-    /// together up to this). Default: 8192
-    #[arg(long, env = "HFMS_EMBED_MAX_BATCH_TOKENS")]
-    pub embed_max_batch_tokens: Option<usize>,
+    /// together up to this; a larger request is spread over several).
+    #[arg(long, env = "HFMS_EMBED_MAX_BATCH_TOKENS", default_value_t = BatcherConfig::DEFAULT.max_batch_tokens,
+          value_parser = positive)]
+    pub embed_max_batch_tokens: usize,
 
-    /// Embeddings: how long (ms) a batch's first request waits for others.
-    /// Default: 0 (a batch takes what is queued when the encoder is free;
-    /// under load that is many requests, and a quiet server adds no wait)
-    #[arg(long, env = "HFMS_EMBED_MAX_WAIT_MS")]
-    pub embed_max_wait_ms: Option<u64>,
-
-    /// Requests that may wait per generation model before new ones get 503
-    /// server_overloaded. Default: 256
-    #[arg(long, env = "HFMS_MAX_WAITING")]
-    pub max_waiting: Option<usize>,
+    /// Embeddings: how long (ms) a batch's first request waits for others
+    /// (0: a batch takes what is queued when the encoder is free; under load
+    /// that is many requests, and a quiet server adds no wait).
+    #[arg(long, env = "HFMS_EMBED_MAX_WAIT_MS", default_value_t = BatcherConfig::DEFAULT.max_wait.as_millis() as u64)]
+    pub embed_max_wait_ms: u64,
 
     /// Seconds a request may take before it is cancelled with 504.
-    /// Default: 600
-    #[arg(long, env = "HFMS_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<u64>,
+    #[arg(long, env = "HFMS_REQUEST_TIMEOUT", default_value_t = ServerConfig::DEFAULT.request_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub request_timeout: u64,
+
+    /// Seconds a streamed response waits for a client that stopped reading
+    /// before its work is cancelled.
+    #[arg(long, env = "HFMS_WRITE_TIMEOUT", default_value_t = ServerConfig::DEFAULT.write_timeout.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub write_timeout: u64,
+
+    /// Seconds requests in flight may take to finish after SIGTERM/SIGINT;
+    /// then they are cancelled (streams get an error event) and the
+    /// process exits.
+    #[arg(long, env = "HFMS_SHUTDOWN_GRACE", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
+    pub shutdown_grace: u64,
+
+    /// Origins allowed to call the API from a browser (CORS), e.g.
+    /// `https://app.example.com`; `*` for any. Off when empty.
+    #[arg(long = "cors-allow-origin", env = "HFMS_CORS_ALLOW_ORIGINS", value_delimiter = ',')]
+    pub cors_allow_origins: Vec<String>,
+
+    /// `Host` names requests may carry (DNS-rebinding protection); `*` for
+    /// any [default: when bound to a loopback address, localhost,
+    /// 127.0.0.1 and [::1]; otherwise any].
+    #[arg(long = "allowed-host", env = "HFMS_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
 
     /// Quantise activations once (8-bit, as llama.cpp does) instead of
     /// twice (~16-bit, the default): faster prefill, logits less exact.
@@ -149,271 +230,372 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_ENCODER_F16")]
     pub encoder_f16: bool,
 
+    /// Print the effective settings (flags, environment, file, defaults;
+    /// secrets redacted) as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
     /// Exit when standard input closes: lets a supervising process (a test
     /// harness) end the server by simply going away.
     #[arg(long, env = "HFMS_EXIT_ON_STDIN_EOF", hide = true)]
     pub exit_on_stdin_eof: bool,
 }
 
-/// The TOML file: the same settings, all optional.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub host: Option<String>,
-    pub port: Option<u16>,
-    pub threads: Option<usize>,
-    pub kv_cache_mb: Option<usize>,
-    pub max_batch_tokens: Option<usize>,
-    pub max_running: Option<usize>,
-    pub max_body_mb: Option<usize>,
-    pub preload: Option<Vec<String>>,
-    pub log_format: Option<String>,
-    pub models_dirs: Option<Vec<PathBuf>>,
-    pub hf_cache: Option<PathBuf>,
-    pub no_hf_cache: Option<bool>,
-    /// id → path
-    #[serde(default)]
-    pub models: BTreeMap<String, PathBuf>,
-    /// alias → id
-    #[serde(default)]
-    pub aliases: BTreeMap<String, String>,
-    /// model id or alias → device ("cuda:1", "cpu")
-    #[serde(default)]
-    pub devices: BTreeMap<String, String>,
-    pub forbid_platforms: Option<Vec<String>>,
-    pub fast_activations: Option<bool>,
-    pub encoder_f16: Option<bool>,
-    pub keep_alive: Option<String>,
-    pub pin: Option<Vec<String>>,
-    /// device → MiB
-    #[serde(default)]
-    pub memory_budget: BTreeMap<String, u64>,
-    pub memory_fraction: Option<f64>,
-    pub max_waiting: Option<usize>,
-    pub request_timeout: Option<u64>,
-    pub embed_max_batch_tokens: Option<usize>,
-    pub embed_max_wait_ms: Option<u64>,
+/// Command-line switches that are not settings: never read from the file,
+/// never printed.
+const NOT_SETTINGS: [&str; 3] = ["config", "print_config", "exit_on_stdin_eof"];
+
+fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
-pub fn load_file(path: Option<&PathBuf>) -> Result<FileConfig> {
-    let Some(path) = path else {
-        return Ok(FileConfig::default());
-    };
+fn fraction(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if f > 0.0 && f <= 1.0 => Ok(f),
+        Ok(f) => Err(format!("must be in (0, 1], got {f}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Fill every setting of `args` that the command line and the environment
+/// left at its default from the TOML file at `path` (same names as the
+/// fields). A table where a list of `NAME=VALUE` is expected becomes that
+/// list. Unknown names are an error, as are values of the wrong type.
+/// `elsewhere`: names of another command's settings, ignored here.
+pub fn with_file<T: Serialize + DeserializeOwned>(
+    args: T,
+    matches: &ArgMatches,
+    path: Option<&Path>,
+    elsewhere: &[String],
+) -> Result<T> {
+    let Some(path) = path else { return Ok(args) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let mut current = serde_json::to_value(&args)?;
+    let fields = current.as_object_mut().context("settings are not a table")?;
+    for (key, value) in table {
+        let slot = match fields.get(&key) {
+            Some(slot) if !NOT_SETTINGS.contains(&key.as_str()) => slot,
+            None if elsewhere.contains(&key) => continue,
+            _ => bail!("{}: unknown setting {key:?}", path.display()),
+        };
+        let given = matches!(
+            matches.value_source(&key),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        );
+        if given {
+            continue;
+        }
+        let mut v = serde_json::to_value(value)?;
+        if let (serde_json::Value::Array(_), serde_json::Value::Object(map)) = (slot, &v) {
+            v = serde_json::Value::Array(
+                map.iter()
+                    .map(|(k, x)| match x {
+                        serde_json::Value::String(s) => format!("{k}={s}").into(),
+                        other => format!("{k}={other}").into(),
+                    })
+                    .collect(),
+            );
+        }
+        fields.insert(key, v);
+    }
+    serde_json::from_value(current).with_context(|| format!("{}: a setting has the wrong type", path.display()))
 }
 
-/// Everything discovery needs, resolved.
-#[derive(Debug, Clone)]
-pub struct ModelSettings {
-    pub discover: hfms_engine::discover::DiscoverConfig,
+/// The names of a command's settings (its argument ids).
+pub fn setting_names<A: Args>() -> Vec<String> {
+    A::augment_args(clap::Command::new("settings"))
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect()
+}
+
+/// Setting names whose values are secrets (printed redacted).
+fn is_secret(name: &str) -> bool {
+    ["key", "secret", "password", "token"]
+        .iter()
+        .any(|w| name.ends_with(w) || name.contains(&format!("{w}_")))
+}
+
+/// `scheme://user:password@host` → `scheme://user:<redacted>@host`.
+fn redact_url(s: &str) -> String {
+    if let Some((scheme, rest)) = s.split_once("://")
+        && let Some((userinfo, host)) = rest.split_once('@')
+        && let Some((user, _)) = userinfo.split_once(':')
+    {
+        return format!("{scheme}://{user}:<redacted>@{host}");
+    }
+    s.to_string()
+}
+
+/// The settings as TOML, secrets redacted: what `--print-config` shows
+/// (and a file `--config` accepts back, minus the redactions).
+pub fn to_toml<T: Serialize>(args: &T) -> Result<String> {
+    let mut v = serde_json::to_value(args)?;
+    if let Some(fields) = v.as_object_mut() {
+        fields.retain(|name, x| !x.is_null() && !NOT_SETTINGS.contains(&name.as_str()));
+        for (name, x) in fields.iter_mut() {
+            if is_secret(name) {
+                *x = "<redacted>".into();
+            } else if let serde_json::Value::String(s) = x {
+                *s = redact_url(s);
+            } else if let serde_json::Value::Array(items) = x {
+                for i in items.iter_mut() {
+                    if let serde_json::Value::String(s) = i {
+                        *s = redact_url(s);
+                    }
+                }
+            }
+        }
+    }
+    Ok(toml::to_string(&v)?)
 }
 
 fn parse_device(s: &str) -> Result<hfms_hardware::DeviceId> {
     s.parse().map_err(|e| anyhow::anyhow!("device {s:?}: {e}"))
 }
 
-fn split_pair(s: &str, what: &str) -> Result<(String, String)> {
+fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
     match s.split_once('=') {
-        Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.trim().to_string(), b.trim().to_string())),
+        Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => Ok((a.trim(), b.trim())),
         _ => bail!("{what} must look like NAME=VALUE, got {s:?}"),
     }
 }
 
 impl ModelArgs {
-    pub fn resolve(&self, file: &FileConfig) -> Result<ModelSettings> {
-        let models_dirs = if !self.models_dirs.is_empty() {
-            self.models_dirs.clone()
-        } else {
-            file.models_dirs
-                .clone()
-                .unwrap_or_else(|| vec![PathBuf::from("models")])
-        };
-        let no_cache = self.no_hf_cache || file.no_hf_cache.unwrap_or(false);
-        let hf_cache = if no_cache {
+    /// What discovery needs.
+    pub fn discover_config(&self) -> Result<hfms_engine::discover::DiscoverConfig> {
+        let hf_cache = if self.no_hf_cache {
             None
         } else {
-            self.hf_cache
-                .clone()
-                .or_else(|| file.hf_cache.clone())
-                .or_else(hfms_engine::discover::default_hf_cache)
+            self.hf_cache.clone().or_else(hfms_engine::discover::default_hf_cache)
         };
         let mut extra: Vec<(Option<String>, PathBuf)> = Vec::new();
         for m in &self.models {
-            match m.split_once('=') {
-                Some((id, path)) => extra.push((Some(id.to_string()), PathBuf::from(path))),
-                None => extra.push((None, PathBuf::from(m))),
+            let (id, path) = match m.split_once('=') {
+                Some((id, path)) => (Some(id.to_string()), PathBuf::from(path)),
+                None => (None, PathBuf::from(m)),
+            };
+            if !path.exists() {
+                bail!("model path {} does not exist", path.display());
             }
-        }
-        for (id, path) in &file.models {
-            extra.push((Some(id.clone()), path.clone()));
-        }
-        for (_, p) in &extra {
-            if !p.exists() {
-                bail!("model path {} does not exist", p.display());
-            }
+            extra.push((id, path));
         }
         let mut aliases = hfms_engine::discover::builtin_aliases();
-        aliases.extend(file.aliases.clone());
         for a in &self.aliases {
             let (name, id) = split_pair(a, "--alias")?;
-            aliases.insert(name, id);
+            aliases.insert(name.to_string(), id.to_string());
         }
-        Ok(ModelSettings {
-            discover: hfms_engine::discover::DiscoverConfig {
-                models_dirs,
-                hf_cache,
-                extra,
-                aliases,
-            },
+        Ok(hfms_engine::discover::DiscoverConfig {
+            models_dirs: self.models_dirs.clone(),
+            hf_cache,
+            extra,
+            aliases,
         })
     }
 }
 
-/// `serve` settings, resolved.
-#[derive(Debug, Clone)]
-pub struct ServeSettings {
-    pub listen: SocketAddr,
-    pub threads: usize,
-    pub kv_cache_bytes: usize,
-    pub max_batch_tokens: usize,
-    pub max_running: usize,
-    pub max_body_bytes: usize,
-    pub preload: Vec<String>,
-    pub log_format: String,
-    pub exit_on_stdin_eof: bool,
-    pub fast_activations: bool,
-    pub encoder_f16: bool,
-    pub keep_alive: hfms_engine::manager::KeepAlive,
-    /// ids or aliases
-    pub pin: Vec<String>,
-    /// device → bytes
-    pub memory_budget: BTreeMap<hfms_hardware::DeviceId, u64>,
-    pub memory_fraction: f64,
-    pub max_waiting: usize,
-    pub request_timeout: std::time::Duration,
-    pub embed_max_batch_tokens: usize,
-    pub embed_max_wait: std::time::Duration,
-    /// model id or alias → device
-    pub pins: BTreeMap<String, hfms_hardware::DeviceId>,
-    pub forbidden: std::collections::BTreeSet<hfms_hardware::Platform>,
-    pub models: ModelSettings,
-}
-
 impl ServeArgs {
-    pub fn resolve(&self) -> Result<ServeSettings> {
-        let file = load_file(self.models.config.as_ref())?;
-        let host = self
-            .host
-            .clone()
-            .or(file.host.clone())
-            .unwrap_or_else(|| "127.0.0.1".into());
-        let port = self.port.or(file.port).unwrap_or(8000);
-        let listen: SocketAddr = format!("{host}:{port}")
+    pub fn listen(&self) -> Result<SocketAddr> {
+        let (host, port) = (&self.host, self.port);
+        format!("{host}:{port}")
             .parse()
             .or_else(|_| format!("[{host}]:{port}").parse())
-            .with_context(|| format!("invalid listen address {host}:{port}"))?;
-        let positive = |v: usize, name: &str| -> Result<usize> {
-            if v == 0 {
-                bail!("{name} must be at least 1");
-            }
-            Ok(v)
+            .with_context(|| format!("invalid listen address {host}:{port}"))
+    }
+
+    pub fn keep_alive(&self) -> Result<hfms_engine::manager::KeepAlive> {
+        hfms_engine::manager::KeepAlive::parse_str(&self.keep_alive).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))
+    }
+
+    /// device → bytes
+    pub fn memory_budget(&self) -> Result<BTreeMap<hfms_hardware::DeviceId, u64>> {
+        let mut b = BTreeMap::new();
+        for entry in &self.memory_budget {
+            let (d, mib) = split_pair(entry, "--memory-budget")?;
+            let mib: u64 = mib
+                .parse()
+                .with_context(|| format!("--memory-budget {entry}: MiB must be a whole number"))?;
+            let bytes = mib
+                .checked_mul(1 << 20)
+                .with_context(|| format!("--memory-budget {entry}: too large"))?;
+            b.insert(parse_device(d)?, bytes);
+        }
+        Ok(b)
+    }
+
+    /// model id or alias → device
+    pub fn device_pins(&self) -> Result<BTreeMap<String, hfms_hardware::DeviceId>> {
+        let mut pins = BTreeMap::new();
+        for d in &self.devices {
+            let (model, dev) = split_pair(d, "--device")?;
+            pins.insert(model.to_string(), parse_device(dev)?);
+        }
+        Ok(pins)
+    }
+
+    pub fn forbidden(&self) -> Result<BTreeSet<hfms_hardware::Platform>> {
+        self.forbid_platforms
+            .iter()
+            .map(|p| {
+                p.parse::<hfms_hardware::Platform>()
+                    .map_err(|e| anyhow::anyhow!("--forbid-platform {p}: {e}"))
+            })
+            .collect()
+    }
+
+    pub fn scheduler(&self) -> SchedulerConfig {
+        SchedulerConfig {
+            max_batch_tokens: self.max_batch_tokens,
+            max_running: self.max_running,
+            max_waiting: self.max_waiting,
+            kv_budget_bytes: (self.kv_cache_mb as usize) << 20,
+            ..SchedulerConfig::DEFAULT
+        }
+    }
+
+    pub fn batcher(&self) -> BatcherConfig {
+        BatcherConfig {
+            max_batch_tokens: self.embed_max_batch_tokens,
+            max_wait: Duration::from_millis(self.embed_max_wait_ms),
+            max_waiting: self.max_waiting,
+            ..BatcherConfig::DEFAULT
+        }
+    }
+
+    /// The HTTP layer's settings (`listen`: where the server is bound, for
+    /// the default `Host` allow-list).
+    pub fn server(&self, listen: SocketAddr) -> ServerConfig {
+        let allowed_hosts = if self.allowed_hosts.iter().any(|h| h == "*") {
+            None
+        } else if !self.allowed_hosts.is_empty() {
+            Some(self.allowed_hosts.iter().map(|h| h.to_ascii_lowercase()).collect())
+        } else if listen.ip().is_loopback() {
+            Some(vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()])
+        } else {
+            None
         };
-        Ok(ServeSettings {
-            listen,
-            threads: self.threads.or(file.threads).unwrap_or(0),
-            kv_cache_bytes: positive(self.kv_cache_mb.or(file.kv_cache_mb).unwrap_or(512), "kv_cache_mb")? << 20,
-            max_batch_tokens: positive(
-                self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(512),
-                "max_batch_tokens",
-            )?,
-            max_running: positive(self.max_running.or(file.max_running).unwrap_or(64), "max_running")?,
-            max_body_bytes: positive(self.max_body_mb.or(file.max_body_mb).unwrap_or(8), "max_body_mb")? << 20,
-            preload: if self.preload.is_empty() {
-                file.preload.clone().unwrap_or_default()
-            } else {
-                self.preload.clone()
+        ServerConfig {
+            max_body_bytes: (self.max_body_mb as usize) << 20,
+            limits: RequestLimits {
+                max_embedding_inputs: self.max_embedding_inputs,
+                max_embedding_tokens: self.max_embedding_tokens,
+                max_n: self.max_n,
+                max_choices: self.max_choices,
+                max_stop_bytes: self.max_stop_bytes,
+                max_logit_bias: self.max_logit_bias,
+                max_completion_tokens: self.max_completion_tokens,
             },
-            log_format: self
-                .log_format
-                .clone()
-                .or(file.log_format.clone())
-                .unwrap_or_else(|| "auto".into()),
-            exit_on_stdin_eof: self.exit_on_stdin_eof,
-            fast_activations: self.fast_activations || file.fast_activations.unwrap_or(false),
-            encoder_f16: self.encoder_f16 || file.encoder_f16.unwrap_or(false),
-            keep_alive: match self.keep_alive.clone().or(file.keep_alive.clone()) {
-                Some(k) => {
-                    hfms_engine::manager::KeepAlive::parse_str(&k).map_err(|e| anyhow::anyhow!("--keep-alive: {e}"))?
-                }
-                None => hfms_engine::manager::KeepAlive::Forever,
-            },
-            pin: if self.pin.is_empty() {
-                file.pin.clone().unwrap_or_default()
-            } else {
-                self.pin.clone()
-            },
-            memory_budget: {
-                let mut b = BTreeMap::new();
-                for (d, mib) in &file.memory_budget {
-                    b.insert(parse_device(d)?, mib << 20);
-                }
-                for entry in &self.memory_budget {
-                    let (d, mib) = split_pair(entry, "--memory-budget")?;
-                    let mib: u64 = mib
-                        .parse()
-                        .with_context(|| format!("--memory-budget {entry}: MiB must be a number"))?;
-                    b.insert(parse_device(&d)?, mib << 20);
-                }
-                b
-            },
-            memory_fraction: {
-                let f = self.memory_fraction.or(file.memory_fraction).unwrap_or(0.8);
-                if !(f > 0.0 && f <= 1.0) {
-                    bail!("--memory-fraction must be in (0, 1], got {f}");
-                }
-                f
-            },
-            max_waiting: positive(self.max_waiting.or(file.max_waiting).unwrap_or(256), "max_waiting")?,
-            embed_max_batch_tokens: positive(
-                self.embed_max_batch_tokens
-                    .or(file.embed_max_batch_tokens)
-                    .unwrap_or(8192),
-                "embed_max_batch_tokens",
-            )?,
-            embed_max_wait: std::time::Duration::from_millis(
-                self.embed_max_wait_ms.or(file.embed_max_wait_ms).unwrap_or(0),
-            ),
-            request_timeout: std::time::Duration::from_secs(positive(
-                self.request_timeout.or(file.request_timeout).unwrap_or(600) as usize,
-                "request_timeout",
-            )? as u64),
-            pins: {
-                let mut pins = BTreeMap::new();
-                for (model, dev) in &file.devices {
-                    pins.insert(model.clone(), parse_device(dev)?);
-                }
-                for d in &self.devices {
-                    let (model, dev) = split_pair(d, "--device")?;
-                    pins.insert(model, parse_device(&dev)?);
-                }
-                pins
-            },
-            forbidden: {
-                let names = if self.forbid_platforms.is_empty() {
-                    file.forbid_platforms.clone().unwrap_or_default()
-                } else {
-                    self.forbid_platforms.clone()
-                };
-                names
-                    .iter()
-                    .map(|p| {
-                        p.parse::<hfms_hardware::Platform>()
-                            .map_err(|e| anyhow::anyhow!("--forbid-platform {p}: {e}"))
-                    })
-                    .collect::<Result<_>>()?
-            },
-            models: self.models.resolve(&file)?,
-        })
+            request_timeout: Duration::from_secs(self.request_timeout),
+            write_timeout: Duration::from_secs(self.write_timeout),
+            cors_allow_origins: self.cors_allow_origins.clone(),
+            allowed_hosts,
+        }
+    }
+
+    /// Check every setting that is parsed later, so a bad one fails at
+    /// start-up with its flag named.
+    pub fn validate(&self) -> Result<()> {
+        self.listen()?;
+        self.keep_alive()?;
+        self.memory_budget()?;
+        self.device_pins()?;
+        self.forbidden()?;
+        self.models.discover_config()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str], file: Option<&str>) -> Result<ServeArgs> {
+        let matches = Cli::command().try_get_matches_from(std::iter::once("hfms").chain(args.iter().copied()))?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        let dir = std::env::temp_dir().join(format!("hfms-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let path = file.map(|text| {
+            let p = dir.join(format!("{}.toml", text.len()));
+            std::fs::write(&p, text).unwrap();
+            p
+        });
+        with_file(cli.serve, &matches, path.as_deref(), &[])
+    }
+
+    #[test]
+    fn defaults_come_from_the_engine_and_server_constants() {
+        let a = parse(&[], None).unwrap();
+        assert_eq!(a.max_waiting, SchedulerConfig::DEFAULT.max_waiting);
+        assert_eq!(a.batcher().max_waiting, a.scheduler().max_waiting);
+        assert_eq!(a.scheduler().kv_budget_bytes, SchedulerConfig::DEFAULT.kv_budget_bytes);
+        assert_eq!(a.max_body_mb as usize, ServerConfig::DEFAULT.max_body_bytes >> 20);
+        assert_eq!(a.port, 8000);
+        assert_eq!(a.models.models_dirs, vec![PathBuf::from("models")]);
+    }
+
+    #[test]
+    fn flag_beats_file_beats_default() {
+        let file = "port = 9000\nthreads = 3\nmax_n = 4\n[aliases]\nfoo = \"org/foo\"\n[memory_budget]\ncpu = 100\n";
+        let a = parse(&["--port", "9100"], Some(file)).unwrap();
+        assert_eq!(a.port, 9100, "the flag wins");
+        assert_eq!(a.threads, 3, "the file fills a default");
+        assert_eq!(a.max_n, 4);
+        assert_eq!(a.models.aliases, vec!["foo=org/foo".to_string()]);
+        assert_eq!(
+            a.memory_budget().unwrap().get(&hfms_hardware::DeviceId::CPU),
+            Some(&(100 << 20))
+        );
+    }
+
+    #[test]
+    fn bad_files_and_values_are_errors() {
+        assert!(parse(&[], Some("no_such_setting = 1\n")).is_err());
+        assert!(parse(&[], Some("port = \"eighty\"\n")).is_err());
+        assert!(parse(&["--max-batch-tokens", "0"], None).is_err());
+        assert!(parse(&["--memory-fraction", "1.5"], None).is_err());
+        assert!(parse(&["--memory-fraction", "NaN"], None).is_err());
+        assert!(parse(&["--kv-cache-mb", "-3"], None).is_err());
+        assert!(parse(&["--request-timeout", "0"], None).is_err());
+        let a = parse(&["--keep-alive", "nan"], None).unwrap();
+        assert!(a.validate().is_err());
+        let a = parse(&["--memory-budget", "cpu=99999999999999999"], None).unwrap();
+        assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn print_config_round_trips_and_redacts() {
+        let a = parse(&["--port", "1234", "--alias", "x=org/x"], None).unwrap();
+        let text = to_toml(&a).unwrap();
+        assert!(text.contains("port = 1234"), "{text}");
+        let b = parse(&[], Some(&text)).unwrap();
+        assert_eq!(b.port, 1234);
+        assert_eq!(b.models.aliases, a.models.aliases);
+        assert_eq!(
+            redact_url("redis://user:hunter2@127.0.0.1:6379/0"),
+            "redis://user:<redacted>@127.0.0.1:6379/0"
+        );
+        assert!(is_secret("admin_key") && is_secret("api_key_file") && !is_secret("keep_alive"));
+    }
+
+    #[test]
+    fn loopback_servers_check_the_host_by_default() {
+        let a = parse(&[], None).unwrap();
+        let local = a.server("127.0.0.1:8000".parse().unwrap());
+        assert!(local.allowed_hosts.unwrap().contains(&"localhost".to_string()));
+        assert!(a.server("0.0.0.0:8000".parse().unwrap()).allowed_hosts.is_none());
+        let any = parse(&["--allowed-host", "*"], None).unwrap();
+        assert!(any.server("127.0.0.1:8000".parse().unwrap()).allowed_hosts.is_none());
     }
 }

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use hfms_engine::discover::{ModelDescription, discover};
 
-use crate::config::{ModelArgs, load_file};
+use crate::config::ModelArgs;
 
 fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -85,9 +85,7 @@ pub fn table(models: &[ModelDescription]) -> String {
 }
 
 pub fn run(args: &ModelArgs, json: bool) -> Result<()> {
-    let file = load_file(args.config.as_ref())?;
-    let settings = args.resolve(&file)?;
-    let found = discover(&crate::registry(), &settings.discover);
+    let found = discover(&crate::registry(), &args.discover_config()?);
     if json {
         println!("{}", serde_json::to_string_pretty(&found)?);
     } else {

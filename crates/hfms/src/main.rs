@@ -8,7 +8,7 @@ mod serve;
 use std::io::IsTerminal;
 
 use anyhow::Result;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,16 +103,33 @@ fn fix_malloc_mmap_threshold() {
 }
 
 fn main() -> Result<()> {
-    let cli = Cli::parse();
+    // The matches say which settings came from the command line or the
+    // environment; the TOML file fills the rest.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let sub = |name: &str| matches.subcommand_matches(name).cloned().unwrap_or_default();
     match cli.command {
         Command::Serve(args) => {
-            let settings = args.resolve()?;
-            init_logging(&settings.log_format);
+            let path = args.models.config.clone();
+            let args = config::with_file(*args, &sub("serve"), path.as_deref(), &[])?;
+            args.validate()?;
+            if args.print_config {
+                print!("{}", config::to_toml(&args)?);
+                return Ok(());
+            }
+            init_logging(&args.log_format);
             fix_malloc_mmap_threshold();
-            serve::run(settings)
+            serve::run(args)
         }
         Command::Discover { models, json } => {
             init_logging("text");
+            let path = models.config.clone();
+            // The file may also hold `serve`'s settings.
+            let serve_only = config::setting_names::<config::ServeArgs>();
+            let models = config::with_file(models, &sub("discover"), path.as_deref(), &serve_only)?;
             discover_cmd::run(&models, json)
         }
         Command::Bench(args) => bench::run(*args),

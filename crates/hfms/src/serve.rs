@@ -5,13 +5,12 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use hfms_engine::compute::ComputePool;
 use hfms_engine::discover::discover;
-use hfms_engine::generate::SchedulerConfig;
 use hfms_engine::manager::{ManagerConfig, ModelManager};
-use hfms_server::{AppState, ServerConfig};
+use hfms_server::AppState;
 
-use crate::config::ServeSettings;
+use crate::config::ServeArgs;
 
-pub fn run(s: ServeSettings) -> Result<()> {
+pub fn run(s: ServeArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // HTTP work is light; model maths has its own pool.
         .worker_threads(2)
@@ -21,7 +20,8 @@ pub fn run(s: ServeSettings) -> Result<()> {
     runtime.block_on(serve(s))
 }
 
-async fn serve(s: ServeSettings) -> Result<()> {
+async fn serve(s: ServeArgs) -> Result<()> {
+    let discover_config = s.models.discover_config()?;
     if s.exit_on_stdin_eof {
         std::thread::spawn(|| {
             let mut sink = Vec::new();
@@ -32,7 +32,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
         });
     }
     let registry = crate::registry();
-    let catalog = discover(&registry, &s.models.discover);
+    let catalog = discover(&registry, &discover_config);
     for d in &catalog {
         match &d.error {
             None => {
@@ -44,7 +44,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
         }
     }
     if catalog.iter().all(|d| !d.servable()) {
-        tracing::warn!(dirs = ?s.models.discover.models_dirs, "no servable model found; run scripts/fetch-models.sh or pass --model");
+        tracing::warn!(dirs = ?discover_config.models_dirs, "no servable model found; run scripts/fetch-models.sh or pass --model");
     }
     let hardware = hfms_hardware::detect_default();
     for p in &hardware.platforms {
@@ -67,7 +67,7 @@ async fn serve(s: ServeSettings) -> Result<()> {
             .with_context(|| format!("{flag} {name}: no such model (see `hfms discover`)"))
     };
     let mut pins = std::collections::BTreeMap::new();
-    for (name, dev) in &s.pins {
+    for (name, dev) in &s.device_pins()? {
         pins.insert(id_of(name, "--device")?, *dev);
     }
     let mut pinned = std::collections::BTreeSet::new();
@@ -76,9 +76,10 @@ async fn serve(s: ServeSettings) -> Result<()> {
     }
     // What models may use per device: the budget given, else a fraction of
     // what was free at start.
+    let budget = s.memory_budget()?;
     let mut devices = hardware.device_states();
     for d in devices.iter_mut() {
-        d.free_bytes = match s.memory_budget.get(&d.id) {
+        d.free_bytes = match budget.get(&d.id) {
             Some(&b) => b.min(d.total_bytes),
             None => (d.free_bytes as f64 * s.memory_fraction) as u64,
         };
@@ -90,45 +91,27 @@ async fn serve(s: ServeSettings) -> Result<()> {
         kernels = hfms_engine::quant::kernels().name,
         "compute pool ready"
     );
+    let listen = s.listen()?;
     let manager = Arc::new(ModelManager::new(
         registry,
         catalog,
-        s.models.discover.aliases.clone(),
+        discover_config.aliases.clone(),
         pool,
         ManagerConfig {
-            scheduler: SchedulerConfig {
-                max_batch_tokens: s.max_batch_tokens,
-                max_running: s.max_running,
-                max_waiting: s.max_waiting,
-                kv_budget_bytes: s.kv_cache_bytes,
-                ..SchedulerConfig::default()
-            },
-            batcher: hfms_engine::embed::batcher::BatcherConfig {
-                max_batch_tokens: s.embed_max_batch_tokens,
-                max_wait: s.embed_max_wait,
-                max_waiting: s.max_waiting,
-                ..Default::default()
-            },
+            scheduler: s.scheduler(),
+            batcher: s.batcher(),
             devices,
             pins,
-            forbidden: s.forbidden.clone(),
-            keep_alive: s.keep_alive,
+            forbidden: s.forbidden()?,
+            keep_alive: s.keep_alive()?,
             pinned,
             encoder_f16: s.encoder_f16,
         },
     ));
-    let state = AppState::new(
-        manager.clone(),
-        ServerConfig {
-            max_body_bytes: s.max_body_bytes,
-            request_timeout: s.request_timeout,
-            ..ServerConfig::default()
-        },
-        Some(hardware),
-    );
-    let listener = tokio::net::TcpListener::bind(s.listen)
+    let state = AppState::new(manager.clone(), s.server(listen), Some(hardware));
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .with_context(|| format!("binding {}", s.listen))?;
+        .with_context(|| format!("binding {listen}"))?;
     let addr = listener.local_addr()?;
     // Tests and scripts read this line to find the port when it was 0.
     tracing::info!(address = %addr, "listening");
@@ -154,18 +137,48 @@ async fn serve(s: ServeSettings) -> Result<()> {
         for name in preload {
             let m = preload_state.manager().clone();
             let n = name.clone();
-            match tokio::task::spawn_blocking(move || m.get(&n)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::error!(model = %name, error = %e, "preload failed"),
-                Err(e) => tracing::error!(model = %name, error = %e, "preload task failed"),
+            let failure = match tokio::task::spawn_blocking(move || m.get(&n)).await {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(e) => Some(format!("the preload task failed: {e}")),
+            };
+            if let Some(e) = failure {
+                tracing::error!(model = %name, error = %e, "preload failed; /ready answers 503 until it loads");
+                let id = preload_state
+                    .manager()
+                    .resolve(&name)
+                    .map_or(name.clone(), |d| d.id.clone());
+                preload_state.preload_failed(&id, &e);
             }
         }
         preload_state.set_ready();
         tracing::info!("ready");
     });
 
+    // Shutdown: on SIGTERM/SIGINT stop accepting and turn /ready to 503;
+    // requests and streams in flight get `--shutdown-grace` to finish, then
+    // they are cancelled (streams end with an error event) and the process
+    // exits 0 once their connections close (or a few seconds later, at most).
+    let grace = std::time::Duration::from_secs(s.shutdown_grace);
+    let drain = state.clone();
+    let signalled = async move {
+        shutdown_signal().await;
+        tracing::info!(
+            grace_seconds = grace.as_secs(),
+            "shutting down: no new connections; finishing requests in flight"
+        );
+        drain.begin_drain();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            tracing::warn!("shutdown grace period over; cancelling what is still running");
+            drain.cancel_all();
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            tracing::warn!("connections still open 5 s after cancelling; exiting anyway");
+            std::process::exit(0);
+        });
+    };
     axum::serve(listener, hfms_server::router(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(signalled)
         .await
         .context("serving")?;
     tracing::info!("shut down");

@@ -21,18 +21,81 @@ pub struct ApiError {
 
 pub type ApiResult<T> = Result<T, ApiError>;
 
-#[derive(Serialize)]
-struct Envelope<'a> {
+/// OpenAI's error envelope: every error response of hfms.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorEnvelope)]
+pub struct Envelope<'a> {
     error: Body<'a>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ErrorBody)]
 struct Body<'a> {
     message: &'a str,
+    /// invalid_request_error, server_error, server_overloaded, timeout_error
     #[serde(rename = "type")]
     kind: &'a str,
+    /// The request field at fault, when one is.
     param: Option<&'a str>,
+    /// model_not_found, context_length_exceeded, unsupported_media_type…
     code: Option<&'a str>,
+}
+
+type Responses = std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>;
+
+/// Error responses as /openapi.json documents them.
+fn error_responses(which: &[&str]) -> Responses {
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    [
+        (
+            "400",
+            "Invalid request: bad JSON, a wrong type, a value out of range, a limit exceeded",
+        ),
+        ("403", "The Host header is not allowed (DNS-rebinding protection)"),
+        ("404", "Unknown model or path"),
+        ("405", "Method not allowed on this path"),
+        ("413", "The body is larger than --max-body-mb"),
+        ("415", "The body is not JSON by its Content-Type"),
+        ("500", "An internal error (never caused by request content)"),
+        (
+            "503",
+            "Overloaded, shutting down, or no device can take the model; see Retry-After",
+        ),
+        ("504", "The request ran past --request-timeout and was cancelled"),
+    ]
+    .into_iter()
+    .filter(|(code, _)| which.contains(code))
+    .map(|(code, what)| {
+        let response = ResponseBuilder::new()
+            .description(what)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorEnvelope")))
+                    .build(),
+            )
+            .build();
+        (code.to_string(), response.into())
+    })
+    .collect()
+}
+
+/// What a POST endpoint may answer besides success.
+pub struct PostErrors;
+
+impl utoipa::IntoResponses for PostErrors {
+    fn responses() -> Responses {
+        error_responses(&["400", "403", "404", "405", "413", "415", "500", "503", "504"])
+    }
+}
+
+/// What a GET endpoint may answer besides success.
+pub struct GetErrors;
+
+impl utoipa::IntoResponses for GetErrors {
+    fn responses() -> Responses {
+        error_responses(&["403", "404", "405", "500"])
+    }
 }
 
 impl ApiError {
@@ -89,6 +152,32 @@ impl ApiError {
             ),
         );
         e.code = Some("request_timeout");
+        e
+    }
+
+    /// The server is shutting down and cancelled the request.
+    pub fn shutting_down() -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The server is shutting down; the request was cancelled. Retry on another replica or later.",
+        );
+        e.code = Some("server_shutting_down");
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// A POST body that is not JSON by its Content-Type.
+    pub fn unsupported_media_type(got: Option<&str>) -> Self {
+        let mut e = Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "invalid_request_error",
+            match got {
+                Some(ct) => format!("Content-Type must be application/json, got {ct:?}."),
+                None => "Content-Type must be application/json; the request has none.".to_string(),
+            },
+        );
+        e.code = Some("unsupported_media_type");
         e
     }
 

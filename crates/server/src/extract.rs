@@ -1,9 +1,12 @@
 //! A JSON body extractor whose every failure is an OpenAI-style error:
+//! a body that is not JSON by its Content-Type → 415 (a browser can send a
+//! cross-site `text/plain` POST without asking, never an `application/json`
+//! one, so this also keeps web pages from driving a local server), an
 //! oversized body → 413, unreadable or mistyped JSON → 400 naming the field.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
@@ -13,11 +16,18 @@ pub struct ApiJson<T>(pub T);
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
     S: Send + Sync,
-    T: DeserializeOwned,
+    T: DeserializeOwned + Send + 'static,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("(not text)").to_string());
+        if !content_type.as_deref().is_some_and(is_json) {
+            return Err(ApiError::unsupported_media_type(content_type.as_deref()));
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::new(
@@ -30,8 +40,25 @@ where
                 ApiError::invalid(None, format!("could not read the request body: {rej}"))
             }
         })?;
+        // Parsing megabytes is CPU work: off the async threads.
+        if bytes.len() > OFF_ASYNC_BYTES {
+            let span = tracing::Span::current();
+            return tokio::task::spawn_blocking(move || span.in_scope(|| parse_json(&bytes).map(ApiJson)))
+                .await
+                .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?;
+        }
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Bodies larger than this are parsed on the blocking pool.
+const OFF_ASYNC_BYTES: usize = 64 << 10;
+
+/// `application/json`, `application/json; charset=utf-8`, or any
+/// `application/*+json`.
+fn is_json(content_type: &str) -> bool {
+    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
 /// Parse with the failing field's path in the error (`param`).

@@ -9,34 +9,79 @@ use axum::response::{IntoResponse, Response};
 use hfms_engine::skills::LoadedModel;
 use serde_json::{Value, json};
 
-use crate::state::AppState;
+use crate::error::GetErrors;
+use crate::state::{AppState, Readiness};
 
+/// The process answers.
+#[utoipa::path(get, path = "/health", tag = "Health",
+    responses((status = 200, description = "Alive", body = HealthStatus), GetErrors))]
 pub async fn health() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }
 
+/// `/ready`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ReadyStatus {
+    /// ready or not_ready
+    status: String,
+    /// Servable models (when ready).
+    models: Option<usize>,
+    /// Why not ready: starting up, shutting down, a failed preload…
+    reason: Option<String>,
+}
+
+/// `/health`'s body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct HealthStatus {
+    /// ok
+    status: String,
+}
+
+/// 200 once start-up preloading finished and every preloaded model is in
+/// memory; 503 with the reason while starting, after a failed preload (until
+/// that model loads), and while shutting down.
+#[utoipa::path(get, path = "/ready", tag = "Health",
+    responses(
+        (status = 200, description = "Ready to serve", body = ReadyStatus),
+        (status = 503, description = "Not ready, with the reason", body = ReadyStatus),
+        (status = 403, description = "The Host header is not allowed", body = crate::error::Envelope),
+        (status = 405, description = "Method not allowed", body = crate::error::Envelope),
+    ))]
 pub async fn ready(State(state): State<AppState>) -> Response {
     let servable = state.manager().catalog().iter().filter(|d| d.servable()).count();
-    if state.is_ready() && servable > 0 {
-        (
+    let failures = state.preload_failures();
+    let reason = match state.readiness() {
+        Readiness::Draining => Some("shutting down".to_string()),
+        Readiness::Starting => Some("starting up".to_string()),
+        Readiness::Ready if servable == 0 => Some("no servable model was found".to_string()),
+        Readiness::Ready if !failures.is_empty() => Some(
+            failures
+                .iter()
+                .map(|(m, e)| format!("preloading {m} failed: {e}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        Readiness::Ready => None,
+    };
+    match reason {
+        None => (
             StatusCode::OK,
             axum::Json(json!({"status": "ready", "models": servable})),
         )
-            .into_response()
-    } else {
-        let why = if servable == 0 {
-            "no servable model was found"
-        } else {
-            "starting up"
-        };
-        (
+            .into_response(),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             axum::Json(json!({"status": "not_ready", "reason": why})),
         )
-            .into_response()
+            .into_response(),
     }
 }
 
+/// Models, their state, device and queues; devices; hardware; versions.
+#[utoipa::path(get, path = "/status", tag = "Health",
+    responses((status = 200, description = "The server's state", body = Object), GetErrors))]
 pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
     let m = state.manager();
     let loaded = m.loaded();
@@ -78,6 +123,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
                             "inputs": st.inputs.load(Ordering::Relaxed),
                             "tokens": st.tokens.load(Ordering::Relaxed),
                             "rejected": st.rejected.load(Ordering::Relaxed),
+                            "cancelled": st.cancelled.load(Ordering::Relaxed),
                         })
                     }
                 });
@@ -94,7 +140,8 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.uptime_seconds(),
-        "ready": state.is_ready(),
+        "ready": state.is_ready() && state.preload_failures().is_empty(),
+        "draining": state.readiness() == Readiness::Draining,
         "compute": {
             "threads": m.pool().threads(),
             "kernels": hfms_engine::quant::kernels().name,

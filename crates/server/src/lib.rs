@@ -8,6 +8,7 @@ pub mod health;
 pub mod management;
 pub mod middleware;
 pub mod openai;
+pub mod openapi;
 pub mod state;
 
 use axum::Router;
@@ -17,10 +18,12 @@ use axum::routing::{get, post};
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, ServerConfig};
 
-/// Every route, with the middleware stack.
+/// Every route, with the middleware stack (outermost first): request id and
+/// request log → panic catcher → `Host` allow-list → CORS → body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
-    Router::new()
+    let cors = middleware::cors::layer(&state.config().cors_allow_origins);
+    let routes = Router::new()
         .route("/v1/chat/completions", post(openai::chat::create))
         .route("/v1/completions", post(openai::completions::create))
         .route("/v1/embeddings", post(openai::embeddings::create))
@@ -31,12 +34,33 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/status", get(health::status))
+        .route("/openapi.json", get(openapi::document))
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(limit))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit));
+    let routes = match cors {
+        Some(cors) => routes.layer(cors),
+        None => routes,
+    };
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::host::layer,
+        ))
+        .layer(middleware::catch_panic::layer())
         .layer(axum::middleware::from_fn(middleware::request_id::layer))
         .with_state(state)
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("Unknown path {}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        format!("{method} is not allowed on {}.", uri.path()),
+    )
+    .with_code("method_not_allowed")
 }

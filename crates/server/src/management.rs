@@ -1,26 +1,28 @@
 //! Model management: `POST /models/load` and `POST /models/unload`.
 
 use axum::extract::State;
-use hfms_engine::manager::KeepAlive;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
+use crate::openai::off_async;
+use crate::openai::params::parse_keep_alive;
 use crate::state::AppState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct LoadRequest {
     pub model: String,
     /// How long to keep it after its last request (Ollama's forms).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openai::types::KeepAliveValue>)]
     pub keep_alive: Option<Value>,
     /// Load it on this device ("cpu", "cuda:1"); placement decides if absent.
     #[serde(default)]
     pub device: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct UnloadRequest {
     pub model: String,
 }
@@ -36,19 +38,17 @@ fn model_status(state: &AppState, id: &str) -> Value {
 }
 
 /// Load a model (waiting for it) and report its state.
+#[utoipa::path(post, path = "/models/load", tag = "Management",
+    request_body = LoadRequest,
+    responses((status = 200, description = "The model and its state", body = Object), PostErrors))]
 pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadRequest>) -> ApiResult<axum::Json<Value>> {
     let manager = state.manager().clone();
     let desc = manager
         .resolve(&req.model)
         .ok_or_else(|| ApiError::model_not_found(&req.model))?;
     let id = desc.id.clone();
-    let keep_alive = req
-        .keep_alive
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(|v| KeepAlive::parse(v).map_err(|e| ApiError::invalid(Some("keep_alive".into()), e)))
-        .transpose()?;
-    let device = req
+    let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
+    let device: Option<hfms_hardware::DeviceId> = req
         .device
         .as_deref()
         .map(|d| {
@@ -56,11 +56,22 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
                 .map_err(|e| ApiError::invalid(Some("device".into()), format!("device {d:?}: {e}")))
         })
         .transpose()?;
-    let span = tracing::Span::current();
+    // A device this machine does not have is the client's mistake (a 400);
+    // a device without room for the model is the server's (503).
+    if let Some(d) = device {
+        let devices = manager.devices();
+        if !devices.iter().any(|x| x.device == d) {
+            let known: Vec<String> = devices.iter().map(|x| x.device.to_string()).collect();
+            return Err(ApiError::invalid(
+                Some("device".into()),
+                format!("device {d} is not present on this server (devices: {}).", known.join(", ")),
+            ));
+        }
+    }
     let name = id.clone();
-    let lease = tokio::task::spawn_blocking(move || span.in_scope(|| manager.acquire(&name, keep_alive, device)))
-        .await
-        .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
+    let lease = state
+        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, device)?)))
+        .await?;
     // The lease ends here: with keep_alive 0 the model goes right away, as
     // Ollama's load-then-unload does.
     drop(lease);
@@ -68,6 +79,9 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
 }
 
 /// Unload a model now if idle, or as soon as its requests finish.
+#[utoipa::path(post, path = "/models/unload", tag = "Management",
+    request_body = UnloadRequest,
+    responses((status = 200, description = "The model and the state it is in now", body = Object), PostErrors))]
 pub async fn unload(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<UnloadRequest>,
@@ -79,9 +93,7 @@ pub async fn unload(
         .id
         .clone();
     let name = id.clone();
-    let after = tokio::task::spawn_blocking(move || manager.unload(&name))
-        .await
-        .map_err(|e| ApiError::internal(format!("unload task failed: {e}")))??;
+    let after = off_async(move || Ok(manager.unload(&name)?)).await?;
     Ok(axum::Json(
         json!({"model": id, "state": after, "status": model_status(&state, &id)}),
     ))

@@ -1,33 +1,87 @@
-//! What every handler shares.
+//! What every handler shares: the model manager, the settings of the HTTP
+//! layer, and the server's lifecycle (starting, ready, draining).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use hfms_engine::manager::ModelManager;
+use tokio_util::sync::CancellationToken;
+
+/// What one request may ask for. Each bound is a setting of `hfms serve`
+/// (its flags name these defaults) and a 400 naming the flag when exceeded.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RequestLimits {
+    /// Most inputs in one embeddings request.
+    pub max_embedding_inputs: usize,
+    /// Most tokens (after truncation) in one embeddings request.
+    pub max_embedding_tokens: usize,
+    /// Largest `n`.
+    pub max_n: usize,
+    /// Most choices in one completions request (prompts × n).
+    pub max_choices: usize,
+    /// Longest stop sequence, in bytes.
+    pub max_stop_bytes: usize,
+    /// Most `logit_bias` entries.
+    pub max_logit_bias: usize,
+    /// Most tokens one choice may generate (None: the rest of the context).
+    pub max_completion_tokens: Option<usize>,
+}
+
+impl RequestLimits {
+    pub const DEFAULT: RequestLimits = RequestLimits {
+        // OpenAI's own limits for embeddings.
+        max_embedding_inputs: 2048,
+        max_embedding_tokens: 300_000,
+        max_n: 16,
+        max_choices: 128,
+        max_stop_bytes: 1024,
+        max_logit_bias: 1024,
+        max_completion_tokens: None,
+    };
+}
 
 /// Settings of the HTTP layer.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Largest request body accepted (bytes).
     pub max_body_bytes: usize,
-    /// Most inputs in one embeddings request.
-    pub max_embedding_inputs: usize,
-    /// Largest `n` accepted.
-    pub max_n: usize,
+    pub limits: RequestLimits,
     /// How long a request may take before it is cancelled (504).
-    pub request_timeout: std::time::Duration,
+    pub request_timeout: Duration,
+    /// How long a streamed response may wait for its client to read before
+    /// the request is cancelled (a client that stopped reading).
+    pub write_timeout: Duration,
+    /// Origins allowed to call the API from a browser (CORS); empty: none.
+    /// `*` allows any.
+    pub cors_allow_origins: Vec<String>,
+    /// `Host` header names accepted (DNS-rebinding protection); None: any.
+    pub allowed_hosts: Option<Vec<String>>,
+}
+
+impl ServerConfig {
+    pub const DEFAULT: ServerConfig = ServerConfig {
+        max_body_bytes: 8 << 20,
+        limits: RequestLimits::DEFAULT,
+        request_timeout: Duration::from_secs(600),
+        write_timeout: Duration::from_secs(30),
+        cors_allow_origins: Vec::new(),
+        allowed_hosts: None,
+    };
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            max_body_bytes: 8 << 20,
-            max_embedding_inputs: 2048,
-            max_n: 16,
-            request_timeout: std::time::Duration::from_secs(600),
-        }
+        Self::DEFAULT
     }
+}
+
+/// Where the server is in its life, for `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Readiness {
+    Starting,
+    Ready,
+    Draining,
 }
 
 #[derive(Clone)]
@@ -41,6 +95,12 @@ struct Inner {
     config: ServerConfig,
     started: Instant,
     ready: AtomicBool,
+    draining: AtomicBool,
+    /// Models whose preload failed, with the error.
+    preload_failures: Mutex<Vec<(String, String)>>,
+    /// Fired when the shutdown grace period is over: work still running
+    /// ends with an error.
+    cancel: CancellationToken,
 }
 
 impl AppState {
@@ -57,6 +117,9 @@ impl AppState {
                 config,
                 started: Instant::now(),
                 ready: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                preload_failures: Mutex::new(Vec::new()),
+                cancel: CancellationToken::new(),
             }),
         }
     }
@@ -73,6 +136,10 @@ impl AppState {
         &self.inner.config
     }
 
+    pub fn limits(&self) -> &RequestLimits {
+        &self.inner.config.limits
+    }
+
     pub fn uptime_seconds(&self) -> f64 {
         self.inner.started.elapsed().as_secs_f64()
     }
@@ -82,7 +149,79 @@ impl AppState {
         self.inner.ready.store(true, Ordering::Release);
     }
 
+    /// A model named for preloading failed to load.
+    pub fn preload_failed(&self, model: &str, error: &str) {
+        let mut f = self.inner.preload_failures.lock().unwrap_or_else(|p| p.into_inner());
+        f.push((model.to_string(), error.to_string()));
+    }
+
+    /// Preload failures of models that are still not loaded (a model loaded
+    /// since, e.g. by `/models/load` after its file was fixed, no longer
+    /// counts).
+    pub fn preload_failures(&self) -> Vec<(String, String)> {
+        let failed = self
+            .inner
+            .preload_failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if failed.is_empty() {
+            return failed;
+        }
+        let loaded = self.inner.manager.loaded();
+        failed
+            .into_iter()
+            .filter(|(m, _)| !loaded.iter().any(|(id, _)| id == m))
+            .collect()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        if self.inner.draining.load(Ordering::Acquire) {
+            Readiness::Draining
+        } else if self.inner.ready.load(Ordering::Acquire) {
+            Readiness::Ready
+        } else {
+            Readiness::Starting
+        }
+    }
+
     pub fn is_ready(&self) -> bool {
-        self.inner.ready.load(Ordering::Acquire)
+        self.readiness() == Readiness::Ready
+    }
+
+    /// Shutdown began: `/ready` says so; requests in flight go on.
+    pub fn begin_drain(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// The grace period is over: everything still running is cancelled.
+    pub fn cancel_all(&self) {
+        self.inner.cancel.cancel();
+    }
+
+    /// Resolves when `cancel_all` is called.
+    pub fn cancelled(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.inner.cancel.clone().cancelled_owned()
+    }
+
+    /// Run a request's work under its time limit and the server's shutdown:
+    /// 504 past `--request-timeout`, 503 once shutdown cancels it. Dropping
+    /// the work cancels it (receivers dropped → sequences and batches
+    /// dropped at their next step).
+    pub async fn bounded<T>(
+        &self,
+        work: impl std::future::Future<Output = crate::ApiResult<T>>,
+    ) -> crate::ApiResult<T> {
+        let limit = self.config().request_timeout;
+        tokio::select! {
+            r = tokio::time::timeout(limit, work) => match r {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::warn!(seconds = limit.as_secs(), "request timed out; cancelling it");
+                    Err(crate::ApiError::timeout(limit))
+                }
+            },
+            _ = self.cancelled() => Err(crate::ApiError::shutting_down()),
+        }
     }
 }

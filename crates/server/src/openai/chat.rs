@@ -1,24 +1,20 @@
 //! `POST /v1/chat/completions`
 
-use std::convert::Infallible;
-
 use axum::Extension;
 use axum::extract::State;
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use hfms_engine::generate::{GenEvent, GenerateRequest};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::chat_template::TemplateMessage;
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::params::{self, Common};
 use super::types::*;
 use super::{
-    ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, sse_done, sse_json,
+    ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, off_async,
+    sse_done, sse_response,
 };
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
 use crate::state::AppState;
@@ -136,6 +132,15 @@ fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateMessage>> {
         .collect()
 }
 
+/// Create a chat completion (OpenAI's API); with `stream: true`, server-sent
+/// events of `ChatCompletionChunk` ending with `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "OpenAI",
+    request_body = ChatCompletionRequest,
+    responses(
+        (status = 200, description = "The completion (JSON), or its chunks as server-sent events",
+         content((ChatCompletionResponse = "application/json"), (String = "text/event-stream"))),
+        PostErrors,
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
@@ -193,45 +198,48 @@ pub async fn create(
         (None, Some(b)) => Some((b, "max_tokens")),
         _ => None,
     };
+    let common = Common {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        n: req.n,
+        stop: req.stop.clone(),
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: req.logit_bias.clone(),
+        seed: req.seed,
+        top_logprobs,
+    };
+    params::validate_shape(&common, state.limits())?;
 
     let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Generation(gm) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
     };
-    let tokenizer = gm.generator.tokenizer().clone();
-    let validated = params::validate(
-        Common {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            n: req.n,
-            stop: req.stop.clone(),
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            logit_bias: req.logit_bias.clone(),
-            seed: req.seed,
-            top_logprobs,
-        },
-        gm.generator.model().config().vocab,
-        state.config().max_n,
-    )?;
-    let template = gm.template.as_ref().ok_or_else(|| {
-        ApiError::invalid(
+    let validated = params::validate(common, gm.generator.model().config().vocab, state.limits())?;
+    let Some(template) = gm.template.clone() else {
+        return Err(ApiError::invalid(
             Some("model".into()),
             format!("The model `{model_id}` has no chat template; use /v1/completions with a raw prompt."),
-        )
-    })?;
-    let prompt_text = template.render(&messages, true)?;
-    // The template writes any BOS itself (add_special_tokens=False, as
-    // transformers' apply_chat_template does).
-    let prompt = tokenizer.encode(&prompt_text, false)?;
+        ));
+    };
+    let tokenizer = gm.generator.tokenizer().clone();
+    // Rendering and tokenizing up to a whole body of text is CPU work.
+    let prompt = off_async(move || {
+        let text = template.render(&messages, true)?;
+        // The template writes any BOS itself (add_special_tokens=False, as
+        // transformers' apply_chat_template does).
+        Ok(tokenizer.encode(&text, false)?)
+    })
+    .await?;
     let max_tokens = params::max_tokens(
         requested_max.map(|(m, _)| m),
         requested_max.map(|(_, p)| p).unwrap_or("max_tokens"),
         prompt.len(),
         gm.context_length,
         "messages",
+        state.limits().max_completion_tokens,
     )?;
 
     // All n choices are admitted or none (a full queue answers 503).
@@ -255,7 +263,7 @@ pub async fn create(
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now_unix();
     if !stream {
-        let results = collect_all(receivers, state.config().request_timeout).await?;
+        let results = collect_all(&state, receivers).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
         // The prompt is counted once; the first choice says what it reused.
         let cached = results.first().map_or(0, |r| r.usage.cached_tokens);
@@ -290,8 +298,6 @@ pub async fn create(
 
     let n = receivers.len();
     let prompt_tokens = prompt.len();
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let limit = state.config().request_timeout;
     let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>| ChatCompletionChunk {
         id: id.clone(),
         object: "chat.completion.chunk",
@@ -302,100 +308,86 @@ pub async fn create(
         usage,
     };
     let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
-    tokio::spawn(
-        async move {
-            // Holding the model keeps it loaded while this stream runs.
-            let _model = model;
-            for index in 0..n {
-                let c = chunk(
+    let mut events = ChoiceEvents::new(&state, receivers);
+    Ok(sse_response(&state, move |sink| async move {
+        // Holding the model keeps it loaded while this stream runs.
+        let _model = model;
+        for index in 0..n {
+            let c = chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: ChunkDelta {
+                        role: Some("assistant"),
+                        content: Some(String::new()),
+                    },
+                    logprobs: None,
+                    finish_reason: None,
+                }],
+                usage_field(None),
+            );
+            if sink.send_json(&c).await.is_err() {
+                return;
+            }
+        }
+        let mut completion = 0;
+        let mut cached = 0;
+        let mut done = 0;
+        loop {
+            let (index, ev) = match events.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => return sink.send_error(&e).await,
+            };
+            let c = match ev {
+                GenEvent::Prompt(_) => continue,
+                GenEvent::Delta { text, logprobs } => chunk(
                     vec![ChatChunkChoice {
                         index,
                         delta: ChunkDelta {
-                            role: Some("assistant"),
-                            content: Some(String::new()),
+                            role: None,
+                            content: Some(text),
                         },
-                        logprobs: None,
+                        logprobs: want_logprobs.then(|| ChatLogprobs {
+                            content: Some(logprobs.iter().map(logprob_json).collect()),
+                            refusal: None,
+                        }),
                         finish_reason: None,
                     }],
                     usage_field(None),
-                );
-                if tx.send(sse_json(&c)).await.is_err() {
-                    return;
-                }
-            }
-            let mut events = ChoiceEvents::new(receivers, limit);
-            let mut completion = 0;
-            let mut cached = 0;
-            let mut done = 0;
-            loop {
-                let (index, ev) = match events.next().await {
-                    Ok(Some(next)) => next,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(sse_json(&e.to_json())).await;
-                        return;
+                ),
+                GenEvent::Done {
+                    finish_reason, usage, ..
+                } => {
+                    completion += usage.completion_tokens;
+                    if index == 0 {
+                        cached += usage.cached_tokens;
                     }
-                };
-                let c = match ev {
-                    GenEvent::Prompt(_) => continue,
-                    GenEvent::Delta { text, logprobs } => chunk(
+                    done += 1;
+                    chunk(
                         vec![ChatChunkChoice {
                             index,
-                            delta: ChunkDelta {
-                                role: None,
-                                content: Some(text),
-                            },
-                            logprobs: want_logprobs.then(|| ChatLogprobs {
-                                content: Some(logprobs.iter().map(logprob_json).collect()),
-                                refusal: None,
-                            }),
-                            finish_reason: None,
+                            delta: ChunkDelta::default(),
+                            logprobs: None,
+                            finish_reason: Some(finish_str(finish_reason)),
                         }],
                         usage_field(None),
-                    ),
-                    GenEvent::Done {
-                        finish_reason, usage, ..
-                    } => {
-                        completion += usage.completion_tokens;
-                        if index == 0 {
-                            cached += usage.cached_tokens;
-                        }
-                        done += 1;
-                        chunk(
-                            vec![ChatChunkChoice {
-                                index,
-                                delta: ChunkDelta::default(),
-                                logprobs: None,
-                                finish_reason: Some(finish_str(finish_reason)),
-                            }],
-                            usage_field(None),
-                        )
-                    }
-                    GenEvent::Error(e) => {
-                        let err = ApiError::from(e);
-                        tracing::error!(error = %err.message, "generation failed mid-stream");
-                        let _ = tx.send(sse_json(&err.to_json())).await;
-                        return;
-                    }
-                };
-                if tx.send(sse_json(&c)).await.is_err() {
-                    tracing::info!("client disconnected; cancelling generation");
-                    return;
+                    )
                 }
-                if done == n {
-                    break;
-                }
+                GenEvent::Error(e) => return sink.send_error(&ApiError::from(e)).await,
+            };
+            if sink.send_json(&c).await.is_err() {
+                return;
             }
-            if include_usage {
-                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
-                if tx.send(sse_json(&c)).await.is_err() {
-                    return;
-                }
+            if done == n {
+                break;
             }
-            let _ = tx.send(sse_done()).await;
         }
-        .instrument(tracing::Span::current()),
-    );
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(stream).into_response())
+        if include_usage {
+            let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
+            if sink.send_json(&c).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(sse_done()).await;
+    }))
 }

@@ -1,23 +1,18 @@
 //! `POST /v1/completions` (the legacy text completions API).
 
-use std::convert::Infallible;
-
 use axum::Extension;
 use axum::extract::State;
-use axum::response::sse::Sse;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
 use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest, PromptToken, TokenLogprob};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::Tokenizer;
 use serde_json::Value;
-use tracing::Instrument;
 
 use super::chat::json_kind;
 use super::params::{self, Common};
 use super::types::*;
-use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, sse_done, sse_json};
-use crate::error::{ApiError, ApiResult};
+use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_done, sse_response};
+use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
 use crate::state::AppState;
@@ -165,10 +160,31 @@ fn legacy_logprobs(entries: &[PromptToken], start_offset: usize) -> CompletionLo
     out
 }
 
+/// How many prompts `prompt` holds, from its shape alone (before any
+/// tokenization, so the choices cap costs nothing to enforce).
+fn prompt_count(v: Option<&Value>) -> usize {
+    match v {
+        Some(Value::Array(items)) => match items.first() {
+            Some(Value::Number(_)) => 1,
+            _ => items.len(),
+        },
+        _ => 1,
+    }
+}
+
+/// Create a text completion (OpenAI's legacy API); with `stream: true`,
+/// server-sent events of `CompletionResponse` chunks ending with `data: [DONE]`.
+#[utoipa::path(post, path = "/v1/completions", tag = "OpenAI",
+    request_body = CompletionRequest,
+    responses(
+        (status = 200, description = "The completion (JSON), or its chunks as server-sent events",
+         content((CompletionResponse = "application/json"), (String = "text/event-stream"))),
+        PostErrors,
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
-    ApiJson(req): ApiJson<CompletionRequest>,
+    ApiJson(mut req): ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(
@@ -207,44 +223,53 @@ pub async fn create(
             "best_of other than n is not supported by this server.",
         ));
     }
+    let common = Common {
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        n: req.n,
+        stop: req.stop.clone(),
+        presence_penalty: req.presence_penalty,
+        frequency_penalty: req.frequency_penalty,
+        logit_bias: req.logit_bias.clone(),
+        seed: req.seed,
+        top_logprobs: logprobs,
+    };
+    params::validate_shape(&common, state.limits())?;
+    let limits = state.limits();
+    let choices = prompt_count(req.prompt.as_ref()).saturating_mul(req.n.unwrap_or(1).max(1) as usize);
+    if choices > limits.max_choices {
+        return Err(params::over_limit(
+            "prompt",
+            format!(
+                "at most {} choices (prompts × n) per request, got {choices}",
+                limits.max_choices
+            ),
+            "max-choices",
+        ));
+    }
 
     let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Generation(gm) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
     };
+    let validated = params::validate(common, gm.generator.model().config().vocab, state.limits())?;
     let tokenizer = gm.generator.tokenizer().clone();
-    let validated = params::validate(
-        Common {
-            temperature: req.temperature,
-            top_p: req.top_p,
-            top_k: req.top_k,
-            n: req.n,
-            stop: req.stop.clone(),
-            presence_penalty: req.presence_penalty,
-            frequency_penalty: req.frequency_penalty,
-            logit_bias: req.logit_bias.clone(),
-            seed: req.seed,
-            top_logprobs: logprobs,
-        },
-        gm.generator.model().config().vocab,
-        state.config().max_n,
-    )?;
-    let prompts = prompts(req.prompt.as_ref(), &tokenizer)?;
-    if prompts.len() * validated.n > 128 {
-        return Err(ApiError::invalid(
-            Some("prompt".into()),
-            "at most 128 choices (prompts × n) per request.",
-        ));
-    }
+    let prompt_value = req.prompt.take();
+    // Tokenizing (or detokenizing, for echo) a whole body is CPU work.
+    let prompts = off_async(move || prompts(prompt_value.as_ref(), &tokenizer)).await?;
     let mut limits = Vec::with_capacity(prompts.len());
     for p in &prompts {
+        // OpenAI's default of 16, within the server's cap.
+        let default = state.limits().max_completion_tokens.map_or(16, |c| c.min(16)) as i64;
         limits.push(params::max_tokens(
-            req.max_tokens.or(Some(16)),
+            req.max_tokens.or(Some(default)),
             "max_tokens",
             p.ids.len(),
             gm.context_length,
             "prompt",
+            state.limits().max_completion_tokens,
         )?);
     }
 
@@ -277,7 +302,7 @@ pub async fn create(
     let created = now_unix();
 
     if !stream {
-        let results = collect_all(receivers, state.config().request_timeout).await?;
+        let results = collect_all(&state, receivers).await?;
         let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
         // Each prompt is counted once: by its first choice.
         let n = validated.n;
@@ -314,8 +339,6 @@ pub async fn create(
 
     let n = receivers.len();
     let per_prompt = validated.n;
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let limit = state.config().request_timeout;
     let chunk = move |choices: Vec<CompletionChoice>, usage: Option<Option<Usage>>| CompletionResponse {
         id: id.clone(),
         object: "text_completion",
@@ -326,106 +349,92 @@ pub async fn create(
         usage,
     };
     let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
-    tokio::spawn(
-        async move {
-            let _model = model;
-            let mut events = ChoiceEvents::new(receivers, limit);
-            let mut completion = 0;
-            let mut cached = 0;
-            let mut done = 0;
-            // Bytes of text sent so far per choice: where the next token's
-            // text_offset starts. The echo goes out with a choice's first chunk.
-            let mut sent: Vec<usize> = vec![0; n];
-            let mut echoed = vec![false; n];
-            loop {
-                let (index, ev) = match events.next().await {
-                    Ok(Some(next)) => next,
-                    Ok(None) => break,
-                    Err(e) => {
-                        let _ = tx.send(sse_json(&e.to_json())).await;
-                        return;
-                    }
-                };
-                let mut text = String::new();
-                if !echoed[index] {
-                    echoed[index] = true;
-                    text.push_str(&echoes[index]);
-                }
-                let c = match ev {
-                    GenEvent::Prompt(entries) => {
-                        let lp = legacy_logprobs(&entries, 0);
-                        sent[index] += text.chars().count();
-                        chunk(
-                            vec![CompletionChoice {
-                                index,
-                                text,
-                                logprobs: Some(lp),
-                                finish_reason: None,
-                            }],
-                            usage_field(None),
-                        )
-                    }
-                    GenEvent::Delta { text: t, logprobs: lps } => {
-                        let start = sent[index] + text.chars().count();
-                        let lp = logprobs.map(|_| {
-                            let entries: Vec<PromptToken> = lps.into_iter().map(position).collect();
-                            legacy_logprobs(&entries, start)
-                        });
-                        text.push_str(&t);
-                        sent[index] += text.chars().count();
-                        chunk(
-                            vec![CompletionChoice {
-                                index,
-                                text,
-                                logprobs: lp,
-                                finish_reason: None,
-                            }],
-                            usage_field(None),
-                        )
-                    }
-                    GenEvent::Done {
-                        finish_reason, usage, ..
-                    } => {
-                        completion += usage.completion_tokens;
-                        if index % per_prompt == 0 {
-                            cached += usage.cached_tokens;
-                        }
-                        done += 1;
-                        chunk(
-                            vec![CompletionChoice {
-                                index,
-                                text,
-                                logprobs: None,
-                                finish_reason: Some(finish_str(finish_reason)),
-                            }],
-                            usage_field(None),
-                        )
-                    }
-                    GenEvent::Error(e) => {
-                        let err = ApiError::from(e);
-                        tracing::error!(error = %err.message, "generation failed mid-stream");
-                        let _ = tx.send(sse_json(&err.to_json())).await;
-                        return;
-                    }
-                };
-                if tx.send(sse_json(&c)).await.is_err() {
-                    tracing::info!("client disconnected; cancelling generation");
-                    return;
-                }
-                if done == n {
-                    break;
-                }
+    let mut events = ChoiceEvents::new(&state, receivers);
+    Ok(sse_response(&state, move |sink| async move {
+        let _model = model;
+        let mut completion = 0;
+        let mut cached = 0;
+        let mut done = 0;
+        // Characters of text sent so far per choice: where the next token's
+        // text_offset starts. The echo goes out with a choice's first chunk.
+        let mut sent: Vec<usize> = vec![0; n];
+        let mut echoed = vec![false; n];
+        loop {
+            let (index, ev) = match events.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => return sink.send_error(&e).await,
+            };
+            let mut text = String::new();
+            if !echoed[index] {
+                echoed[index] = true;
+                text.push_str(&echoes[index]);
             }
-            if include_usage {
-                let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
-                if tx.send(sse_json(&c)).await.is_err() {
-                    return;
+            let c = match ev {
+                GenEvent::Prompt(entries) => {
+                    let lp = legacy_logprobs(&entries, 0);
+                    sent[index] += text.chars().count();
+                    chunk(
+                        vec![CompletionChoice {
+                            index,
+                            text,
+                            logprobs: Some(lp),
+                            finish_reason: None,
+                        }],
+                        usage_field(None),
+                    )
                 }
+                GenEvent::Delta { text: t, logprobs: lps } => {
+                    let start = sent[index] + text.chars().count();
+                    let lp = logprobs.map(|_| {
+                        let entries: Vec<PromptToken> = lps.into_iter().map(position).collect();
+                        legacy_logprobs(&entries, start)
+                    });
+                    text.push_str(&t);
+                    sent[index] += text.chars().count();
+                    chunk(
+                        vec![CompletionChoice {
+                            index,
+                            text,
+                            logprobs: lp,
+                            finish_reason: None,
+                        }],
+                        usage_field(None),
+                    )
+                }
+                GenEvent::Done {
+                    finish_reason, usage, ..
+                } => {
+                    completion += usage.completion_tokens;
+                    if index % per_prompt == 0 {
+                        cached += usage.cached_tokens;
+                    }
+                    done += 1;
+                    chunk(
+                        vec![CompletionChoice {
+                            index,
+                            text,
+                            logprobs: None,
+                            finish_reason: Some(finish_str(finish_reason)),
+                        }],
+                        usage_field(None),
+                    )
+                }
+                GenEvent::Error(e) => return sink.send_error(&ApiError::from(e)).await,
+            };
+            if sink.send_json(&c).await.is_err() {
+                return;
             }
-            let _ = tx.send(sse_done()).await;
+            if done == n {
+                break;
+            }
         }
-        .instrument(tracing::Span::current()),
-    );
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, Infallible>);
-    Ok(Sse::new(stream).into_response())
+        if include_usage {
+            let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
+            if sink.send_json(&c).await.is_err() {
+                return;
+            }
+        }
+        let _ = sink.send(sse_done()).await;
+    }))
 }

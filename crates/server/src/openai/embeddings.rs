@@ -1,15 +1,18 @@
 //! `POST /v1/embeddings`
 
 use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use hfms_engine::embed::EmbedInput;
 use hfms_engine::skills::{LoadedModel, Task};
 use serde_json::Value;
 
-use super::acquire;
 use super::chat::json_kind;
+use super::params;
 use super::types::*;
-use crate::error::{ApiError, ApiResult};
+use super::{acquire, off_async};
+use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
@@ -92,9 +95,10 @@ fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
         }
     };
     if out.len() > max {
-        return Err(ApiError::invalid(
-            Some("input".into()),
-            format!("at most {max} inputs per request, got {}.", out.len()),
+        return Err(params::over_limit(
+            "input",
+            format!("at most {max} inputs per request, got {}", out.len()),
+            "max-embedding-inputs",
         ));
     }
     for (i, inp) in out.iter().enumerate() {
@@ -110,11 +114,12 @@ fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
     Ok(out)
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    ApiJson(req): ApiJson<EmbeddingRequest>,
-) -> ApiResult<axum::Json<EmbeddingResponse>> {
-    let inputs = inputs(&req.input, state.config().max_embedding_inputs)?;
+/// Create embeddings (OpenAI's API).
+#[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI",
+    request_body = EmbeddingRequest,
+    responses((status = 200, description = "One vector per input, in order", body = EmbeddingResponse), PostErrors))]
+pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<EmbeddingRequest>) -> ApiResult<Response> {
+    let limits = state.limits().clone();
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -127,7 +132,7 @@ pub async fn create(
     };
     let dimensions = match req.dimensions {
         None => None,
-        Some(d) if d >= 1 => Some(d as usize),
+        Some(d) if d >= 1 => Some(usize::try_from(d).unwrap_or(usize::MAX)),
         Some(d) => {
             return Err(ApiError::invalid(
                 Some("dimensions".into()),
@@ -135,48 +140,66 @@ pub async fn create(
             ));
         }
     };
+    let inputs = inputs(&req.input, limits.max_embedding_inputs)?;
     let model = acquire(&state, &req.model, Task::Embed, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Embedding(batcher) = &*model.model else {
         return Err(ApiError::internal("model task mismatch"));
     };
     let batcher = batcher.clone();
+    batcher.model().check_dimensions(dimensions)?;
     // Tokenize on the blocking pool, then join the model's dynamic batch.
-    let span = tracing::Span::current();
     let em = batcher.model().clone();
-    let ids = tokio::task::spawn_blocking(move || span.in_scope(|| em.tokenize(&inputs)))
-        .await
-        .map_err(|e| ApiError::internal(format!("tokenization task failed: {e}")))??;
+    let ids = off_async(move || Ok(em.tokenize(&inputs)?)).await?;
     let tokens: usize = ids.iter().map(|v| v.len()).sum();
+    if tokens > limits.max_embedding_tokens {
+        return Err(params::over_limit(
+            "input",
+            format!(
+                "the inputs hold {tokens} tokens after truncation to the model's length; at most {} are accepted per request",
+                limits.max_embedding_tokens
+            ),
+            "max-embedding-tokens",
+        ));
+    }
     let rx = batcher.submit(ids, dimensions)?;
-    let limit = state.config().request_timeout;
-    let vectors = match tokio::time::timeout(limit, rx).await {
-        Ok(Ok(r)) => r?,
-        Ok(Err(_)) => return Err(ApiError::internal("the embedding batcher dropped the request")),
-        Err(_) => return Err(ApiError::timeout(limit)),
-    };
-    drop(model);
-    let data = vectors
-        .into_iter()
-        .enumerate()
-        .map(|(index, v)| EmbeddingData {
-            object: "embedding",
-            index,
-            embedding: if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                EmbeddingVector::Float(v)
-            },
+    let vectors = state
+        .bounded(async move {
+            match rx.await {
+                Ok(r) => Ok(r?),
+                Err(_) => Err(ApiError::internal("the embedding batcher dropped the request")),
+            }
         })
-        .collect();
-    Ok(axum::Json(EmbeddingResponse {
-        object: "list",
-        data,
-        model: model_id,
-        usage: EmbeddingUsage {
-            prompt_tokens: tokens,
-            total_tokens: tokens,
-        },
-    }))
+        .await?;
+    drop(model);
+    // Thousands of vectors make megabytes of JSON: written off the async
+    // threads too.
+    off_async(move || {
+        let data = vectors
+            .into_iter()
+            .enumerate()
+            .map(|(index, v)| EmbeddingData {
+                object: "embedding",
+                index,
+                embedding: if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    EmbeddingVector::Float(v)
+                },
+            })
+            .collect();
+        let body = EmbeddingResponse {
+            object: "list",
+            data,
+            model: model_id,
+            usage: EmbeddingUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+            },
+        };
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
+        Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+    })
+    .await
 }

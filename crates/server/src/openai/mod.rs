@@ -14,7 +14,7 @@ use axum::response::sse::Event;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use hfms_engine::generate::{FinishReason, GenEvent, GenUsage, PromptToken, TokenLogprob};
-use hfms_engine::manager::{KeepAlive, ModelLease, ModelManager};
+use hfms_engine::manager::{ModelLease, ModelManager};
 use hfms_engine::skills::Task;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -47,10 +47,7 @@ pub async fn acquire(
     task: Task,
     keep_alive: Option<&serde_json::Value>,
 ) -> ApiResult<ModelLease> {
-    let keep_alive = keep_alive
-        .filter(|v| !v.is_null())
-        .map(|v| KeepAlive::parse(v).map_err(|e| ApiError::invalid(Some("keep_alive".into()), e)))
-        .transpose()?;
+    let keep_alive = params::parse_keep_alive(keep_alive)?;
     let manager: Arc<ModelManager> = state.manager().clone();
     let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
@@ -68,11 +65,12 @@ pub async fn acquire(
         .with_code("model_not_supported"));
     }
     let name = id.clone();
-    let span = tracing::Span::current();
-    let lease = tokio::task::spawn_blocking(move || span.in_scope(|| manager.acquire(&name, keep_alive, None)))
+    // A load can take long: it runs off the async threads, and the request
+    // still gives up at its time limit or shutdown (the load goes on, for
+    // whoever asks next).
+    state
+        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, None)?)))
         .await
-        .map_err(|e| ApiError::internal(format!("model load task failed: {e}")))??;
-    Ok(lease)
 }
 
 pub fn finish_str(r: FinishReason) -> &'static str {
@@ -132,55 +130,131 @@ pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected
     Err(ApiError::internal("generation ended without a result"))
 }
 
-/// Wait for every choice, or give up at the server's time limit (dropping
-/// the receivers cancels the sequences).
-pub async fn collect_all(
-    receivers: Vec<UnboundedReceiver<GenEvent>>,
-    limit: std::time::Duration,
-) -> ApiResult<Vec<Collected>> {
-    match tokio::time::timeout(limit, futures::future::try_join_all(receivers.into_iter().map(collect))).await {
-        Ok(r) => r,
-        Err(_) => {
-            tracing::warn!(seconds = limit.as_secs(), "request timed out; cancelling it");
-            Err(ApiError::timeout(limit))
-        }
-    }
+/// Wait for every choice, under the request's time limit and the server's
+/// shutdown (dropping the receivers cancels the sequences).
+pub async fn collect_all(state: &AppState, receivers: Vec<UnboundedReceiver<GenEvent>>) -> ApiResult<Vec<Collected>> {
+    state
+        .bounded(futures::future::try_join_all(receivers.into_iter().map(collect)))
+        .await
 }
 
 /// The events of a streamed request's choices, merged, `(choice, event)`,
-/// under the request's time limit.
+/// under the request's time limit and the server's shutdown.
 pub struct ChoiceEvents {
     events: BoxStream<'static, (usize, GenEvent)>,
     deadline: tokio::time::Instant,
     limit: std::time::Duration,
+    state: AppState,
 }
 
 impl ChoiceEvents {
-    pub fn new(receivers: Vec<UnboundedReceiver<GenEvent>>, limit: std::time::Duration) -> Self {
+    pub fn new(state: &AppState, receivers: Vec<UnboundedReceiver<GenEvent>>) -> Self {
         let streams = receivers.into_iter().enumerate().map(|(i, rx)| {
             tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
                 .map(move |ev| (i, ev))
                 .boxed()
         });
+        let limit = state.config().request_timeout;
         ChoiceEvents {
             events: futures::stream::select_all(streams).boxed(),
             deadline: tokio::time::Instant::now() + limit,
             limit,
+            state: state.clone(),
         }
     }
 
-    /// The next event; None when every choice has ended; the timeout error
-    /// once the limit has passed (the caller sends it and ends the stream,
-    /// which drops the receivers and so cancels the sequences).
+    /// The next event; None when every choice has ended; an error once the
+    /// time limit has passed or shutdown cancelled the request (the caller
+    /// sends it and ends the stream, which drops the receivers and so
+    /// cancels the sequences).
     pub async fn next(&mut self) -> ApiResult<Option<(usize, GenEvent)>> {
-        match tokio::time::timeout_at(self.deadline, self.events.next()).await {
-            Ok(next) => Ok(next),
-            Err(_) => {
-                tracing::warn!(seconds = self.limit.as_secs(), "stream timed out; cancelling it");
-                Err(ApiError::timeout(self.limit))
+        tokio::select! {
+            r = tokio::time::timeout_at(self.deadline, self.events.next()) => match r {
+                Ok(next) => Ok(next),
+                Err(_) => {
+                    tracing::warn!(seconds = self.limit.as_secs(), "stream timed out; cancelling it");
+                    Err(ApiError::timeout(self.limit))
+                }
+            },
+            _ = self.state.cancelled() => {
+                tracing::warn!("shutdown grace period over; cancelling the stream");
+                Err(ApiError::shutting_down())
             }
         }
     }
+}
+
+/// The client went away, or stopped reading for longer than the write
+/// timeout: the stream ends and its work is cancelled.
+#[derive(Debug)]
+pub struct ClientGone;
+
+/// Where a streamed response's producer writes its events. A send waits at
+/// most `--write-timeout` for the client to make room: a client that stops
+/// reading cannot hold its model, its KV cache and a task forever.
+pub struct SseSink {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    write_timeout: std::time::Duration,
+}
+
+impl SseSink {
+    pub async fn send(&self, ev: Event) -> Result<(), ClientGone> {
+        match tokio::time::timeout(self.write_timeout, self.tx.send(ev)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => {
+                tracing::info!("client disconnected; cancelling its work");
+                Err(ClientGone)
+            }
+            Err(_) => {
+                tracing::warn!(
+                    seconds = self.write_timeout.as_secs_f64(),
+                    "client stopped reading the stream; cancelling its work"
+                );
+                Err(ClientGone)
+            }
+        }
+    }
+
+    pub async fn send_json<T: serde::Serialize>(&self, v: &T) -> Result<(), ClientGone> {
+        self.send(sse_json(v)).await
+    }
+
+    /// An error as the stream's last event.
+    pub async fn send_error(&self, e: &ApiError) {
+        if e.status.is_server_error() {
+            tracing::error!(status = e.status.as_u16(), error = %e.message, "stream failed");
+        }
+        let _ = self.send(sse_json(&e.to_json())).await;
+    }
+}
+
+/// A streamed (SSE) response whose events `produce` writes, on its own task
+/// in the request's span; the one streamer of chat and completions.
+pub fn sse_response<F, Fut>(state: &AppState, produce: F) -> axum::response::Response
+where
+    F: FnOnce(SseSink) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use axum::response::IntoResponse;
+    use tracing::Instrument;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let sink = SseSink {
+        tx,
+        write_timeout: state.config().write_timeout,
+    };
+    tokio::spawn(produce(sink).instrument(tracing::Span::current()));
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
+    axum::response::sse::Sse::new(stream).into_response()
+}
+
+/// Run CPU-heavy request work (template rendering, tokenization,
+/// detokenization, large JSON) on the blocking pool, in the request's span:
+/// the async threads only move bytes, so `/health` answers while they run.
+pub async fn off_async<T: Send + 'static>(f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    let span = tracing::Span::current();
+    tokio::task::spawn_blocking(move || span.in_scope(f))
+        .await
+        .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?
 }
 
 /// An SSE `data:` event with a JSON body.

@@ -7,7 +7,7 @@ use hfms_engine::manager::ModelStatus;
 use serde_json::json;
 
 use super::types::{ModelList, ModelObject};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, GetErrors};
 use crate::state::AppState;
 
 fn created(d: &ModelDescription) -> u64 {
@@ -51,6 +51,9 @@ fn object(d: &ModelDescription, status: Option<&ModelStatus>) -> ModelObject {
     }
 }
 
+/// Every servable model, with its state.
+#[utoipa::path(get, path = "/v1/models", tag = "OpenAI",
+    responses((status = 200, description = "The models", body = ModelList), GetErrors))]
 pub async fn list(State(state): State<AppState>) -> axum::Json<ModelList> {
     let m = state.manager();
     let status = m.status();
@@ -63,6 +66,10 @@ pub async fn list(State(state): State<AppState>) -> axum::Json<ModelList> {
     axum::Json(ModelList { object: "list", data })
 }
 
+/// One model, by id or alias.
+#[utoipa::path(get, path = "/v1/models/{id}", tag = "OpenAI",
+    params(("id" = String, Path, description = "A model id (may contain `/`) or alias")),
+    responses((status = 200, description = "The model", body = ModelObject), GetErrors))]
 pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<axum::Json<ModelObject>> {
     let m = state.manager();
     let d = m

@@ -7,6 +7,7 @@ use hfms_engine::generate::SamplingParams;
 
 use crate::error::{ApiError, ApiResult};
 use crate::openai::types::Stop;
+use crate::state::RequestLimits;
 
 pub struct Common {
     pub temperature: Option<f32>,
@@ -40,7 +41,62 @@ fn range(name: &str, v: Option<f32>, lo: f32, hi: f32) -> ApiResult<()> {
     Ok(())
 }
 
-pub fn validate(c: Common, vocab: usize, max_n: usize) -> ApiResult<Validated> {
+/// A 400 for a request over one of the server's limits, naming the flag
+/// that sets it.
+pub fn over_limit(param: &str, message: String, flag: &str) -> ApiError {
+    ApiError::invalid(
+        Some(param.to_string()),
+        format!("{message} (this server's limit; its operator sets it with --{flag})."),
+    )
+}
+
+/// Everything that can be checked without the model.
+pub fn validate_shape(c: &Common, limits: &RequestLimits) -> ApiResult<()> {
+    if let Some(n) = c.n
+        && n >= 1
+        && n as u64 > limits.max_n as u64
+    {
+        return Err(over_limit(
+            "n",
+            format!("n must be between 1 and {}, got {n}", limits.max_n),
+            "max-n",
+        ));
+    }
+    if let Some(stop) = &c.stop {
+        let longest = match stop {
+            Stop::One(s) => s.len(),
+            Stop::Many(v) => v.iter().map(String::len).max().unwrap_or(0),
+        };
+        if longest > limits.max_stop_bytes {
+            return Err(over_limit(
+                "stop",
+                format!(
+                    "a stop sequence may be at most {} bytes long, got {longest}",
+                    limits.max_stop_bytes
+                ),
+                "max-stop-bytes",
+            ));
+        }
+    }
+    if let Some(b) = &c.logit_bias
+        && b.len() > limits.max_logit_bias
+    {
+        return Err(over_limit(
+            "logit_bias",
+            format!(
+                "logit_bias may hold at most {} entries, got {}",
+                limits.max_logit_bias,
+                b.len()
+            ),
+            "max-logit-bias",
+        ));
+    }
+    Ok(())
+}
+
+pub fn validate(c: Common, vocab: usize, limits: &RequestLimits) -> ApiResult<Validated> {
+    validate_shape(&c, limits)?;
+    let max_n = limits.max_n;
     range("temperature", c.temperature, 0.0, 2.0)?;
     range("top_p", c.top_p, 0.0, 1.0)?;
     range("presence_penalty", c.presence_penalty, -2.0, 2.0)?;
@@ -104,6 +160,7 @@ pub fn validate(c: Common, vocab: usize, max_n: usize) -> ApiResult<Validated> {
         logit_bias.push((id, v));
     }
     logit_bias.sort_by_key(|(id, _)| *id);
+    // Any i64 is a seed; negative ones are taken as their two's complement.
     let seed = c.seed.map(|s| s as u64);
     Ok(Validated {
         sampling: SamplingParams {
@@ -129,7 +186,19 @@ pub fn max_tokens(
     prompt_len: usize,
     context: usize,
     what: &str,
+    cap: Option<usize>,
 ) -> ApiResult<usize> {
+    if let (Some(m), Some(cap)) = (requested, cap)
+        && m > 0
+        && m as u64 > cap as u64
+    {
+        return Err(over_limit(
+            param,
+            format!("{param} may be at most {cap}, got {m}"),
+            "max-completion-tokens",
+        ));
+    }
+    let room = |r: usize| cap.map_or(r, |c| r.min(c));
     if prompt_len >= context {
         return Err(ApiError::invalid(
             Some(what.to_string()),
@@ -140,19 +209,19 @@ pub fn max_tokens(
         .with_code("context_length_exceeded"));
     }
     match requested {
-        None => Ok(context - prompt_len),
+        None => Ok(room(context - prompt_len)),
         Some(m) if m < 1 => Err(ApiError::invalid(
             Some(param.to_string()),
             format!("{param} must be at least 1, got {m}."),
         )),
         Some(m) => {
             let m = m as usize;
-            if prompt_len + m > context {
+            if prompt_len.saturating_add(m) > context {
                 return Err(ApiError::invalid(
                     Some(what.to_string()),
                     format!(
                         "This model's maximum context length is {context} tokens. However, you requested {} tokens ({prompt_len} in the {what}, {m} in the completion). Please reduce the length of the {what} or completion.",
-                        prompt_len + m
+                        prompt_len.saturating_add(m)
                     ),
                 )
                 .with_code("context_length_exceeded"));
@@ -160,6 +229,13 @@ pub fn max_tokens(
             Ok(m)
         }
     }
+}
+
+/// Ollama's `keep_alive` of a request (null or absent: none).
+pub fn parse_keep_alive(v: Option<&serde_json::Value>) -> ApiResult<Option<hfms_engine::manager::KeepAlive>> {
+    v.filter(|v| !v.is_null())
+        .map(|v| hfms_engine::manager::KeepAlive::parse(v).map_err(|e| ApiError::invalid(Some("keep_alive".into()), e)))
+        .transpose()
 }
 
 /// The seed of choice `i` of `n`: distinct per choice, reproducible.

@@ -5,9 +5,85 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use utoipa::ToSchema;
+
+// ---- schema-only shapes of fields kept as JSON values -------------------------
+// The handlers take these fields as `Value` to give precise 400s; these enums
+// only describe them in /openapi.json.
+
+/// A message's content: text, or a list of content parts (only `text`
+/// parts are supported); null for an assistant message.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum MessageContent {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ContentPart {
+    /// Only `text` is supported.
+    #[schema(rename = "type")]
+    kind: String,
+    text: String,
+}
+
+/// A prompt or an embeddings input: a string, a list of strings, a list of
+/// token ids, or a list of lists of token ids.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum TextOrTokens {
+    Text(String),
+    Texts(Vec<String>),
+    Tokens(Vec<u32>),
+    TokenLists(Vec<Vec<u32>>),
+}
+
+/// A chat message's role (`developer` is taken as `system`).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum ChatRole {
+    System,
+    Developer,
+    User,
+    Assistant,
+}
+
+/// `response_format.type`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum ResponseFormatType {
+    Text,
+    JsonObject,
+}
+
+/// `encoding_format` of embeddings: floats, or base64 of little-endian f32.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum EncodingFormat {
+    Float,
+    Base64,
+}
+
+/// Ollama's keep_alive: seconds (negative: forever, 0: unload when idle)
+/// or a duration such as "5m"; past ~100 years means forever; non-finite
+/// numbers are refused.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum KeepAliveValue {
+    Seconds(f64),
+    Duration(String),
+}
 
 /// `stop`: a string or up to four strings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(untagged)]
 pub enum Stop {
     One(String),
@@ -23,43 +99,58 @@ impl Stop {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ResponseFormat {
     #[serde(rename = "type")]
+    #[schema(value_type = ResponseFormatType)]
     pub kind: String,
 }
 
 /// A chat message as clients send it. `content` is a string or a list of
 /// content parts; it may be null for assistant messages.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatMessage {
+    #[schema(value_type = ChatRole)]
     pub role: String,
+    /// Required, except that an assistant message may have null content.
     #[serde(default)]
+    #[schema(value_type = MessageContent, required = true)]
     pub content: Option<Value>,
     #[serde(default)]
     pub name: Option<String>,
+    /// Not supported (tool calling): must be absent or null.
     #[serde(default)]
+    #[schema(ignore)]
     pub tool_calls: Option<Value>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct ChatCompletionRequest {
+    /// A model id or alias (`GET /v1/models`).
+    #[schema(examples("smollm2"))]
     pub model: String,
+    #[schema(min_items = 1)]
     pub messages: Vec<ChatMessage>,
+    /// 0 is greedy.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
-    /// Not in OpenAI's API; accepted as vLLM and llama.cpp do.
+    /// Not in OpenAI's API; accepted as vLLM and llama.cpp do (-1 or 0: off).
     #[serde(default)]
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    /// Choices; at most `--max-n` (default 16).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -68,31 +159,42 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub stop: Option<Stop>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_completion_tokens: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub logit_bias: Option<std::collections::HashMap<String, f32>>,
     #[serde(default)]
     pub logprobs: Option<bool>,
+    /// Needs `logprobs: true`.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub top_logprobs: Option<i64>,
     #[serde(default)]
     pub seed: Option<i64>,
     #[serde(default)]
     pub response_format: Option<ResponseFormat>,
+    /// Not supported (no tool calling): must be absent or empty.
     #[serde(default)]
+    #[schema(ignore)]
     pub tools: Option<Vec<Value>>,
+    /// Not supported (no tool calling): must be absent or empty.
     #[serde(default)]
+    #[schema(ignore)]
     pub functions: Option<Vec<Value>>,
     #[serde(default)]
     pub user: Option<String>,
     /// Ollama-style: how long to keep the model loaded after this request.
     #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
     pub keep_alive: Option<Value>,
     /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
     #[serde(default)]
@@ -101,22 +203,34 @@ pub struct ChatCompletionRequest {
 
 /// `prompt`: a string, a list of strings, a list of token ids, or a list of
 /// lists of token ids.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct CompletionRequest {
+    /// A model id or alias (`GET /v1/models`).
+    #[schema(examples("smollm2"))]
     pub model: String,
     #[serde(default)]
+    #[schema(value_type = TextOrTokens, required = true)]
     pub prompt: Option<Value>,
+    /// Not supported (no insertion): absent, null or empty.
     #[serde(default)]
     pub suffix: Option<String>,
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 1)]
     pub top_p: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -1)]
     pub top_k: Option<i64>,
+    /// Choices per prompt; at most `--max-n`, and prompts × n at most
+    /// `--max-choices`.
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 128)]
     pub n: Option<i64>,
+    /// Only equal to n.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub best_of: Option<i64>,
     #[serde(default)]
     pub stream: Option<bool>,
@@ -124,16 +238,21 @@ pub struct CompletionRequest {
     pub stream_options: Option<StreamOptions>,
     #[serde(default)]
     pub stop: Option<Stop>,
+    /// Default 16.
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub max_tokens: Option<i64>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub presence_penalty: Option<f32>,
     #[serde(default)]
+    #[schema(minimum = -2, maximum = 2)]
     pub frequency_penalty: Option<f32>,
     #[serde(default)]
     pub logit_bias: Option<std::collections::HashMap<String, f32>>,
-    /// Completions' legacy `logprobs`: how many alternatives (0-5).
+    /// Completions' legacy `logprobs`: how many alternatives per token.
     #[serde(default)]
+    #[schema(minimum = 0, maximum = 20)]
     pub logprobs: Option<i64>,
     #[serde(default)]
     pub echo: Option<bool>,
@@ -142,35 +261,45 @@ pub struct CompletionRequest {
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
     pub keep_alive: Option<Value>,
     /// vLLM's extension: keep generating past end-of-sequence (benchmarks).
     #[serde(default)]
     pub ignore_eos: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct EmbeddingRequest {
+    /// A model id or alias (`GET /v1/models`).
+    #[schema(examples("all-minilm"))]
     pub model: String,
+    /// At most `--max-embedding-inputs` inputs and `--max-embedding-tokens`
+    /// tokens (after truncation to the model's length).
+    #[schema(value_type = TextOrTokens)]
     pub input: Value,
     #[serde(default)]
+    #[schema(value_type = Option<EncodingFormat>)]
     pub encoding_format: Option<String>,
+    /// Keep the first N features (then normalise again).
     #[serde(default)]
+    #[schema(minimum = 1)]
     pub dimensions: Option<i64>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
     pub keep_alive: Option<Value>,
 }
 
 // ---- responses -------------------------------------------------------------
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct PromptTokensDetails {
     /// Prompt tokens whose KV came from the prefix cache.
     pub cached_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -189,20 +318,20 @@ impl Usage {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EmbeddingUsage {
     pub prompt_tokens: usize,
     pub total_tokens: usize,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TopLogprobJson {
     pub token: String,
     pub logprob: f32,
     pub bytes: Option<Vec<u8>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct TokenLogprobJson {
     pub token: String,
     pub logprob: f32,
@@ -210,20 +339,20 @@ pub struct TokenLogprobJson {
     pub top_logprobs: Vec<TopLogprobJson>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatLogprobs {
     pub content: Option<Vec<TokenLogprobJson>>,
     pub refusal: Option<Vec<TokenLogprobJson>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ResponseMessage {
     pub role: &'static str,
     pub content: Option<String>,
     pub refusal: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatChoice {
     pub index: usize,
     pub message: ResponseMessage,
@@ -231,7 +360,7 @@ pub struct ChatChoice {
     pub finish_reason: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatCompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -242,7 +371,7 @@ pub struct ChatCompletionResponse {
     pub usage: Usage,
 }
 
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, ToSchema)]
 pub struct ChunkDelta {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub role: Option<&'static str>,
@@ -250,7 +379,7 @@ pub struct ChunkDelta {
     pub content: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatChunkChoice {
     pub index: usize,
     pub delta: ChunkDelta,
@@ -258,7 +387,7 @@ pub struct ChatChunkChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ChatCompletionChunk {
     pub id: String,
     pub object: &'static str,
@@ -273,15 +402,16 @@ pub struct ChatCompletionChunk {
 }
 
 /// The legacy completions `logprobs` object.
-#[derive(Debug, Clone, Serialize, Default)]
+#[derive(Debug, Clone, Serialize, Default, ToSchema)]
 pub struct CompletionLogprobs {
     pub tokens: Vec<String>,
     pub token_logprobs: Vec<Option<f32>>,
+    #[schema(value_type = Vec<Option<std::collections::HashMap<String, f64>>>)]
     pub top_logprobs: Vec<Option<serde_json::Map<String, Value>>>,
     pub text_offset: Vec<usize>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CompletionChoice {
     pub index: usize,
     pub text: String,
@@ -289,7 +419,7 @@ pub struct CompletionChoice {
     pub finish_reason: Option<&'static str>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct CompletionResponse {
     pub id: String,
     pub object: &'static str,
@@ -301,21 +431,21 @@ pub struct CompletionResponse {
     pub usage: Option<Option<Usage>>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum EmbeddingVector {
     Float(Vec<f32>),
     Base64(String),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EmbeddingData {
     pub object: &'static str,
     pub index: usize,
     pub embedding: EmbeddingVector,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct EmbeddingResponse {
     pub object: &'static str,
     pub data: Vec<EmbeddingData>,
@@ -324,17 +454,20 @@ pub struct EmbeddingResponse {
 }
 
 /// `/v1/models` entries, with hfms' state fields beside OpenAI's four.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelObject {
     pub id: String,
     pub object: &'static str,
     pub created: u64,
     pub owned_by: String,
+    /// hfms' fields: aliases, task, format, architecture, parameters,
+    /// state, device, bytes, keep_alive, expires_at…
     #[serde(flatten)]
+    #[schema(ignore)]
     pub extra: Value,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ModelList {
     pub object: &'static str,
     pub data: Vec<ModelObject>,
