@@ -23,6 +23,12 @@ pub fn models_dir() -> PathBuf {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
+        let server = Self::spawn(extra);
+        server.wait_ready();
+        server
+    }
+
+    fn spawn(extra: &[&str]) -> Server {
         let models = models_dir();
         assert!(
             models.join("HuggingFaceTB").exists(),
@@ -67,13 +73,11 @@ impl Server {
                 panic!("hfms did not start:\n{}", logs.lock().unwrap().join("\n"));
             }
         };
-        let server = Server {
+        Server {
             child: Mutex::new(child),
             base,
             logs,
-        };
-        server.wait_ready();
-        server
+        }
     }
 
     /// The shared server of this test binary.
@@ -82,7 +86,7 @@ impl Server {
         S.get_or_init(|| Server::start(&["--preload", "smollm2,all-minilm"]))
     }
 
-    fn wait_ready(&self) {
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(120);
         while Instant::now() < deadline {
             if let Ok(r) = client().get(self.url("/ready")).send()
@@ -96,6 +100,42 @@ impl Server {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("hfms never became ready:\n{}", self.logs().join("\n"));
+    }
+
+    /// Start, and wait only until it listens (not until /ready).
+    pub fn start_unready(extra: &[&str]) -> Server {
+        Self::spawn(extra)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap().id()
+    }
+
+    /// Send a signal (e.g. "TERM") to the server.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Wait for the process to exit; its status, or None after `limit`.
+    pub fn wait_exit(&self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.lock().unwrap().try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// host:port
+    pub fn addr(&self) -> String {
+        self.base.trim_start_matches("http://").to_string()
     }
 
     pub fn url(&self, path: &str) -> String {
