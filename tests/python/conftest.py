@@ -37,8 +37,10 @@ EMBED_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 class Server:
     """A running `hfms serve` whose stderr is drained by a thread."""
 
-    def __init__(self, binary: Path, models: Path):
+    def __init__(self, binary: Path, models: Path, extra: list[str] | None = None):
         self.log: collections.deque[str] = collections.deque(maxlen=400)
+        # Every log line at error level or above, and any panic, kept whole.
+        self.errors: list[str] = []
         self.base_url: str | None = None
         self._listening = threading.Event()
         self.proc = subprocess.Popen(
@@ -49,6 +51,7 @@ class Server:
                 "--no-hf-cache",
                 "--preload", f"{CHAT_MODEL},{EMBED_MODEL}",
                 "--log-format", "json",
+                *(extra or []),
             ],
             # Servers that know HFMS_EXIT_ON_STDIN_EOF exit when this pipe
             # closes, so even a killed pytest leaves no server behind; older
@@ -68,6 +71,8 @@ class Server:
         for raw in iter(self.proc.stderr.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             self.log.append(line)
+            if '"level":"ERROR"' in line or "panicked" in line:
+                self.errors.append(line)
             if not self._listening.is_set():
                 m = LISTENING.search(line)
                 if m:
@@ -118,21 +123,27 @@ class Server:
         self._drain.join(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def server():
+def start_server(extra: list[str] | None = None) -> Server:
+    """A ready `hfms serve` with the two test models (and `extra` flags)."""
     binary = Path(os.environ.get("HFMS_BIN", REPO / "target" / "fast" / "hfms"))
     models = Path(os.environ.get("HFMS_TEST_MODELS", REPO / "models"))
     if not binary.is_file():
         pytest.fail(f"hfms binary not found at {binary} (build it, or set HFMS_BIN)")
     if not models.is_dir():
         pytest.fail(f"models folder not found at {models} (run scripts/fetch-models.sh, or set HFMS_TEST_MODELS)")
-    srv = Server(binary, models)
+    srv = Server(binary, models, extra)
     try:
         srv.wait_listening(LISTEN_TIMEOUT_S)
         srv.wait_ready(READY_TIMEOUT_S)
     except RuntimeError as e:
         srv.stop()
         pytest.fail(str(e))
+    return srv
+
+
+@pytest.fixture(scope="session")
+def server():
+    srv = start_server()
     yield srv
     srv.stop()
 
