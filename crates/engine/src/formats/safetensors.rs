@@ -55,6 +55,14 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(str::to_string)).collect();
         files.sort();
         files.dedup();
+        // Shards sit beside the index: a name that is a path would read
+        // whatever file it points at.
+        if let Some(bad) = files.iter().find(|f| !is_plain_file_name(f)) {
+            return Err(EngineError::format(format!(
+                "{}: weight_map names {bad:?}, not a file name in the folder",
+                index.display()
+            )));
+        }
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
     }
     let single = dir.join("model.safetensors");
@@ -74,6 +82,10 @@ pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
         )));
     }
     Ok(any)
+}
+
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
 }
 
 fn ggml_type(d: Dtype, name: &str) -> Result<GgmlType> {
@@ -135,15 +147,23 @@ impl Checkpoint {
     }
 
     pub fn bytes(&self, t: &StTensor) -> Result<MappedBytes> {
-        MappedBytes::new(self.maps[t.file].clone(), t.start, t.len)
-            .ok_or_else(|| EngineError::format("tensor lies past the end of its file"))
+        let map = self
+            .maps
+            .get(t.file)
+            .ok_or_else(|| EngineError::internal("a tensor of another checkpoint"))?;
+        MappedBytes::new(map.clone(), t.start, t.len).ok_or_else(|| {
+            EngineError::format(format!(
+                "{}: a tensor lies past the end of its file",
+                self.dir.display()
+            ))
+        })
     }
 
     pub fn parameter_count(&self) -> u64 {
         self.tensors
             .values()
             .map(|t| t.shape.iter().product::<usize>() as u64)
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     pub fn data_bytes(&self) -> u64 {
@@ -159,5 +179,75 @@ impl Checkpoint {
             }
         }
         counts.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::WeightSource;
+
+    fn folder(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("hfms-st-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn write_safetensors(path: &Path, header: &str, data: &[u8]) {
+        let mut b = (header.len() as u64).to_le_bytes().to_vec();
+        b.extend_from_slice(header.as_bytes());
+        b.extend_from_slice(data);
+        std::fs::write(path, b).unwrap();
+    }
+
+    #[test]
+    fn index_names_outside_the_folder_are_errors() {
+        let dir = folder("index");
+        for bad in ["../x.safetensors", "/etc/passwd", "a/b.safetensors", ".."] {
+            let index = serde_json::json!({"weight_map": {"w": bad}});
+            std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+            let e = checkpoint_files(&dir).unwrap_err().to_string();
+            assert!(e.contains("not a file name"), "{bad}: {e}");
+        }
+        let index = serde_json::json!({"weight_map": {"w": "model-00001-of-00002.safetensors"}});
+        std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
+        assert_eq!(checkpoint_files(&dir).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn empty_weight_matrices_are_errors() {
+        // No data, a valid file: the matrix code was asked for 2^40 rows.
+        let dir = folder("empty");
+        write_safetensors(
+            &dir.join("model.safetensors"),
+            r#"{"w":{"dtype":"F32","shape":[1099511627776,0],"data_offsets":[0,0]}}"#,
+            &[],
+        );
+        let ck = Checkpoint::open(&dir).unwrap();
+        let e = ck.matrix("w").unwrap_err().to_string();
+        assert!(e.contains("empty weight matrix"), "{e}");
+        assert!(ck.vector("w").unwrap().is_empty());
+    }
+
+    #[test]
+    fn bad_headers_are_errors_naming_the_file() {
+        let dir = folder("bad");
+        let p = dir.join("model.safetensors");
+        for header in [
+            r#"{"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,16]}}"#,
+            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,18446744073709551615]}}"#,
+            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[16,0]}}"#,
+            r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,32]}}"#,
+            r#"{"w":{"dtype":"F32","shape":[-4],"data_offsets":[0,16]}}"#,
+        ] {
+            write_safetensors(&p, header, &[0; 16]);
+            let e = Checkpoint::open(&dir).unwrap_err();
+            assert!(matches!(e, EngineError::Format(_)));
+            assert!(e.to_string().contains("model.safetensors"), "{e}");
+        }
+        // A header length past the file.
+        std::fs::write(&p, u64::MAX.to_le_bytes()).unwrap();
+        assert!(Checkpoint::open(&dir).is_err());
     }
 }

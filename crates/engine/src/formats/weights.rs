@@ -19,6 +19,19 @@ fn missing(name: &str) -> EngineError {
     EngineError::format(format!("tensor {name} is missing"))
 }
 
+/// A weight matrix has rows and columns: a zero dimension (with any size
+/// for the other, since the data is then empty) is a malformed file, and
+/// would have the matrix code loop over rows that hold nothing.
+fn check_matrix(file: &std::path::Path, name: &str, rows: usize, cols: usize) -> Result<()> {
+    if rows == 0 || cols == 0 {
+        return Err(EngineError::format(format!(
+            "{}: tensor {name} has shape {rows}x{cols}: an empty weight matrix",
+            file.display()
+        )));
+    }
+    Ok(())
+}
+
 impl WeightSource for GgufFile {
     fn has(&self, name: &str) -> bool {
         self.tensor(name).is_some()
@@ -31,18 +44,23 @@ impl WeightSource for GgufFile {
             [c, r, 1] | [c, r, 1, 1] => (*c as usize, *r as usize),
             other => {
                 return Err(EngineError::format(format!(
-                    "tensor {name} has shape {other:?}, want 2-D"
+                    "{}: tensor {name} has shape {other:?}, want 2-D",
+                    self.path.display()
                 )));
             }
         };
+        check_matrix(&self.path, name, rows, cols)?;
         Matrix::from_mapped(rows, cols, t.dtype, self.tensor_view(t)?)
     }
 
     fn vector(&self, name: &str) -> Result<Vec<f32>> {
         let t = self.tensor(name).ok_or_else(|| missing(name))?;
+        // The bytes first: their range is checked against the file, which
+        // bounds the element count before anything is allocated for it.
+        let bytes = self.tensor_bytes(t)?;
         let n = t.elements() as usize;
         let mut out = vec![0f32; n];
-        dequantize_row(t.dtype, self.tensor_bytes(t)?, &mut out);
+        dequantize_row(t.dtype, bytes, &mut out);
         Ok(out)
     }
 }
@@ -58,10 +76,12 @@ impl WeightSource for Checkpoint {
             [r, c] => (*r, *c),
             other => {
                 return Err(EngineError::format(format!(
-                    "tensor {name} has shape {other:?}, want 2-D"
+                    "{}: tensor {name} has shape {other:?}, want 2-D",
+                    self.dir.display()
                 )));
             }
         };
+        check_matrix(&self.dir, name, rows, cols)?;
         Matrix::from_mapped(rows, cols, self.dtype(name, t)?, self.bytes(t)?)
     }
 

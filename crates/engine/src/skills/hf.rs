@@ -55,11 +55,14 @@ fn token_string(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// Token ids given as a number or a list; ones that are not token ids (negative, past
+/// `u32`) are dropped rather than wrapped onto some other token.
 fn ids(v: Option<&Value>) -> Vec<u32> {
+    let id = |x: &Value| x.as_u64().and_then(|x| u32::try_from(x).ok());
     match v {
-        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64().map(|x| x as u32)).collect(),
-        _ => Vec::new(),
+        Some(Value::Array(a)) => a.iter().filter_map(id).collect(),
+        Some(x) => id(x).into_iter().collect(),
+        None => Vec::new(),
     }
 }
 
@@ -173,5 +176,18 @@ impl HfFolder {
                 .and_then(|v| v.as_u64())
                 .map(|v| v as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_ids_past_u32_are_dropped_not_wrapped() {
+        let v = serde_json::json!([2, 4294967297u64, -1, "3"]);
+        assert_eq!(ids(Some(&v)), vec![2]);
+        assert_eq!(ids(Some(&serde_json::json!(4294967298u64))), Vec::<u32>::new());
+        assert_eq!(ids(Some(&serde_json::json!(7))), vec![7]);
     }
 }

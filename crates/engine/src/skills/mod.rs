@@ -18,6 +18,7 @@ use crate::embed::batcher::{BatcherConfig, EmbedBatcher};
 use crate::embed::{EmbeddingModel, Pooling};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
+use crate::formats::safetensors::Checkpoint;
 use crate::generate::{Generator, SchedulerConfig};
 use crate::tokenizer::{ChatTemplate, Tokenizer};
 
@@ -188,7 +189,7 @@ impl Skill for LlamaSkill {
         match source.format {
             Format::Gguf => {
                 let f = GgufFile::open(&source.path)?;
-                llama::config_from_gguf(&f)?;
+                check_decoder_gguf(&f)?;
                 if f.tensor("token_embd.weight").is_none() {
                     return Err(EngineError::format(
                         "GGUF has no token_embd.weight: not a complete model",
@@ -203,7 +204,7 @@ impl Skill for LlamaSkill {
             }
             Format::Safetensors => {
                 let meta = hf::HfFolder::read(&source.path)?;
-                llama::config_from_hf(&meta.config)?;
+                check_decoder_hf(&source.path, &meta.config)?;
                 if !source.path.join("tokenizer.json").exists() {
                     return Err(EngineError::Tokenizer("tokenizer.json is missing".into()));
                 }
@@ -219,7 +220,10 @@ impl Skill for LlamaSkill {
                 let f = GgufFile::open(&source.path)?;
                 let model: Arc<dyn llama::CausalLm> = match backend {
                     Some(b) => b.load_causal_lm(source, ctx.device)?,
-                    None => Arc::new(llama::LlamaModel::from_gguf(&f)?),
+                    None => {
+                        check_decoder_gguf(&f)?;
+                        Arc::new(llama::LlamaModel::from_gguf(&f)?)
+                    }
                 };
                 let tokenizer = Tokenizer::from_gguf(&f)?;
                 let template = match f.get_str("tokenizer.chat_template") {
@@ -237,7 +241,10 @@ impl Skill for LlamaSkill {
                 let meta = hf::HfFolder::read(&source.path)?;
                 let model: Arc<dyn llama::CausalLm> = match backend {
                     Some(b) => b.load_causal_lm(source, ctx.device)?,
-                    None => Arc::new(llama::LlamaModel::from_safetensors(&source.path, &meta.config)?),
+                    None => {
+                        check_decoder_hf(&source.path, &meta.config)?;
+                        Arc::new(llama::LlamaModel::from_safetensors(&source.path, &meta.config)?)
+                    }
                 };
                 let tokenizer = meta.tokenizer(None)?;
                 let template = meta.chat_template()?;
@@ -271,7 +278,7 @@ impl Skill for BertSkill {
 
     fn check(&self, source: &ModelSource) -> Result<()> {
         let meta = hf::HfFolder::read(&source.path)?;
-        bert::config_from_hf(&meta.config)?;
+        check_encoder_hf(&source.path, &meta.config)?;
         if !source.path.join("tokenizer.json").exists() {
             return Err(EngineError::Tokenizer("tokenizer.json is missing".into()));
         }
@@ -283,6 +290,7 @@ impl Skill for BertSkill {
         let model: Arc<dyn bert::Encoder> = match ctx.device_backend()? {
             Some(b) => b.load_encoder(source, ctx.device)?,
             None => {
+                check_encoder_hf(&source.path, &meta.config)?;
                 let bert = bert::BertModel::from_safetensors(&source.path, &meta.config)?;
                 Arc::new(if ctx.encoder_f16 { bert.into_f16()? } else { bert })
             }
@@ -306,6 +314,99 @@ impl Skill for BertSkill {
             &ctx.name,
         )?))
     }
+}
+
+/// Sizes a model's metadata claims, checked against its weights before a
+/// loader allocates by them (a corrupt `block_count` of 2^31 had the loader
+/// reserve a terabyte for layers). Each layer has tensors of its own, and
+/// every size here is a dimension of some weight, so none can exceed the
+/// number of weights.
+fn check_sizes(
+    file: &Path,
+    sizes: &[(&str, Option<usize>)],
+    layers: usize,
+    weights: u64,
+    tensors: usize,
+) -> Result<()> {
+    if layers > tensors {
+        return Err(EngineError::format(format!(
+            "{}: {layers} layers, but the weights are {tensors} tensors",
+            file.display()
+        )));
+    }
+    for (what, size) in sizes {
+        match size {
+            Some(n) if *n as u64 <= weights => {}
+            Some(n) => {
+                return Err(EngineError::format(format!(
+                    "{}: {what} {n} is larger than the whole model ({weights} weights)",
+                    file.display()
+                )));
+            }
+            None => return Err(EngineError::format(format!("{}: {what} overflows", file.display()))),
+        }
+    }
+    Ok(())
+}
+
+fn check_decoder(file: &Path, cfg: &llama::DecoderConfig, weights: u64, tensors: usize) -> Result<()> {
+    check_sizes(
+        file,
+        &[
+            ("hidden size", Some(cfg.hidden)),
+            ("head count", Some(cfg.heads)),
+            ("KV head count", Some(cfg.kv_heads)),
+            ("head size", Some(cfg.head_dim)),
+            ("query width", cfg.heads.checked_mul(cfg.head_dim)),
+            ("KV width", cfg.kv_heads.checked_mul(cfg.head_dim)),
+            ("feed-forward size", Some(cfg.ffn)),
+            ("vocabulary size", Some(cfg.vocab)),
+        ],
+        cfg.layers,
+        weights,
+        tensors,
+    )?;
+    if cfg.rope_dims > cfg.head_dim {
+        return Err(EngineError::format(format!(
+            "{}: {} rotary dimensions in heads of {}",
+            file.display(),
+            cfg.rope_dims,
+            cfg.head_dim
+        )));
+    }
+    Ok(())
+}
+
+fn check_decoder_gguf(f: &GgufFile) -> Result<()> {
+    check_decoder(
+        &f.path,
+        &llama::config_from_gguf(f)?,
+        f.parameter_count(),
+        f.tensors.len(),
+    )
+}
+
+fn check_decoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
+    let cfg = llama::config_from_hf(config)?;
+    let ck = Checkpoint::open(dir)?;
+    check_decoder(dir, &cfg, ck.parameter_count(), ck.names().count())
+}
+
+fn check_encoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
+    let cfg = bert::config_from_hf(config)?;
+    let ck = Checkpoint::open(dir)?;
+    check_sizes(
+        dir,
+        &[
+            ("hidden size", Some(cfg.hidden)),
+            ("head count", Some(cfg.heads)),
+            ("intermediate size", Some(cfg.intermediate)),
+            ("vocabulary size", Some(cfg.vocab)),
+        ],
+        cfg.layers,
+        ck.parameter_count(),
+        ck.names().count(),
+    )
 }
 
 /// All skills of this build, and the device backends beside the CPU.
@@ -431,4 +532,47 @@ pub fn architecture_of(source: &ModelSource) -> Result<String> {
 /// Is `path` a model folder (config.json beside safetensors weights)?
 pub fn is_safetensors_model(dir: &Path) -> bool {
     dir.join("config.json").is_file() && crate::formats::safetensors::checkpoint_files(dir).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(layers: usize) -> llama::DecoderConfig {
+        llama::config_from_hf(&serde_json::json!({
+            "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": layers,
+            "intermediate_size": 128, "vocab_size": 384
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn metadata_sizes_are_checked_against_the_weights() {
+        let file = Path::new("m.gguf");
+        let ok = decoder(2);
+        check_decoder(file, &ok, 1_000_000, 20).unwrap();
+        // A corrupt layer count used to size the loader's layer vector.
+        let e = check_decoder(file, &decoder(1 << 31), 1_000_000, 20).unwrap_err();
+        assert!(e.to_string().contains("2147483648 layers"), "{e}");
+        let mut c = decoder(2);
+        c.hidden = 1 << 40;
+        let e = check_decoder(file, &c, 1_000_000, 20).unwrap_err().to_string();
+        assert!(e.contains("m.gguf: hidden size 1099511627776"), "{e}");
+        let mut c = decoder(2);
+        (c.heads, c.head_dim) = (1 << 40, 1 << 40);
+        assert!(
+            check_decoder(file, &c, u64::MAX, 20)
+                .unwrap_err()
+                .to_string()
+                .contains("overflows")
+        );
+        let mut c = decoder(2);
+        c.rope_dims = c.head_dim + 2;
+        assert!(
+            check_decoder(file, &c, 1_000_000, 20)
+                .unwrap_err()
+                .to_string()
+                .contains("rotary")
+        );
+    }
 }

@@ -192,17 +192,17 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
         .map(|(i, _)| i as u32)
         .collect();
 
-    let bos = file.get_u64("tokenizer.ggml.bos_token_id").map(|v| v as u32);
+    let bos = special_id(file, "tokenizer.ggml.bos_token_id", tokens.len());
     let mut eos: Vec<u32> = Vec::new();
     for key in [
         "tokenizer.ggml.eos_token_id",
         "tokenizer.ggml.eot_token_id",
         "tokenizer.ggml.eom_token_id",
     ] {
-        if let Some(id) = file.get_u64(key)
-            && !eos.contains(&(id as u32))
+        if let Some(id) = special_id(file, key, tokens.len())
+            && !eos.contains(&id)
         {
-            eos.push(id as u32);
+            eos.push(id);
         }
     }
     let add_bos = file
@@ -221,6 +221,28 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
     })
 }
 
+/// A special token id from the metadata. One outside the vocabulary is
+/// ignored, as llama.cpp does ("bad special token"): a BOS that is not a
+/// token would make every prompt fail at the embedding lookup.
+fn special_id(file: &GgufFile, key: &str, vocab: usize) -> Option<u32> {
+    let id = file.get_u64(key)?;
+    match u32::try_from(id) {
+        Ok(id) if (id as usize) < vocab => Some(id),
+        _ => {
+            tracing::warn!(
+                file = %file.path.display(),
+                "{key} = {id} is outside the vocabulary of {vocab} tokens; ignored"
+            );
+            None
+        }
+    }
+}
+
+/// Tokens longer than this are not split into merges: finding a token's
+/// merges costs the square of its length, and no SentencePiece vocabulary
+/// has pieces anywhere near this long (its default limit is 16 characters).
+const MAX_MERGED_TOKEN_BYTES: usize = 512;
+
 /// SentencePiece BPE merges recovered from the vocabulary: every split of a
 /// normal token into two tokens that exist is a merge, ranked by the merged
 /// token's score (higher merges first), ties by the merged token's id, then
@@ -229,7 +251,7 @@ fn merges_from_scores(tokens: &[String], scores: &[f64], types: &[i64]) -> Vec<(
     let index: HashMap<&str, usize> = tokens.iter().enumerate().map(|(i, t)| (t.as_str(), i)).collect();
     let mut merges: Vec<(f64, usize, usize, usize)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
-        if types.get(id).copied().unwrap_or(1) != 1 {
+        if types.get(id).copied().unwrap_or(1) != 1 || tok.len() > MAX_MERGED_TOKEN_BYTES {
             continue;
         }
         let score = scores.get(id).copied().unwrap_or(0.0);
@@ -251,4 +273,47 @@ fn merges_from_scores(tokens: &[String], scores: &[f64], types: &[i64]) -> Vec<(
         .into_iter()
         .map(|(_, l, r, _)| (tokens[l].clone(), tokens[r].clone()))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::gguf::testing::{build as gguf, string, strings, u64v, write};
+
+    #[test]
+    fn special_ids_outside_the_vocabulary_are_ignored() {
+        let bytes = gguf(
+            &[
+                ("tokenizer.ggml.model", string("gpt2")),
+                ("tokenizer.ggml.tokens", strings(&["a", "b", "ab"])),
+                ("tokenizer.ggml.merges", strings(&["a b"])),
+                // 2^32 + 1 used to wrap onto token 1.
+                ("tokenizer.ggml.bos_token_id", u64v((1 << 32) + 1)),
+                ("tokenizer.ggml.eos_token_id", u64v(3)),
+                ("tokenizer.ggml.eot_token_id", u64v(2)),
+            ],
+            &[],
+            &[],
+        );
+        let f = GgufFile::open(&write("specials.gguf", &bytes)).unwrap();
+        let t = build(&f).unwrap();
+        assert_eq!(t.bos(), None);
+        assert_eq!(t.eos(), &[2]);
+        assert_eq!(t.encode("ab", true).unwrap(), vec![2]);
+    }
+
+    #[test]
+    fn long_tokens_are_not_split_into_merges() {
+        let tokens: Vec<String> = vec!["a".into(), "aa".into()];
+        assert_eq!(
+            merges_from_scores(&tokens, &[0.0; 2], &[1; 2]),
+            vec![("a".into(), "aa"[1..].into())]
+        );
+        // The long token is "a" + a token, but splitting it costs the square
+        // of its length: it makes no merge.
+        let n = MAX_MERGED_TOKEN_BYTES;
+        let tokens: Vec<String> = vec!["a".into(), "a".repeat(n), "a".repeat(n + 1)];
+        let merges = merges_from_scores(&tokens, &[0.0; 3], &[1; 3]);
+        assert!(merges.iter().all(|(l, r)| l.len() + r.len() <= n), "{}", merges.len());
+    }
 }

@@ -62,8 +62,7 @@ impl Tokenizer {
     /// (None: never). Padding and truncation stored in the file are dropped:
     /// batches here are not padded, and truncation is the model's to decide.
     pub fn from_file(path: &Path, max_length: Option<usize>) -> Result<Self> {
-        let mut inner =
-            HfTokenizer::from_file(path).map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
+        let mut inner = read_tokenizer_json(path)?;
         inner.with_padding(None);
         let trunc = max_length.map(|max_length| tokenizers::TruncationParams {
             max_length,
@@ -91,7 +90,13 @@ impl Tokenizer {
 
     /// Rebuild the tokenizer from GGUF metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self> {
-        gguf::build(file)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| gguf::build(file))).unwrap_or_else(|p| {
+            Err(EngineError::Tokenizer(format!(
+                "{}: the tokenizer could not be built: {}",
+                file.path.display(),
+                panic_text(p.as_ref())
+            )))
+        })
     }
 
     /// Set the special ids from a model's configuration.
@@ -141,7 +146,7 @@ impl Tokenizer {
     /// Encode text. `add_special`: run the post-processor (BERT's [CLS]/[SEP])
     /// and prepend BOS where the model asks for it.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
-        let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
+        let enc = guarded(|| self.inner.encode(text, add_special))?;
         let mut ids = enc.get_ids().to_vec();
         if add_special
             && self.add_bos
@@ -161,7 +166,7 @@ impl Tokenizer {
     /// Encode and also return the untruncated length, for usage reporting
     /// and for errors that say how long an input was.
     pub fn encode_with_overflow(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, usize)> {
-        let enc = self.inner.encode(text, add_special).map_err(tok_err)?;
+        let enc = guarded(|| self.inner.encode(text, add_special))?;
         let over: usize = enc.get_overflowing().iter().map(|o| o.get_ids().len()).sum();
         let ids = enc.get_ids().to_vec();
         let total = ids.len() + over;
@@ -169,7 +174,7 @@ impl Tokenizer {
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        guarded(|| self.inner.decode(ids, skip_special))
     }
 
     /// The raw bytes a token stands for (OpenAI's `bytes` in logprobs).
@@ -213,6 +218,95 @@ impl Tokenizer {
     pub fn token_text(&self, id: u32) -> String {
         String::from_utf8_lossy(&self.token_bytes(id)).into_owned()
     }
+}
+
+/// No real `tokenizer.json` comes near this (the largest vocabularies make
+/// some 30 MB); a bigger file is refused before it is read into memory.
+const MAX_TOKENIZER_JSON: u64 = 256 << 20;
+
+/// Parse a `tokenizer.json`. The `tokenizers` crate panics on some malformed
+/// files (a syntax error inside `decoder` hits an `expect`), so the JSON is
+/// checked first, and a panic left in its deserialisers becomes an error too.
+fn read_tokenizer_json(path: &Path) -> Result<HfTokenizer> {
+    let fail = |msg: String| EngineError::Tokenizer(format!("{}: {msg}", path.display()));
+    let len = std::fs::metadata(path).map_err(|e| EngineError::io(path, e))?.len();
+    if len > MAX_TOKENIZER_JSON {
+        return Err(fail(format!(
+            "{len} bytes is larger than any tokenizer (at most {MAX_TOKENIZER_JSON})"
+        )));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    serde_json::from_str::<serde::de::IgnoredAny>(&text).map_err(|e| fail(format!("not valid JSON: {e}")))?;
+    let tokenizer = match std::panic::catch_unwind(|| text.parse::<HfTokenizer>()) {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Err(fail(e.to_string())),
+        Err(p) => return Err(fail(format!("malformed ({})", panic_text(p.as_ref())))),
+    };
+    let post = serde_json::to_value(tokenizer.get_post_processor()).unwrap_or_default();
+    check_post_processor(&post).map_err(|e| fail(format!("post_processor: {e}")))?;
+    Ok(tokenizer)
+}
+
+/// What the `tokenizers` crate assumes of a `TemplateProcessing` and checks
+/// when one is built in code, but not when one is read from a file (it then
+/// panics while encoding): every special token a template names is defined,
+/// with as many ids as tokens, and the single-sequence template uses only
+/// sequence A.
+fn check_post_processor(p: &serde_json::Value) -> std::result::Result<(), String> {
+    match p.get("type").and_then(|t| t.as_str()) {
+        Some("Sequence") => p
+            .get("processors")
+            .and_then(|v| v.as_array())
+            .into_iter()
+            .flatten()
+            .try_for_each(check_post_processor),
+        Some("TemplateProcessing") => {
+            let specials = p.get("special_tokens").and_then(|v| v.as_object());
+            for (name, t) in specials.into_iter().flatten() {
+                let len = |k: &str| t.get(k).and_then(|v| v.as_array()).map(|a| a.len());
+                if len("ids") != len("tokens") {
+                    return Err(format!("special token {name:?} has not as many ids as tokens"));
+                }
+            }
+            for (which, template) in ["single", "pair"].map(|k| (k, p.get(k))) {
+                for piece in template.and_then(|v| v.as_array()).into_iter().flatten() {
+                    if let Some(id) = piece.pointer("/SpecialToken/id").and_then(|v| v.as_str())
+                        && !specials.is_some_and(|s| s.contains_key(id))
+                    {
+                        return Err(format!(
+                            "the {which} template names {id:?}, which is not a special token"
+                        ));
+                    }
+                    if which == "single" && piece.pointer("/Sequence/id").and_then(|v| v.as_str()) == Some("B") {
+                        return Err("the single template names sequence B".to_string());
+                    }
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Run a call into the `tokenizers` crate, a panic in it (on a tokenizer
+/// file it did not check) becoming an error rather than taking down the
+/// request or the model's thread.
+fn guarded<T>(f: impl FnOnce() -> tokenizers::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(tok_err),
+        Err(p) => Err(EngineError::Tokenizer(format!(
+            "the tokenizer failed: {}",
+            panic_text(p.as_ref())
+        ))),
+    }
+}
+
+/// The message of a caught panic.
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic".to_string())
 }
 
 /// `<0x0A>` → 0x0A.
@@ -311,6 +405,61 @@ impl IncrementalDecoder {
             Ok(full[prefix.len()..].to_string())
         } else {
             Ok(String::new())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("hfms-tokenizer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const GOOD: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+        "pre_tokenizer":null,"post_processor":null,"decoder":{"type":"Fuse"},
+        "model":{"type":"WordLevel","vocab":{"a":0,"[UNK]":1},"unk_token":"[UNK]"}}"#;
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        assert!(Tokenizer::from_file(&write("good.json", GOOD), None).is_ok());
+        // A syntax error inside `decoder` hits an `expect` in the tokenizers
+        // crate; a cut anywhere is a syntax error somewhere.
+        let bad = GOOD.replace(r#"{"type":"Fuse"}"#, r#"{"type" "Fuse"}"#);
+        let e = Tokenizer::from_file(&write("bad-decoder.json", &bad), None).unwrap_err();
+        assert!(matches!(e, EngineError::Tokenizer(_)));
+        assert!(e.to_string().contains("bad-decoder.json"), "{e}");
+        for cut in (0..GOOD.len()).step_by(7) {
+            let p = write("cut.json", &GOOD[..cut]);
+            assert!(Tokenizer::from_file(&p, None).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn post_processor_templates_are_checked() {
+        let with = |post: &str| GOOD.replace(r#""post_processor":null"#, &format!(r#""post_processor":{post}"#));
+        let ok = r#"{"type":"TemplateProcessing","single":[{"SpecialToken":{"id":"[CLS]","type_id":0}},
+            {"Sequence":{"id":"A","type_id":0}}],"pair":[{"Sequence":{"id":"A","type_id":0}},
+            {"Sequence":{"id":"B","type_id":1}}],"special_tokens":{"[CLS]":{"id":"[CLS]","ids":[0],"tokens":["a"]}}}"#;
+        let t = Tokenizer::from_file(&write("template-ok.json", &with(ok)), None).unwrap();
+        assert_eq!(t.encode("a", true).unwrap(), vec![0, 0]);
+        // Each of these panicked in `encode`.
+        for (bad, why) in [
+            (
+                ok.replace(r#""special_tokens":{"[CLS]""#, r#""special_tokens":{"[SEP]""#),
+                "not a special token",
+            ),
+            (ok.replace(r#""ids":[0]"#, r#""ids":[0,0]"#), "as many ids as tokens"),
+            (ok.replacen(r#""id":"A""#, r#""id":"B""#, 1), "sequence B"),
+        ] {
+            let post = format!(r#"{{"type":"Sequence","processors":[{bad}]}}"#);
+            let e = Tokenizer::from_file(&write("template-bad.json", &with(&post)), None).unwrap_err();
+            assert!(e.to_string().contains(why), "{e}");
         }
     }
 }
