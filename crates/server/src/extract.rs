@@ -56,7 +56,7 @@ const OFF_ASYNC_BYTES: usize = 64 << 10;
 
 /// `application/json`, `application/json; charset=utf-8`, or any
 /// `application/*+json`.
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }

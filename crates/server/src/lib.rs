@@ -11,6 +11,9 @@ pub mod openai;
 pub mod openapi;
 pub mod state;
 
+#[cfg(test)]
+mod parse_fuzz;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};

@@ -64,7 +64,10 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
             let known: Vec<String> = devices.iter().map(|x| x.device.to_string()).collect();
             return Err(ApiError::invalid(
                 Some("device".into()),
-                format!("device {d} is not present on this server (devices: {}).", known.join(", ")),
+                format!(
+                    "device {d} is not present on this server (devices: {}).",
+                    known.join(", ")
+                ),
             ));
         }
     }

@@ -13,7 +13,7 @@ use crate::state::AppState;
 
 /// The host name of a `Host` header value, without the port, lowercased
 /// (`[::1]:8000` → `[::1]`, `Localhost:80` → `localhost`).
-fn host_name(value: &str) -> String {
+pub(crate) fn host_name(value: &str) -> String {
     let v = value.trim();
     let name = if v.starts_with('[') {
         v.split_once(']').map_or(v, |(h, _)| h).to_string() + "]"

@@ -85,7 +85,7 @@ pub(crate) fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateMessage>> {
+pub(crate) fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateMessage>> {
     if msgs.is_empty() {
         return Err(ApiError::invalid(
             Some("messages".into()),

@@ -40,7 +40,7 @@ fn token_list(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
 }
 
 /// The shapes OpenAI accepts for `prompt`.
-fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
+pub(crate) fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
     let v = v.ok_or_else(|| ApiError::invalid(Some("prompt".into()), "prompt is required."))?;
     let from_text = |s: &str| -> ApiResult<Prompt> {
         Ok(Prompt {
@@ -162,7 +162,7 @@ fn legacy_logprobs(entries: &[PromptToken], start_offset: usize) -> CompletionLo
 
 /// How many prompts `prompt` holds, from its shape alone (before any
 /// tokenization, so the choices cap costs nothing to enforce).
-fn prompt_count(v: Option<&Value>) -> usize {
+pub(crate) fn prompt_count(v: Option<&Value>) -> usize {
     match v {
         Some(Value::Array(items)) => match items.first() {
             Some(Value::Number(_)) => 1,

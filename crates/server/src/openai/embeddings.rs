@@ -40,7 +40,7 @@ fn token_ids(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
 
 /// The four shapes of `input`: string, list of strings, token ids, lists of
 /// token ids.
-fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
+pub(crate) fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
     let param = Some("input".to_string());
     let out: Vec<EmbedInput> = match v {
         Value::String(s) => vec![EmbedInput::Text(s.clone())],
