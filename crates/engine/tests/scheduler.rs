@@ -267,7 +267,11 @@ fn prompt_logprobs_survive_preemption() {
         prefix_caching: false,
         ..Default::default()
     });
-    assert!(long(0).len() > 600 && long(0).len() < 80 * 16 / 2 + 200, "{}", long(0).len());
+    assert!(
+        long(0).len() > 600 && long(0).len() < 80 * 16 / 2 + 200,
+        "{}",
+        long(0).len()
+    );
     let n = 3;
     let rxs: Vec<_> = (0..n).map(|i| tight.submit(with_echo(long(i))).unwrap()).collect();
     let together: Vec<_> = rxs.into_iter().map(prompt_logprobs).collect();

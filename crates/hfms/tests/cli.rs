@@ -98,3 +98,62 @@ fn discover_lists_the_packaged_models_with_skills_and_reasons() {
         "{table}"
     );
 }
+
+/// `serve --print-config`: the effective settings, flag > env > file >
+/// default, as TOML that `--config` reads back; bad settings fail at start.
+#[test]
+fn serve_print_config_shows_the_effective_settings() {
+    let dir = std::env::temp_dir().join(format!("hfms-cli-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("hfms.toml");
+    std::fs::write(
+        &file,
+        "port = 9000\nmax_n = 4\nthreads = 3\n[aliases]\nmine = \"org/mine\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfms"))
+        .args(["serve", "--print-config", "--port", "9100", "--config"])
+        .arg(&file)
+        .env("HFMS_THREADS", "5")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let v: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(v["port"].as_integer(), Some(9100), "flag beats file");
+    assert_eq!(v["threads"].as_integer(), Some(5), "env beats file");
+    assert_eq!(v["max_n"].as_integer(), Some(4), "file beats default");
+    assert_eq!(v["max_batch_tokens"].as_integer(), Some(512), "default");
+    assert!(
+        v["aliases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a.as_str() == Some("mine=org/mine"))
+    );
+    assert!(!v.contains_key("print_config") && !v.contains_key("config"));
+    // What it printed is a configuration file.
+    let again = dir.join("again.toml");
+    std::fs::write(&again, &text).unwrap();
+    let (ok, out2, err) = hfms(&["serve", "--print-config", "--config", again.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        toml::from_str::<toml::Table>(&out2).unwrap()["port"].as_integer(),
+        Some(9100)
+    );
+    // Bad settings fail before serving, naming the setting.
+    for (args, needle) in [
+        (vec!["--keep-alive", "nan"], "keep-alive"),
+        (vec!["--max-n", "0"], "max-n"),
+        (vec!["--memory-fraction", "2"], "memory-fraction"),
+    ] {
+        let mut a = vec!["serve", "--print-config"];
+        a.extend(args);
+        let (ok, _, err) = hfms(&a);
+        assert!(!ok && err.contains(needle), "{err}");
+    }
+    std::fs::write(&file, "no_such_setting = 1\n").unwrap();
+    let (ok, _, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
+    assert!(!ok && err.contains("no_such_setting"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

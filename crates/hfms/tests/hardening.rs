@@ -397,7 +397,9 @@ fn an_embedding_request_whose_client_leaves_is_dropped() {
 fn a_stream_whose_client_stops_reading_is_cancelled() {
     let s = Server::start(&["--preload", "smollm2", "--write-timeout", "2"]);
     let before = s.get_json("/status").1;
-    let cancelled_before = model_status(&before, CHAT_ID)["scheduler"]["cancelled"].as_u64().unwrap();
+    let cancelled_before = model_status(&before, CHAT_ID)["scheduler"]["cancelled"]
+        .as_u64()
+        .unwrap();
     // 16 choices with 20 alternatives per token: ~20 KB of events per step,
     // so the buffers between us fill within seconds.
     let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Tell me a long story."}],

@@ -17,7 +17,21 @@ pub struct HfFolder {
     generation_config: Value,
 }
 
+/// Config files (config.json, tokenizer_config.json with its chat template,
+/// generation_config.json…) are small; anything larger is not one.
+const MAX_CONFIG_BYTES: u64 = 64 << 20;
+
 fn read_json(path: &Path) -> Result<Option<Value>> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > MAX_CONFIG_BYTES => {
+            return Err(EngineError::format(format!(
+                "{}: {} bytes is too large for a configuration file (at most {MAX_CONFIG_BYTES})",
+                path.display(),
+                m.len()
+            )));
+        }
+        _ => {}
+    }
     match std::fs::read_to_string(path) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
