@@ -40,7 +40,7 @@ fn token_list(v: &[Value], param: &str) -> ApiResult<Vec<u32>> {
 }
 
 /// The shapes OpenAI accepts for `prompt`.
-pub(crate) fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
+fn prompts(v: Option<&Value>, tok: &Tokenizer) -> ApiResult<Vec<Prompt>> {
     let v = v.ok_or_else(|| ApiError::invalid(Some("prompt".into()), "prompt is required."))?;
     let from_text = |s: &str| -> ApiResult<Prompt> {
         Ok(Prompt {
