@@ -262,3 +262,39 @@ fn skills_load_tiny_models_with_their_chat_templates() {
     };
     assert_eq!(registry.for_source(&enc).unwrap().info().name, "bert");
 }
+
+/// A checkpoint whose tensor shapes disagree with its config.json fails to
+/// load with an error naming the tensor (it used to load, then fail or read
+/// out of bounds in the first request).
+#[test]
+fn shapes_that_disagree_with_the_config_fail_to_load() {
+    let cases: [(&str, &str, i64); 4] = [
+        ("xlm-roberta-f32", "intermediate_size", 1),
+        ("xlm-roberta-f32", "vocab_size", 1000),
+        ("llama-f32", "hidden_size", 4),
+        ("llama-f32", "intermediate_size", -2),
+    ];
+    for (model, key, delta) in cases {
+        let src = dir().join(model);
+        let tmp = std::env::temp_dir().join(format!("hfms-shapes-{}-{model}-{key}", std::process::id()));
+        std::fs::create_dir_all(&tmp).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), tmp.join(e.file_name())).unwrap();
+        }
+        let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(tmp.join("config.json")).unwrap()).unwrap();
+        let v = cfg[key].as_i64().unwrap();
+        cfg[key] = Value::from(v + delta);
+        let err = if model.starts_with("xlm") {
+            BertModel::from_safetensors(&tmp, &cfg).err().map(|e| e.to_string())
+        } else {
+            LlamaModel::from_safetensors(&tmp, &cfg).err().map(|e| e.to_string())
+        };
+        let err = err.unwrap_or_else(|| panic!("{model} with {key} {v}+{delta} loaded"));
+        assert!(
+            err.contains("config says") || err.contains("does not match") || err.contains("multiple of"),
+            "{model} {key}: {err}"
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+}

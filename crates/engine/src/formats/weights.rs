@@ -13,6 +13,33 @@ pub trait WeightSource {
     fn matrix(&self, name: &str) -> Result<Matrix>;
     /// A 1-D tensor (norm weights, biases) as f32.
     fn vector(&self, name: &str) -> Result<Vec<f32>>;
+
+    /// `matrix`, which must be `rows x cols`: a file whose shapes disagree
+    /// with its config fails to load, instead of failing (or reading out of
+    /// bounds) in the first request.
+    fn matrix_shaped(&self, name: &str, rows: usize, cols: usize) -> Result<Matrix> {
+        let m = self.matrix(name)?;
+        if m.rows() != rows || m.cols() != cols {
+            return Err(EngineError::format(format!(
+                "tensor {name} has shape {}x{}; the config says {rows}x{cols}",
+                m.rows(),
+                m.cols()
+            )));
+        }
+        Ok(m)
+    }
+
+    /// `vector`, which must hold `len` values.
+    fn vector_len(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        let v = self.vector(name)?;
+        if v.len() != len {
+            return Err(EngineError::format(format!(
+                "tensor {name} has {} values; the config says {len}",
+                v.len()
+            )));
+        }
+        Ok(v)
+    }
 }
 
 fn missing(name: &str) -> EngineError {

@@ -127,51 +127,80 @@ impl BertModel {
             .find(|p| ck.has(&format!("{p}embeddings.word_embeddings.weight")))
             .ok_or_else(|| EngineError::format("no embeddings.word_embeddings.weight in the checkpoint"))?;
         let n = |s: &str| format!("{prefix}{s}");
-        let mut layers = Vec::with_capacity(cfg.layers);
+        let (h, ffn) = (cfg.hidden, cfg.intermediate);
+        if cfg.heads == 0 || !h.is_multiple_of(cfg.heads) {
+            return Err(EngineError::format(format!(
+                "hidden_size {h} is not a multiple of num_attention_heads {}",
+                cfg.heads
+            )));
+        }
+        let mut layers = Vec::new();
         for i in 0..cfg.layers {
             let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
             layers.push(Layer {
                 qkv: Projections::new(vec![
-                    ck.matrix(&l("attention.self.query.weight"))?,
-                    ck.matrix(&l("attention.self.key.weight"))?,
-                    ck.matrix(&l("attention.self.value.weight"))?,
+                    ck.matrix_shaped(&l("attention.self.query.weight"), h, h)?,
+                    ck.matrix_shaped(&l("attention.self.key.weight"), h, h)?,
+                    ck.matrix_shaped(&l("attention.self.value.weight"), h, h)?,
                 ]),
-                bq: ck.vector(&l("attention.self.query.bias"))?,
-                bk: ck.vector(&l("attention.self.key.bias"))?,
-                bv: ck.vector(&l("attention.self.value.bias"))?,
-                o: ck.matrix(&l("attention.output.dense.weight"))?,
-                bo: ck.vector(&l("attention.output.dense.bias"))?,
-                ln1_w: ck.vector(&l("attention.output.LayerNorm.weight"))?,
-                ln1_b: ck.vector(&l("attention.output.LayerNorm.bias"))?,
-                inter: ck.matrix(&l("intermediate.dense.weight"))?,
-                b_inter: ck.vector(&l("intermediate.dense.bias"))?,
-                out: ck.matrix(&l("output.dense.weight"))?,
-                b_out: ck.vector(&l("output.dense.bias"))?,
-                ln2_w: ck.vector(&l("output.LayerNorm.weight"))?,
-                ln2_b: ck.vector(&l("output.LayerNorm.bias"))?,
+                bq: ck.vector_len(&l("attention.self.query.bias"), h)?,
+                bk: ck.vector_len(&l("attention.self.key.bias"), h)?,
+                bv: ck.vector_len(&l("attention.self.value.bias"), h)?,
+                o: ck.matrix_shaped(&l("attention.output.dense.weight"), h, h)?,
+                bo: ck.vector_len(&l("attention.output.dense.bias"), h)?,
+                ln1_w: ck.vector_len(&l("attention.output.LayerNorm.weight"), h)?,
+                ln1_b: ck.vector_len(&l("attention.output.LayerNorm.bias"), h)?,
+                inter: ck.matrix_shaped(&l("intermediate.dense.weight"), ffn, h)?,
+                b_inter: ck.vector_len(&l("intermediate.dense.bias"), ffn)?,
+                out: ck.matrix_shaped(&l("output.dense.weight"), h, ffn)?,
+                b_out: ck.vector_len(&l("output.dense.bias"), h)?,
+                ln2_w: ck.vector_len(&l("output.LayerNorm.weight"), h)?,
+                ln2_b: ck.vector_len(&l("output.LayerNorm.bias"), h)?,
             });
         }
         let token_type = if ck.has(&n("embeddings.token_type_embeddings.weight")) {
             let m = ck.matrix(&n("embeddings.token_type_embeddings.weight"))?;
-            let mut row = vec![0f32; cfg.hidden];
+            if m.cols() != h {
+                return Err(EngineError::format(format!(
+                    "token type embeddings are {} wide; hidden_size is {h}",
+                    m.cols()
+                )));
+            }
+            let mut row = vec![0f32; h];
             m.row_f32(0, &mut row);
             row
         } else {
-            vec![0f32; cfg.hidden]
+            vec![0f32; h]
         };
+        let word = ck.matrix(&n("embeddings.word_embeddings.weight"))?;
+        // Token ids are checked against `vocab`: every one must have a row.
+        if word.cols() != h || word.rows() < cfg.vocab {
+            return Err(EngineError::format(format!(
+                "word embeddings are {}x{}; the config says at least {}x{h}",
+                word.rows(),
+                word.cols(),
+                cfg.vocab
+            )));
+        }
+        let position = ck.matrix(&n("embeddings.position_embeddings.weight"))?;
+        if position.cols() != h || position.rows() < cfg.max_positions + cfg.position_offset {
+            return Err(EngineError::format(format!(
+                "position embeddings are {}x{}; the config says at least {}x{h}",
+                position.rows(),
+                position.cols(),
+                cfg.max_positions + cfg.position_offset
+            )));
+        }
         let model = BertModel {
-            word: ck.matrix(&n("embeddings.word_embeddings.weight"))?,
-            position: ck.matrix(&n("embeddings.position_embeddings.weight"))?,
+            word,
+            position,
             token_type,
-            ln_w: ck.vector(&n("embeddings.LayerNorm.weight"))?,
-            ln_b: ck.vector(&n("embeddings.LayerNorm.bias"))?,
+            ln_w: ck.vector_len(&n("embeddings.LayerNorm.weight"), h)?,
+            ln_b: ck.vector_len(&n("embeddings.LayerNorm.bias"), h)?,
             layers,
             act,
             cfg,
         };
-        if model.word.cols() != model.cfg.hidden {
-            return Err(EngineError::format("word embedding width does not match hidden_size"));
-        }
         Ok(model)
     }
 

@@ -351,14 +351,16 @@ impl LlamaModel {
                 cfg.heads, cfg.kv_heads
             )));
         }
-        let opt_vec = |name: String| -> Result<Option<Vec<f32>>> {
+        let opt_vec = |name: String, len: usize| -> Result<Option<Vec<f32>>> {
             if src.has(&name) {
-                src.vector(&name).map(Some)
+                src.vector_len(&name, len).map(Some)
             } else {
                 Ok(None)
             }
         };
-        let mut layers = Vec::with_capacity(cfg.layers);
+        // Grown as layers load: a huge layer count in the metadata fails on
+        // its first missing tensor, never in one allocation.
+        let mut layers = Vec::new();
         for i in 0..cfg.layers {
             let (wq, wk, wv) = (
                 src.matrix(&n.layer(i, "q"))?,
@@ -389,15 +391,16 @@ impl LlamaModel {
                 }
             }
             let l = Layer {
-                attn_norm: src.vector(&n.layer(i, "attn_norm"))?,
+                attn_norm: src.vector_len(&n.layer(i, "attn_norm"), cfg.hidden)?,
                 qkv: Projections::new(vec![wq, wk, wv]),
                 wo,
-                bq: opt_vec(n.layer(i, "q_bias"))?,
-                bk: opt_vec(n.layer(i, "k_bias"))?,
-                bv: opt_vec(n.layer(i, "v_bias"))?,
-                q_norm: opt_vec(n.layer(i, "q_norm"))?,
-                k_norm: opt_vec(n.layer(i, "k_norm"))?,
-                ffn_norm: src.vector(&n.layer(i, "ffn_norm"))?,
+                bq: opt_vec(n.layer(i, "q_bias"), q_out)?,
+                bk: opt_vec(n.layer(i, "k_bias"), kv_out)?,
+                bv: opt_vec(n.layer(i, "v_bias"), kv_out)?,
+                // Per-head norms (Qwen3): one weight per head dimension.
+                q_norm: opt_vec(n.layer(i, "q_norm"), cfg.head_dim)?,
+                k_norm: opt_vec(n.layer(i, "k_norm"), cfg.head_dim)?,
+                ffn_norm: src.vector_len(&n.layer(i, "ffn_norm"), cfg.hidden)?,
                 gate_up: Projections::new(vec![gate, up]),
                 down,
             };
@@ -410,7 +413,13 @@ impl LlamaModel {
             ));
         }
         let output = if src.has(n.output()) {
-            Some(src.matrix(n.output())?)
+            let out = src.matrix(n.output())?;
+            if out.cols() != cfg.hidden {
+                return Err(EngineError::format(
+                    "output projection width does not match the hidden size",
+                ));
+            }
+            Some(out)
         } else if may_tie {
             None
         } else {
@@ -427,7 +436,7 @@ impl LlamaModel {
             cfg.rope_linear_scale,
         );
         Ok(LlamaModel {
-            norm: src.vector(n.norm())?,
+            norm: src.vector_len(n.norm(), cfg.hidden)?,
             rope,
             embed,
             layers,
