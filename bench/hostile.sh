@@ -7,7 +7,8 @@
 #   bench/hostile.sh [keep_alive,embeddings,health]
 #
 # Environment (defaults): HFMS_BIN (target/release/hfms), THREADS (2),
-# HFMS_SERVE_ARGS. Output: bench/out/<stamp>-hostile.jsonl (and the log).
+# HFMS_SERVE_ARGS (e.g. --max-embedding-tokens 600000 to have the 2048-input
+# request served rather than refused), HOSTILE_ARGS (e.g. --give-up-only). Output: bench/out/<stamp>-hostile.jsonl (and the log).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -19,5 +20,5 @@ busy_check
 start_hfms "$out_dir/$stamp-hostile-serve.log" \
     --model "HuggingFaceTB/SmolLM2-135M-Instruct=$gguf" \
     --model "sentence-transformers/all-MiniLM-L6-v2=$minilm" --preload smollm2,all-minilm
-python3 "$bench_dir/hostile.py" --base-url "http://127.0.0.1:$port" --pid "$server_pid" --only "$only" \
+python3 "$bench_dir/hostile.py" --base-url "http://127.0.0.1:$port" --pid "$server_pid" --only "$only" ${HOSTILE_ARGS:-} \
     | tee "$out_dir/$stamp-hostile.jsonl"
