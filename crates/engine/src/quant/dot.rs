@@ -9,7 +9,9 @@ use super::packed::{PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8x8_r
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
 
 /// `row` is one weight row of the kernel's type; `act` the activations of one
-/// token, quantised, with `act.len() * 32` equal to the row's length.
+/// token, quantised, with `act.len() * 32` equal to the row's length. Every
+/// kernel is sound for any lengths: it reads the whole blocks both slices
+/// hold (mismatched lengths give a wrong sum, never a stray read).
 pub type DotFn = fn(row: &[u8], act: &[BlockQ8]) -> f32;
 pub type QuantizeFn = fn(x: &[f32], out: &mut [BlockQ8]);
 pub type F32DotFn = fn(a: &[f32], b: &[f32]) -> f32;

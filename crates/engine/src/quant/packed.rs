@@ -48,6 +48,9 @@ impl PackKind {
 /// `out[t][r]` (row `r` of the group, token `t`, stride 8) for `t` tokens.
 /// `res`: the activations' residual quantised again (the precise kernels
 /// add its product, for ~16-bit activations); ignored by the others.
+/// Every kernel panics unless `group` holds `blocks` block indices,
+/// `out` at least `t * 8` values and `acts` (and `res` where used)
+/// `t * blocks` blocks; the SIMD ones check once per call.
 pub type PackedKernel = fn(group: &[u8], blocks: usize, acts: &[BlockQ8], res: &[BlockQ8], t: usize, out: &mut [f32]);
 
 /// A matrix in a packed layout.
