@@ -410,6 +410,40 @@ mod tests {
         }
     }
 
+    /// Every kernel refuses buffers shorter than its arguments promise
+    /// (the SIMD ones write through raw pointers).
+    #[test]
+    fn kernels_refuse_short_buffers() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (k, t) = (8, 3);
+        let panel = vec![0f32; k * NR];
+        for kernel in [panel_scalar, panel_kernel()] {
+            for (p_len, x_len, rows) in [(k * NR - 1, t * k, t), (k * NR, t * k - 1, t), (k * NR, t * k, t + 1)] {
+                let mut out = vec![0f32; (t + 1) * NR];
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    kernel(
+                        &panel[..p_len],
+                        &vec![1.0; x_len],
+                        t,
+                        k,
+                        PanelOut::new(&mut out, rows, NR, 0, NR),
+                    )
+                }));
+                assert!(r.is_err(), "panel {p_len}, x {x_len}, rows {rows} accepted");
+            }
+        }
+        // A view must fit its buffer and its row.
+        let mut out = vec![0f32; 2 * 20];
+        for (rows, stride, col, width) in [(2, 20, 8, 16), (3, 20, 0, 16), (2, 20, 0, 17)] {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                PanelOut::new(&mut out, rows, stride, col, width);
+            }));
+            assert!(r.is_err(), "{rows}x{stride} +{col}..{width} accepted");
+        }
+        PanelOut::new(&mut out, 2, 20, 4, 16).row(1).fill(1.0);
+        assert_eq!(out.iter().sum::<f32>(), 16.0);
+    }
+
     #[test]
     fn kernels_match_plain_maths() {
         check_kernels::<f32>([panel_scalar, panel_kernel()]);

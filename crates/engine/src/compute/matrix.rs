@@ -620,6 +620,27 @@ mod tests {
         }
     }
 
+    /// The products write `out` through raw pointers from several threads:
+    /// wrong lengths must stop them in release builds too.
+    #[test]
+    fn wrong_lengths_are_refused_in_every_build() {
+        let pool = ComputePool::new(2).unwrap();
+        let (n, k, t) = (40, 64, 3);
+        let f32_matrix = Matrix::from_f32(n, k, vec![0.5; n * k]).unwrap();
+        let q8: Vec<u8> = (0..n)
+            .flat_map(|r| crate::quant::dot_tests::random_row(GgmlType::Q8_0, k, r as u64))
+            .collect();
+        let packed = Matrix::from_bytes(n, k, GgmlType::Q8_0, q8).unwrap();
+        for m in [&f32_matrix, &packed] {
+            for (x_len, out_len) in [(t * k, t * n - 1), (t * k - 1, t * n), (t * k, t * n + 1)] {
+                let x = vec![0.25; x_len];
+                let mut out = vec![0f32; out_len];
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.matmul(&x, t, &mut out, &pool)));
+                assert!(r.is_err(), "{m:?}: x {x_len}, out {out_len} accepted");
+            }
+        }
+    }
+
     #[test]
     fn quantized_matmul_matches_dequantized_reference() {
         use crate::quant::dot_tests::{ALL_QUANT, random_acts, random_row};

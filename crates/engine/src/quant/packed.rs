@@ -313,6 +313,33 @@ mod tests {
         }
     }
 
+    /// The SIMD kernels read and write through raw pointers: buffers
+    /// shorter than `blocks` and `t` promise are refused in every build.
+    #[test]
+    fn packed_kernels_refuse_short_buffers() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (blocks, t) = (2, 3);
+        let acts = vec![BlockQ8::default(); t * blocks];
+        for ks in crate::quant::available_kernels() {
+            for kind in [PackKind::Q4, PackKind::Q8] {
+                for precise in [false, true] {
+                    let kernel = ks.packed(kind, precise);
+                    let full = blocks * kind.block_bytes();
+                    for (g_len, out_len) in [(full - 1, t * GROUP), (full, t * GROUP - 1)] {
+                        let group = vec![0u8; g_len];
+                        let mut out = vec![0f32; out_len];
+                        let r = catch_unwind(AssertUnwindSafe(|| kernel(&group, blocks, &acts, &acts, t, &mut out)));
+                        assert!(
+                            r.is_err(),
+                            "{} {kind:?}: group {g_len}, out {out_len} accepted",
+                            ks.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn check(ks: &crate::quant::Kernels) {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
             for (rows, cols, t) in [(8, 64, 1), (13, 96, 3), (21, 576, 5)] {
