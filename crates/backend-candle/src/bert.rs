@@ -72,7 +72,11 @@ impl CandleBert {
             }
         };
         let files = hfms_engine::formats::safetensors::checkpoint_files(&source.path)?;
-        // SAFETY: read-only maps of model files.
+        // SAFETY: mapping is sound while the files do not change under the
+        // maps: hfms only reads model files, and a file rewritten or truncated
+        // by another process while a model is loaded is outside what a
+        // mapping can guard against (docs/design.md, Soundness), as for the
+        // native loader.
         let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(err)?;
         let prefix = ["", "bert.", "roberta.", "model."]
             .into_iter()

@@ -10,6 +10,9 @@
 //! `[max_blocks * block_size, kv_heads, head_dim]`, indexed through each
 //! sequence's block table.
 
+// Every `unsafe` block says why it is sound (docs/design.md, Soundness).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bert;
 mod llama;
 

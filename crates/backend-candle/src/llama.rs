@@ -132,7 +132,11 @@ impl CandleLlama {
                 let meta = HfFolder::read(&source.path)?;
                 let cfg = config_from_hf(&meta.config)?;
                 let files = hfms_engine::formats::safetensors::checkpoint_files(&source.path)?;
-                // SAFETY: read-only maps of model files (as the native loader).
+                // SAFETY: mapping is sound while the files do not change under the
+                // maps: hfms only reads model files, and a file rewritten or truncated
+                // by another process while a model is loaded is outside what a
+                // mapping can guard against (docs/design.md, Soundness), as for the
+                // native loader.
                 let st = unsafe { MmapedSafetensors::multi(&files) }.map_err(err)?;
                 let tied = meta
                     .config

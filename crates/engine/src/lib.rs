@@ -1,5 +1,8 @@
 //! hfms-engine: what a model is and how it runs. No HTTP here.
 
+// Every `unsafe` block says why it is sound (docs/design.md, Soundness).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod compute;
 pub mod discover;
 pub mod embed;

@@ -97,6 +97,9 @@
 //! numbers devices fastest-first unless `CUDA_DEVICE_ORDER=PCI_BUS_ID`;
 //! backends should set it so `cuda:N` names the same GPU in both.
 
+// Every `unsafe` block says why it is sound (docs/design.md, Soundness).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod error;
 mod load;
 mod placement;

@@ -1,5 +1,8 @@
 //! hfms: one binary that serves Hugging Face models through the OpenAI API.
 
+// Every `unsafe` block says why it is sound (docs/design.md, Soundness).
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bench;
 mod config;
 mod discover_cmd;

@@ -2,8 +2,8 @@
 //! cache: no padding, no mask tensor; a query at position `p` reads positions
 //! `0..=p` of its own sequence.
 
+use super::ComputePool;
 use super::ops::{axpy, softmax_in_place};
-use super::{ComputePool, SendPtr};
 use crate::kv::{CpuBlocks, SeqKv};
 use crate::quant::kernels;
 
@@ -27,13 +27,23 @@ pub fn attention(
 ) {
     let l = *kv.layout();
     let hd = l.head_dim;
+    let q_stride = heads * hd;
+    // Checked once per call; the tasks below index within these.
+    assert!(
+        q.len() == rows.len() * q_stride && out.len() == rows.len() * q_stride,
+        "attention: {} rows of {heads}x{hd} need q and out of {}, got {} and {}",
+        rows.len(),
+        rows.len() * q_stride,
+        q.len(),
+        out.len()
+    );
     let group = heads / l.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let dot = kernels().f32_dot;
-    let dst = SendPtr(out.as_mut_ptr());
-    let q_stride = heads * hd;
     // Work per (row, query head) is its context length: hand out tasks of
     // similar total length, so a long sequence does not leave a thread idle.
+    // Item `r * heads + h` writes `out[item * hd..(item + 1) * hd]`, so a
+    // task's consecutive items own one consecutive range of `out`.
     let total: usize = rows.iter().map(|r| (r.pos + 1) * heads).sum();
     let tasks = (pool.threads() * 4).max(1);
     let target = total.div_ceil(tasks).max(1);
@@ -51,9 +61,10 @@ pub fn attention(
     if *bounds.last().unwrap_or(&0) != rows.len() * heads {
         bounds.push(rows.len() * heads);
     }
-    pool.for_each(bounds.len() - 1, |task| {
+    let ends: Vec<usize> = bounds[1..].iter().map(|&b| b * hd).collect();
+    pool.for_each_part(out, &ends, |task, part| {
         let mut scores = Vec::new();
-        for item in bounds[task]..bounds[task + 1] {
+        for (item, o) in (bounds[task]..bounds[task + 1]).zip(part.chunks_exact_mut(hd)) {
             let (r, h) = (item / heads, item % heads);
             let g = h / group;
             let place = rows[r];
@@ -72,8 +83,6 @@ pub fn attention(
                 }
             }
             softmax_in_place(&mut scores);
-            // SAFETY: this task alone writes row r, head h.
-            let o = unsafe { dst.slice_mut(r * q_stride + h * hd, hd) };
             o.fill(0.0);
             for (b, &blk) in place.kv.blocks.iter().enumerate() {
                 let start = b * l.block_size;
@@ -87,4 +96,77 @@ pub fn attention(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::{BlockStore, KvLayout};
+
+    /// Rows of two sequences (a prefill chunk and a decode token) against
+    /// the plain formula, on several threads: each task's output range is
+    /// its own (Miri checks the threads' accesses too).
+    #[test]
+    fn matches_plain_softmax_attention_per_sequence() {
+        let (heads, kv_heads, hd, bs) = (4, 2, 8, 2);
+        let layout = KvLayout {
+            layers: 1,
+            kv_heads,
+            head_dim: hd,
+            block_size: bs,
+        };
+        let mut kv = CpuBlocks::new(layout);
+        let val = |i: usize| ((i * 37 % 29) as f32 - 14.0) / 9.0;
+        // Sequence a: 5 positions in blocks 0, 1, 2; sequence b: 3 in 3, 4.
+        let seqs = [
+            SeqKv {
+                blocks: vec![0, 1, 2],
+                len: 5,
+            },
+            SeqKv {
+                blocks: vec![3, 4],
+                len: 3,
+            },
+        ];
+        let kv_dim = kv_heads * hd;
+        let keys = |s: usize, p: usize| (0..kv_dim).map(|i| val(s * 1000 + p * 50 + i)).collect::<Vec<f32>>();
+        let vals = |s: usize, p: usize| {
+            (0..kv_dim)
+                .map(|i| val(s * 2000 + p * 70 + i + 3))
+                .collect::<Vec<f32>>()
+        };
+        for (s, seq) in seqs.iter().enumerate() {
+            for p in 0..seq.len {
+                let (blk, slot) = seq.locate(bs, p);
+                kv.ensure(blk).unwrap();
+                kv.write(blk, 0, slot, &keys(s, p), &vals(s, p));
+            }
+        }
+        let rows = [(0, 3), (0, 4), (1, 2)].map(|(s, pos)| RowPlace { kv: &seqs[s], pos });
+        let seq_of = [0, 0, 1];
+        let q: Vec<f32> = (0..rows.len() * heads * hd).map(|i| val(i * 3 + 1)).collect();
+        let pool = ComputePool::new(3).unwrap();
+        let mut out = vec![f32::NAN; q.len()];
+        attention(&rows, &q, heads, 0, &kv, &mut out, &pool);
+        for (r, place) in rows.iter().enumerate() {
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let qv = &q[(r * heads + h) * hd..(r * heads + h + 1) * hd];
+                let scores: Vec<f32> = (0..=place.pos)
+                    .map(|p| {
+                        let k = &keys(seq_of[r], p)[g * hd..(g + 1) * hd];
+                        qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                    })
+                    .collect();
+                let m = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
+                let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                let z: f32 = e.iter().sum();
+                for d in 0..hd {
+                    let want: f32 = (0..=place.pos).map(|p| e[p] / z * vals(seq_of[r], p)[g * hd + d]).sum();
+                    let got = out[(r * heads + h) * hd + d];
+                    assert!((got - want).abs() < 1e-4, "row {r} head {h} dim {d}: {got} vs {want}");
+                }
+            }
+        }
+    }
 }

@@ -75,18 +75,113 @@ pub fn unpack_row<E: PanelElem>(packed: &[E], cols: usize, r: usize, out: &mut [
     }
 }
 
-/// One panel against tokens `x[t, k]`: writes `out[tok * stride + j]` for
-/// `j < width` (the panel's real rows).
-pub type PanelKernelOf<E> =
-    fn(panel: &[E], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize);
+/// Where one panel's products go: `width` (at most [`NR`]) consecutive
+/// columns of each of `rows` rows, `stride` elements apart, of a row-major
+/// output. Tasks that apply different panels to one output hold such views
+/// at the same time: their columns are disjoint but their rows interleave,
+/// so no `&mut [f32]` may span a view's rows (overlapping `&mut` slices are
+/// undefined behaviour even when the writes do not collide). A view hands
+/// out its own columns only, one row at a time.
+pub struct PanelOut<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    stride: usize,
+    width: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> PanelOut<'a> {
+    /// Columns `col..col + width` of the rows of `out` (`stride` per row).
+    pub fn new(out: &'a mut [f32], rows: usize, stride: usize, col: usize, width: usize) -> Self {
+        Self::check(out.len(), rows, stride, col, width);
+        // SAFETY: `check` put every element of the view inside `out`, which
+        // this view borrows exclusively for `'a`.
+        unsafe { Self::from_raw(out.as_mut_ptr(), out.len(), rows, stride, col, width) }
+    }
+
+    /// The view of columns `col..col + width` of an output shared by the
+    /// tasks of one product.
+    ///
+    /// # Safety
+    /// `base` is valid for reads and writes of `len` f32 during `'a`, and
+    /// during `'a` nothing else reads or writes columns `col..col + width`
+    /// of these `rows` rows (other columns may be written concurrently).
+    /// The dimensions themselves are checked here.
+    pub(crate) unsafe fn from_raw(
+        base: *mut f32,
+        len: usize,
+        rows: usize,
+        stride: usize,
+        col: usize,
+        width: usize,
+    ) -> Self {
+        Self::check(len, rows, stride, col, width);
+        PanelOut {
+            // In bounds (or one past the end when `rows == 0`): checked.
+            ptr: base.wrapping_add(col),
+            rows,
+            stride,
+            width,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// The view lies inside a buffer of `len`: each row's `width` columns
+    /// end within the row, the last row within the buffer.
+    fn check(len: usize, rows: usize, stride: usize, col: usize, width: usize) {
+        let fits = rows == 0
+            || col.checked_add(width).is_some_and(|end| {
+                end <= stride
+                    && (rows - 1)
+                        .checked_mul(stride)
+                        .and_then(|last| last.checked_add(end))
+                        .is_some_and(|e| e <= len)
+            });
+        assert!(
+            width <= NR && fits,
+            "panel output: {rows} rows x columns {col}..+{width} (stride {stride}) do not fit {len}"
+        );
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Row `i`'s columns of this view.
+    #[inline]
+    pub fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows);
+        // SAFETY: `check` put row `i`'s `width` columns inside the buffer,
+        // and they belong to this view alone (`new` borrows the buffer,
+        // `from_raw`'s caller guarantees the columns are not shared); the
+        // slice borrows `self`, so it cannot outlive or alias the view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.stride), self.width) }
+    }
+}
+
+/// One panel against tokens `x[t, k]`: writes the `out.width()` columns of
+/// the view (the panel's real rows) for each of its `t` rows.
+pub type PanelKernelOf<E> = fn(panel: &[E], x: &[f32], t: usize, k: usize, out: PanelOut<'_>);
 pub type PanelKernel = PanelKernelOf<f32>;
 /// The half-panel twin of [`PanelKernel`].
 pub type PanelKernelF16 = PanelKernelOf<u16>;
 
+/// Whether the AVX2 panel kernels may be used: the CPU has the features
+/// (run-time detection), and we are not under Miri, which interprets the
+/// portable kernels only.
+#[cfg(target_arch = "x86_64")]
+fn simd_allowed() -> bool {
+    !cfg!(miri) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
 pub fn panel_kernel() -> PanelKernel {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if simd_allowed() {
             return x86::panel;
         }
     }
@@ -96,25 +191,29 @@ pub fn panel_kernel() -> PanelKernel {
 pub fn panel_kernel_f16() -> PanelKernelF16 {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx2")
-            && std::is_x86_feature_detected!("fma")
-            && std::is_x86_feature_detected!("f16c")
-        {
+        if simd_allowed() && std::is_x86_feature_detected!("f16c") {
             return x86::panel_f16;
         }
     }
     panel_scalar
 }
 
-pub fn panel_scalar<E: PanelElem>(
-    panel: &[E],
-    x: &[f32],
-    t: usize,
-    k: usize,
-    out: &mut [f32],
-    stride: usize,
-    width: usize,
-) {
+/// The lengths every panel kernel relies on; checked once per panel.
+fn check_panel<E>(panel: &[E], x: &[f32], t: usize, k: usize, out: &PanelOut<'_>) {
+    assert!(
+        k.checked_mul(NR).is_some_and(|n| panel.len() >= n)
+            && t.checked_mul(k).is_some_and(|n| x.len() >= n)
+            && out.rows() == t,
+        "panel kernel: panel {} (k {k}), x {} (t {t}), out rows {}",
+        panel.len(),
+        x.len(),
+        out.rows()
+    );
+}
+
+pub fn panel_scalar<E: PanelElem>(panel: &[E], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
+    check_panel(panel, x, t, k, &out);
+    let width = out.width();
     for tok in 0..t {
         let mut acc = [0f32; NR];
         for kk in 0..k {
@@ -124,24 +223,34 @@ pub fn panel_scalar<E: PanelElem>(
                 acc[j] += a * b[j].to_f32();
             }
         }
-        out[tok * stride..tok * stride + width].copy_from_slice(&acc[..width]);
+        out.row(tok).copy_from_slice(&acc[..width]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    //! The AVX2 panel kernels. Everything here is `unsafe fn` with one
+    //! contract: the CPU has AVX2 and FMA (and F16C for half panels), and
+    //! the pointers cover what the comments say. The safe entry points at
+    //! the bottom check the lengths; [`super::panel_kernel`] hands them out
+    //! only after detecting the features.
+
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{MR, NR, PanelOut, check_panel};
 
     /// A panel element type: how 8 consecutive weights become a register.
     trait Elem: Copy {
+        /// # Safety
+        /// The CPU has AVX2 (and F16C for `u16`); `p..p + 8` is readable.
         unsafe fn load8(p: *const Self) -> __m256;
     }
 
     impl Elem for f32 {
         #[inline(always)]
         unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: 8 readable f32 at `p` and AVX (the caller's contract);
+            // `loadu` has no alignment requirement.
             unsafe { _mm256_loadu_ps(p) }
         }
     }
@@ -149,10 +258,18 @@ mod x86 {
     impl Elem for u16 {
         #[inline(always)]
         unsafe fn load8(p: *const u16) -> __m256 {
+            // SAFETY: 8 readable u16 (16 bytes) at `p`, AVX and F16C (the
+            // caller's contract); `loadu` has no alignment requirement.
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
         }
     }
 
+    /// `M` tokens against one panel.
+    ///
+    /// # Safety
+    /// AVX2+FMA (+F16C for `u16`); `panel` holds `k * NR` elements, `x`
+    /// `M * k`; `out` row `i < M` is writable for `width <= NR` elements at
+    /// `out + i * stride`.
     #[inline(always)]
     unsafe fn tile<E: Elem, const M: usize>(
         panel: *const E,
@@ -162,6 +279,10 @@ mod x86 {
         stride: usize,
         width: usize,
     ) {
+        // SAFETY: reads `panel[kk * NR..kk * NR + 16]` for `kk < k` and
+        // `x[i * k + kk]` for `i < M`, `kk < k`; writes `width` elements of
+        // each of the `M` out rows (all inside the contract); the CPU
+        // features are the contract's.
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; M];
             for kk in 0..k {
@@ -188,13 +309,22 @@ mod x86 {
         }
     }
 
+    /// All `t` tokens, `MR` at a time.
+    ///
+    /// # Safety
+    /// AVX2+FMA (+F16C for `u16`), and the lengths `check_panel` asserts.
     #[inline(always)]
-    unsafe fn tiles<E: Elem>(p: *const E, x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-        unsafe {
-            let (xp, op) = (x.as_ptr(), out.as_mut_ptr());
-            let mut t0 = 0;
-            while t0 < t {
-                let m = MR.min(t - t0);
+    unsafe fn tiles<E: Elem>(p: *const E, x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        let (stride, width) = (out.stride, out.width);
+        let (xp, op) = (x.as_ptr(), out.ptr);
+        let mut t0 = 0;
+        while t0 < t {
+            let m = MR.min(t - t0);
+            // SAFETY: tokens `t0..t0 + m` are inside `x` (`x.len() >= t * k`)
+            // and rows `t0..t0 + m` inside the view (`out.rows == t`), whose
+            // rows hold `width <= NR` writable columns each (`PanelOut`'s
+            // invariant); `p` holds `k * NR` elements; features: our contract.
+            unsafe {
                 let (xs, os) = (xp.add(t0 * k), op.add(t0 * stride));
                 match m {
                     6 => tile::<E, 6>(p, xs, k, os, stride, width),
@@ -204,42 +334,43 @@ mod x86 {
                     2 => tile::<E, 2>(p, xs, k, os, stride, width),
                     _ => tile::<E, 1>(p, xs, k, os, stride, width),
                 }
-                t0 += m;
             }
+            t0 += m;
         }
     }
 
+    /// # Safety
+    /// The CPU has AVX2 and FMA; the lengths `check_panel` asserts.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn panel_tf(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-        unsafe { tiles(panel.as_ptr(), x, t, k, out, stride, width) }
+    unsafe fn panel_tf(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { tiles(panel.as_ptr(), x, t, k, out) }
     }
 
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; the lengths `check_panel` asserts.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn panel_f16_tf(panel: &[u16], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-        unsafe { tiles(panel.as_ptr(), x, t, k, out, stride, width) }
+    unsafe fn panel_f16_tf(panel: &[u16], x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { tiles(panel.as_ptr(), x, t, k, out) }
     }
 
-    fn check<E>(panel: &[E], x: &[f32], t: usize, k: usize, out: &[f32], stride: usize, width: usize) {
-        assert!(
-            panel.len() >= k * NR
-                && x.len() >= t * k
-                && width <= NR
-                && (t == 0 || out.len() >= (t - 1) * stride + width)
-        );
+    /// Installed by `panel_kernel` only after AVX2 and FMA were detected;
+    /// private to this file otherwise.
+    pub(super) fn panel(panel: &[f32], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
+        check_panel(panel, x, t, k, &out);
+        // SAFETY: lengths checked just above; the features were detected
+        // before this function was handed out (`super::panel_kernel`).
+        unsafe { panel_tf(panel, x, t, k, &mut out) }
     }
 
-    /// Installed only after AVX2 and FMA were detected.
-    pub fn panel(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-        check(panel, x, t, k, out, stride, width);
-        // SAFETY: the CPU has AVX2+FMA; bounds are checked above.
-        unsafe { panel_tf(panel, x, t, k, out, stride, width) }
-    }
-
-    /// Installed only after AVX2, FMA and F16C were detected.
-    pub fn panel_f16(panel: &[u16], x: &[f32], t: usize, k: usize, out: &mut [f32], stride: usize, width: usize) {
-        check(panel, x, t, k, out, stride, width);
-        // SAFETY: the CPU has AVX2+FMA+F16C; bounds are checked above.
-        unsafe { panel_f16_tf(panel, x, t, k, out, stride, width) }
+    /// Installed by `panel_kernel_f16` only after AVX2, FMA and F16C were
+    /// detected.
+    pub(super) fn panel_f16(panel: &[u16], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
+        check_panel(panel, x, t, k, &out);
+        // SAFETY: lengths checked just above; the features were detected
+        // before this function was handed out (`super::panel_kernel_f16`).
+        unsafe { panel_f16_tf(panel, x, t, k, &mut out) }
     }
 }
 
@@ -250,7 +381,14 @@ mod tests {
     /// Every kernel for `E` against the plain product of the weights as
     /// panels of `E` hold them (half panels round each weight once).
     fn check_kernels<E: PanelElem>(kernels: [PanelKernelOf<E>; 2]) {
-        for (rows, cols, t) in [(16, 8, 1), (21, 33, 7), (50, 64, 13)] {
+        // Under Miri (which interprets every step) the two small shapes:
+        // still two panels, a ragged one and both tile sizes.
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(16, 8, 1), (21, 33, 7)]
+        } else {
+            &[(16, 8, 1), (21, 33, 7), (50, 64, 13)]
+        };
+        for &(rows, cols, t) in shapes {
             let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
             let x: Vec<f32> = (0..t * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.0).collect();
             let packed = pack::<E>(rows, cols, &w);
@@ -263,7 +401,7 @@ mod tests {
                 for p in 0..rows.div_ceil(NR) {
                     let width = NR.min(rows - p * NR);
                     let panel = &packed[p * cols * NR..(p + 1) * cols * NR];
-                    kernel(panel, &x, t, cols, &mut out[p * NR..], rows, width);
+                    kernel(panel, &x, t, cols, PanelOut::new(&mut out, t, rows, p * NR, width));
                 }
                 for tok in 0..t {
                     for r in 0..rows {
@@ -277,6 +415,41 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every kernel refuses buffers shorter than its arguments promise
+    /// (the SIMD ones write through raw pointers).
+    #[test]
+    #[cfg_attr(miri, ignore = "panics are slow under Miri; a native check")]
+    fn kernels_refuse_short_buffers() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (k, t) = (8, 3);
+        let panel = vec![0f32; k * NR];
+        for kernel in [panel_scalar, panel_kernel()] {
+            for (p_len, x_len, rows) in [(k * NR - 1, t * k, t), (k * NR, t * k - 1, t), (k * NR, t * k, t + 1)] {
+                let mut out = vec![0f32; (t + 1) * NR];
+                let r = catch_unwind(AssertUnwindSafe(|| {
+                    kernel(
+                        &panel[..p_len],
+                        &vec![1.0; x_len],
+                        t,
+                        k,
+                        PanelOut::new(&mut out, rows, NR, 0, NR),
+                    )
+                }));
+                assert!(r.is_err(), "panel {p_len}, x {x_len}, rows {rows} accepted");
+            }
+        }
+        // A view must fit its buffer and its row.
+        let mut out = vec![0f32; 2 * 20];
+        for (rows, stride, col, width) in [(2, 20, 8, 16), (3, 20, 0, 16), (2, 20, 0, 17)] {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                PanelOut::new(&mut out, rows, stride, col, width);
+            }));
+            assert!(r.is_err(), "{rows}x{stride} +{col}..{width} accepted");
+        }
+        PanelOut::new(&mut out, 2, 20, 4, 16).row(1).fill(1.0);
+        assert_eq!(out.iter().sum::<f32>(), 16.0);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! of tokens: each weight row is read from memory once per call and used for
 //! every token in it, which is what makes a batched decode step cheap.
 
-use super::{ComputePool, SendPtr};
+use super::gemm::PanelOut;
+use super::{ComputePool, SharedMut};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::MappedBytes;
 use crate::quant::packed::{GROUP, Packed};
@@ -300,9 +301,18 @@ impl Matrix {
     }
 
     /// `out[t, rows] = x[t, cols] · Wᵀ`.
+    ///
+    /// # Panics
+    /// When `x` is not `t * cols` long or `out` not `t * rows` (checked in
+    /// every build: the products below write `out` through raw pointers
+    /// from several threads, trusting these lengths).
     pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
-        debug_assert_eq!(x.len(), t * self.cols);
-        debug_assert_eq!(out.len(), t * self.rows);
+        assert!(
+            t.checked_mul(self.cols) == Some(x.len()) && t.checked_mul(self.rows) == Some(out.len()),
+            "{self:?} · x[{}] for {t} tokens into out[{}]",
+            x.len(),
+            out.len()
+        );
         if t == 0 {
             return;
         }
@@ -337,14 +347,17 @@ impl Matrix {
         let nr = super::gemm::NR;
         let panels = n.div_ceil(nr);
         let per_task = panels.div_ceil(pool.threads() * 2).max(1);
-        let dst = SendPtr(out.as_mut_ptr());
+        let dst = SharedMut::new(out);
         pool.for_each(panels.div_ceil(per_task), |c| {
             for p in c * per_task..((c + 1) * per_task).min(panels) {
                 let width = nr.min(n - p * nr);
-                // SAFETY: this task alone writes output columns p*16..p*16+width
-                // of every token row; the slice covers them.
-                let o = unsafe { dst.slice_mut(p * nr, (t - 1) * n + width) };
-                kernel(&w[p * k * nr..(p + 1) * k * nr], x, t, k, o, n, width);
+                // SAFETY: `dst` is the whole `t * n` output, borrowed for
+                // this call. Panel `p` is visited by this task only (task
+                // `c` takes panels `c * per_task..(c + 1) * per_task`), and
+                // its view is output columns `p * 16..p * 16 + width` of each
+                // token row, which no other panel's view contains.
+                let o = unsafe { PanelOut::from_raw(dst.as_ptr(), dst.len(), t, n, p * nr, width) };
+                kernel(&w[p * k * nr..(p + 1) * k * nr], x, t, k, o);
             }
         });
     }
@@ -353,7 +366,7 @@ impl Matrix {
     /// and multiplied in f32.
     fn matmul_half(&self, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
-        let dst = SendPtr(out.as_mut_ptr());
+        let dst = SharedMut::new(out);
         if t < GEMM_MIN_TOKENS {
             let dot = kernels().f32_dot;
             let chunk = self.chunk_rows(pool);
@@ -364,7 +377,9 @@ impl Matrix {
                     self.row_f32(r, &mut row);
                     for tok in 0..t {
                         let v = dot(&row, &x[tok * k..(tok + 1) * k]);
-                        // SAFETY: each (tok, r) is written by exactly one task.
+                        // SAFETY: `tok < t` and `r < n`, inside the `t * n`
+                        // output (`matmul` checked its length). Row `r` is
+                        // in chunk `c` only, so `(tok, r)` is this task's.
                         unsafe { dst.write(tok * n + r, v) };
                     }
                 }
@@ -391,9 +406,11 @@ impl Matrix {
                         panel[kk * nr + j] = rows[j * k + kk];
                     }
                 }
-                // SAFETY: this task alone writes output columns of panel p.
-                let o = unsafe { dst.slice_mut(p * nr, (t - 1) * n + width) };
-                kernel(&panel, x, t, k, o, n, width);
+                // SAFETY: as in `matmul_panels`: panel `p` belongs to this
+                // task, and its view (columns `p * 16..p * 16 + width` of
+                // each token row) to panel `p`.
+                let o = unsafe { PanelOut::from_raw(dst.as_ptr(), dst.len(), t, n, p * nr, width) };
+                kernel(&panel, x, t, k, o);
             }
         });
     }
@@ -415,7 +432,7 @@ impl Matrix {
         let bytes = self.bytes();
         let rb = self.row_bytes;
         let chunk = self.chunk_rows(pool);
-        let dst = SendPtr(out.as_mut_ptr());
+        let dst = SharedMut::new(out);
         let act = &act;
         pool.for_each(n.div_ceil(chunk), |c| {
             let r0 = c * chunk;
@@ -423,7 +440,9 @@ impl Matrix {
                 let row = &bytes[r * rb..(r + 1) * rb];
                 for tok in 0..t {
                     let v = dot(row, &act[tok * blocks..(tok + 1) * blocks]);
-                    // SAFETY: each (tok, r) is written by exactly one task.
+                    // SAFETY: `tok < t` and `r < n`, inside the `t * n`
+                    // output (`matmul` checked its length). Row `r` is in
+                    // chunk `c` only, so `(tok, r)` is this task's.
                     unsafe { dst.write(tok * n + r, v) };
                 }
             }
@@ -436,6 +455,8 @@ impl Matrix {
     /// pool, each group applied to every token (its weights stay in L1).
     fn matmul_packed(&self, p: &Packed, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
         let (n, k) = (self.rows, self.cols);
+        // The writes below trust the packed copy's shape.
+        assert!(p.rows == n && p.groups == n.div_ceil(GROUP) && p.blocks == k / QK);
         let ks = kernels();
         let precise = crate::quant::precise_activations();
         let kernel = ks.packed(p.kind, precise);
@@ -460,7 +481,7 @@ impl Matrix {
         let res = &res;
         let tasks = (pool.threads() * 4).max(1);
         let per_task = p.groups.div_ceil(tasks).max(1);
-        let dst = SendPtr(out.as_mut_ptr());
+        let dst = SharedMut::new(out);
         let act = &act;
         pool.for_each(p.groups.div_ceil(per_task), |c| {
             let mut tmp = vec![0f32; t * GROUP];
@@ -469,7 +490,10 @@ impl Matrix {
                 let rows = GROUP.min(n - g * GROUP);
                 for tok in 0..t {
                     for r in 0..rows {
-                        // SAFETY: group g's rows are written by this task only.
+                        // SAFETY: `tok < t` and `g * 8 + r < n` (`rows` stops
+                        // at `n`; `p.groups` matches `n`, asserted above), so
+                        // inside the `t * n` output. Group `g` is in chunk
+                        // `c` only, so its rows' outputs are this task's.
                         unsafe { dst.write(tok * n + g * GROUP + r, tmp[tok * GROUP + r]) };
                     }
                 }
@@ -525,6 +549,7 @@ impl Projections {
 
     /// `outs[i][t, widths[i]] = x[t, cols] · W_iᵀ`.
     pub fn apply(&self, x: &[f32], t: usize, outs: &mut [&mut [f32]], pool: &ComputePool) {
+        assert_eq!(outs.len(), self.widths.len(), "one output per projection");
         match &self.fused {
             Some(m) => {
                 let total: usize = self.widths.iter().sum();
@@ -570,7 +595,9 @@ mod tests {
     #[test]
     fn f32_and_half_matmuls_match_reference_for_small_and_large_batches() {
         let pool = ComputePool::new(2).unwrap();
-        let (n, k) = (70, 96);
+        // Miri interprets every operation: smaller, still two panels, a
+        // ragged last one and both the row and the panel paths.
+        let (n, k) = if cfg!(miri) { (20, 24) } else { (70, 96) };
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
         for t in [1, 3, 9] {
             let x: Vec<f32> = (0..t * k).map(|i| ((i * 11 % 23) as f32 - 11.0) / 7.0).collect();
@@ -595,12 +622,41 @@ mod tests {
         }
     }
 
+    /// The products write `out` through raw pointers from several threads:
+    /// wrong lengths must stop them in release builds too.
+    #[test]
+    #[cfg_attr(miri, ignore = "panics are slow under Miri; a native check")]
+    fn wrong_lengths_are_refused_in_every_build() {
+        let pool = ComputePool::new(2).unwrap();
+        let (n, k, t) = (40, 64, 3);
+        let f32_matrix = Matrix::from_f32(n, k, vec![0.5; n * k]).unwrap();
+        let q8: Vec<u8> = (0..n)
+            .flat_map(|r| crate::quant::dot_tests::random_row(GgmlType::Q8_0, k, r as u64))
+            .collect();
+        let packed = Matrix::from_bytes(n, k, GgmlType::Q8_0, q8).unwrap();
+        for m in [&f32_matrix, &packed] {
+            for (x_len, out_len) in [(t * k, t * n - 1), (t * k - 1, t * n), (t * k, t * n + 1)] {
+                let x = vec![0.25; x_len];
+                let mut out = vec![0f32; out_len];
+                let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.matmul(&x, t, &mut out, &pool)));
+                assert!(r.is_err(), "{m:?}: x {x_len}, out {out_len} accepted");
+            }
+        }
+    }
+
     #[test]
     fn quantized_matmul_matches_dequantized_reference() {
         use crate::quant::dot_tests::{ALL_QUANT, random_acts, random_row};
         let pool = ComputePool::new(2).unwrap();
-        let (n, k) = (33, 512);
-        for ty in ALL_QUANT {
+        // Under Miri: a packed type of each layout and a row-kernel type
+        // (the products' threading and writes, not each type's maths).
+        let (n, k) = if cfg!(miri) { (9, 256) } else { (33, 512) };
+        let types: &[GgmlType] = if cfg!(miri) {
+            &[GgmlType::Q4_0, GgmlType::Q8_0, GgmlType::Q4_K]
+        } else {
+            &ALL_QUANT
+        };
+        for &ty in types {
             let bytes: Vec<u8> = (0..n).flat_map(|r| random_row(ty, k, r as u64 * 31 + 5)).collect();
             let m = Matrix::from_bytes(n, k, ty, bytes).unwrap();
             let w = m.to_f32();

@@ -6,8 +6,17 @@
 //! store, and workers that finished a job spin briefly (bounded) waiting for
 //! the next before parking on a condition variable — hot during a forward
 //! pass, asleep (no CPU) between requests. Tasks are claimed with a CAS on
-//! one word holding the job's epoch and the next task index, so a late worker
+//! one word holding the job's tag and the next task index, so a late worker
 //! can never take a task of a job that has moved on.
+//!
+//! Soundness rests on one rule: a worker only calls a job's closure (which
+//! lives on the stack of that job's `for_each`) while it holds a task of
+//! that job that is claimed and not yet counted done, and `for_each` returns
+//! only once all its tasks are counted. A worker makes its first claim of a
+//! job while holding the `job` lock, where the job cannot be replaced, and
+//! each further claim before counting the previous task done, so every claim
+//! it makes is of a job that is still running: a tag that repeats after
+//! 2^32 jobs can never be mistaken for another job's.
 
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -15,19 +24,24 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-/// How long an idle worker spins for the next job before parking.
-const SPIN: Duration = Duration::from_micros(200);
+/// How long an idle worker spins for the next job before parking. Under
+/// Miri, which runs one thread at a time, spinning only burns time.
+const SPIN: Duration = Duration::from_micros(if cfg!(miri) { 0 } else { 200 });
+
+/// How often the caller spins on the last tasks before yielding.
+const CALLER_SPINS: u32 = if cfg!(miri) { 0 } else { 20_000 };
 
 type Task<'a> = dyn Fn(usize) + Sync + 'a;
 
 struct Shared {
-    /// `epoch << 32 | next task index`.
+    /// `tag << 32 | next task index`; the tag is the job's number modulo
+    /// 2^32 (see the module notes for why a repeat is harmless).
     ticket: AtomicU64,
     /// The current job. Read as one unit so a worker never pairs one job's
     /// task count with another job's closure.
     job: Mutex<Option<Job>>,
     /// Tasks of the current job finished (reset before each publish; only
-    /// holders of a task claimed from the current epoch add to it).
+    /// holders of a task claimed from the current job add to it).
     done: AtomicUsize,
     /// A task of the current job panicked on a worker.
     panicked: AtomicBool,
@@ -43,12 +57,14 @@ struct Shared {
 
 #[derive(Clone, Copy)]
 struct Job {
-    epoch: u64,
+    tag: u32,
     tasks: usize,
     f: *const Task<'static>,
 }
-// SAFETY: the pointee is `Sync`; the pointer is only dereferenced by a thread
-// holding a task claimed from `epoch`, while that job's `for_each` waits.
+// SAFETY: the pointee is `Sync`, so calling it from another thread is fine;
+// the pointer is only dereferenced by a thread that holds a task of this job
+// claimed and not yet counted done, while the job's `for_each` waits for it
+// (module notes), so the closure is alive whenever it is called.
 unsafe impl Send for Job {}
 
 thread_local! {
@@ -123,20 +139,21 @@ impl Team {
         assert!(n < u32::MAX as usize, "too many tasks for one job");
         let s = &*self.shared;
         let _turn = lock(&s.caller);
-        // SAFETY: the lifetime is erased only for the duration of this call:
-        // we return (or unwind) only after every task of this job is done,
-        // and workers call a job's closure only with a task claimed from it.
+        // SAFETY: only the lifetime is erased, and only for the duration of
+        // this call: we return (or unwind) only after every task of this job
+        // is counted done, and workers call a job's closure only while they
+        // hold one of its tasks (module notes).
         let f_static = unsafe { std::mem::transmute::<*const Task<'_>, *const Task<'static>>(f as *const Task<'_>) };
-        let epoch = (s.ticket.load(Ordering::Relaxed) >> 32) + 1;
+        let tag = ((s.ticket.load(Ordering::Relaxed) >> 32) as u32).wrapping_add(1);
         s.done.store(0, Ordering::Relaxed);
         s.panicked.store(false, Ordering::Relaxed);
         *lock(&s.job) = Some(Job {
-            epoch,
+            tag,
             tasks: n,
             f: f_static,
         });
-        // Publish: from here on tasks of this epoch can be claimed.
-        s.ticket.store(epoch << 32, Ordering::Release);
+        // Publish: from here on tasks of this job can be claimed.
+        s.ticket.store((tag as u64) << 32, Ordering::Release);
         {
             let sleepers = lock(&s.sleepers);
             if *sleepers > 0 {
@@ -145,7 +162,7 @@ impl Team {
         }
         IN_POOL.with(|c| c.set(true));
         let mut own_panic = None;
-        while let Some(i) = claim(s, epoch, n) {
+        while let Some(i) = claim(s, tag, n) {
             if own_panic.is_none()
                 && let Err(p) = catch_unwind(AssertUnwindSafe(|| f(i)))
             {
@@ -158,7 +175,7 @@ impl Team {
         let mut spins = 0u32;
         while s.done.load(Ordering::Acquire) < n {
             spins += 1;
-            if spins < 20_000 {
+            if spins < CALLER_SPINS {
                 std::hint::spin_loop();
             } else {
                 std::thread::yield_now();
@@ -174,17 +191,18 @@ impl Team {
     }
 }
 
-/// Take the next task of job `epoch`, if any is left.
-fn claim(s: &Shared, epoch: u64, n: usize) -> Option<usize> {
+/// Take the next task of the job tagged `tag`, if any is left.
+fn claim(s: &Shared, tag: u32, n: usize) -> Option<usize> {
     let mut cur = s.ticket.load(Ordering::Acquire);
     loop {
-        if cur >> 32 != epoch {
+        if (cur >> 32) as u32 != tag {
             return None;
         }
         let idx = (cur & 0xffff_ffff) as usize;
         if idx >= n {
             return None;
         }
+        // `idx < n < u32::MAX`: the increment stays within the index bits.
         match s
             .ticket
             .compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
@@ -197,15 +215,15 @@ fn claim(s: &Shared, epoch: u64, n: usize) -> Option<usize> {
 
 fn worker(s: Arc<Shared>) {
     IN_POOL.with(|c| c.set(true));
-    let mut seen = 0u64;
+    let mut seen = 0u32;
     loop {
-        // Wait for a new epoch: spin a little, then park.
+        // Wait for a new tag: spin a little, then park.
         let started = Instant::now();
         loop {
             if s.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            if s.ticket.load(Ordering::Acquire) >> 32 != seen {
+            if (s.ticket.load(Ordering::Acquire) >> 32) as u32 != seen {
                 break;
             }
             if started.elapsed() < SPIN {
@@ -214,27 +232,37 @@ fn worker(s: Arc<Shared>) {
             }
             let mut sleepers = lock(&s.sleepers);
             // Re-check under the lock: `for_each` notifies under it.
-            if s.ticket.load(Ordering::Acquire) >> 32 != seen || s.shutdown.load(Ordering::Acquire) {
+            if (s.ticket.load(Ordering::Acquire) >> 32) as u32 != seen || s.shutdown.load(Ordering::Acquire) {
                 continue;
             }
             *sleepers += 1;
             sleepers = s.wake.wait(sleepers).unwrap_or_else(|p| p.into_inner());
             *sleepers -= 1;
         }
-        // The job as one unit; it may already be newer than the epoch seen
-        // above, or gone — `claim` checks its epoch against the ticket.
-        let Some(job) = *lock(&s.job) else {
-            seen = s.ticket.load(Ordering::Acquire) >> 32;
-            continue;
+        // The job as one unit, and its first task claimed under the lock:
+        // while we hold it the job cannot be replaced, so the ticket carries
+        // this job's tag or, before the job is published, the previous one's
+        // (then the claim fails and we come back).
+        let (job, first) = {
+            let current = lock(&s.job);
+            let Some(job) = *current else {
+                seen = (s.ticket.load(Ordering::Acquire) >> 32) as u32;
+                continue;
+            };
+            (job, claim(&s, job.tag, job.tasks))
         };
-        seen = job.epoch;
-        while let Some(i) = claim(&s, job.epoch, job.tasks) {
-            // SAFETY: a task of `job.epoch` is claimed and not yet marked
-            // done, so that job's `for_each` has not returned: `f` is alive.
+        seen = job.tag;
+        let mut next = first;
+        while let Some(i) = next {
+            // SAFETY: task `i` of `job` is claimed and not yet counted done,
+            // so that job's `for_each` is still waiting: `f` is alive.
             let f = unsafe { &*job.f };
             if catch_unwind(AssertUnwindSafe(|| f(i))).is_err() {
                 s.panicked.store(true, Ordering::Release);
             }
+            // Claim the next task before counting this one done: the job is
+            // still running while we claim, so the tag is its own.
+            next = claim(&s, job.tag, job.tasks);
             s.done.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -248,7 +276,7 @@ mod tests {
     fn every_task_runs_once_across_many_jobs() {
         let team = Team::new(3).unwrap();
         for n in [0usize, 1, 2, 7, 64, 1000] {
-            for _ in 0..50 {
+            for _ in 0..if cfg!(miri) { 3 } else { 50 } {
                 let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                 team.for_each(n, &|i| {
                     hits[i].fetch_add(1, Ordering::Relaxed);
@@ -256,6 +284,20 @@ mod tests {
                 assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
             }
         }
+    }
+
+    #[test]
+    fn tags_wrap_around() {
+        let team = Team::new(3).unwrap();
+        team.shared.ticket.store((u32::MAX as u64 - 1) << 32, Ordering::Release);
+        for n in [5usize, 9, 2, 30, 7] {
+            let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            team.for_each(n, &|i| {
+                hits[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1));
+        }
+        assert_eq!(team.shared.ticket.load(Ordering::Acquire) >> 32, 3);
     }
 
     #[test]
@@ -290,7 +332,7 @@ mod tests {
             .map(|c| {
                 let team = team.clone();
                 std::thread::spawn(move || {
-                    for round in 0..500 {
+                    for round in 0..if cfg!(miri) { 20 } else { 500 } {
                         let n = 1 + (round * 7 + c * 13) % 97;
                         let hits: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
                         team.for_each(n, &|i| {
@@ -312,7 +354,7 @@ mod tests {
     #[test]
     fn a_panicking_task_reaches_the_caller_and_the_pool_lives_on() {
         let team = Team::new(2).unwrap();
-        for _ in 0..20 {
+        for _ in 0..if cfg!(miri) { 3 } else { 20 } {
             let r = catch_unwind(AssertUnwindSafe(|| {
                 team.for_each(64, &|i| {
                     if i == 37 {

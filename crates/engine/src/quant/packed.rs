@@ -48,6 +48,9 @@ impl PackKind {
 /// `out[t][r]` (row `r` of the group, token `t`, stride 8) for `t` tokens.
 /// `res`: the activations' residual quantised again (the precise kernels
 /// add its product, for ~16-bit activations); ignored by the others.
+/// Every kernel panics unless `group` holds `blocks` block indices,
+/// `out` at least `t * 8` values and `acts` (and `res` where used)
+/// `t * blocks` blocks; the SIMD ones check once per call.
 pub type PackedKernel = fn(group: &[u8], blocks: usize, acts: &[BlockQ8], res: &[BlockQ8], t: usize, out: &mut [f32]);
 
 /// A matrix in a packed layout.
@@ -310,9 +313,42 @@ mod tests {
         }
     }
 
+    /// The SIMD kernels read and write through raw pointers: buffers
+    /// shorter than `blocks` and `t` promise are refused in every build.
+    #[test]
+    #[cfg_attr(miri, ignore = "panics are slow under Miri; a native check")]
+    fn packed_kernels_refuse_short_buffers() {
+        use std::panic::{AssertUnwindSafe, catch_unwind};
+        let (blocks, t) = (2, 3);
+        let acts = vec![BlockQ8::default(); t * blocks];
+        for ks in crate::quant::available_kernels() {
+            for kind in [PackKind::Q4, PackKind::Q8] {
+                for precise in [false, true] {
+                    let kernel = ks.packed(kind, precise);
+                    let full = blocks * kind.block_bytes();
+                    for (g_len, out_len) in [(full - 1, t * GROUP), (full, t * GROUP - 1)] {
+                        let group = vec![0u8; g_len];
+                        let mut out = vec![0f32; out_len];
+                        let r = catch_unwind(AssertUnwindSafe(|| kernel(&group, blocks, &acts, &acts, t, &mut out)));
+                        assert!(
+                            r.is_err(),
+                            "{} {kind:?}: group {g_len}, out {out_len} accepted",
+                            ks.name
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     fn check(ks: &crate::quant::Kernels) {
         for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
-            for (rows, cols, t) in [(8, 64, 1), (13, 96, 3), (21, 576, 5)] {
+            let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+                &[(13, 96, 5)]
+            } else {
+                &[(8, 64, 1), (13, 96, 3), (21, 576, 5)]
+            };
+            for &(rows, cols, t) in shapes {
                 let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 17 + r as u64)).collect();
                 let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();
                 let x = random_acts(t * cols, 5);

@@ -5,13 +5,27 @@
 //! AVX-512 VNNI one `vpdpbusd`. The bodies are `#[inline(always)]` so that they
 //! are compiled inside the `#[target_feature]` entry points generated below;
 //! that is what lets one binary carry both without `-C target-cpu`.
+//!
+//! # Safety
+//! Every `unsafe fn` here has the same first requirement: the CPU has the
+//! features of the entry point it is inlined into — AVX2, FMA and F16C, plus
+//! AVX-512 F/BW/VL/VNNI for [`Vnni`] — since they execute those
+//! instructions. Functions that read through raw pointers or unchecked
+//! indices also say which bytes must be readable. The only way in from safe
+//! code is the function pointers that [`kernels`] and [`all`] install after
+//! detecting the features at run time; they check the lengths the bodies
+//! trust (the packed kernels) or only read whole blocks both slices hold
+//! (`chunks_exact` and `zip`, the row kernels).
 
 use std::arch::x86_64::*;
 
 use super::dot::Kernels;
-use super::packed::PackKind;
+use super::packed::{GROUP, PackKind};
 use super::{BlockQ8, GgmlType, QK, QK_K, k4_scale_min};
 
+/// How u8·i8 products are summed. Register-only: the methods' sole safety
+/// requirement is the CPU features of the implementation (AVX2 for
+/// [`Avx2`], AVX-512 VNNI+VL for [`Vnni`]).
 trait U8Dot {
     /// Eight i32 lanes, lane i = sum over bytes 4i..4i+4 of `u[b] * s[b]`.
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i;
@@ -30,6 +44,7 @@ struct Vnni;
 impl U8Dot for Avx2 {
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: register-only AVX2 intrinsics; AVX2 is the caller's contract.
         unsafe {
             let p16 = _mm256_maddubs_epi16(u, s);
             _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
@@ -37,6 +52,7 @@ impl U8Dot for Avx2 {
     }
     #[inline(always)]
     unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: register-only AVX2; AVX2 is the caller's contract.
         unsafe { _mm256_add_epi32(acc, Self::dot(u, s)) }
     }
     // maddubs saturates at i16: (q + 128)·x can reach 255·127·2. Undo the
@@ -44,6 +60,7 @@ impl U8Dot for Avx2 {
     const Q8_BIASED: bool = false;
     #[inline(always)]
     unsafe fn dot_q8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        // SAFETY: register-only AVX2; AVX2 is the caller's contract.
         unsafe {
             let q = _mm256_xor_si256(w, _mm256_set1_epi8(-128));
             Self::dot_acc(acc, _mm256_sign_epi8(q, q), _mm256_sign_epi8(x, q))
@@ -54,30 +71,43 @@ impl U8Dot for Avx2 {
 impl U8Dot for Vnni {
     #[inline(always)]
     unsafe fn dot(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: register-only AVX-512 VNNI+VL; the caller's contract.
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
     }
     #[inline(always)]
     unsafe fn dot_acc(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: register-only AVX-512 VNNI+VL; the caller's contract.
         unsafe { _mm256_dpbusd_epi32(acc, u, s) }
     }
     const Q8_BIASED: bool = true;
     #[inline(always)]
     unsafe fn dot_q8_acc(acc: __m256i, w: __m256i, x: __m256i) -> __m256i {
+        // SAFETY: register-only AVX-512 VNNI+VL; the caller's contract.
         unsafe { _mm256_dpbusd_epi32(acc, w, x) }
     }
 }
 
 /// f16 at byte `i` of `b`, converted with F16C (inlined into the kernels).
+///
+/// # Safety
+/// F16C; `i + 1 < b.len()` (unchecked: the callers pass constant offsets
+/// into blocks of known size).
 #[inline(always)]
 unsafe fn f16_at(b: &[u8], i: usize) -> f32 {
+    debug_assert!(i + 1 < b.len());
+    // SAFETY: bytes `i` and `i + 1` are in `b` and F16C is present (this
+    // function's contract); the rest is register-only.
     unsafe {
         let bits = u16::from_le_bytes([*b.get_unchecked(i), *b.get_unchecked(i + 1)]);
         _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
     }
 }
 
+/// # Safety
+/// AVX.
 #[inline(always)]
 unsafe fn hsum_ps(v: __m256) -> f32 {
+    // SAFETY: register-only AVX/SSE intrinsics; AVX is the contract.
     unsafe {
         let lo = _mm256_castps256_ps128(v);
         let hi = _mm256_extractf128_ps(v, 1);
@@ -88,8 +118,11 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
     }
 }
 
+/// # Safety
+/// AVX2.
 #[inline(always)]
 unsafe fn hsum_epi32(v: __m256i) -> i32 {
+    // SAFETY: register-only AVX2/SSE intrinsics; AVX2 is the contract.
     unsafe {
         let lo = _mm256_castsi256_si128(v);
         let hi = _mm256_extracti128_si256(v, 1);
@@ -102,8 +135,13 @@ unsafe fn hsum_epi32(v: __m256i) -> i32 {
 
 /// 16 packed bytes of nibbles → 32 bytes: low nibbles then high nibbles,
 /// which is the element order of the 32-wide ggml blocks.
+///
+/// # Safety
+/// AVX2; 16 bytes readable at `p`.
 #[inline(always)]
 unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+    // SAFETY: the load reads the 16 bytes the contract makes readable
+    // (`loadu`: any alignment); the rest is register-only AVX2.
     unsafe {
         let b = _mm_loadu_si128(p as *const __m128i);
         let m = _mm_set1_epi8(0x0f);
@@ -113,13 +151,25 @@ unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
     }
 }
 
+/// The 32 quants of an activation block.
+///
+/// # Safety
+/// AVX.
 #[inline(always)]
 unsafe fn load_act(a: &BlockQ8) -> __m256i {
+    // SAFETY: `a.qs` is 32 bytes, exactly one unaligned 256-bit load; AVX
+    // is the contract.
     unsafe { _mm256_loadu_si256(a.qs.as_ptr() as *const __m256i) }
 }
 
+/// # Safety
+/// AVX2. Any lengths: whole 32-value chunks of `x` that have a block in
+/// `out` are quantised.
 #[inline(always)]
 unsafe fn quantize_body(x: &[f32], out: &mut [BlockQ8]) {
+    // SAFETY: each chunk `xb` holds 32 f32, read as four 8-lane loads;
+    // each block's `qs` is 32 bytes, written as one 256-bit store (`loadu`
+    // and `storeu`: any alignment). AVX2 is the contract.
     unsafe {
         let sign_mask = _mm256_set1_ps(-0.0);
         for (xb, blk) in x.chunks_exact(QK).zip(out.iter_mut()) {
@@ -163,8 +213,12 @@ unsafe fn quantize_body(x: &[f32], out: &mut [BlockQ8]) {
     }
 }
 
+/// # Safety
+/// AVX and FMA. Any lengths: the first `min(a.len(), b.len())` products.
 #[inline(always)]
 unsafe fn f32_dot_body(a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: every load reads `[i, i + 8)` with `i + 8 <= n`, `n` the
+    // shorter length; the tail is indexed safely. Features: the contract.
     unsafe {
         let n = a.len().min(b.len());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -193,8 +247,14 @@ unsafe fn f32_dot_body(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q4_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 18-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: nibbles at bytes 2..18, the scale at 0..2. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -209,8 +269,14 @@ unsafe fn q4_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q4_1_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 20-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: nibbles at bytes 4..20, the scales at 0..4. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -224,8 +290,14 @@ unsafe fn q4_1_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q8_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 34-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: one 32-byte load at bytes 2..34, the scale at 0..2. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         for (b, a) in row.chunks_exact(34).zip(act) {
@@ -239,8 +311,14 @@ unsafe fn q8_0_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q4_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 144-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: scales at 0..4, four 32-byte loads at 16 + 32c < 144. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -266,8 +344,14 @@ unsafe fn q4_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q5_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 176-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: scales at 0..4, `qh` at 16..48, four 32-byte loads at 48 + 32c < 176. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -298,8 +382,14 @@ unsafe fn q5_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
 #[inline(always)]
 unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 210-byte block (`chunks_exact`), and
+    // every unchecked read stays inside it: `ql` loads at `64 half + 32 (r % 2)` < 128, `qh` loads at `128 + 32 half` < 192, the scale at 208..210. Activations are read
+    // through references. Features: the contract.
     unsafe {
         let mut acc = _mm256_setzero_ps();
         let mut offset = 0f32;
@@ -339,8 +429,13 @@ unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
 }
 
 /// Four activation bytes `4c..4c+4` of a block, in every lane.
+///
+/// # Safety
+/// AVX; `c < 8`.
 #[inline(always)]
 unsafe fn x4(a: &BlockQ8, c: usize) -> __m256i {
+    debug_assert!(c < 8);
+    // SAFETY: `4c + 4 <= 32 = a.qs.len()` for `c < 8`; an unaligned read.
     unsafe { _mm256_set1_epi32((a.qs.as_ptr().add(4 * c) as *const i32).read_unaligned()) }
 }
 
@@ -348,8 +443,12 @@ unsafe fn x4(a: &BlockQ8, c: usize) -> __m256i {
 /// independent chains, then a sum. (A helper, not a closure: closures do not
 /// inherit the caller's target features, and their intrinsics would not
 /// inline.)
+///
+/// # Safety
+/// The entry point's features.
 #[inline(always)]
 unsafe fn q4x8_dots<D: U8Dot>(lo: &[__m256i; 4], hi: &[__m256i; 4], a: &BlockQ8) -> __m256 {
+    // SAFETY: register-only but for `x4` with `c < 8`; features: contract.
     unsafe {
         let s0 = D::dot_acc(D::dot(lo[0], x4(a, 0)), hi[0], x4(a, 4));
         let s1 = D::dot_acc(D::dot(lo[1], x4(a, 1)), hi[1], x4(a, 5));
@@ -360,8 +459,12 @@ unsafe fn q4x8_dots<D: U8Dot>(lo: &[__m256i; 4], hi: &[__m256i; 4], a: &BlockQ8)
 }
 
 /// One activation block against 8 rows' packed Q8 quants (stored `q + 128`).
+///
+/// # Safety
+/// The entry point's features.
 #[inline(always)]
 unsafe fn q8x8_dots<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> __m256 {
+    // SAFETY: register-only but for `x4` with `c < 8`; features: contract.
     unsafe {
         let z = _mm256_setzero_si256();
         let s0 = D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[4], x4(a, 4));
@@ -379,6 +482,9 @@ unsafe fn q8x8_dots<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> __m256 {
 /// Tokens per tile: unpacked weights of a block are reused this many times.
 const TILE: usize = 4;
 
+/// # Safety
+/// The entry point's features, and the lengths `check_packed` asserts:
+/// `group` holds `blocks` block indices, `out` `t` rows of 8.
 #[inline(always)]
 unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
     group: &[u8],
@@ -388,6 +494,10 @@ unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
     t: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: block `k < blocks` is `group[k * GB..(k + 1) * GB]`, and the
+    // loads read bytes 0..16, 16..32 and four 32-byte pieces at 32..160 of
+    // it; the stores write `out[(t0 + j) * 8..][..8]` for `t0 + j < t`; both
+    // inside the lengths of the contract. Activations are indexed safely.
     unsafe {
         const GB: usize = 32 + 16 * 8;
         let m4 = _mm256_set1_epi8(0x0f);
@@ -446,6 +556,8 @@ unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
     }
 }
 
+/// # Safety
+/// As for [`q4x8_body`].
 #[inline(always)]
 unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
     group: &[u8],
@@ -455,6 +567,10 @@ unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
     t: usize,
     out: &mut [f32],
 ) {
+    // SAFETY: block `k < blocks` is `group[k * GB..(k + 1) * GB]`; the loads
+    // read bytes 0..16 and eight 32-byte pieces at 16..272 of it; the stores
+    // write `out[(t0 + j) * 8..][..8]` for `t0 + j < t`; all inside the
+    // lengths of the contract. Activations are indexed safely.
     unsafe {
         const GB: usize = 16 + 32 * 8;
         let mut t0 = 0;
@@ -492,95 +608,62 @@ unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
     }
 }
 
+/// The lengths the packed bodies trust, checked once per call (per group
+/// of 8 rows, not per element).
+fn check_packed(kind: PackKind, group: &[u8], blocks: usize, t: usize, out: &[f32]) {
+    assert!(
+        blocks.checked_mul(kind.block_bytes()).is_some_and(|n| group.len() >= n)
+            && t.checked_mul(GROUP).is_some_and(|n| out.len() >= n),
+        "packed kernel: group of {} bytes for {blocks} blocks, out of {} for {t} tokens",
+        group.len(),
+        out.len()
+    );
+}
+
+/// A safe entry point: `$body` compiled with `$feat` enabled, called after
+/// `$check` (if any) established the lengths the body trusts.
+macro_rules! entry {
+    ($feat:literal, fn $name:ident($($a:ident: $t:ty),*) $(-> $ret:ty)? => $body:expr $(, check $check:expr)?) => {
+        /// Only handed out (by `install`) after the CPU features were
+        /// detected; private to `x86.rs` otherwise.
+        pub(super) fn $name($($a: $t),*) $(-> $ret)? {
+            /// # Safety
+            /// The CPU has the features enabled here; the lengths the body
+            /// trusts hold.
+            #[target_feature(enable = $feat)]
+            unsafe fn tf($($a: $t),*) $(-> $ret)? {
+                // SAFETY: passed on from this function's contract.
+                unsafe { $body }
+            }
+            $($check;)?
+            // SAFETY: the features were detected before this function was
+            // installed (`kernels`, `all`), and the body's length
+            // requirements were just checked or are none.
+            unsafe { tf($($a),*) }
+        }
+    };
+}
+
 macro_rules! entry_points {
     ($feat:literal, $suffix:ident, $d:ty) => {
         mod $suffix {
             use super::*;
-            #[target_feature(enable = $feat)]
-            unsafe fn quantize_tf(x: &[f32], out: &mut [BlockQ8]) {
-                unsafe { quantize_body(x, out) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn f32_dot_tf(a: &[f32], b: &[f32]) -> f32 {
-                unsafe { f32_dot_body(a, b) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q4_0_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_0_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q4_1_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_1_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q8_0_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q8_0_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q4_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_k_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q5_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q5_k_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q6_k_tf(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q6_k_body::<$d>(r, a) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q4x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_body::<$d, false>(g, blocks, a, r, t, out) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q8x8_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_body::<$d, false>(g, blocks, a, r, t, out) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q4x8_res_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_body::<$d, true>(g, blocks, a, r, t, out) }
-            }
-            #[target_feature(enable = $feat)]
-            unsafe fn q8x8_res_tf(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_body::<$d, true>(g, blocks, a, r, t, out) }
-            }
-            // Safe wrappers: only installed after the features were detected.
-            pub fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_tf(g, blocks, a, r, t, out) }
-            }
-            pub fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_tf(g, blocks, a, r, t, out) }
-            }
-            pub fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q4x8_res_tf(g, blocks, a, r, t, out) }
-            }
-            pub fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
-                unsafe { q8x8_res_tf(g, blocks, a, r, t, out) }
-            }
-            pub fn quantize(x: &[f32], out: &mut [BlockQ8]) {
-                unsafe { quantize_tf(x, out) }
-            }
-            pub fn f32_dot(a: &[f32], b: &[f32]) -> f32 {
-                unsafe { f32_dot_tf(a, b) }
-            }
-            pub fn q4_0(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_0_tf(r, a) }
-            }
-            pub fn q4_1(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_1_tf(r, a) }
-            }
-            pub fn q8_0(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q8_0_tf(r, a) }
-            }
-            pub fn q4_k(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q4_k_tf(r, a) }
-            }
-            pub fn q5_k(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q5_k_tf(r, a) }
-            }
-            pub fn q6_k(r: &[u8], a: &[BlockQ8]) -> f32 {
-                unsafe { q6_k_tf(r, a) }
-            }
+            entry!($feat, fn quantize(x: &[f32], out: &mut [BlockQ8]) => quantize_body(x, out));
+            entry!($feat, fn f32_dot(a: &[f32], b: &[f32]) -> f32 => f32_dot_body(a, b));
+            entry!($feat, fn q4_0(r: &[u8], a: &[BlockQ8]) -> f32 => q4_0_body::<$d>(r, a));
+            entry!($feat, fn q4_1(r: &[u8], a: &[BlockQ8]) -> f32 => q4_1_body::<$d>(r, a));
+            entry!($feat, fn q8_0(r: &[u8], a: &[BlockQ8]) -> f32 => q8_0_body::<$d>(r, a));
+            entry!($feat, fn q4_k(r: &[u8], a: &[BlockQ8]) -> f32 => q4_k_body::<$d>(r, a));
+            entry!($feat, fn q5_k(r: &[u8], a: &[BlockQ8]) -> f32 => q5_k_body::<$d>(r, a));
+            entry!($feat, fn q6_k(r: &[u8], a: &[BlockQ8]) -> f32 => q6_k_body::<$d>(r, a));
+            entry!($feat, fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q4x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
+            entry!($feat, fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+            entry!($feat, fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q4x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
+            entry!($feat, fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
         }
     };
 }
@@ -641,9 +724,14 @@ macro_rules! module_fns {
 }
 
 /// Every SIMD kernel set this CPU can run (for tests that check each).
+///
+/// Under Miri none: it interprets the portable kernels only.
 pub(super) fn all() -> Vec<Kernels> {
     let mut out = Vec::new();
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    let avx2 = !cfg!(miri)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
     if avx2 {
         out.push(install(Kernels::scalar(), "avx2", module_fns!(avx2)));
         if is_x86_feature_detected!("avx512f")
@@ -658,8 +746,12 @@ pub(super) fn all() -> Vec<Kernels> {
 }
 
 /// The best kernel set this CPU supports, or None for the scalar fallback.
+/// Under Miri always the fallback.
 pub(super) fn kernels() -> Option<Kernels> {
-    let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+    let avx2 = !cfg!(miri)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c");
     if !avx2 {
         return None;
     }

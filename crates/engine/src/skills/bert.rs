@@ -8,7 +8,7 @@ use std::path::Path;
 use serde_json::Value;
 
 use crate::compute::ops;
-use crate::compute::{ComputePool, Matrix, Projections, SendPtr};
+use crate::compute::{ComputePool, Matrix, Projections, SharedMut};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
 use crate::formats::safetensors::Checkpoint;
@@ -340,7 +340,17 @@ fn self_attention(
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let dot = kernels().f32_dot;
-    let dst = SendPtr(out.as_mut_ptr());
+    // The tasks' writes are disjoint when the spans are: checked once.
+    let mut end = 0usize;
+    for &(start, len) in spans {
+        assert!(start >= end, "overlapping spans");
+        end = start.checked_add(len).expect("span end");
+    }
+    assert!(
+        end.checked_mul(h).is_some_and(|n| n <= out.len()),
+        "spans past the output"
+    );
+    let dst = SharedMut::new(out);
     pool.for_each(spans.len() * heads, |task| {
         let (si, head) = (task / heads, task % heads);
         let (start, len) = spans[si];
@@ -352,7 +362,11 @@ fn self_attention(
                 *s = dot(qi, &k[(start + j) * h + col..(start + j) * h + col + hd]) * scale;
             }
             ops::softmax_in_place(&mut scores);
-            // SAFETY: this task alone writes (row start+i, head's columns).
+            // SAFETY: row `start + i` is below `end`, and columns
+            // `col..col + hd` (`col + hd <= heads * hd <= h`) inside the row,
+            // so inside `out` (asserted above). Task `(si, head)` is the only
+            // one with this row (spans do not overlap, asserted above) and
+            // these columns (one head), and holds the slice only here.
             let o = unsafe { dst.slice_mut((start + i) * h + col, hd) };
             o.fill(0.0);
             for (j, p) in scores.iter().enumerate() {

@@ -130,7 +130,10 @@ fn query_providers(path: &Path) -> Result<(String, String), HardwareError> {
             message: "null provider".to_string(),
         });
     }
-    // SAFETY: checked non-null; points at a static QnnInterface_t.
+    // SAFETY: checked non-null; points at a static QnnInterface_t inside the
+    // library, which `library` keeps loaded until this function returns
+    // (after the last read). `QnnInterfaceHead` is `repr(C)` with exactly
+    // the leading fields of QnnInterface_t, so reading it stays in bounds.
     let head = unsafe { &*first };
     let name = if head.provider_name.is_null() {
         format!("backend {}", head.backend_id)
