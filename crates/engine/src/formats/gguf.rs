@@ -297,8 +297,13 @@ impl<'a> Cursor<'a> {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
         let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-        // SAFETY: the map is read-only; a file truncated under us by another
-        // process is outside what any model server can defend against.
+        // SAFETY: the map is read-only and lives as long as the bytes taken
+        // from it (each view holds an Arc of it). What Rust cannot check is
+        // that nobody changes or truncates the file while it is mapped: hfms
+        // never writes model files, and a model store that rewrites files in
+        // place under a running server (instead of writing a new file and
+        // renaming it, as the Hugging Face cache does) is outside what any
+        // mmap-based server (llama.cpp, candle, vLLM) can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
         Self::parse(path, Arc::new(map))
     }

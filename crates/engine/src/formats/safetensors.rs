@@ -106,7 +106,8 @@ impl Checkpoint {
         let mut tensors = HashMap::new();
         for (fi, path) in files.iter().enumerate() {
             let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-            // SAFETY: read-only map; see GgufFile::open.
+            // SAFETY: read-only map, held by the views taken from it; the file
+            // must not change while mapped (see GgufFile::open).
             let map = unsafe { Mmap::map(&file) }.map_err(|e| EngineError::io(path, e))?;
             let (header, meta) = SafeTensors::read_metadata(&map[..])
                 .map_err(|e| EngineError::format(format!("{}: {e}", path.display())))?;
