@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 
 use hfms_engine::compute::ComputePool;
+use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
 use hfms_engine::embed::{EmbedInput, EmbeddingModel, Pooling};
 use hfms_engine::skills::bert::BertModel;
 use hfms_engine::tokenizer::Tokenizer;
@@ -120,22 +121,21 @@ fn dimensions_truncate_and_renormalise() {
     assert!(m.embed_tokens(&ids, Some(385), &pool).is_err());
 }
 
-#[test]
-fn concurrent_requests_are_batched_and_answered_in_order() {
-    use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
-    use std::sync::atomic::Ordering;
+/// The model, a pool, and a batcher over them.
+fn batcher(config: BatcherConfig) -> (Arc<EmbeddingModel>, ComputePool, EmbedBatcher) {
     let m = Arc::new(model());
     let pool = ComputePool::new(2).unwrap();
-    let b = EmbedBatcher::spawn(
-        m.clone(),
-        pool.clone(),
-        BatcherConfig {
-            max_wait: std::time::Duration::from_millis(50),
-            ..Default::default()
-        },
-        "test",
-    )
-    .unwrap();
+    let b = EmbedBatcher::spawn(m.clone(), pool.clone(), config, "test").unwrap();
+    (m, pool, b)
+}
+
+#[test]
+fn concurrent_requests_are_batched_and_answered_in_order() {
+    use std::sync::atomic::Ordering;
+    let (m, pool, b) = batcher(BatcherConfig {
+        max_wait: std::time::Duration::from_millis(50),
+        ..Default::default()
+    });
     let texts: Vec<Vec<String>> = (0..8)
         .map(|i| {
             (0..=i % 3)
@@ -177,20 +177,11 @@ fn concurrent_requests_are_batched_and_answered_in_order() {
 /// dropped before its next batch.
 #[test]
 fn a_large_request_is_split_into_batches_and_can_be_cancelled() {
-    use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
     use std::sync::atomic::Ordering;
-    let m = Arc::new(model());
-    let pool = ComputePool::new(2).unwrap();
-    let b = EmbedBatcher::spawn(
-        m.clone(),
-        pool.clone(),
-        BatcherConfig {
-            max_batch_tokens: 256,
-            ..Default::default()
-        },
-        "test",
-    )
-    .unwrap();
+    let (m, pool, b) = batcher(BatcherConfig {
+        max_batch_tokens: 256,
+        ..Default::default()
+    });
     let texts: Vec<EmbedInput> = (0..40)
         .map(|i| EmbedInput::Text(format!("sentence {i}: {}", "lorem ipsum dolor ".repeat(1 + i % 7))))
         .collect();

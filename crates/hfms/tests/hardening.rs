@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::{Server, client, error_of};
+use common::{Server, client, error_of, model_status};
 use serde_json::{Value, json};
 
 const CHAT_ID: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
@@ -53,15 +53,6 @@ fn post_raw(addr: &str, path: &str, host: &str, content_type: Option<&str>, body
         ),
     )
     .expect("a response, not a dropped connection")
-}
-
-fn model_status<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == id)
-        .unwrap_or_else(|| panic!("{id} not in {status}"))
 }
 
 /// Row 1 and 2 of the table: keep_alive values that used to panic the

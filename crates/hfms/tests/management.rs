@@ -6,17 +6,8 @@ mod common;
 use std::io::Read;
 use std::time::{Duration, Instant};
 
-use common::{Server, client, error_of};
+use common::{Server, client, error_of, model_status};
 use serde_json::{Value, json};
-
-fn model<'a>(status: &'a Value, id: &str) -> &'a Value {
-    status["models"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["id"] == id)
-        .unwrap()
-}
 
 const SMOL: &str = "HuggingFaceTB/SmolLM2-135M-Instruct";
 const MINI: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -44,7 +35,7 @@ fn a_full_queue_answers_503_with_retry_after() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let st = s.get_json("/status").1;
-        if model(&st, SMOL)["scheduler"]["waiting"] == 1 {
+        if model_status(&st, SMOL)["scheduler"]["waiting"] == 1 {
             break;
         }
         assert!(Instant::now() < deadline, "second request never queued: {st}");
@@ -63,7 +54,7 @@ fn a_full_queue_answers_503_with_retry_after() {
     assert_eq!(kind, "server_overloaded");
     assert!(msg.contains("queue is full"), "{msg}");
     let st = s.get_json("/status").1;
-    assert_eq!(model(&st, SMOL)["scheduler"]["rejected"], 1);
+    assert_eq!(model_status(&st, SMOL)["scheduler"]["rejected"], 1);
     drop(long); // free the slot: the waiting request completes
     assert_eq!(waiting.join().unwrap().unwrap(), 200);
 }
@@ -72,7 +63,7 @@ fn a_full_queue_answers_503_with_retry_after() {
 fn models_load_and_unload_on_request_and_keep_alive_applies() {
     let s = Server::start(&[]);
     let st = s.get_json("/status").1;
-    assert_eq!(model(&st, MINI)["state"], "unloaded");
+    assert_eq!(model_status(&st, MINI)["state"], "unloaded");
     // Load with a keep_alive; /v1/models shows the state.
     let (code, v) = s.post_json("/models/load", json!({"model": "all-minilm", "keep_alive": "10m"}));
     assert_eq!(code, 200, "{v}");
@@ -87,7 +78,7 @@ fn models_load_and_unload_on_request_and_keep_alive_applies() {
     let (code, v) = s.post_json("/models/unload", json!({"model": "all-minilm"}));
     assert_eq!(code, 200, "{v}");
     assert_eq!(v["state"], "unloaded");
-    assert_eq!(model(&s.get_json("/status").1, MINI)["state"], "unloaded");
+    assert_eq!(model_status(&s.get_json("/status").1, MINI)["state"], "unloaded");
     // keep_alive 0 on a request: loaded for it, unloaded after it.
     let (code, _) = s.post_json(
         "/v1/embeddings",
@@ -95,12 +86,12 @@ fn models_load_and_unload_on_request_and_keep_alive_applies() {
     );
     assert_eq!(code, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while model(&s.get_json("/status").1, MINI)["state"] != "unloaded" {
+    while model_status(&s.get_json("/status").1, MINI)["state"] != "unloaded" {
         assert!(Instant::now() < deadline, "keep_alive 0 did not unload");
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = s.get_json("/status").1;
-    assert!(model(&st, MINI)["loads"].as_u64().unwrap() >= 2);
+    assert!(model_status(&st, MINI)["loads"].as_u64().unwrap() >= 2);
     assert!(st["manager"]["unloads"].as_u64().unwrap() >= 2);
     // Bad requests.
     let (code, v) = s.post_json("/models/load", json!({"model": "nope"}));
@@ -138,8 +129,8 @@ fn a_memory_budget_for_one_model_swaps_them() {
         );
         assert_eq!(code, 200, "round {round}: {v}");
         let st = s.get_json("/status").1;
-        assert_eq!(model(&st, MINI)["state"], "unloaded", "round {round}");
-        assert_eq!(model(&st, SMOL)["state"], "loaded");
+        assert_eq!(model_status(&st, MINI)["state"], "unloaded", "round {round}");
+        assert_eq!(model_status(&st, SMOL)["state"], "loaded");
     }
     let st = s.get_json("/status").1;
     assert!(st["manager"]["evictions"].as_u64().unwrap() >= 3, "{}", st["manager"]);
@@ -161,7 +152,7 @@ fn encoder_f16_halves_layer_weights_and_keeps_vectors() {
             .iter()
             .map(|x| x.as_f64().unwrap())
             .collect();
-        let bytes = model(&s.get_json("/status").1, MINI)["bytes"].as_u64().unwrap();
+        let bytes = model_status(&s.get_json("/status").1, MINI)["bytes"].as_u64().unwrap();
         (vector, bytes)
     };
     let (full, full_bytes) = embed(&Server::start(&[]));

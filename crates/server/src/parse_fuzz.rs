@@ -85,18 +85,7 @@ fn chat_pipeline(bytes: &[u8]) {
     };
     let _ = crate::openai::chat::template_messages(&req.messages);
     let _ = params::parse_keep_alive(req.keep_alive.as_ref());
-    let common = Common {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        n: req.n,
-        stop: req.stop.clone(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.clone(),
-        seed: req.seed,
-        top_logprobs: req.top_logprobs.and_then(|k| usize::try_from(k).ok()),
-    };
+    let common = Common::of_chat(&req, req.top_logprobs.and_then(|k| usize::try_from(k).ok()));
     if params::validate_shape(&common, &limits()).is_ok() {
         let _ = params::validate(common, 49152, &limits());
     }

@@ -212,3 +212,13 @@ pub fn error_of(v: &serde_json::Value) -> (&str, &str, Option<&str>, Option<&str
         e["code"].as_str(),
     )
 }
+
+/// One model's entry in a `/status` body.
+pub fn model_status<'a>(status: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    status["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == id)
+        .unwrap_or_else(|| panic!("{id} not in {status}"))
+}

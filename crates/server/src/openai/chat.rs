@@ -12,7 +12,7 @@ use super::params::{self, Common};
 use super::types::*;
 use super::{
     ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, off_async,
-    sse_done, sse_response,
+    sse_response,
 };
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
@@ -198,18 +198,7 @@ pub async fn create(
         (None, Some(b)) => Some((b, "max_tokens")),
         _ => None,
     };
-    let common = Common {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        n: req.n,
-        stop: req.stop.clone(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.clone(),
-        seed: req.seed,
-        top_logprobs,
-    };
+    let common = Common::of_chat(&req, top_logprobs);
     params::validate_shape(&common, state.limits())?;
 
     let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
@@ -307,87 +296,62 @@ pub async fn create(
         choices,
         usage,
     };
-    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
-    let mut events = ChoiceEvents::new(&state, receivers);
+    // With include_usage every chunk carries `usage` (null until the last).
+    let usage_field = move || include_usage.then_some(None);
+    let events = ChoiceEvents::new(&state, receivers);
     Ok(sse_response(&state, move |sink| async move {
         // Holding the model keeps it loaded while this stream runs.
         let _model = model;
         for index in 0..n {
+            let delta = ChunkDelta {
+                role: Some("assistant"),
+                content: Some(String::new()),
+            };
             let c = chunk(
                 vec![ChatChunkChoice {
                     index,
-                    delta: ChunkDelta {
-                        role: Some("assistant"),
-                        content: Some(String::new()),
-                    },
+                    delta,
                     logprobs: None,
                     finish_reason: None,
                 }],
-                usage_field(None),
+                usage_field(),
             );
             if sink.send_json(&c).await.is_err() {
                 return;
             }
         }
-        let mut completion = 0;
-        let mut cached = 0;
-        let mut done = 0;
-        loop {
-            let (index, ev) = match events.next().await {
-                Ok(Some(next)) => next,
-                Ok(None) => break,
-                Err(e) => return sink.send_error(&e).await,
-            };
-            let c = match ev {
-                GenEvent::Prompt(_) => continue,
-                GenEvent::Delta { text, logprobs } => chunk(
-                    vec![ChatChunkChoice {
-                        index,
-                        delta: ChunkDelta {
-                            role: None,
-                            content: Some(text),
-                        },
-                        logprobs: want_logprobs.then(|| ChatLogprobs {
-                            content: Some(logprobs.iter().map(logprob_json).collect()),
-                            refusal: None,
-                        }),
-                        finish_reason: None,
-                    }],
-                    usage_field(None),
-                ),
-                GenEvent::Done {
-                    finish_reason, usage, ..
-                } => {
-                    completion += usage.completion_tokens;
-                    if index == 0 {
-                        cached += usage.cached_tokens;
-                    }
-                    done += 1;
-                    chunk(
-                        vec![ChatChunkChoice {
-                            index,
-                            delta: ChunkDelta::default(),
-                            logprobs: None,
-                            finish_reason: Some(finish_str(finish_reason)),
-                        }],
-                        usage_field(None),
-                    )
-                }
-                GenEvent::Error(e) => return sink.send_error(&ApiError::from(e)).await,
-            };
-            if sink.send_json(&c).await.is_err() {
-                return;
-            }
-            if done == n {
-                break;
-            }
-        }
-        if include_usage {
-            let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
-            if sink.send_json(&c).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(sse_done()).await;
+        let usage_chunk = chunk.clone();
+        let chunk_of = move |index, ev| match ev {
+            GenEvent::Delta { text, logprobs } => Some(chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: ChunkDelta {
+                        role: None,
+                        content: Some(text),
+                    },
+                    logprobs: want_logprobs.then(|| ChatLogprobs {
+                        content: Some(logprobs.iter().map(logprob_json).collect()),
+                        refusal: None,
+                    }),
+                    finish_reason: None,
+                }],
+                usage_field(),
+            )),
+            GenEvent::Done { finish_reason, .. } => Some(chunk(
+                vec![ChatChunkChoice {
+                    index,
+                    delta: ChunkDelta::default(),
+                    logprobs: None,
+                    finish_reason: Some(finish_str(finish_reason)),
+                }],
+                usage_field(),
+            )),
+            GenEvent::Prompt(_) | GenEvent::Error(_) => None,
+        };
+        let usage_of = include_usage.then_some(move |completion, cached| {
+            usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
+        });
+        // The prompt is counted once: the first choice says what it reused.
+        sink.relay(events, n, |i| i == 0, chunk_of, usage_of).await;
     }))
 }

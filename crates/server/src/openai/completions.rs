@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::chat::json_kind;
 use super::params::{self, Common};
 use super::types::*;
-use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_done, sse_response};
+use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_response};
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -223,18 +223,7 @@ pub async fn create(
             "best_of other than n is not supported by this server.",
         ));
     }
-    let common = Common {
-        temperature: req.temperature,
-        top_p: req.top_p,
-        top_k: req.top_k,
-        n: req.n,
-        stop: req.stop.clone(),
-        presence_penalty: req.presence_penalty,
-        frequency_penalty: req.frequency_penalty,
-        logit_bias: req.logit_bias.clone(),
-        seed: req.seed,
-        top_logprobs: logprobs,
-    };
+    let common = Common::of_completion(&req, logprobs);
     params::validate_shape(&common, state.limits())?;
     let limits = state.limits();
     let choices = prompt_count(req.prompt.as_ref()).saturating_mul(req.n.unwrap_or(1).max(1) as usize);
@@ -348,42 +337,24 @@ pub async fn create(
         choices,
         usage,
     };
-    let usage_field = move |u: Option<Usage>| if include_usage { Some(u) } else { None };
-    let mut events = ChoiceEvents::new(&state, receivers);
+    // With include_usage every chunk carries `usage` (null until the last).
+    let usage_field = move || include_usage.then_some(None);
+    let events = ChoiceEvents::new(&state, receivers);
     Ok(sse_response(&state, move |sink| async move {
         let _model = model;
-        let mut completion = 0;
-        let mut cached = 0;
-        let mut done = 0;
         // Characters of text sent so far per choice: where the next token's
         // text_offset starts. The echo goes out with a choice's first chunk.
         let mut sent: Vec<usize> = vec![0; n];
         let mut echoed = vec![false; n];
-        loop {
-            let (index, ev) = match events.next().await {
-                Ok(Some(next)) => next,
-                Ok(None) => break,
-                Err(e) => return sink.send_error(&e).await,
-            };
+        let usage_chunk = chunk.clone();
+        let chunk_of = move |index: usize, ev| {
             let mut text = String::new();
             if !echoed[index] {
                 echoed[index] = true;
                 text.push_str(&echoes[index]);
             }
-            let c = match ev {
-                GenEvent::Prompt(entries) => {
-                    let lp = legacy_logprobs(&entries, 0);
-                    sent[index] += text.chars().count();
-                    chunk(
-                        vec![CompletionChoice {
-                            index,
-                            text,
-                            logprobs: Some(lp),
-                            finish_reason: None,
-                        }],
-                        usage_field(None),
-                    )
-                }
+            let (lp, finish_reason) = match ev {
+                GenEvent::Prompt(entries) => (Some(legacy_logprobs(&entries, 0)), None),
                 GenEvent::Delta { text: t, logprobs: lps } => {
                     let start = sent[index] + text.chars().count();
                     let lp = logprobs.map(|_| {
@@ -391,50 +362,26 @@ pub async fn create(
                         legacy_logprobs(&entries, start)
                     });
                     text.push_str(&t);
-                    sent[index] += text.chars().count();
-                    chunk(
-                        vec![CompletionChoice {
-                            index,
-                            text,
-                            logprobs: lp,
-                            finish_reason: None,
-                        }],
-                        usage_field(None),
-                    )
+                    (lp, None)
                 }
-                GenEvent::Done {
-                    finish_reason, usage, ..
-                } => {
-                    completion += usage.completion_tokens;
-                    if index % per_prompt == 0 {
-                        cached += usage.cached_tokens;
-                    }
-                    done += 1;
-                    chunk(
-                        vec![CompletionChoice {
-                            index,
-                            text,
-                            logprobs: None,
-                            finish_reason: Some(finish_str(finish_reason)),
-                        }],
-                        usage_field(None),
-                    )
-                }
-                GenEvent::Error(e) => return sink.send_error(&ApiError::from(e)).await,
+                GenEvent::Done { finish_reason, .. } => (None, Some(finish_str(finish_reason))),
+                GenEvent::Error(_) => return None,
             };
-            if sink.send_json(&c).await.is_err() {
-                return;
-            }
-            if done == n {
-                break;
-            }
-        }
-        if include_usage {
-            let c = chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))));
-            if sink.send_json(&c).await.is_err() {
-                return;
-            }
-        }
-        let _ = sink.send(sse_done()).await;
+            sent[index] += text.chars().count();
+            Some(chunk(
+                vec![CompletionChoice {
+                    index,
+                    text,
+                    logprobs: lp,
+                    finish_reason,
+                }],
+                usage_field(),
+            ))
+        };
+        let usage_of = include_usage.then_some(move |completion, cached| {
+            usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
+        });
+        // Each prompt is counted once: by its first choice.
+        sink.relay(events, n, |i| i % per_prompt == 0, chunk_of, usage_of).await;
     }))
 }

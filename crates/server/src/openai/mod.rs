@@ -219,6 +219,56 @@ impl SseSink {
         self.send(sse_json(v)).await
     }
 
+    /// Relay a request's choice events to the client until every one of
+    /// its `n` choices is done: `chunk_of` turns an event into a chunk (or
+    /// None to send nothing), then `usage_of` (when the client asked for
+    /// usage) makes the usage chunk from the completion and cached token
+    /// totals, and `[DONE]` ends the stream. Cached tokens count for the
+    /// choices `counts_cached` names (the first choice of each prompt). An
+    /// error, the time limit or shutdown ends the stream with an error event.
+    pub async fn relay<C, F, U>(
+        &self,
+        mut events: ChoiceEvents,
+        n: usize,
+        counts_cached: impl Fn(usize) -> bool,
+        mut chunk_of: F,
+        usage_of: Option<U>,
+    ) where
+        C: serde::Serialize,
+        F: FnMut(usize, GenEvent) -> Option<C>,
+        U: FnOnce(usize, usize) -> C,
+    {
+        let (mut completion, mut cached, mut done) = (0, 0, 0);
+        while done < n {
+            let (index, ev) = match events.next().await {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => return self.send_error(&e).await,
+            };
+            if let GenEvent::Error(e) = ev {
+                return self.send_error(&ApiError::from(e)).await;
+            }
+            if let GenEvent::Done { usage, .. } = &ev {
+                completion += usage.completion_tokens;
+                if counts_cached(index) {
+                    cached += usage.cached_tokens;
+                }
+                done += 1;
+            }
+            if let Some(c) = chunk_of(index, ev)
+                && self.send_json(&c).await.is_err()
+            {
+                return;
+            }
+        }
+        if let Some(usage_of) = usage_of
+            && self.send_json(&usage_of(completion, cached)).await.is_err()
+        {
+            return;
+        }
+        let _ = self.send(sse_done()).await;
+    }
+
     /// An error as the stream's last event.
     pub async fn send_error(&self, e: &ApiError) {
         if e.status.is_server_error() {

@@ -23,6 +23,36 @@ pub struct Common {
     pub top_logprobs: Option<usize>,
 }
 
+/// The fields chat and completions requests share, read the same way from
+/// either (`top_logprobs`: validated by the caller).
+macro_rules! common_of {
+    ($req:expr, $top_logprobs:expr) => {
+        Common {
+            temperature: $req.temperature,
+            top_p: $req.top_p,
+            top_k: $req.top_k,
+            n: $req.n,
+            stop: $req.stop.clone(),
+            presence_penalty: $req.presence_penalty,
+            frequency_penalty: $req.frequency_penalty,
+            logit_bias: $req.logit_bias.clone(),
+            seed: $req.seed,
+            top_logprobs: $top_logprobs,
+        }
+    };
+}
+
+impl Common {
+    pub fn of_chat(req: &crate::openai::types::ChatCompletionRequest, top_logprobs: Option<usize>) -> Self {
+        common_of!(req, top_logprobs)
+    }
+
+    /// (`logprobs`: completions' number of alternatives, validated.)
+    pub fn of_completion(req: &crate::openai::types::CompletionRequest, logprobs: Option<usize>) -> Self {
+        common_of!(req, logprobs)
+    }
+}
+
 pub struct Validated {
     pub sampling: SamplingParams,
     pub n: usize,
