@@ -7,10 +7,14 @@ VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test models build test-rust test-python lint miri
+.PHONY: run test models deps build test-rust test-python lint miri
 
 models:
 	scripts/fetch-models.sh
+
+# Services the tests start for real (Prometheus), from Debian's packages.
+deps:
+	scripts/install-deps.sh prometheus
 
 build:
 	cargo build --release -p hfms
@@ -30,7 +34,7 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 # `--no-run` builds the binary with the same features `cargo test` uses, so
 # after test-rust nothing is rebuilt.
-test-python: models $(VENV)/.installed
+test-python: models deps $(VENV)/.installed
 	cargo test --profile fast -p hfms --no-run
 	HFMS_BIN=target/fast/hfms $(VENV)/bin/python -m pytest -q tests/python
 

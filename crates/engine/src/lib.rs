@@ -11,6 +11,7 @@ pub mod formats;
 pub mod generate;
 pub mod kv;
 pub mod manager;
+pub mod observe;
 pub mod quant;
 pub mod skills;
 pub mod tokenizer;

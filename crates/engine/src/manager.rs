@@ -23,6 +23,7 @@ use crate::compute::ComputePool;
 use crate::discover::ModelDescription;
 use crate::error::{EngineError, Result};
 use crate::generate::SchedulerConfig;
+use crate::observe::UnloadCause;
 use crate::skills::{LoadContext, LoadedModel, Registry, Task};
 
 /// How long a model stays loaded after its last request. Shown (JSON) as
@@ -136,6 +137,8 @@ pub struct ManagerConfig {
     pub pinned: BTreeSet<String>,
     /// Encoders hold f32 layer weights as f16 (`LoadContext::encoder_f16`).
     pub encoder_f16: bool,
+    /// Metrics hooks for every model and for loads and unloads.
+    pub observers: Arc<dyn crate::observe::Observers>,
 }
 
 impl ManagerConfig {
@@ -158,6 +161,7 @@ impl ManagerConfig {
             keep_alive: KeepAlive::Forever,
             pinned: BTreeSet::new(),
             encoder_f16: false,
+            observers: Arc::new(crate::observe::Nothing),
         }
     }
 }
@@ -296,14 +300,6 @@ impl Drop for ModelManager {
     }
 }
 
-/// Why a model leaves memory (logs and counters).
-#[derive(Debug, Clone, Copy)]
-enum UnloadCause {
-    Request,
-    Expired,
-    Evicted,
-}
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Record>> {
         // A panic while holding the lock leaves plain data behind; keep going.
@@ -365,7 +361,8 @@ impl Inner {
             }
         }
         drop(records);
-        tracing::info!(model = %id, %device, cause = ?cause, "model unloaded");
+        self.config.observers.model_unloaded(id, cause);
+        tracing::info!(model = %id, %device, cause = cause.as_str(), "model unloaded");
         self.changed.notify_all();
     }
 
@@ -634,6 +631,10 @@ impl ModelManager {
                     rec.keep_alive = keep_alive;
                 }
                 inner.counters.loads.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .config
+                    .observers
+                    .model_loaded(&desc.id, &device.to_string(), elapsed.as_secs_f64());
                 Ok(ModelLease {
                     id: desc.id.clone(),
                     device,
@@ -647,6 +648,7 @@ impl ModelManager {
                 rec.slot = None;
                 rec.last_error = Some(e.to_string());
                 inner.counters.load_failures.fetch_add(1, Ordering::Relaxed);
+                inner.config.observers.model_load_failed(&desc.id);
                 Err(e)
             }
         };
@@ -706,6 +708,8 @@ impl ModelManager {
                 name: short_name(&desc.id),
                 device: placement.device,
                 encoder_f16: inner.config.encoder_f16,
+                model_id: desc.id.clone(),
+                observers: inner.config.observers.clone(),
                 backend: inner
                     .registry
                     .backend_for(skill.info().family, placement.device.platform),

@@ -92,6 +92,7 @@ async fn serve(s: ServeArgs) -> Result<()> {
         "compute pool ready"
     );
     let listen = s.listen()?;
+    let metrics = hfms_server::metrics::Metrics::new();
     let manager = Arc::new(ModelManager::new(
         registry,
         catalog,
@@ -106,9 +107,10 @@ async fn serve(s: ServeArgs) -> Result<()> {
             keep_alive: s.keep_alive()?,
             pinned,
             encoder_f16: s.encoder_f16,
+            observers: metrics.clone(),
         },
     ));
-    let state = AppState::new(manager.clone(), s.server(listen), Some(hardware));
+    let state = AppState::new(manager.clone(), s.server(listen), Some(hardware), metrics);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

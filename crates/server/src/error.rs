@@ -201,6 +201,15 @@ impl ApiError {
     }
 }
 
+/// What the metrics layer learns of an error response (a response
+/// extension): counted by type and code, kept among the last errors.
+#[derive(Debug, Clone)]
+pub struct ErrorInfo {
+    pub kind: &'static str,
+    pub code: Option<&'static str>,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {
@@ -209,6 +218,11 @@ impl IntoResponse for ApiError {
             tracing::info!(status = self.status.as_u16(), error = %self.message, "request rejected");
         }
         let mut resp = (self.status, axum::Json(self.to_json())).into_response();
+        resp.extensions_mut().insert(ErrorInfo {
+            kind: self.kind,
+            code: self.code,
+            message: self.message.clone(),
+        });
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {

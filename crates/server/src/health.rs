@@ -149,6 +149,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
         "models": models,
         "devices": m.devices(),
         "manager": m.counters(),
+        "errors": state.metrics().last_errors(),
         "hardware": state.hardware().map(|h| {
             h.platforms
                 .iter()

@@ -6,6 +6,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod management;
+pub mod metrics;
 pub mod middleware;
 pub mod openai;
 pub mod openapi;
@@ -22,7 +23,8 @@ pub use error::{ApiError, ApiResult};
 pub use state::{AppState, ServerConfig};
 
 /// Every route, with the middleware stack (outermost first): request id and
-/// request log → panic catcher → `Host` allow-list → CORS → body limit.
+/// request log → HTTP metrics and error tracking → panic catcher → `Host`
+/// allow-list → CORS → body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
     let cors = middleware::cors::layer(&state.config().cors_allow_origins);
@@ -38,6 +40,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/status", get(health::status))
         .route("/openapi.json", get(openapi::document))
+        .route("/metrics", get(metrics::scrape))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit));
@@ -51,6 +54,10 @@ pub fn router(state: AppState) -> Router {
             middleware::host::layer,
         ))
         .layer(middleware::catch_panic::layer())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::metrics::layer,
+        ))
         .layer(axum::middleware::from_fn(middleware::request_id::layer))
         .with_state(state)
 }

@@ -47,6 +47,7 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
         .resolve(&req.model)
         .ok_or_else(|| ApiError::model_not_found(&req.model))?;
     let id = desc.id.clone();
+    crate::middleware::metrics::note_model(&id);
     let keep_alive = parse_keep_alive(req.keep_alive.as_ref())?;
     let device: Option<hfms_hardware::DeviceId> = req
         .device

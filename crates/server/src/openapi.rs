@@ -25,6 +25,7 @@ use crate::{health, management, openai};
         health::health,
         health::ready,
         health::status,
+        crate::metrics::scrape,
         document,
     ),
     components(schemas(openai::types::ChatCompletionChunk)),
@@ -63,6 +64,7 @@ mod tests {
             ("/ready", "get"),
             ("/status", "get"),
             ("/openapi.json", "get"),
+            ("/metrics", "get"),
         ] {
             let op = &paths[path][method];
             assert!(op.is_object(), "{method} {path} is not documented");

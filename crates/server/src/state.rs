@@ -91,6 +91,7 @@ pub struct AppState {
 
 struct Inner {
     manager: Arc<ModelManager>,
+    metrics: Arc<crate::metrics::Metrics>,
     hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
     started: Instant,
@@ -105,14 +106,18 @@ struct Inner {
 
 impl AppState {
     /// `hardware`: the start-up detection report, shown in /status.
+    /// `metrics`: the registry the manager's observers report to.
     pub fn new(
         manager: Arc<ModelManager>,
         config: ServerConfig,
         hardware: Option<hfms_hardware::HardwareReport>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
+        metrics.attach(&manager);
         AppState {
             inner: Arc::new(Inner {
                 manager,
+                metrics,
                 hardware,
                 config,
                 started: Instant::now(),
@@ -130,6 +135,10 @@ impl AppState {
 
     pub fn manager(&self) -> &Arc<ModelManager> {
         &self.inner.manager
+    }
+
+    pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.inner.metrics
     }
 
     pub fn config(&self) -> &ServerConfig {

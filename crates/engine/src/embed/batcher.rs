@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use super::EmbeddingModel;
 use crate::compute::ComputePool;
 use crate::error::{EngineError, Result};
+use crate::observe::EmbeddingObserver;
 
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
@@ -76,6 +77,7 @@ struct Job {
     dimensions: Option<usize>,
     tokens: usize,
     reply: Reply,
+    submitted: Instant,
 }
 
 /// The handle requests use. Dropping every handle stops the thread.
@@ -89,6 +91,17 @@ pub struct EmbedBatcher {
 
 impl EmbedBatcher {
     pub fn spawn(model: Arc<EmbeddingModel>, pool: ComputePool, config: BatcherConfig, name: &str) -> Result<Self> {
+        Self::spawn_observed(model, pool, config, name, Arc::new(crate::observe::Nothing))
+    }
+
+    /// `spawn`, reporting to `observer` (metrics).
+    pub fn spawn_observed(
+        model: Arc<EmbeddingModel>,
+        pool: ComputePool,
+        config: BatcherConfig,
+        name: &str,
+        observer: Arc<dyn EmbeddingObserver>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(BatcherStats::default());
         let worker = Worker {
@@ -96,6 +109,7 @@ impl EmbedBatcher {
             pool,
             config: config.clone(),
             stats: stats.clone(),
+            observer,
         };
         std::thread::Builder::new()
             .name(format!("hfms-embed-{name}"))
@@ -140,6 +154,7 @@ impl EmbedBatcher {
                 dimensions,
                 tokens,
                 reply,
+                submitted: Instant::now(),
             })
             .map_err(|_| {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -154,6 +169,7 @@ struct Worker {
     pool: ComputePool,
     config: BatcherConfig,
     stats: Arc<BatcherStats>,
+    observer: Arc<dyn EmbeddingObserver>,
 }
 
 /// A request being worked on: its inputs from `next` on are still to do.
@@ -163,6 +179,8 @@ struct Pending {
     vectors: Vec<Vec<f32>>,
     /// A batch with some of its inputs failed: the request fails.
     error: Option<EngineError>,
+    /// When its first batch started (queue time ends).
+    started: Option<Instant>,
 }
 
 impl Pending {
@@ -173,6 +191,7 @@ impl Pending {
             next: 0,
             vectors: Vec::with_capacity(n),
             error: None,
+            started: None,
         }
     }
 
@@ -220,6 +239,12 @@ impl Worker {
                 if queue[i].done() {
                     let p = queue.remove(i);
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+                    let queued = p.started.unwrap_or_else(Instant::now);
+                    self.observer.request(
+                        p.job.inputs.len(),
+                        p.job.tokens,
+                        queued.saturating_duration_since(p.job.submitted),
+                    );
                     if let Some(e) = p.error {
                         let _ = p.job.reply.send(Err(e));
                         continue;
@@ -244,6 +269,9 @@ impl Worker {
         if gone > 0 {
             self.stats.waiting.fetch_sub(gone, Ordering::Relaxed);
             self.stats.cancelled.fetch_add(gone as u64, Ordering::Relaxed);
+            for _ in 0..gone {
+                self.observer.cancelled();
+            }
             tracing::info!(requests = gone, "client went away; dropping its embedding work");
         }
     }
@@ -297,10 +325,19 @@ impl Worker {
         order.sort_by_key(|&(j, i)| queue[j].job.inputs[i].len());
         let inputs: Vec<&[u32]> = order.iter().map(|&(j, i)| queue[j].job.inputs[i].as_slice()).collect();
         let tokens: usize = inputs.iter().map(|i| i.len()).sum();
+        let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.pooled(&inputs, &self.pool)))
             .unwrap_or_else(|_| Err(EngineError::internal("embedding step panicked")));
+        self.observer
+            .batch(inputs.len(), tokens, started.elapsed().as_secs_f64());
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
+        drop(inputs);
+        for (j, &n) in plan.iter().enumerate() {
+            if n > 0 {
+                queue[j].started.get_or_insert(started);
+            }
+        }
         self.stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
         match result {
             Ok(vectors) => {

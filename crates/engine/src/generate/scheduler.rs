@@ -25,6 +25,7 @@ use super::stop::StopText;
 use crate::compute::ComputePool;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvPool, SeqKv};
+use crate::observe::{Finish, FinishedSequence, GenerationObserver, Nothing};
 use crate::skills::llama::{CausalLm, LogitsWanted, StepItem};
 use crate::tokenizer::{IncrementalDecoder, Tokenizer};
 
@@ -187,6 +188,18 @@ impl Generator {
         config: SchedulerConfig,
         name: &str,
     ) -> Result<Self> {
+        Self::spawn_observed(model, tokenizer, pool, config, name, Arc::new(Nothing))
+    }
+
+    /// `spawn`, reporting to `observer` (metrics).
+    pub fn spawn_observed(
+        model: Arc<dyn CausalLm>,
+        tokenizer: Arc<Tokenizer>,
+        pool: ComputePool,
+        config: SchedulerConfig,
+        name: &str,
+        observer: Arc<dyn GenerationObserver>,
+    ) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
         let layout = model.kv_layout(config.block_size);
@@ -210,6 +223,7 @@ impl Generator {
             running: Vec::new(),
             stats: stats.clone(),
             next_id: 0,
+            observer,
         };
         std::thread::Builder::new()
             .name(format!("hfms-sched-{name}"))
@@ -293,6 +307,10 @@ struct Sequence {
     /// Prompt tokens served from the prefix cache at first admission.
     cached_tokens: Option<usize>,
     first_token_at: Option<Instant>,
+    /// When it first joined a step (queue time ends), and when its latest
+    /// token came (inter-token latency).
+    admitted_at: Option<Instant>,
+    last_token_at: Option<Instant>,
     prompt_logprobs_sent: bool,
     prompt_logprobs: Vec<PromptToken>,
     /// Admission order, for choosing whom to preempt.
@@ -307,6 +325,24 @@ impl Sequence {
     fn cancelled(&self) -> bool {
         self.job.events.is_closed()
     }
+
+    /// What metrics record of a sequence that ends now.
+    fn ended(&self, finish: Finish) -> FinishedSequence {
+        let now = Instant::now();
+        let submitted = self.job.submitted;
+        FinishedSequence {
+            finish,
+            prompt_tokens: self.prompt_len,
+            generation_tokens: self.generated,
+            queue: self.admitted_at.map(|a| a.saturating_duration_since(submitted)),
+            prefill: self
+                .admitted_at
+                .zip(self.first_token_at)
+                .map(|(a, f)| f.saturating_duration_since(a)),
+            decode: self.first_token_at.map(|f| now.saturating_duration_since(f)),
+            e2e: now.saturating_duration_since(submitted),
+        }
+    }
 }
 
 struct Scheduler {
@@ -320,6 +356,7 @@ struct Scheduler {
     running: Vec<Sequence>,
     stats: Arc<SchedulerStats>,
     next_id: u64,
+    observer: Arc<dyn GenerationObserver>,
 }
 
 enum Outcome {
@@ -351,6 +388,7 @@ impl Scheduler {
             if ok.is_err() {
                 tracing::error!("a model step panicked; failing the sequences in it");
                 for mut s in std::mem::take(&mut self.running) {
+                    self.observer.finished(&s.ended(Finish::Error));
                     let _ = s
                         .job
                         .events
@@ -386,6 +424,15 @@ impl Scheduler {
         // a step it shares with others.
         if let Err(e) = self.check(&job.req) {
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
+            self.observer.finished(&FinishedSequence {
+                finish: Finish::Error,
+                prompt_tokens: job.req.prompt.len(),
+                generation_tokens: 0,
+                queue: None,
+                prefill: None,
+                decode: None,
+                e2e: job.submitted.elapsed(),
+            });
             let _ = job.events.send(GenEvent::Error(e));
             return;
         }
@@ -407,6 +454,8 @@ impl Scheduler {
             hashes: Vec::new(),
             cached_tokens: None,
             first_token_at: None,
+            admitted_at: None,
+            last_token_at: None,
             prompt_logprobs_sent: false,
             prompt_logprobs: Vec::new(),
             admitted: 0,
@@ -442,12 +491,12 @@ impl Scheduler {
     fn drop_cancelled(&mut self) {
         let before = self.waiting.len() + self.running.len();
         let stats = &self.stats;
+        let observer = &self.observer;
         self.waiting.retain(|s| {
             let gone = s.cancelled();
             if gone {
                 stats.waiting.fetch_sub(1, Ordering::Relaxed);
-            }
-            if gone {
+                observer.finished(&s.ended(Finish::Abort));
                 tracing::info!(request_id = %s.job.req.tag, "client went away; dropping the queued sequence");
             }
             !gone
@@ -460,6 +509,7 @@ impl Scheduler {
                     generated = s.generated,
                     "client went away; stopping the sequence and freeing its KV cache"
                 );
+                observer.finished(&s.ended(Finish::Abort));
                 s.kv.free(kv);
                 false
             } else {
@@ -534,7 +584,12 @@ impl Scheduler {
             if let Some(reused) = reused {
                 let prompt_len = front.prompt_len;
                 front.cached_tokens.get_or_insert(reused.min(prompt_len));
+                self.observer.prefix_lookup(
+                    self.prefix.queried_blocks - counted.0,
+                    self.prefix.hit_blocks - counted.1,
+                );
             }
+            front.admitted_at.get_or_insert_with(Instant::now);
             committed += need;
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
@@ -565,6 +620,7 @@ impl Scheduler {
         s.kv.free(&mut self.kv);
         s.hashes.clear();
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
+        self.observer.preempted();
         tracing::info!(
             request_id = %s.job.req.tag,
             tokens = s.tokens.len(),
@@ -614,6 +670,7 @@ impl Scheduler {
             }
             // A single sequence that does not fit has outgrown the cache.
             if let Some(mut s) = self.running.pop() {
+                self.observer.finished(&s.ended(Finish::Error));
                 let _ = s.job.events.send(GenEvent::Error(EngineError::invalid(
                     format!(
                         "the request needs more KV cache than this model is configured with ({} tokens)",
@@ -658,6 +715,7 @@ impl Scheduler {
         let result = self.model.forward(&items, &mut self.kv, &self.pool);
         drop(items);
         self.stats.steps.fetch_add(1, Ordering::Relaxed);
+        self.observer.step(plan.len(), plan.iter().map(|&(_, n)| n).sum());
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -676,6 +734,9 @@ impl Scheduler {
             self.prefix.register(&s.tokens, &s.kv, &mut s.hashes, &mut self.kv);
             let prompt_fed = (start + n).min(s.prompt_len).saturating_sub(start.min(s.prompt_len));
             self.stats.prompt_tokens.fetch_add(prompt_fed as u64, Ordering::Relaxed);
+            if prompt_fed > 0 {
+                self.observer.prompt_tokens(prompt_fed);
+            }
             let rows = match want {
                 LogitsWanted::None => 0,
                 LogitsWanted::Last => 1,
@@ -693,12 +754,27 @@ impl Scheduler {
                     Outcome::Finished(r) => finished.push((i, r)),
                 }
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
+                let now = Instant::now();
+                match s.last_token_at.replace(now) {
+                    Some(prev) => self.observer.token(Some(now.saturating_duration_since(prev))),
+                    None => {
+                        self.observer.token(None);
+                        if s.generated == 1 {
+                            self.observer
+                                .first_token(now.saturating_duration_since(s.job.submitted));
+                        }
+                    }
+                }
             }
         }
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let mut s = self.running.swap_remove(i);
             finish(&mut s, &self.tokenizer, reason);
+            self.observer.finished(&s.ended(match reason {
+                FinishReason::Stop => Finish::Stop,
+                FinishReason::Length => Finish::Length,
+            }));
             s.kv.free(&mut self.kv);
         }
     }
@@ -736,6 +812,7 @@ impl Scheduler {
         culprits.sort_unstable_by_key(|c| std::cmp::Reverse(c.0));
         for (i, e) in culprits {
             let mut s = self.running.swap_remove(i);
+            self.observer.finished(&s.ended(Finish::Error));
             tracing::error!(request_id = %s.job.req.tag, error = %e, "sequence failed in a model step");
             // Only what the client asked for is its fault (a 400); the
             // rest is the server's.

@@ -110,6 +110,9 @@ pub struct LoadContext {
     pub backend: Option<Arc<dyn DeviceBackend>>,
     /// CPU encoders hold their f32 layer weights as f16 (`BertModel::into_f16`).
     pub encoder_f16: bool,
+    /// The model's id (metric labels).
+    pub model_id: String,
+    pub observers: Arc<dyn crate::observe::Observers>,
 }
 
 impl LoadContext {
@@ -123,6 +126,8 @@ impl LoadContext {
             device: DeviceId::CPU,
             backend: None,
             encoder_f16: false,
+            model_id: name.to_string(),
+            observers: Arc::new(crate::observe::Nothing),
         }
     }
 
@@ -252,12 +257,13 @@ impl Skill for LlamaSkill {
             }
         };
         let context_length = model.config().context_length;
-        let generator = Generator::spawn(
+        let generator = Generator::spawn_observed(
             model,
             Arc::new(tokenizer),
             ctx.pool.clone(),
             ctx.scheduler.clone(),
             &ctx.name,
+            ctx.observers.generation(&ctx.model_id),
         )?;
         Ok(LoadedModel::Generation(Box::new(GenerationModel {
             generator,
@@ -307,11 +313,12 @@ impl Skill for BertSkill {
             normalize: meta.normalizes(),
             max_tokens,
         });
-        Ok(LoadedModel::Embedding(EmbedBatcher::spawn(
+        Ok(LoadedModel::Embedding(EmbedBatcher::spawn_observed(
             model,
             ctx.pool.clone(),
             ctx.batcher.clone(),
             &ctx.name,
+            ctx.observers.embedding(&ctx.model_id),
         )?))
     }
 }

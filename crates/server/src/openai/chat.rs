@@ -299,7 +299,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
-    Ok(sse_response(&state, move |sink| async move {
+    Ok(sse_response(&state, &rid.0, move |sink| async move {
         // Holding the model keeps it loaded while this stream runs.
         let _model = model;
         for index in 0..n {

@@ -340,7 +340,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
-    Ok(sse_response(&state, move |sink| async move {
+    Ok(sse_response(&state, &rid.0, move |sink| async move {
         let _model = model;
         // Characters of text sent so far per choice: where the next token's
         // text_offset starts. The echo goes out with a choice's first chunk.

@@ -51,6 +51,7 @@ pub async fn acquire(
     let manager: Arc<ModelManager> = state.manager().clone();
     let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
+    crate::middleware::metrics::note_model(&id);
     if let (Some(t), None) = (desc.task, &desc.error)
         && t != task
     {
@@ -195,6 +196,10 @@ pub struct ClientGone;
 pub struct SseSink {
     tx: tokio::sync::mpsc::Sender<Event>,
     write_timeout: std::time::Duration,
+    /// Where a stream's error is counted (the response itself was a 200).
+    metrics: Arc<crate::metrics::Metrics>,
+    request_id: String,
+    model: Option<String>,
 }
 
 impl SseSink {
@@ -274,13 +279,22 @@ impl SseSink {
         if e.status.is_server_error() {
             tracing::error!(status = e.status.as_u16(), error = %e.message, "stream failed");
         }
+        self.metrics.error(crate::metrics::ErrorRecord {
+            time: crate::metrics::unix_now(),
+            request_id: self.request_id.clone(),
+            status: e.status.as_u16(),
+            kind: e.kind.to_string(),
+            code: e.code.map(str::to_string),
+            model: self.model.clone(),
+            message: e.message.clone(),
+        });
         let _ = self.send(sse_json(&e.to_json())).await;
     }
 }
 
 /// A streamed (SSE) response whose events `produce` writes, on its own task
 /// in the request's span; the one streamer of chat and completions.
-pub fn sse_response<F, Fut>(state: &AppState, produce: F) -> axum::response::Response
+pub fn sse_response<F, Fut>(state: &AppState, request_id: &str, produce: F) -> axum::response::Response
 where
     F: FnOnce(SseSink) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
@@ -291,6 +305,9 @@ where
     let sink = SseSink {
         tx,
         write_timeout: state.config().write_timeout,
+        metrics: state.metrics().clone(),
+        request_id: request_id.to_string(),
+        model: crate::middleware::metrics::current_model(),
     };
     tokio::spawn(produce(sink).instrument(tracing::Span::current()));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);

@@ -1,0 +1,107 @@
+//! HTTP metrics and error tracking, one layer: requests by method, route
+//! (the route template, so ids in paths do not explode the label set) and
+//! status, timed until the response body ends or is dropped (a stream is
+//! counted when it ends or its client leaves); error responses counted by
+//! type, code and model, and kept among the last 50 for `/status`.
+
+use std::cell::RefCell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http_body::{Frame, SizeHint};
+
+use crate::error::ErrorInfo;
+use crate::metrics::{ErrorRecord, HttpTimer, unix_now};
+use crate::middleware::request_id::RequestId;
+use crate::state::AppState;
+
+tokio::task_local! {
+    /// The model a request resolved to (set by the handler), for labels.
+    static REQUEST_MODEL: RefCell<Option<String>>;
+}
+
+/// Name the model the current request uses (no-op outside a request).
+pub fn note_model(id: &str) {
+    let _ = REQUEST_MODEL.try_with(|m| *m.borrow_mut() = Some(id.to_string()));
+}
+
+/// The model the current request uses, if it named one yet.
+pub fn current_model() -> Option<String> {
+    REQUEST_MODEL.try_with(|m| m.borrow().clone()).ok().flatten()
+}
+
+pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.clone())
+        .unwrap_or_default();
+    let (resp, model) = REQUEST_MODEL
+        .scope(RefCell::new(None), async move {
+            let resp = next.run(req).await;
+            (resp, current_model())
+        })
+        .await;
+    let metrics = state.metrics().clone();
+    let status = resp.status().as_u16();
+    if let Some(info) = resp.extensions().get::<ErrorInfo>() {
+        metrics.error(ErrorRecord {
+            time: unix_now(),
+            request_id,
+            status,
+            kind: info.kind.to_string(),
+            code: info.code.map(str::to_string),
+            model,
+            message: info.message.clone(),
+        });
+    }
+    let timer = HttpTimer {
+        metrics,
+        method,
+        route,
+        status,
+        started,
+    };
+    resp.map(|body| {
+        Body::new(TimedBody {
+            inner: body,
+            _timer: timer,
+        })
+    })
+}
+
+/// A response body that records its request's metrics when it is dropped:
+/// after its last byte, or when the client goes away.
+struct TimedBody {
+    inner: Body,
+    _timer: HttpTimer,
+}
+
+impl http_body::Body for TimedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

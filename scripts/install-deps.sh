@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The Debian packages the tests start as real services (DESIGN.md's table):
+# installed with apt-get when missing, as root (or through sudo).
+#
+#   scripts/install-deps.sh [COMMAND...]   (default: prometheus)
+set -euo pipefail
+
+declare -A package=([prometheus]=prometheus [redis-server]=redis-server)
+wanted=("${@:-prometheus}")
+missing=()
+for cmd in "${wanted[@]}"; do
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("${package[$cmd]:-$cmd}")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+as_root=()
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || {
+        echo "install-deps: ${missing[*]} missing and not root (install them with apt-get)" >&2
+        exit 1
+    }
+    as_root=(sudo)
+fi
+echo "install-deps: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${as_root[@]}" apt-get update -q
+"${as_root[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
