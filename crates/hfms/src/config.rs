@@ -16,6 +16,7 @@ use clap::Args;
 use clap::parser::{ArgMatches, ValueSource};
 use hfms_engine::embed::batcher::BatcherConfig;
 use hfms_engine::generate::SchedulerConfig;
+use hfms_server::breaker::BreakerConfig;
 use hfms_server::state::{RequestLimits, ServerConfig};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -206,6 +207,28 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_SHUTDOWN_GRACE", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace: u64,
+
+    /// Circuit breakers: server failures of a model (engine errors,
+    /// timeouts) within --breaker-window that open its circuit (503
+    /// model_unavailable until a probe succeeds); a failed load opens it
+    /// at once. 0 turns breakers off.
+    #[arg(long, env = "HFMS_BREAKER_FAILURES", default_value_t = BreakerConfig::DEFAULT.failures)]
+    pub breaker_failures: usize,
+
+    /// Seconds of outcomes the breaker counts failures over.
+    #[arg(long, env = "HFMS_BREAKER_WINDOW", default_value_t = BreakerConfig::DEFAULT.window.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub breaker_window: u64,
+
+    /// Seconds an opened circuit waits before a probe; doubles at each
+    /// reopening, up to --breaker-max-open-seconds.
+    #[arg(long, env = "HFMS_BREAKER_OPEN_SECONDS", default_value_t = BreakerConfig::DEFAULT.open_for.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub breaker_open_seconds: u64,
+
+    #[arg(long, env = "HFMS_BREAKER_MAX_OPEN_SECONDS", default_value_t = BreakerConfig::DEFAULT.max_open_for.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub breaker_max_open_seconds: u64,
 
     /// Origins allowed to call the API from a browser (CORS), e.g.
     /// `https://app.example.com`; `*` for any. Off when empty.
@@ -494,6 +517,13 @@ impl ServeArgs {
             write_timeout: Duration::from_secs(self.write_timeout),
             cors_allow_origins: self.cors_allow_origins.clone(),
             allowed_hosts,
+            breaker: BreakerConfig {
+                failures: self.breaker_failures,
+                window: Duration::from_secs(self.breaker_window),
+                open_for: Duration::from_secs(self.breaker_open_seconds),
+                max_open_for: Duration::from_secs(self.breaker_max_open_seconds.max(self.breaker_open_seconds)),
+                ..BreakerConfig::DEFAULT
+            },
         }
     }
 

@@ -167,6 +167,21 @@ impl ApiError {
         e
     }
 
+    /// A model whose circuit breaker is open: its recent failures were the
+    /// server's; nothing is queued until the back-off ends.
+    pub fn model_unavailable(model: &str, retry_after: u64, last_failure: &str) -> Self {
+        let mut e = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            format!(
+                "The model `{model}` is unavailable after repeated failures (last: {last_failure}); retry in {retry_after} s."
+            ),
+        );
+        e.code = Some("model_unavailable");
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     /// A POST body that is not JSON by its Content-Type.
     pub fn unsupported_media_type(got: Option<&str>) -> Self {
         let mut e = Self::new(
@@ -208,6 +223,9 @@ pub struct ErrorInfo {
     pub kind: &'static str,
     pub code: Option<&'static str>,
     pub message: String,
+    pub status: u16,
+    /// A server failure of the request's model (its circuit breaker).
+    pub counts_against_the_model: bool,
 }
 
 impl IntoResponse for ApiError {
@@ -222,6 +240,8 @@ impl IntoResponse for ApiError {
             kind: self.kind,
             code: self.code,
             message: self.message.clone(),
+            status: self.status.as_u16(),
+            counts_against_the_model: crate::openai::counts_against_the_model(&self),
         });
         if let Some(s) = self.retry_after
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
@@ -256,10 +276,10 @@ impl From<EngineError> for ApiError {
             EngineError::Cancelled => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_request_error", "request cancelled")
             }
-            EngineError::LoadFailed { .. }
-            | EngineError::Io { .. }
-            | EngineError::Format(_)
-            | EngineError::Internal(_) => ApiError::internal(e.to_string()),
+            EngineError::LoadFailed { .. } => ApiError::internal(e.to_string()).with_code("model_load_failed"),
+            EngineError::Io { .. } | EngineError::Format(_) | EngineError::Internal(_) => {
+                ApiError::internal(e.to_string())
+            }
         }
     }
 }

@@ -150,6 +150,7 @@ pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
         "devices": m.devices(),
         "manager": m.counters(),
         "errors": state.metrics().last_errors(),
+        "circuits": state.breakers().status(),
         "hardware": state.hardware().map(|h| {
             h.platforms
                 .iter()

@@ -2,6 +2,7 @@
 //! requests into engine requests; `error.rs` renders every failure as the
 //! OpenAI error envelope.
 
+pub mod breaker;
 pub mod error;
 pub mod extract;
 pub mod health;

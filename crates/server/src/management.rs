@@ -73,9 +73,18 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
         }
     }
     let name = id.clone();
+    // An operator's explicit load goes through an open circuit: it is how a
+    // fixed model comes back (success closes the circuit).
     let lease = state
-        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, device)?)))
-        .await?;
+        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, device))))
+        .await?
+        .map_err(|e| {
+            if matches!(e, hfms_engine::EngineError::LoadFailed { .. }) {
+                state.breakers().load_failed(&id, &e.to_string());
+            }
+            ApiError::from(e)
+        })?;
+    state.breakers().reset(&id);
     // The lease ends here: with keep_alive 0 the model goes right away, as
     // Ollama's load-then-unload does.
     drop(lease);

@@ -161,6 +161,8 @@ pub struct Metrics {
     load_seconds: Hist,
     unloads: Family<UnloadLabels, Counter>,
     // HTTP and errors.
+    circuit: Family<ModelLabels, Gauge>,
+    circuit_opened: Family<ModelLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
     http_seconds: Family<RouteLabels, Histogram, fn() -> Histogram>,
     errors: Family<ErrorLabels, Counter>,
@@ -327,6 +329,16 @@ impl Metrics {
                 "hfms_model_unloads",
                 "Models unloaded, by cause (request, expired, evicted)",
             ),
+            circuit: {
+                let f = Family::<ModelLabels, Gauge>::default();
+                r.register(
+                    "hfms_circuit_state",
+                    "Circuit breaker per model: 0 closed, 1 half-open, 2 open",
+                    f.clone(),
+                );
+                f
+            },
+            circuit_opened: counter(&mut r, "hfms_circuit_opened", "Times a model's circuit opened"),
             http_requests: counter(
                 &mut r,
                 "hfms_http_requests",
@@ -360,6 +372,22 @@ impl Metrics {
     /// The registry in Prometheus' classic text format (0.0.4).
     pub fn prometheus_text(&self) -> String {
         to_prometheus_text(&self.openmetrics())
+    }
+
+    pub fn circuit_state(&self, model: &str, level: i64) {
+        self.circuit
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .set(level);
+    }
+
+    pub fn circuit_opened(&self, model: &str) {
+        self.circuit_opened
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .inc();
     }
 
     pub fn http_request(&self, method: &str, route: &str, status: u16, seconds: f64) {

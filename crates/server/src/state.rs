@@ -57,6 +57,7 @@ pub struct ServerConfig {
     pub cors_allow_origins: Vec<String>,
     /// `Host` header names accepted (DNS-rebinding protection); None: any.
     pub allowed_hosts: Option<Vec<String>>,
+    pub breaker: crate::breaker::BreakerConfig,
 }
 
 impl ServerConfig {
@@ -67,6 +68,7 @@ impl ServerConfig {
         write_timeout: Duration::from_secs(30),
         cors_allow_origins: Vec::new(),
         allowed_hosts: None,
+        breaker: crate::breaker::BreakerConfig::DEFAULT,
     };
 }
 
@@ -92,6 +94,7 @@ pub struct AppState {
 struct Inner {
     manager: Arc<ModelManager>,
     metrics: Arc<crate::metrics::Metrics>,
+    breakers: crate::breaker::Breakers,
     hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
     started: Instant,
@@ -117,6 +120,7 @@ impl AppState {
         AppState {
             inner: Arc::new(Inner {
                 manager,
+                breakers: crate::breaker::Breakers::new(config.breaker.clone(), metrics.clone()),
                 metrics,
                 hardware,
                 config,
@@ -135,6 +139,10 @@ impl AppState {
 
     pub fn manager(&self) -> &Arc<ModelManager> {
         &self.inner.manager
+    }
+
+    pub fn breakers(&self) -> &crate::breaker::Breakers {
+        &self.inner.breakers
     }
 
     pub fn metrics(&self) -> &Arc<crate::metrics::Metrics> {

@@ -56,7 +56,16 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         .await;
     let metrics = state.metrics().clone();
     let status = resp.status().as_u16();
-    if let Some(info) = resp.extensions().get::<ErrorInfo>() {
+    let info = resp.extensions().get::<ErrorInfo>();
+    if let Some(m) = &model {
+        // The model's circuit breaker hears every outcome but load answers.
+        match info {
+            Some(i) if i.counts_against_the_model => state.breakers().record(m, Some(&i.message)),
+            Some(_) => state.breakers().neutral(m),
+            None => state.breakers().record(m, None),
+        }
+    }
+    if let Some(info) = info {
         metrics.error(ErrorRecord {
             time: unix_now(),
             request_id,

@@ -65,13 +65,21 @@ pub async fn acquire(
         )
         .with_code("model_not_supported"));
     }
+    // An open circuit answers at once: nothing is loaded or queued.
+    state.breakers().admit(&id)?;
     let name = id.clone();
     // A load can take long: it runs off the async threads, and the request
     // still gives up at its time limit or shutdown (the load goes on, for
     // whoever asks next).
-    state
-        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, None)?)))
-        .await
+    let lease = state
+        .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, None))))
+        .await?;
+    lease.map_err(|e| {
+        if matches!(e, hfms_engine::EngineError::LoadFailed { .. }) {
+            state.breakers().load_failed(&id, &e.to_string());
+        }
+        e.into()
+    })
 }
 
 pub fn finish_str(r: FinishReason) -> &'static str {
@@ -198,6 +206,7 @@ pub struct SseSink {
     write_timeout: std::time::Duration,
     /// Where a stream's error is counted (the response itself was a 200).
     metrics: Arc<crate::metrics::Metrics>,
+    state: AppState,
     request_id: String,
     model: Option<String>,
 }
@@ -279,6 +288,11 @@ impl SseSink {
         if e.status.is_server_error() {
             tracing::error!(status = e.status.as_u16(), error = %e.message, "stream failed");
         }
+        if let Some(model) = &self.model
+            && counts_against_the_model(e)
+        {
+            self.state.breakers().record(model, Some(&e.message));
+        }
         self.metrics.error(crate::metrics::ErrorRecord {
             time: crate::metrics::unix_now(),
             request_id: self.request_id.clone(),
@@ -306,12 +320,25 @@ where
         tx,
         write_timeout: state.config().write_timeout,
         metrics: state.metrics().clone(),
+        state: state.clone(),
         request_id: request_id.to_string(),
         model: crate::middleware::metrics::current_model(),
     };
     tokio::spawn(produce(sink).instrument(tracing::Span::current()));
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx).map(Ok::<_, std::convert::Infallible>);
     axum::response::sse::Sse::new(stream).into_response()
+}
+
+/// Whether an error is the server's failure for its model's circuit
+/// breaker: 5xx, except answers about load (overload, an open circuit,
+/// shutdown, no room on a device), which say nothing about the model.
+pub fn counts_against_the_model(e: &ApiError) -> bool {
+    e.status.is_server_error()
+        && e.kind != "server_overloaded"
+        && !matches!(
+            e.code,
+            Some("model_unavailable" | "server_shutting_down" | "model_placement_failed")
+        )
 }
 
 /// Run CPU-heavy request work (template rendering, tokenization,
