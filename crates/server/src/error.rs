@@ -59,7 +59,7 @@ fn error_responses(which: &[&str]) -> Responses {
         ("500", "An internal error (never caused by request content)"),
         (
             "503",
-            "Overloaded, shutting down, or no device can take the model; see Retry-After",
+            "Overloaded, shutting down, the model's circuit is open, or no device can take it; see Retry-After",
         ),
         ("504", "The request ran past --request-timeout and was cancelled"),
     ]
