@@ -12,9 +12,9 @@ PORT   ?= 8000
 models:
 	scripts/fetch-models.sh
 
-# Services the tests start for real (Prometheus), from Debian's packages.
+# Services the tests start for real (Prometheus, Redis), from Debian's packages.
 deps:
-	scripts/install-deps.sh prometheus
+	scripts/install-deps.sh prometheus redis-server
 
 build:
 	cargo build --release -p hfms
@@ -24,7 +24,7 @@ run: models build
 
 # Tests build once, with the optimised-but-incremental `fast` profile
 # (model maths in a debug build is tens of times slower).
-test-rust: models
+test-rust: models deps
 	cargo test --profile fast --workspace
 
 $(VENV)/.installed: tests/python/requirements.txt

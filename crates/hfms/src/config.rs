@@ -17,6 +17,7 @@ use clap::parser::{ArgMatches, ValueSource};
 use hfms_engine::embed::batcher::BatcherConfig;
 use hfms_engine::generate::SchedulerConfig;
 use hfms_server::breaker::BreakerConfig;
+use hfms_server::cache::CacheConfig;
 use hfms_server::state::{RequestLimits, ServerConfig};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -207,6 +208,33 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_SHUTDOWN_GRACE", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub shutdown_grace: u64,
+
+    /// Turn the response cache off (deterministic requests — temperature
+    /// 0 or a seed, and embeddings — are otherwise answered from it).
+    #[arg(long, env = "HFMS_NO_RESPONSE_CACHE")]
+    pub no_response_cache: bool,
+
+    /// Seconds a cached answer lives.
+    #[arg(long, env = "HFMS_CACHE_TTL", default_value_t = CacheConfig::DEFAULT.ttl.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=31_536_000))]
+    pub cache_ttl: u64,
+
+    /// In-memory cache: the most MiB of stored answers (least recently used
+    /// go first).
+    #[arg(long, env = "HFMS_CACHE_MAX_MB", default_value_t = CacheConfig::DEFAULT.max_bytes >> 20,
+          value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub cache_max_mb: u64,
+
+    /// A Redis to share the cache between replicas (`redis://[:PASSWORD@]HOST:PORT[/DB]`);
+    /// in-memory when not given.
+    #[arg(long, env = "HFMS_CACHE_URL")]
+    pub cache_url: Option<String>,
+
+    /// Milliseconds a Redis operation may take before the request goes on
+    /// without the cache.
+    #[arg(long, env = "HFMS_CACHE_TIMEOUT_MS", default_value_t = CacheConfig::DEFAULT.timeout.as_millis() as u64,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub cache_timeout_ms: u64,
 
     /// Circuit breakers: server failures of a model (engine errors,
     /// timeouts) within --breaker-window that open its circuit (503
@@ -517,6 +545,13 @@ impl ServeArgs {
             write_timeout: Duration::from_secs(self.write_timeout),
             cors_allow_origins: self.cors_allow_origins.clone(),
             allowed_hosts,
+            cache: CacheConfig {
+                enabled: !self.no_response_cache,
+                ttl: Duration::from_secs(self.cache_ttl),
+                max_bytes: self.cache_max_mb << 20,
+                redis_url: self.cache_url.clone(),
+                timeout: Duration::from_millis(self.cache_timeout_ms),
+            },
             breaker: BreakerConfig {
                 failures: self.breaker_failures,
                 window: Duration::from_secs(self.breaker_window),

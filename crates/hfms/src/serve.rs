@@ -110,7 +110,8 @@ async fn serve(s: ServeArgs) -> Result<()> {
             observers: metrics.clone(),
         },
     ));
-    let state = AppState::new(manager.clone(), s.server(listen), Some(hardware), metrics);
+    let state =
+        AppState::new(manager.clone(), s.server(listen), Some(hardware), metrics).map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

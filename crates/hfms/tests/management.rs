@@ -119,7 +119,14 @@ fn models_load_and_unload_on_request_and_keep_alive_applies() {
 #[test]
 fn a_memory_budget_for_one_model_swaps_them() {
     // Room for one model at a time: each request evicts the other.
-    let s = Server::start(&["--memory-budget", "cpu=300", "--kv-cache-mb", "64"]);
+    // No response cache: the repeated embedding must reach the model.
+    let s = Server::start(&[
+        "--memory-budget",
+        "cpu=300",
+        "--kv-cache-mb",
+        "64",
+        "--no-response-cache",
+    ]);
     for round in 0..2 {
         let (code, v) = s.post_json("/v1/embeddings", json!({"model": "all-minilm", "input": "hi"}));
         assert_eq!(code, 200, "round {round}: {v}");

@@ -11,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
-pub struct ApiJson<T>(pub T);
+/// The parsed body, and the body as sent (the response cache keys on it).
+pub struct ApiJson<T>(pub T, pub Bytes);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
@@ -43,11 +44,13 @@ where
         // Parsing megabytes is CPU work: off the async threads.
         if bytes.len() > OFF_ASYNC_BYTES {
             let span = tracing::Span::current();
-            return tokio::task::spawn_blocking(move || span.in_scope(|| parse_json(&bytes).map(ApiJson)))
-                .await
-                .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?;
+            return tokio::task::spawn_blocking(move || {
+                span.in_scope(|| parse_json(&bytes).map(|v| ApiJson(v, bytes)))
+            })
+            .await
+            .map_err(|e| ApiError::internal(format!("a blocking task failed: {e}")))?;
         }
-        parse_json(&bytes).map(ApiJson)
+        parse_json(&bytes).map(|v| ApiJson(v, bytes))
     }
 }
 

@@ -3,6 +3,7 @@
 //! OpenAI error envelope.
 
 pub mod breaker;
+pub mod cache;
 pub mod error;
 pub mod extract;
 pub mod health;

@@ -41,7 +41,10 @@ fn model_status(state: &AppState, id: &str) -> Value {
 #[utoipa::path(post, path = "/models/load", tag = "Management",
     request_body = LoadRequest,
     responses((status = 200, description = "The model and its state", body = Object), PostErrors))]
-pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadRequest>) -> ApiResult<axum::Json<Value>> {
+pub async fn load(
+    State(state): State<AppState>,
+    ApiJson(req, _): ApiJson<LoadRequest>,
+) -> ApiResult<axum::Json<Value>> {
     let manager = state.manager().clone();
     let desc = manager
         .resolve(&req.model)
@@ -97,7 +100,7 @@ pub async fn load(State(state): State<AppState>, ApiJson(req): ApiJson<LoadReque
     responses((status = 200, description = "The model and the state it is in now", body = Object), PostErrors))]
 pub async fn unload(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<UnloadRequest>,
+    ApiJson(req, _): ApiJson<UnloadRequest>,
 ) -> ApiResult<axum::Json<Value>> {
     let manager = state.manager().clone();
     let id = manager

@@ -106,6 +106,19 @@ struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    model: String,
+    /// hit, miss, bypass
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheErrorLabels {
+    backend: String,
+    op: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeviceLabels {
     device: String,
 }
@@ -161,6 +174,10 @@ pub struct Metrics {
     load_seconds: Hist,
     unloads: Family<UnloadLabels, Counter>,
     // HTTP and errors.
+    cache_requests: Family<CacheLabels, Counter>,
+    cache_errors: Family<CacheErrorLabels, Counter>,
+    /// Set once the cache exists (bytes held, memory backend).
+    cache_bytes: Arc<OnceLock<Weak<crate::cache::ResponseCache>>>,
     circuit: Family<ModelLabels, Gauge>,
     circuit_opened: Family<ModelLabels, Counter>,
     http_requests: Family<HttpLabels, Counter>,
@@ -203,8 +220,10 @@ impl Metrics {
             http_seconds.clone(),
         );
         let manager = Arc::new(OnceLock::new());
+        let cache_bytes = Arc::new(OnceLock::new());
         r.register_collector(Box::new(Gauges {
             manager: manager.clone(),
+            cache: cache_bytes.clone(),
         }));
         Arc::new(Metrics {
             ttft: hist(
@@ -329,6 +348,17 @@ impl Metrics {
                 "hfms_model_unloads",
                 "Models unloaded, by cause (request, expired, evicted)",
             ),
+            cache_requests: counter(
+                &mut r,
+                "hfms_response_cache_requests",
+                "Cacheable requests by result: hit, miss, bypass (Cache-Control)",
+            ),
+            cache_errors: counter(
+                &mut r,
+                "hfms_response_cache_errors",
+                "Response cache operations that failed or timed out (served without the cache)",
+            ),
+            cache_bytes,
             circuit: {
                 let f = Family::<ModelLabels, Gauge>::default();
                 r.register(
@@ -372,6 +402,28 @@ impl Metrics {
     /// The registry in Prometheus' classic text format (0.0.4).
     pub fn prometheus_text(&self) -> String {
         to_prometheus_text(&self.openmetrics())
+    }
+
+    pub fn attach_cache(&self, cache: &Arc<crate::cache::ResponseCache>) {
+        let _ = self.cache_bytes.set(Arc::downgrade(cache));
+    }
+
+    pub fn cache_request(&self, model: &str, result: &str) {
+        self.cache_requests
+            .get_or_create(&CacheLabels {
+                model: model.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn cache_error(&self, backend: &str, op: &str) {
+        self.cache_errors
+            .get_or_create(&CacheErrorLabels {
+                backend: backend.to_string(),
+                op: op.to_string(),
+            })
+            .inc();
     }
 
     pub fn circuit_state(&self, model: &str, level: i64) {
@@ -714,6 +766,7 @@ impl Observers for Metrics {
 
 struct Gauges {
     manager: Arc<OnceLock<Weak<ModelManager>>>,
+    cache: Arc<OnceLock<Weak<crate::cache::ResponseCache>>>,
 }
 
 impl std::fmt::Debug for Gauges {
@@ -737,6 +790,17 @@ where
 
 impl Collector for Gauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        if let Some(bytes) = self.cache.get().and_then(Weak::upgrade).and_then(|c| c.bytes()) {
+            let g = Gauge::<f64, AtomicU64>::default();
+            g.set(bytes as f64);
+            let metric = encoder.encode_descriptor(
+                "hfms_response_cache_bytes",
+                "Bytes of responses the in-memory cache holds",
+                None,
+                g.metric_type(),
+            )?;
+            g.encode(metric)?;
+        }
         let Some(manager) = self.manager.get().and_then(Weak::upgrade) else {
             return Ok(());
         };

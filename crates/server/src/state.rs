@@ -58,6 +58,7 @@ pub struct ServerConfig {
     /// `Host` header names accepted (DNS-rebinding protection); None: any.
     pub allowed_hosts: Option<Vec<String>>,
     pub breaker: crate::breaker::BreakerConfig,
+    pub cache: crate::cache::CacheConfig,
 }
 
 impl ServerConfig {
@@ -69,6 +70,7 @@ impl ServerConfig {
         cors_allow_origins: Vec::new(),
         allowed_hosts: None,
         breaker: crate::breaker::BreakerConfig::DEFAULT,
+        cache: crate::cache::CacheConfig::DEFAULT,
     };
 }
 
@@ -95,6 +97,7 @@ struct Inner {
     manager: Arc<ModelManager>,
     metrics: Arc<crate::metrics::Metrics>,
     breakers: crate::breaker::Breakers,
+    cache: Arc<crate::cache::ResponseCache>,
     hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
     started: Instant,
@@ -109,17 +112,21 @@ struct Inner {
 
 impl AppState {
     /// `hardware`: the start-up detection report, shown in /status.
-    /// `metrics`: the registry the manager's observers report to.
+    /// `metrics`: the registry the manager's observers report to. Fails
+    /// only on a malformed cache URL.
     pub fn new(
         manager: Arc<ModelManager>,
         config: ServerConfig,
         hardware: Option<hfms_hardware::HardwareReport>,
         metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    ) -> Result<Self, String> {
         metrics.attach(&manager);
-        AppState {
+        let cache = Arc::new(crate::cache::ResponseCache::new(config.cache.clone(), metrics.clone())?);
+        metrics.attach_cache(&cache);
+        Ok(AppState {
             inner: Arc::new(Inner {
                 manager,
+                cache,
                 breakers: crate::breaker::Breakers::new(config.breaker.clone(), metrics.clone()),
                 metrics,
                 hardware,
@@ -130,7 +137,7 @@ impl AppState {
                 preload_failures: Mutex::new(Vec::new()),
                 cancel: CancellationToken::new(),
             }),
-        }
+        })
     }
 
     pub fn hardware(&self) -> Option<&hfms_hardware::HardwareReport> {
@@ -139,6 +146,10 @@ impl AppState {
 
     pub fn manager(&self) -> &Arc<ModelManager> {
         &self.inner.manager
+    }
+
+    pub fn cache(&self) -> &Arc<crate::cache::ResponseCache> {
+        &self.inner.cache
     }
 
     pub fn breakers(&self) -> &crate::breaker::Breakers {

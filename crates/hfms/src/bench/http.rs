@@ -31,7 +31,10 @@ pub fn is_loopback_host(host: &str) -> bool {
 }
 
 impl Http {
-    pub fn new(base_url: &str, allow_remote: bool, api_key: Option<&str>) -> Result<Http> {
+    /// `use_cache`: let the server answer from its response cache; without
+    /// it every request carries `Cache-Control: no-store`, so a benchmark
+    /// measures the models (servers without a cache ignore the header).
+    pub fn new(base_url: &str, allow_remote: bool, api_key: Option<&str>, use_cache: bool) -> Result<Http> {
         let url = reqwest::Url::parse(base_url).with_context(|| format!("--base-url {base_url}: not a URL"))?;
         match url.scheme() {
             "http" => {}
@@ -50,6 +53,9 @@ impl Http {
             );
         }
         let mut headers = HeaderMap::new();
+        if !use_cache {
+            headers.insert(reqwest::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        }
         if let Some(key) = api_key {
             let mut v =
                 HeaderValue::from_str(&format!("Bearer {key}")).context("--api-key: not a valid header value")?;

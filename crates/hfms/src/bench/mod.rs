@@ -116,6 +116,12 @@ pub struct BenchArgs {
           value_parser = clap::builder::BoolishValueParser::new())]
     pub ignore_eos: bool,
 
+    /// Let the server answer from its response cache (by default requests
+    /// carry `Cache-Control: no-store`, so the models are measured; with
+    /// this flag, repeated deterministic requests measure cache hits).
+    #[arg(long, env = "HFMS_BENCH_USE_CACHE")]
+    pub use_cache: bool,
+
     /// Sampling temperature of chat requests.
     #[arg(long, env = "HFMS_BENCH_TEMPERATURE", default_value_t = 0.0)]
     pub temperature: f64,
@@ -225,7 +231,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
     validate(&args)?;
     let modes = modes(&args)?;
-    let http = Http::new(&args.base_url, args.allow_remote, args.api_key.as_deref())?;
+    let http = Http::new(
+        &args.base_url,
+        args.allow_remote,
+        args.api_key.as_deref(),
+        args.use_cache,
+    )?;
     let mut output = Output::open(args.json.as_deref(), &args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

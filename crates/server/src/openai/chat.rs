@@ -2,18 +2,21 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use hfms_engine::generate::{GenEvent, GenerateRequest};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::chat_template::TemplateMessage;
 use serde_json::Value;
 
 use super::params::{self, Common};
+use super::replay;
 use super::types::*;
 use super::{
     ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, off_async,
     sse_response,
 };
+use crate::cache::Lookup;
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -144,7 +147,8 @@ pub(crate) fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateM
 pub async fn create(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
-    ApiJson(req): ApiJson<ChatCompletionRequest>,
+    headers: HeaderMap,
+    ApiJson(req, raw): ApiJson<ChatCompletionRequest>,
 ) -> ApiResult<Response> {
     // Everything that needs no model first: bad input fails fast.
     let messages = template_messages(&req.messages)?;
@@ -200,6 +204,19 @@ pub async fn create(
     };
     let common = Common::of_chat(&req, top_logprobs);
     params::validate_shape(&common, state.limits())?;
+
+    // A deterministic request may be answered from the cache, with no
+    // model work at all.
+    let deterministic = super::deterministic(req.temperature, req.seed);
+    let lookup = super::cache_lookup(&state, &headers, "chat", &req.model, &raw, deterministic).await;
+    if let Lookup::Hit(bytes) = &lookup {
+        return if stream {
+            replay::chat_stream(bytes, include_usage)
+        } else {
+            replay::json(bytes, "chatcmpl")
+        };
+    }
+    let cacheable = matches!(lookup, Lookup::Miss { .. });
 
     let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
@@ -282,7 +299,8 @@ pub async fn create(
             choices,
             usage: Usage::new(prompt.len(), completion, cached),
         };
-        return Ok(axum::Json(body).into_response());
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        return Ok(super::answer(&state, bytes, lookup));
     }
 
     let n = receivers.len();
@@ -299,7 +317,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
-    Ok(sse_response(&state, &rid.0, move |sink| async move {
+    let resp = sse_response(&state, &rid.0, move |sink| async move {
         // Holding the model keeps it loaded while this stream runs.
         let _model = model;
         for index in 0..n {
@@ -353,5 +371,12 @@ pub async fn create(
         });
         // The prompt is counted once: the first choice says what it reused.
         sink.relay(events, n, |i| i == 0, chunk_of, usage_of).await;
-    }))
+    });
+    // Streamed answers are not stored; a later request replays a stored
+    // non-streamed one.
+    Ok(if cacheable {
+        replay::with_x_cache(resp, "miss")
+    } else {
+        resp
+    })
 }

@@ -2,7 +2,8 @@
 
 use axum::Extension;
 use axum::extract::State;
-use axum::response::{IntoResponse, Response};
+use axum::http::HeaderMap;
+use axum::response::Response;
 use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest, PromptToken, TokenLogprob};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::Tokenizer;
@@ -10,8 +11,10 @@ use serde_json::Value;
 
 use super::chat::json_kind;
 use super::params::{self, Common};
+use super::replay;
 use super::types::*;
 use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_response};
+use crate::cache::Lookup;
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
 use crate::middleware::request_id::RequestId;
@@ -184,7 +187,8 @@ pub(crate) fn prompt_count(v: Option<&Value>) -> usize {
 pub async fn create(
     State(state): State<AppState>,
     Extension(rid): Extension<RequestId>,
-    ApiJson(mut req): ApiJson<CompletionRequest>,
+    headers: HeaderMap,
+    ApiJson(mut req, raw): ApiJson<CompletionRequest>,
 ) -> ApiResult<Response> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::invalid(
@@ -237,6 +241,19 @@ pub async fn create(
             "max-choices",
         ));
     }
+
+    // A deterministic request may be answered from the cache, with no
+    // model work at all.
+    let deterministic = super::deterministic(req.temperature, req.seed);
+    let lookup = super::cache_lookup(&state, &headers, "completions", &req.model, &raw, deterministic).await;
+    if let Lookup::Hit(bytes) = &lookup {
+        return if stream {
+            replay::completions_stream(bytes, include_usage)
+        } else {
+            replay::json(bytes, "cmpl")
+        };
+    }
+    let cacheable = matches!(lookup, Lookup::Miss { .. });
 
     let model = acquire(&state, &req.model, Task::Generate, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
@@ -323,7 +340,8 @@ pub async fn create(
             choices,
             usage: Some(Some(Usage::new(prompt_tokens, completion, cached))),
         };
-        return Ok(axum::Json(body).into_response());
+        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
+        return Ok(super::answer(&state, bytes, lookup));
     }
 
     let n = receivers.len();
@@ -340,7 +358,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
-    Ok(sse_response(&state, &rid.0, move |sink| async move {
+    let resp = sse_response(&state, &rid.0, move |sink| async move {
         let _model = model;
         // Characters of text sent so far per choice: where the next token's
         // text_offset starts. The echo goes out with a choice's first chunk.
@@ -383,5 +401,12 @@ pub async fn create(
         });
         // Each prompt is counted once: by its first choice.
         sink.relay(events, n, |i| i % per_prompt == 0, chunk_of, usage_of).await;
-    }))
+    });
+    // Streamed answers are not stored; a later request replays a stored
+    // non-streamed one.
+    Ok(if cacheable {
+        replay::with_x_cache(resp, "miss")
+    } else {
+        resp
+    })
 }

@@ -1,8 +1,7 @@
 //! `POST /v1/embeddings`
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use base64::Engine as _;
 use hfms_engine::embed::EmbedInput;
 use hfms_engine::skills::{LoadedModel, Task};
@@ -118,7 +117,11 @@ pub(crate) fn inputs(v: &Value, max: usize) -> ApiResult<Vec<EmbedInput>> {
 #[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI",
     request_body = EmbeddingRequest,
     responses((status = 200, description = "One vector per input, in order", body = EmbeddingResponse), PostErrors))]
-pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<EmbeddingRequest>) -> ApiResult<Response> {
+pub async fn create(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    ApiJson(req, raw): ApiJson<EmbeddingRequest>,
+) -> ApiResult<Response> {
     let limits = state.limits().clone();
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -141,6 +144,11 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Embeddi
         }
     };
     let inputs = inputs(&req.input, limits.max_embedding_inputs)?;
+    // Embeddings are deterministic: answered from the cache when stored.
+    let lookup = super::cache_lookup(&state, &headers, "embeddings", &req.model, &raw, true).await;
+    if let crate::cache::Lookup::Hit(bytes) = &lookup {
+        return super::replay::json(bytes, "emb");
+    }
     let model = acquire(&state, &req.model, Task::Embed, req.keep_alive.as_ref()).await?;
     let model_id = model.id.clone();
     let LoadedModel::Embedding(batcher) = &*model.model else {
@@ -174,7 +182,7 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Embeddi
     drop(model);
     // Thousands of vectors make megabytes of JSON: written off the async
     // threads too.
-    off_async(move || {
+    let body = off_async(move || {
         let data = vectors
             .into_iter()
             .enumerate()
@@ -198,8 +206,8 @@ pub async fn create(State(state): State<AppState>, ApiJson(req): ApiJson<Embeddi
                 total_tokens: tokens,
             },
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the response: {e}")))?;
-        Ok(([(header::CONTENT_TYPE, "application/json")], bytes).into_response())
+        serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the response: {e}")))
     })
-    .await
+    .await?;
+    Ok(super::answer(&state, body, lookup))
 }

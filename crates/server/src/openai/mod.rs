@@ -5,6 +5,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod models;
 pub mod params;
+pub mod replay;
 pub mod types;
 
 use std::sync::Arc;
@@ -339,6 +340,42 @@ pub fn counts_against_the_model(e: &ApiError) -> bool {
             e.code,
             Some("model_unavailable" | "server_shutting_down" | "model_placement_failed")
         )
+}
+
+/// Whether sampling settings give the same answer every time: greedy
+/// (temperature 0, or below the greedy cut) or a fixed seed.
+pub fn deterministic(temperature: Option<f32>, seed: Option<i64>) -> bool {
+    seed.is_some() || temperature.is_some_and(|t| t < hfms_engine::generate::sampling::GREEDY_BELOW)
+}
+
+/// The response cache's answer for a request, before any model work.
+pub async fn cache_lookup(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    endpoint: &str,
+    model: &str,
+    raw: &[u8],
+    deterministic: bool,
+) -> crate::cache::Lookup {
+    let desc = state.manager().resolve(model).filter(|d| d.servable());
+    state.cache().lookup(headers, endpoint, desc, raw, deterministic).await
+}
+
+/// A computed answer as JSON: stored when the cache lookup missed (and the
+/// client allows it), with `x-cache: miss` when it was cacheable.
+pub fn answer(state: &AppState, body: Vec<u8>, lookup: crate::cache::Lookup) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = axum::body::Bytes::from(body);
+    let resp = ([(axum::http::header::CONTENT_TYPE, "application/json")], body.clone()).into_response();
+    match lookup {
+        crate::cache::Lookup::Miss { key, store } => {
+            if store {
+                state.cache().store(key, body);
+            }
+            replay::with_x_cache(resp, "miss")
+        }
+        _ => resp,
+    }
 }
 
 /// Run CPU-heavy request work (template rendering, tokenization,

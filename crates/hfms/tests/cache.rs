@@ -1,0 +1,270 @@
+//! The response cache with the real server: deterministic requests hit, a
+//! hit is fresh (ids, created) with the original usage and does no engine
+//! work, streams are replayed, Cache-Control bypasses, TTL expires; two
+//! servers share one real Redis (Debian's redis-server on a free loopback
+//! port), and a Redis that dies costs the clients nothing.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, client};
+use serde_json::{Value, json};
+
+fn chat(content: &str, extra: Value) -> Value {
+    let mut b = json!({"model": "smollm2", "messages": [{"role": "user", "content": content}], "max_tokens": 6});
+    for (k, v) in extra.as_object().unwrap() {
+        b[k] = v.clone();
+    }
+    b
+}
+
+/// POST: status, x-cache header, body.
+fn post(s: &Server, path: &str, body: &Value, cache_control: Option<&str>) -> (u16, Option<String>, String) {
+    let mut r = client().post(s.url(path)).json(body);
+    if let Some(c) = cache_control {
+        r = r.header("cache-control", c);
+    }
+    let r = r.send().unwrap();
+    let status = r.status().as_u16();
+    let x = r.headers().get("x-cache").map(|v| v.to_str().unwrap().to_string());
+    (status, x, r.text().unwrap())
+}
+
+fn metric(s: &Server, name: &str, labels: &str) -> f64 {
+    let text = client().get(s.url("/metrics")).send().unwrap().text().unwrap();
+    text.lines()
+        .find(|l| l.starts_with(name) && l.contains(labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+const SMOL: &str = "model=\"HuggingFaceTB/SmolLM2-135M-Instruct\"";
+
+#[test]
+fn deterministic_requests_are_answered_from_the_cache() {
+    let s = Server::start(&["--preload", "smollm2,all-minilm"]);
+    let body = chat("Name a color.", json!({"temperature": 0}));
+    let (st, x, first) = post(&s, "/v1/chat/completions", &body, None);
+    assert_eq!((st, x.as_deref()), (200, Some("miss")));
+    std::thread::sleep(Duration::from_millis(100)); // stored in the background
+    let tokens_before = metric(&s, "hfms_generation_tokens_total", SMOL);
+    let (st, x, second) = post(&s, "/v1/chat/completions", &body, None);
+    assert_eq!((st, x.as_deref()), (200, Some("hit")));
+    let (a, b): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_ne!(a["id"], b["id"], "a fresh id");
+    assert_eq!(a["choices"], b["choices"]);
+    assert_eq!(a["usage"], b["usage"], "the original usage");
+    assert_eq!(
+        metric(&s, "hfms_generation_tokens_total", SMOL),
+        tokens_before,
+        "no engine work on a hit"
+    );
+    assert!(metric(&s, "hfms_response_cache_requests_total", "result=\"hit\"") >= 1.0);
+
+    // Replayed as a stream: the same text, usage and [DONE].
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["stream_options"] = json!({"include_usage": true});
+    let (st, x, sse) = post(&s, "/v1/chat/completions", &sbody, None);
+    assert_eq!((st, x.as_deref()), (200, Some("hit")));
+    let events: Vec<Value> = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(text, a["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(events.last().unwrap()["usage"], a["usage"]);
+    assert!(sse.trim_end().ends_with("data: [DONE]"));
+
+    // Other fields make another entry; user/stream do not matter.
+    let (_, x, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Name a color.", json!({"temperature": 0, "max_tokens": 7})),
+        None,
+    );
+    assert_eq!(x.as_deref(), Some("miss"));
+    let (_, x, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Name a color.", json!({"temperature": 0, "user": "someone"})),
+        None,
+    );
+    assert_eq!(x.as_deref(), Some("hit"));
+    // Not deterministic: not cached. A seed makes it so.
+    let (_, x, _) = post(
+        &s,
+        "/v1/chat/completions",
+        &chat("Name a color.", json!({"temperature": 0.8})),
+        None,
+    );
+    assert_eq!(x, None);
+    let seeded = chat("Name a color.", json!({"temperature": 0.8, "seed": 5}));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &seeded, None).1.as_deref(),
+        Some("miss")
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &seeded, None).1.as_deref(),
+        Some("hit")
+    );
+
+    // Cache-Control: no-cache computes afresh; no-store neither reads nor writes.
+    let (_, x, _) = post(&s, "/v1/chat/completions", &body, Some("no-cache"));
+    assert_eq!(x.as_deref(), Some("miss"));
+    let fresh = chat("Another question?", json!({"temperature": 0}));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &fresh, Some("no-store")).1.as_deref(),
+        Some("miss")
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &fresh, None).1.as_deref(),
+        Some("miss"),
+        "no-store stored nothing"
+    );
+
+    // Completions and embeddings too.
+    let comp = json!({"model": "smollm2", "prompt": "The sky is", "max_tokens": 4, "temperature": 0});
+    assert_eq!(post(&s, "/v1/completions", &comp, None).1.as_deref(), Some("miss"));
+    std::thread::sleep(Duration::from_millis(100));
+    let (_, x, c) = post(&s, "/v1/completions", &comp, None);
+    assert_eq!(x.as_deref(), Some("hit"));
+    assert!(c.starts_with("{\"id\":\"cmpl-"), "{c}");
+    let emb = json!({"model": "all-minilm", "input": ["cached sentence"]});
+    assert_eq!(post(&s, "/v1/embeddings", &emb, None).1.as_deref(), Some("miss"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(post(&s, "/v1/embeddings", &emb, None).1.as_deref(), Some("hit"));
+    assert!(metric(&s, "hfms_response_cache_bytes", "") > 0.0);
+}
+
+#[test]
+fn entries_expire_and_the_cache_can_be_off() {
+    let s = Server::start(&["--preload", "smollm2", "--cache-ttl", "1"]);
+    let body = chat("Say yes.", json!({"temperature": 0}));
+    assert_eq!(post(&s, "/v1/chat/completions", &body, None).1.as_deref(), Some("miss"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(post(&s, "/v1/chat/completions", &body, None).1.as_deref(), Some("hit"));
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &body, None).1.as_deref(),
+        Some("miss"),
+        "expired"
+    );
+    drop(s);
+    let off = Server::start(&["--preload", "smollm2", "--no-response-cache"]);
+    for _ in 0..2 {
+        let (st, x, _) = post(&off, "/v1/chat/completions", &body, None);
+        assert_eq!((st, x), (200, None));
+    }
+}
+
+struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: std::path::PathBuf,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("hfms-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (make test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RedisServer { child, port, _dir: dir }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+#[test]
+fn two_servers_share_a_redis_cache_and_survive_it_going_away() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let a = Server::start(&["--preload", "smollm2", "--cache-url", &url]);
+    let b = Server::start(&["--preload", "smollm2", "--cache-url", &url]);
+    let body = chat("What is two plus two?", json!({"temperature": 0}));
+    let (st, x, first) = post(&a, "/v1/chat/completions", &body, None);
+    assert_eq!((st, x.as_deref()), (200, Some("miss")));
+    // Stored by A in the background; B finds it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let second = loop {
+        let (st, x, body2) = post(&b, "/v1/chat/completions", &body, None);
+        assert_eq!(st, 200);
+        if x.as_deref() == Some("hit") {
+            break body2;
+        }
+        assert!(Instant::now() < deadline, "B never saw A's answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (fa, fb): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_eq!(fa["choices"], fb["choices"]);
+    assert_eq!(fa["usage"], fb["usage"]);
+
+    // Redis dies: answers still come, a little slower at most.
+    redis.kill();
+    for (s, q) in [(&a, "One more?"), (&b, "And another?"), (&a, "What is two plus two?")] {
+        let t = Instant::now();
+        let (st, _, text) = post(s, "/v1/chat/completions", &chat(q, json!({"temperature": 0})), None);
+        assert_eq!(st, 200, "{text}");
+        assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(metric(&a, "hfms_response_cache_errors_total", "backend=\"redis\"") >= 1.0);
+    let logs = a.logs().join("\n");
+    assert!(logs.contains("Redis"), "a warning names Redis");
+}
