@@ -6,7 +6,8 @@
 #
 #   bench/cache.sh
 #
-# Environment (defaults): HFMS_BIN (target/release/hfms), THREADS (2).
+# Environment (defaults): HFMS_BIN (target/release/hfms), THREADS (2),
+# ROUNDS (4: alternating runs without and with scraping).
 # Needs redis-server (scripts/install-deps.sh redis-server).
 # Output: bench/out/<stamp>-cache.jsonl
 set -euo pipefail
@@ -36,14 +37,14 @@ stop_server
 
 # Metrics overhead: the same chat load, without and with a scrape a second.
 start_hfms "$out_dir/$stamp-cache-scrape.log" --model "HuggingFaceTB/SmolLM2-135M-Instruct=$gguf" --preload smollm2
-for round in 1 2; do
+for round in $(seq 1 "${ROUNDS:-4}"); do
     for scrape in off on; do
         scraper=
         if [ "$scrape" = on ]; then
             (while true; do curl -s -o /dev/null "http://127.0.0.1:$port/metrics"; sleep 1; done) &
             scraper=$!
         fi
-        tps=$("$hfms" bench --base-url "http://127.0.0.1:$port/v1" --mode chat --concurrency 8 --requests 16 \
+        tps=$("$hfms" bench --base-url "http://127.0.0.1:$port/v1" --mode chat --concurrency 8 --requests 32 \
             --max-tokens 128 --warmup 1 --json - 2>/dev/null | python3 -c 'import json,sys; print(json.loads(sys.stdin.readline())["output_tokens_per_s"])')
         [ -n "$scraper" ] && kill "$scraper"
         echo "{\"label\": \"metrics-overhead\", \"round\": $round, \"scrape_every_second\": \"$scrape\", \"chat_c8_output_tok_s\": $tps}" | tee -a "$out"
