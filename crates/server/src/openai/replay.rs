@@ -56,20 +56,24 @@ fn sse(events: Vec<Event>) -> Response {
     with_x_cache(Sse::new(stream).into_response(), "hit")
 }
 
+/// One replayed chunk of the stored answer `v`: its id, created, model and
+/// fingerprint, these `choices`, and `usage` when the client asked for it.
+fn chunk(v: &Value, object: &str, choices: Value, usage: Option<Value>) -> Event {
+    let mut c = json!({
+        "id": v["id"], "object": object, "created": v["created"],
+        "model": v["model"], "system_fingerprint": v["system_fingerprint"], "choices": choices,
+    });
+    if let Some(u) = usage {
+        c["usage"] = u;
+    }
+    sse_json(&c)
+}
+
 /// A cached chat completion replayed as `chat.completion.chunk` events.
 pub fn chat_stream(bytes: &Bytes, include_usage: bool) -> ApiResult<Response> {
     let v = refreshed(bytes, "chatcmpl")?;
     let usage_null = if include_usage { Some(Value::Null) } else { None };
-    let chunk = |choices: Value, usage: Option<Value>| {
-        let mut c = json!({
-            "id": v["id"], "object": "chat.completion.chunk", "created": v["created"],
-            "model": v["model"], "system_fingerprint": v["system_fingerprint"], "choices": choices,
-        });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        sse_json(&c)
-    };
+    let chunk = |choices: Value, usage: Option<Value>| chunk(&v, "chat.completion.chunk", choices, usage);
     let mut events = Vec::new();
     let choices = v["choices"].as_array().cloned().unwrap_or_default();
     for c in &choices {
@@ -99,16 +103,7 @@ pub fn chat_stream(bytes: &Bytes, include_usage: bool) -> ApiResult<Response> {
 pub fn completions_stream(bytes: &Bytes, include_usage: bool) -> ApiResult<Response> {
     let v = refreshed(bytes, "cmpl")?;
     let usage_null = if include_usage { Some(Value::Null) } else { None };
-    let chunk = |choices: Value, usage: Option<Value>| {
-        let mut c = json!({
-            "id": v["id"], "object": "text_completion", "created": v["created"],
-            "model": v["model"], "system_fingerprint": v["system_fingerprint"], "choices": choices,
-        });
-        if let Some(u) = usage {
-            c["usage"] = u;
-        }
-        sse_json(&c)
-    };
+    let chunk = |choices: Value, usage: Option<Value>| chunk(&v, "text_completion", choices, usage);
     let mut events = Vec::new();
     for c in v["choices"].as_array().cloned().unwrap_or_default() {
         events.push(chunk(
