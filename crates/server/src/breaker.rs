@@ -204,6 +204,15 @@ impl Breakers {
         }
     }
 
+    /// An error from loading `model`, as the API's error: a failed load
+    /// opens the model's circuit; other errors leave it alone.
+    pub fn on_load_error(&self, model: &str, e: hfms_engine::EngineError) -> ApiError {
+        if matches!(e, hfms_engine::EngineError::LoadFailed { .. }) {
+            self.load_failed(model, &e.to_string());
+        }
+        e.into()
+    }
+
     /// A load of `model` failed: its circuit opens at once.
     pub fn load_failed(&self, model: &str, error: &str) {
         if self.config.failures == 0 {

@@ -67,7 +67,6 @@ enum Backend {
 }
 
 pub struct ResponseCache {
-    config: CacheConfig,
     backend: Option<Backend>,
     metrics: Arc<Metrics>,
 }
@@ -94,23 +93,7 @@ impl ResponseCache {
                 .build();
             Some(Backend::Memory(cache))
         };
-        Ok(ResponseCache {
-            config,
-            backend,
-            metrics,
-        })
-    }
-
-    pub fn enabled(&self) -> bool {
-        self.backend.is_some()
-    }
-
-    pub fn backend_name(&self) -> &'static str {
-        match self.backend {
-            None => "off",
-            Some(Backend::Memory(_)) => "memory",
-            Some(Backend::Redis(_)) => "redis",
-        }
+        Ok(ResponseCache { backend, metrics })
     }
 
     /// Look a request up. `endpoint` names the API ("chat", "completions",
@@ -197,10 +180,6 @@ impl ResponseCache {
             Some(Backend::Memory(c)) => Some(c.weighted_size()),
             _ => None,
         }
-    }
-
-    pub fn ttl(&self) -> Duration {
-        self.config.ttl
     }
 }
 

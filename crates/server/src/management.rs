@@ -81,12 +81,7 @@ pub async fn load(
     let lease = state
         .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, device))))
         .await?
-        .map_err(|e| {
-            if matches!(e, hfms_engine::EngineError::LoadFailed { .. }) {
-                state.breakers().load_failed(&id, &e.to_string());
-            }
-            ApiError::from(e)
-        })?;
+        .map_err(|e| state.breakers().on_load_error(&id, e))?;
     state.breakers().reset(&id);
     // The lease ends here: with keep_alive 0 the model goes right away, as
     // Ollama's load-then-unload does.

@@ -75,12 +75,7 @@ pub async fn acquire(
     let lease = state
         .bounded(off_async(move || Ok(manager.acquire(&name, keep_alive, None))))
         .await?;
-    lease.map_err(|e| {
-        if matches!(e, hfms_engine::EngineError::LoadFailed { .. }) {
-            state.breakers().load_failed(&id, &e.to_string());
-        }
-        e.into()
-    })
+    lease.map_err(|e| state.breakers().on_load_error(&id, e))
 }
 
 pub fn finish_str(r: FinishReason) -> &'static str {
@@ -205,8 +200,8 @@ pub struct ClientGone;
 pub struct SseSink {
     tx: tokio::sync::mpsc::Sender<Event>,
     write_timeout: std::time::Duration,
-    /// Where a stream's error is counted (the response itself was a 200).
-    metrics: Arc<crate::metrics::Metrics>,
+    /// Where a stream's error is counted (the response itself was a 200)
+    /// and its model's circuit breaker hears of it.
     state: AppState,
     request_id: String,
     model: Option<String>,
@@ -294,7 +289,7 @@ impl SseSink {
         {
             self.state.breakers().record(model, Some(&e.message));
         }
-        self.metrics.error(crate::metrics::ErrorRecord {
+        self.state.metrics().error(crate::metrics::ErrorRecord {
             time: crate::metrics::unix_now(),
             request_id: self.request_id.clone(),
             status: e.status.as_u16(),
@@ -320,7 +315,6 @@ where
     let sink = SseSink {
         tx,
         write_timeout: state.config().write_timeout,
-        metrics: state.metrics().clone(),
         state: state.clone(),
         request_id: request_id.to_string(),
         model: crate::middleware::metrics::current_model(),
