@@ -610,8 +610,15 @@ impl ModelManager {
         }
         drop(records);
 
-        // Load outside the lock; others wait on the condvar.
-        let result = self.load_now(&desc, device);
+        // Load outside the lock; others wait on the condvar. The span is a
+        // child of the request that triggered the load, if one did.
+        let span = tracing::info_span!("model_load", model = %desc.id, device = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty);
+        let result = span.in_scope(|| self.load_now(&desc, device));
+        match &result {
+            Ok((_, device, ..)) => span.record("device", device.to_string()),
+            Err(_) => span.record("otel.status_code", "error"),
+        };
         let mut records = inner.lock();
         let rec = records.entry(desc.id.clone()).or_default();
         let out = match result {
@@ -644,7 +651,7 @@ impl ModelManager {
                 })
             }
             Err(e) => {
-                tracing::error!(model = %desc.id, error = %e, "model failed to load");
+                tracing::error!(parent: &span, model = %desc.id, error = %e, "model failed to load");
                 rec.slot = None;
                 rec.last_error = Some(e.to_string());
                 inner.counters.load_failures.fetch_add(1, Ordering::Relaxed);

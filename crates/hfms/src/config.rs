@@ -146,6 +146,19 @@ pub struct ServeArgs {
           value_parser = ["auto", "json", "text"])]
     pub log_format: String,
 
+    /// Export traces (request, queue, prefill, decode, embed, model_load
+    /// spans) over OTLP/HTTP to this collector, e.g. `http://127.0.0.1:4318`
+    /// (`/v1/traces` is added unless the URL ends with it). Off when not
+    /// given. OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES,
+    /// OTEL_EXPORTER_OTLP_HEADERS and OTEL_BSP_* are honoured.
+    #[arg(long, env = "HFMS_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Fraction of new traces exported, 0 to 1. A request with a
+    /// `traceparent` follows its caller's sampling decision.
+    #[arg(long, env = "HFMS_OTLP_SAMPLE_RATIO", default_value_t = 1.0, value_parser = probability)]
+    pub otlp_sample_ratio: f64,
+
     /// Run a model on a given device: `MODEL=DEVICE` (e.g.
     /// `smollm2=cuda:1`, `all-minilm=cpu`); loading fails clearly if that
     /// device cannot take it. In the TOML file, a table `[devices]`.
@@ -300,6 +313,14 @@ fn positive(s: &str) -> std::result::Result<usize, String> {
     match s.parse::<usize>() {
         Ok(0) => Err("must be at least 1".into()),
         Ok(v) => Ok(v),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn probability(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+        Ok(f) => Err(format!("must be between 0 and 1, got {f}")),
         Err(e) => Err(e.to_string()),
     }
 }
@@ -571,7 +592,30 @@ impl ServeArgs {
         self.device_pins()?;
         self.forbidden()?;
         self.models.discover_config()?;
+        self.otlp()?;
         Ok(())
+    }
+
+    /// Trace export settings, when an endpoint is given.
+    pub fn otlp(&self) -> Result<Option<crate::telemetry::OtlpSettings>> {
+        let Some(endpoint) = &self.otlp_endpoint else {
+            return Ok(None);
+        };
+        // The file's value skips the flag's parser.
+        probability(&self.otlp_sample_ratio.to_string()).map_err(|e| anyhow::anyhow!("otlp_sample_ratio {e}"))?;
+        let mut url = reqwest::Url::parse(endpoint.trim())
+            .with_context(|| format!("--otlp-endpoint {endpoint:?} is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("--otlp-endpoint {endpoint:?}: an http:// or https:// URL with a host is needed (OTLP/HTTP)");
+        }
+        if !url.path().ends_with("/v1/traces") {
+            let path = format!("{}/v1/traces", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+        }
+        Ok(Some(crate::telemetry::OtlpSettings {
+            traces_url: url.to_string(),
+            sample_ratio: self.otlp_sample_ratio,
+        }))
     }
 }
 
@@ -637,6 +681,47 @@ mod tests {
         assert!(a.validate().is_err());
         let a = parse(&["--memory-budget", "cpu=99999999999999999"], None).unwrap();
         assert!(a.validate().is_err());
+    }
+
+    #[test]
+    fn otlp_endpoints_get_the_traces_path_and_bad_ones_are_refused() {
+        let url = |args: &[&str]| parse(args, None)?.otlp().map(|o| o.map(|o| o.traces_url));
+        assert_eq!(url(&[]).unwrap(), None);
+        for (given, want) in [
+            ("http://127.0.0.1:4318", "http://127.0.0.1:4318/v1/traces"),
+            ("http://127.0.0.1:4318/", "http://127.0.0.1:4318/v1/traces"),
+            ("https://otel.example/prefix/", "https://otel.example/prefix/v1/traces"),
+            ("http://c:4318/v1/traces", "http://c:4318/v1/traces"),
+        ] {
+            assert_eq!(
+                url(&["--otlp-endpoint", given]).unwrap().as_deref(),
+                Some(want),
+                "{given}"
+            );
+        }
+        for bad in [
+            "",
+            "collector:4318",
+            "ftp://c/",
+            "grpc://c:4317",
+            "http://",
+            "not a url",
+            "file:///tmp/x",
+        ] {
+            assert!(url(&["--otlp-endpoint", bad]).is_err(), "{bad:?}");
+        }
+        for bad in ["NaN", "-0.1", "1.5", "inf", "x", ""] {
+            assert!(parse(&["--otlp-sample-ratio", bad], None).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            parse(&["--otlp-sample-ratio", "0"], None).unwrap().otlp_sample_ratio,
+            0.0
+        );
+        // The file skips the flag's parser; validation catches it.
+        for ratio in ["nan", "7.0", "-1.0", "\"half\""] {
+            let file = format!("otlp_endpoint = \"http://c:4318\"\notlp_sample_ratio = {ratio}\n");
+            assert!(parse(&[], Some(&file)).and_then(|a| a.validate()).is_err(), "{ratio}");
+        }
     }
 
     #[test]

@@ -7,8 +7,7 @@ mod bench;
 mod config;
 mod discover_cmd;
 mod serve;
-
-use std::io::IsTerminal;
+mod telemetry;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -57,33 +56,6 @@ pub fn registry() -> hfms_engine::skills::Registry {
     r
 }
 
-/// JSON logs unless a person is watching a terminal; level from HFMS_LOG or
-/// RUST_LOG (default info).
-fn init_logging(format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HFMS_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = match format {
-        "json" => true,
-        "text" => false,
-        _ => !std::io::stderr().is_terminal(),
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.init();
-    }
-}
-
 /// glibc raises its mmap threshold whenever a large block is freed; blocks
 /// of that size then come from the heap and stay resident after free, so
 /// the activations of the largest batch ever run would stay in the process
@@ -123,12 +95,14 @@ fn main() -> Result<()> {
                 print!("{}", config::to_toml(&args)?);
                 return Ok(());
             }
-            init_logging(&args.log_format);
+            let telemetry = telemetry::init(&args.log_format, args.otlp()?.as_ref())?;
             fix_malloc_mmap_threshold();
-            serve::run(args)
+            let served = serve::run(args);
+            telemetry.shutdown();
+            served
         }
         Command::Discover { models, json } => {
-            init_logging("text");
+            telemetry::init("text", None)?;
             let path = models.config.clone();
             // The file may also hold `serve`'s settings.
             let serve_only = config::setting_names::<config::ServeArgs>();

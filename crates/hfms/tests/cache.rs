@@ -150,6 +150,104 @@ fn deterministic_requests_are_answered_from_the_cache() {
     assert!(metric(&s, "hfms_response_cache_bytes", "") > 0.0);
 }
 
+/// The data events of an SSE body, without `[DONE]`.
+fn sse_events(sse: &str) -> Vec<Value> {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[test]
+fn streamed_answers_are_stored_once_sent_whole() {
+    let s = Server::start(&["--preload", "smollm2"]);
+    // A streamed miss is stored as its non-streamed answer...
+    let body = chat(
+        "Name a fruit.",
+        json!({"temperature": 0, "stream": true, "n": 2,
+                                             "stream_options": {"include_usage": true}}),
+    );
+    let (st, x, sse) = post(&s, "/v1/chat/completions", &body, None);
+    assert_eq!((st, x.as_deref()), (200, Some("miss")));
+    let events = sse_events(&sse);
+    let streamed: Vec<String> = (0..2)
+        .map(|i| {
+            events
+                .iter()
+                .flat_map(|e| e["choices"].as_array().unwrap())
+                .filter(|c| c["index"] == i)
+                .filter_map(|c| c["delta"]["content"].as_str())
+                .collect()
+        })
+        .collect();
+    let usage = events.last().unwrap()["usage"].clone();
+    std::thread::sleep(Duration::from_millis(100));
+    let tokens_before = metric(&s, "hfms_generation_tokens_total", SMOL);
+    // ...that answers the same request as JSON...
+    let mut plain = body.clone();
+    plain.as_object_mut().unwrap().remove("stream");
+    plain.as_object_mut().unwrap().remove("stream_options");
+    let (st, x, json_hit) = post(&s, "/v1/chat/completions", &plain, None);
+    assert_eq!((st, x.as_deref()), (200, Some("hit")));
+    let hit: Value = serde_json::from_str(&json_hit).unwrap();
+    for i in 0..2 {
+        assert_eq!(hit["choices"][i]["message"]["content"], streamed[i].as_str());
+        assert!(hit["choices"][i]["finish_reason"].is_string());
+    }
+    assert_eq!(hit["usage"], usage);
+    // ...and as a stream, with no engine work.
+    let (_, x, replay) = post(&s, "/v1/chat/completions", &body, None);
+    assert_eq!(x.as_deref(), Some("hit"));
+    assert_eq!(sse_events(&replay).last().unwrap()["usage"], usage);
+    assert_eq!(metric(&s, "hfms_generation_tokens_total", SMOL), tokens_before);
+
+    // Completions with echo: the stored answer has the echo.
+    let comp = json!({"model": "smollm2", "prompt": "The sky is", "max_tokens": 4, "temperature": 0,
+                      "echo": true, "stream": true});
+    let (_, x, sse) = post(&s, "/v1/completions", &comp, None);
+    assert_eq!(x.as_deref(), Some("miss"));
+    let text: String = sse_events(&sse)
+        .iter()
+        .filter_map(|e| e["choices"][0]["text"].as_str())
+        .collect();
+    assert!(text.starts_with("The sky is"), "{text}");
+    std::thread::sleep(Duration::from_millis(100));
+    let mut plain = comp.clone();
+    plain["stream"] = json!(false);
+    let (_, x, c) = post(&s, "/v1/completions", &plain, None);
+    assert_eq!(x.as_deref(), Some("hit"));
+    let c: Value = serde_json::from_str(&c).unwrap();
+    assert_eq!(c["choices"][0]["text"], text.as_str());
+
+    // no-store streams are not stored; a stream the client leaves is not.
+    let fresh = chat("Name a tree.", json!({"temperature": 0, "stream": true}));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &fresh, Some("no-store")).1.as_deref(),
+        Some("miss")
+    );
+    let long = chat(
+        "Tell a long story.",
+        json!({"temperature": 0, "stream": true, "max_tokens": 2000,
+                                                   "ignore_eos": true}),
+    );
+    {
+        use std::io::Read;
+        let mut r = client().post(s.url("/v1/chat/completions")).json(&long).send().unwrap();
+        let mut buf = [0u8; 64];
+        assert!(r.read(&mut buf).unwrap() > 0);
+    } // hung up
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        post(&s, "/v1/chat/completions", &fresh, None).1.as_deref(),
+        Some("miss"),
+        "no-store stored nothing"
+    );
+    // Headers come before the first token: a miss is seen at once.
+    let r = client().post(s.url("/v1/chat/completions")).json(&long).send().unwrap();
+    assert_eq!(r.headers()["x-cache"], "miss", "an abandoned stream was stored");
+}
+
 #[test]
 fn entries_expire_and_the_cache_can_be_off() {
     let s = Server::start(&["--preload", "smollm2", "--cache-ttl", "1"]);

@@ -61,6 +61,16 @@ pub enum Lookup {
     Miss { key: String, store: bool },
 }
 
+impl Lookup {
+    /// Where to store the computed answer, if anywhere.
+    pub fn store_key(&self) -> Option<String> {
+        match self {
+            Lookup::Miss { key, store: true } => Some(key.clone()),
+            _ => None,
+        }
+    }
+}
+
 enum Backend {
     Memory(moka::future::Cache<String, Bytes>),
     Redis(Redis),

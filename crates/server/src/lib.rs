@@ -60,7 +60,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::metrics::layer,
         ))
-        .layer(axum::middleware::from_fn(middleware::request_id::layer))
+        .layer(axum::middleware::from_fn(middleware::trace::layer))
         .with_state(state)
 }
 

@@ -78,6 +78,11 @@ struct Job {
     tokens: usize,
     reply: Reply,
     submitted: Instant,
+    /// The submitter's span (the HTTP request's), parent of `phase`.
+    span: tracing::Span,
+    /// The span of the phase the request is in: `queue` until its first
+    /// batch starts, then `embed` until its last vector is done.
+    phase: tracing::Span,
 }
 
 /// The handle requests use. Dropping every handle stops the thread.
@@ -148,6 +153,8 @@ impl EmbedBatcher {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let tokens = inputs.iter().map(|i| i.len()).sum();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::Span::current();
+        let phase = tracing::info_span!(parent: &span, "queue", inputs = inputs.len(), tokens);
         self.tx
             .send(Job {
                 inputs,
@@ -155,6 +162,8 @@ impl EmbedBatcher {
                 tokens,
                 reply,
                 submitted: Instant::now(),
+                span,
+                phase,
             })
             .map_err(|_| {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -237,7 +246,10 @@ impl Worker {
             let mut i = 0;
             while i < queue.len() {
                 if queue[i].done() {
-                    let p = queue.remove(i);
+                    let mut p = queue.remove(i);
+                    // Its span ends before the answer goes out, so before
+                    // the request's span does.
+                    p.job.phase = tracing::Span::none();
                     self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
                     let queued = p.started.unwrap_or_else(Instant::now);
                     self.observer.request(
@@ -264,7 +276,13 @@ impl Worker {
 
     fn drop_cancelled(&self, queue: &mut Vec<Pending>) {
         let before = queue.len();
-        queue.retain(|p| !p.job.reply.is_closed());
+        queue.retain(|p| {
+            let gone = p.job.reply.is_closed();
+            if gone {
+                tracing::info!(parent: &p.job.span, "client went away; dropping its embedding work");
+            }
+            !gone
+        });
         let gone = before - queue.len();
         if gone > 0 {
             self.stats.waiting.fetch_sub(gone, Ordering::Relaxed);
@@ -272,7 +290,6 @@ impl Worker {
             for _ in 0..gone {
                 self.observer.cancelled();
             }
-            tracing::info!(requests = gone, "client went away; dropping its embedding work");
         }
     }
 
@@ -334,8 +351,12 @@ impl Worker {
         self.stats.inputs.fetch_add(inputs.len() as u64, Ordering::Relaxed);
         drop(inputs);
         for (j, &n) in plan.iter().enumerate() {
-            if n > 0 {
-                queue[j].started.get_or_insert(started);
+            if n > 0 && queue[j].started.is_none() {
+                let p = &mut queue[j];
+                p.started = Some(started);
+                p.job.phase = tracing::Span::none(); // the queue span ends first
+                p.job.phase = tracing::info_span!(parent: &p.job.span, "embed",
+                    inputs = p.job.inputs.len(), tokens = p.job.tokens, otel.status_code = tracing::field::Empty);
             }
         }
         self.stats.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
@@ -353,11 +374,12 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "embedding batch failed");
                 let msg = e.to_string();
                 // The requests in it fail (answered by the caller).
                 for (j, &n) in plan.iter().enumerate() {
                     if n > 0 {
+                        queue[j].job.phase.record("otel.status_code", "error");
+                        tracing::error!(parent: &queue[j].job.span, error = %e, "embedding batch failed");
                         queue[j].error = Some(EngineError::internal(msg.clone()));
                     }
                 }

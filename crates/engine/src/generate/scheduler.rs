@@ -17,6 +17,7 @@ use std::sync::mpsc;
 use std::time::Instant;
 
 use tokio::sync::mpsc::UnboundedSender;
+use tracing::Span;
 
 use super::json::JsonPrefix;
 use super::prefix::PrefixCache;
@@ -168,6 +169,11 @@ struct Job {
     req: GenerateRequest,
     events: UnboundedSender<GenEvent>,
     submitted: Instant,
+    /// The submitter's span (the HTTP request's): the parent of the phase
+    /// spans and of this sequence's log lines, on the scheduler thread.
+    span: Span,
+    /// The queue span, opened at submission.
+    queued: Span,
 }
 
 /// A handle to a model's scheduler thread. Dropping every handle stops it.
@@ -269,11 +275,15 @@ impl Generator {
         self.admit_check(1)?;
         let (events, rx) = tokio::sync::mpsc::unbounded_channel();
         self.stats.waiting.fetch_add(1, Ordering::Relaxed);
+        let span = Span::current();
+        let queued = phase_span(&span, Phase::Queue);
         self.tx
             .send(Job {
                 req,
                 events,
                 submitted: Instant::now(),
+                span,
+                queued,
             })
             .map_err(|_| {
                 self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -315,6 +325,9 @@ struct Sequence {
     prompt_logprobs: Vec<PromptToken>,
     /// Admission order, for choosing whom to preempt.
     admitted: u64,
+    /// The span of the phase the sequence is in (queue, prefill, decode),
+    /// a child of its request's; the next phase's replaces (closes) it.
+    phase: Span,
 }
 
 impl Sequence {
@@ -327,7 +340,23 @@ impl Sequence {
     }
 
     /// What metrics record of a sequence that ends now.
-    fn ended(&self, finish: Finish) -> FinishedSequence {
+    /// End the current phase's span and start the next one's.
+    fn enter(&mut self, phase: Phase) {
+        // The old span closes first, so phases do not overlap.
+        self.phase = Span::none();
+        self.phase = phase_span(&self.job.span, phase);
+    }
+
+    /// Call before the last event goes out: the phase span closes here, so
+    /// it ends before the request's span does.
+    fn ended(&mut self, finish: Finish) -> FinishedSequence {
+        // The phase it ended in says how (declared on every phase span).
+        self.phase.record("finish_reason", finish.as_str());
+        self.phase.record("completion_tokens", self.generated);
+        if finish == Finish::Error {
+            self.phase.record("otel.status_code", "error");
+        }
+        self.phase = Span::none();
         let now = Instant::now();
         let submitted = self.job.submitted;
         FinishedSequence {
@@ -419,10 +448,15 @@ impl Scheduler {
             .store(self.kv.used_blocks() - cache_only, Ordering::Relaxed);
     }
 
-    fn enqueue(&mut self, job: Job) {
+    fn enqueue(&mut self, mut job: Job) {
+        // The sequence holds the only handle, so the span closes when the
+        // next phase replaces it.
+        let queued = std::mem::replace(&mut job.queued, Span::none());
         // A request the model cannot run fails alone, here, rather than in
         // a step it shares with others.
         if let Err(e) = self.check(&job.req) {
+            queued.record("finish_reason", Finish::Error.as_str());
+            queued.record("otel.status_code", "error");
             self.stats.waiting.fetch_sub(1, Ordering::Relaxed);
             self.observer.finished(&FinishedSequence {
                 finish: Finish::Error,
@@ -459,6 +493,7 @@ impl Scheduler {
             prompt_logprobs_sent: false,
             prompt_logprobs: Vec::new(),
             admitted: 0,
+            phase: queued,
             job,
         });
         self.publish_stats();
@@ -492,12 +527,12 @@ impl Scheduler {
         let before = self.waiting.len() + self.running.len();
         let stats = &self.stats;
         let observer = &self.observer;
-        self.waiting.retain(|s| {
+        self.waiting.retain_mut(|s| {
             let gone = s.cancelled();
             if gone {
                 stats.waiting.fetch_sub(1, Ordering::Relaxed);
                 observer.finished(&s.ended(Finish::Abort));
-                tracing::info!(request_id = %s.job.req.tag, "client went away; dropping the queued sequence");
+                tracing::info!(parent: &s.job.span, request_id = %s.job.req.tag, "client went away; dropping the queued sequence");
             }
             !gone
         });
@@ -505,6 +540,7 @@ impl Scheduler {
         self.running.retain_mut(|s| {
             if s.cancelled() {
                 tracing::info!(
+                    parent: &s.job.span,
                     request_id = %s.job.req.tag,
                     generated = s.generated,
                     "client went away; stopping the sequence and freeing its KV cache"
@@ -594,6 +630,11 @@ impl Scheduler {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            s.enter(Phase::Prefill);
+            s.phase.record("prompt_tokens", s.prompt_len);
+            if let Some(cached) = s.cached_tokens {
+                s.phase.record("cached_tokens", cached);
+            }
             self.next_id += 1;
             s.admitted = self.next_id;
             self.running.push(s);
@@ -621,7 +662,10 @@ impl Scheduler {
         s.hashes.clear();
         self.stats.preemptions.fetch_add(1, Ordering::Relaxed);
         self.observer.preempted();
+        s.enter(Phase::Queue);
+        s.phase.record("preempted", true);
         tracing::info!(
+            parent: &s.job.span,
             request_id = %s.job.req.tag,
             tokens = s.tokens.len(),
             "KV cache full: preempting the newest sequence"
@@ -770,11 +814,11 @@ impl Scheduler {
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let mut s = self.running.swap_remove(i);
-            finish(&mut s, &self.tokenizer, reason);
             self.observer.finished(&s.ended(match reason {
                 FinishReason::Stop => Finish::Stop,
                 FinishReason::Length => Finish::Length,
             }));
+            finish(&mut s, &self.tokenizer, reason);
             s.kv.free(&mut self.kv);
         }
     }
@@ -813,7 +857,7 @@ impl Scheduler {
         for (i, e) in culprits {
             let mut s = self.running.swap_remove(i);
             self.observer.finished(&s.ended(Finish::Error));
-            tracing::error!(request_id = %s.job.req.tag, error = %e, "sequence failed in a model step");
+            tracing::error!(parent: &s.job.span, request_id = %s.job.req.tag, error = %e, "sequence failed in a model step");
             // Only what the client asked for is its fault (a 400); the
             // rest is the server's.
             let e = match e {
@@ -886,6 +930,32 @@ fn collect_prompt_logprobs(s: &mut Sequence, tok: &Tokenizer, start: usize, n: u
     }
 }
 
+#[derive(Clone, Copy)]
+enum Phase {
+    Queue,
+    Prefill,
+    Decode,
+}
+
+/// A span for one phase of a sequence, under its request's span. Every
+/// phase declares the same fields, so that whichever the sequence ends in
+/// can say how it ended.
+fn phase_span(request: &Span, phase: Phase) -> Span {
+    use tracing::field::Empty;
+    macro_rules! span {
+        ($name:literal) => {
+            tracing::info_span!(parent: request, $name,
+                prompt_tokens = Empty, cached_tokens = Empty, preempted = Empty,
+                completion_tokens = Empty, finish_reason = Empty, otel.status_code = Empty)
+        };
+    }
+    match phase {
+        Phase::Queue => span!("queue"),
+        Phase::Prefill => span!("prefill"),
+        Phase::Decode => span!("decode"),
+    }
+}
+
 /// Sample the next token of `s`, stream what can be shown, and say whether
 /// the sequence is done.
 fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: usize) -> Outcome {
@@ -913,7 +983,10 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
     }
     s.sampler.observe(id);
     s.generated += 1;
-    s.first_token_at.get_or_insert_with(Instant::now);
+    if s.first_token_at.is_none() {
+        s.first_token_at = Some(Instant::now());
+        s.enter(Phase::Decode);
+    }
     let req = &s.job.req;
     let is_eos = !req.ignore_eos && tok.eos().contains(&id);
     if is_eos || req.stop_token_ids.contains(&id) {
@@ -923,7 +996,7 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
     let delta = match s.decoder.push(tok, id) {
         Ok(d) => d,
         Err(e) => {
-            tracing::warn!(request_id = %s.job.req.tag, error = %e, "detokenization failed");
+            tracing::warn!(parent: &s.job.span, request_id = %s.job.req.tag, error = %e, "detokenization failed");
             String::new()
         }
     };

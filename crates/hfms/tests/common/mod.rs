@@ -23,12 +23,17 @@ pub fn models_dir() -> PathBuf {
 
 impl Server {
     pub fn start(extra: &[&str]) -> Server {
-        let server = Self::spawn(extra);
+        Self::start_with_env(extra, &[])
+    }
+
+    /// `start`, with environment variables for the server.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let server = Self::spawn(extra, env);
         server.wait_ready();
         server
     }
 
-    fn spawn(extra: &[&str]) -> Server {
+    fn spawn(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let models = models_dir();
         assert!(
             models.join("HuggingFaceTB").exists(),
@@ -49,6 +54,7 @@ impl Server {
             .arg(&models)
             .args(extra)
             .env("HFMS_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -104,7 +110,7 @@ impl Server {
 
     /// Start, and wait only until it listens (not until /ready).
     pub fn start_unready(extra: &[&str]) -> Server {
-        Self::spawn(extra)
+        Self::spawn(extra, &[])
     }
 
     pub fn pid(&self) -> u32 {

@@ -23,7 +23,14 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
                 axum::http::header::AUTHORIZATION,
                 HeaderName::from_static("x-api-key"),
                 HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceparent"),
+                HeaderName::from_static("tracestate"),
             ])
-            .expose_headers([HeaderName::from_static("x-request-id"), axum::http::header::RETRY_AFTER]),
+            .expose_headers([
+                HeaderName::from_static("x-request-id"),
+                HeaderName::from_static("traceresponse"),
+                HeaderName::from_static("x-cache"),
+                axum::http::header::RETRY_AFTER,
+            ]),
     )
 }

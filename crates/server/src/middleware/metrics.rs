@@ -5,19 +5,17 @@
 //! type, code and model, and kept among the last 50 for `/status`.
 
 use std::cell::RefCell;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use http_body::{Frame, SizeHint};
 
 use crate::error::ErrorInfo;
 use crate::metrics::{ErrorRecord, HttpTimer, unix_now};
-use crate::middleware::request_id::RequestId;
+use crate::middleware::GuardedBody;
+use crate::middleware::trace::RequestId;
 use crate::state::AppState;
 
 tokio::task_local! {
@@ -83,34 +81,5 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         status,
         started,
     };
-    resp.map(|body| {
-        Body::new(TimedBody {
-            inner: body,
-            _timer: timer,
-        })
-    })
-}
-
-/// A response body that records its request's metrics when it is dropped:
-/// after its last byte, or when the client goes away.
-struct TimedBody {
-    inner: Body,
-    _timer: HttpTimer,
-}
-
-impl http_body::Body for TimedBody {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
+    resp.map(|body| Body::new(GuardedBody::new(body, timer)))
 }

@@ -19,7 +19,7 @@ use super::{
 use crate::cache::Lookup;
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
-use crate::middleware::request_id::RequestId;
+use crate::middleware::trace::RequestId;
 use crate::state::AppState;
 
 /// Flatten a message's content to the text a chat template expects.
@@ -268,43 +268,49 @@ pub async fn create(
     }
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now_unix();
+    let prompt_tokens = prompt.len();
+    // The non-streamed answer; a streamed one is stored as it.
+    let answer_of = {
+        let (id, model_id) = (id.clone(), model_id.clone());
+        move |results: Vec<Collected>| {
+            let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+            // The prompt is counted once; the first choice says what it reused.
+            let cached = results.first().map_or(0, |r| r.usage.cached_tokens);
+            let choices = results
+                .into_iter()
+                .enumerate()
+                .map(|(index, r): (usize, Collected)| ChatChoice {
+                    index,
+                    logprobs: want_logprobs.then(|| ChatLogprobs {
+                        content: Some(r.logprobs.iter().map(logprob_json).collect()),
+                        refusal: None,
+                    }),
+                    finish_reason: finish_str(r.finish.unwrap_or(hfms_engine::generate::FinishReason::Stop)),
+                    message: ResponseMessage {
+                        role: "assistant",
+                        content: Some(r.text),
+                        refusal: None,
+                    },
+                })
+                .collect();
+            let body = ChatCompletionResponse {
+                id,
+                object: "chat.completion",
+                created,
+                model: model_id,
+                system_fingerprint: fingerprint(),
+                choices,
+                usage: Usage::new(prompt_tokens, completion, cached),
+            };
+            serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))
+        }
+    };
     if !stream {
         let results = collect_all(&state, receivers).await?;
-        let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
-        // The prompt is counted once; the first choice says what it reused.
-        let cached = results.first().map_or(0, |r| r.usage.cached_tokens);
-        let choices = results
-            .into_iter()
-            .enumerate()
-            .map(|(index, r): (usize, Collected)| ChatChoice {
-                index,
-                logprobs: want_logprobs.then(|| ChatLogprobs {
-                    content: Some(r.logprobs.iter().map(logprob_json).collect()),
-                    refusal: None,
-                }),
-                finish_reason: finish_str(r.finish.unwrap_or(hfms_engine::generate::FinishReason::Stop)),
-                message: ResponseMessage {
-                    role: "assistant",
-                    content: Some(r.text),
-                    refusal: None,
-                },
-            })
-            .collect();
-        let body = ChatCompletionResponse {
-            id,
-            object: "chat.completion",
-            created,
-            model: model_id,
-            system_fingerprint: fingerprint(),
-            choices,
-            usage: Usage::new(prompt.len(), completion, cached),
-        };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
-        return Ok(super::answer(&state, bytes, lookup));
+        return Ok(super::answer(&state, answer_of(results)?, lookup));
     }
 
     let n = receivers.len();
-    let prompt_tokens = prompt.len();
     let chunk = move |choices: Vec<ChatChunkChoice>, usage: Option<Option<Usage>>| ChatCompletionChunk {
         id: id.clone(),
         object: "chat.completion.chunk",
@@ -317,6 +323,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
+    let store = lookup.store_key();
     let resp = sse_response(&state, &rid.0, move |sink| async move {
         // Holding the model keeps it loaded while this stream runs.
         let _model = model;
@@ -370,10 +377,11 @@ pub async fn create(
             usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
         });
         // The prompt is counted once: the first choice says what it reused.
-        sink.relay(events, n, |i| i == 0, chunk_of, usage_of).await;
+        let results = sink
+            .relay(events, n, |i| i == 0, chunk_of, usage_of, store.is_some())
+            .await;
+        sink.store(store, results.map(answer_of));
     });
-    // Streamed answers are not stored; a later request replays a stored
-    // non-streamed one.
     Ok(if cacheable {
         replay::with_x_cache(resp, "miss")
     } else {

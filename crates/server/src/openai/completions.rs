@@ -13,11 +13,13 @@ use super::chat::json_kind;
 use super::params::{self, Common};
 use super::replay;
 use super::types::*;
-use super::{ChoiceEvents, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_response};
+use super::{
+    ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, now_unix, off_async, sse_response,
+};
 use crate::cache::Lookup;
 use crate::error::{ApiError, ApiResult, PostErrors};
 use crate::extract::ApiJson;
-use crate::middleware::request_id::RequestId;
+use crate::middleware::trace::RequestId;
 use crate::state::AppState;
 
 /// One prompt of a request: its text (for echo) and token ids.
@@ -307,41 +309,47 @@ pub async fn create(
     let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
     let created = now_unix();
 
+    // The non-streamed answer; a streamed one is stored as it.
+    let answer_of = {
+        let (id, model_id, echoes) = (id.clone(), model_id.clone(), echoes.clone());
+        let per_prompt = validated.n;
+        move |results: Vec<Collected>| {
+            let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
+            // Each prompt is counted once: by its first choice.
+            let cached: usize = results.iter().step_by(per_prompt).map(|r| r.usage.cached_tokens).sum();
+            let choices = results
+                .into_iter()
+                .zip(echoes)
+                .enumerate()
+                .map(|(index, (r, echo_text))| {
+                    let lp = logprobs.map(|_| {
+                        let mut entries: Vec<PromptToken> = r.prompt_logprobs.clone().unwrap_or_default();
+                        entries.extend(r.logprobs.iter().cloned().map(position));
+                        legacy_logprobs(&entries, 0)
+                    });
+                    CompletionChoice {
+                        index,
+                        text: format!("{echo_text}{}", r.text),
+                        logprobs: lp,
+                        finish_reason: Some(finish_str(r.finish.unwrap_or(FinishReason::Stop))),
+                    }
+                })
+                .collect();
+            let body = CompletionResponse {
+                id,
+                object: "text_completion",
+                created,
+                model: model_id,
+                system_fingerprint: fingerprint(),
+                choices,
+                usage: Some(Some(Usage::new(prompt_tokens, completion, cached))),
+            };
+            serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))
+        }
+    };
     if !stream {
         let results = collect_all(&state, receivers).await?;
-        let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
-        // Each prompt is counted once: by its first choice.
-        let n = validated.n;
-        let cached: usize = results.iter().step_by(n).map(|r| r.usage.cached_tokens).sum();
-        let choices = results
-            .into_iter()
-            .zip(echoes)
-            .enumerate()
-            .map(|(index, (r, echo_text))| {
-                let lp = logprobs.map(|_| {
-                    let mut entries: Vec<PromptToken> = r.prompt_logprobs.clone().unwrap_or_default();
-                    entries.extend(r.logprobs.iter().cloned().map(position));
-                    legacy_logprobs(&entries, 0)
-                });
-                CompletionChoice {
-                    index,
-                    text: format!("{echo_text}{}", r.text),
-                    logprobs: lp,
-                    finish_reason: Some(finish_str(r.finish.unwrap_or(FinishReason::Stop))),
-                }
-            })
-            .collect();
-        let body = CompletionResponse {
-            id,
-            object: "text_completion",
-            created,
-            model: model_id,
-            system_fingerprint: fingerprint(),
-            choices,
-            usage: Some(Some(Usage::new(prompt_tokens, completion, cached))),
-        };
-        let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::internal(format!("encoding the answer: {e}")))?;
-        return Ok(super::answer(&state, bytes, lookup));
+        return Ok(super::answer(&state, answer_of(results)?, lookup));
     }
 
     let n = receivers.len();
@@ -358,6 +366,7 @@ pub async fn create(
     // With include_usage every chunk carries `usage` (null until the last).
     let usage_field = move || include_usage.then_some(None);
     let events = ChoiceEvents::new(&state, receivers);
+    let store = lookup.store_key();
     let resp = sse_response(&state, &rid.0, move |sink| async move {
         let _model = model;
         // Characters of text sent so far per choice: where the next token's
@@ -400,10 +409,11 @@ pub async fn create(
             usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
         });
         // Each prompt is counted once: by its first choice.
-        sink.relay(events, n, |i| i % per_prompt == 0, chunk_of, usage_of).await;
+        let results = sink
+            .relay(events, n, |i| i % per_prompt == 0, chunk_of, usage_of, store.is_some())
+            .await;
+        sink.store(store, results.map(answer_of));
     });
-    // Streamed answers are not stored; a later request replays a stored
-    // non-streamed one.
     Ok(if cacheable {
         replay::with_x_cache(resp, "miss")
     } else {

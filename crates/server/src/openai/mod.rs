@@ -112,24 +112,37 @@ pub struct Collected {
     pub usage: GenUsage,
 }
 
-/// Wait for one choice to finish.
-pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected> {
-    let mut out = Collected::default();
-    while let Some(ev) = rx.recv().await {
+impl Collected {
+    /// Take in one event of the choice (not an error); true once it is done.
+    fn absorb(&mut self, ev: &GenEvent) -> bool {
         match ev {
-            GenEvent::Prompt(p) => out.prompt_logprobs = Some(p),
+            GenEvent::Prompt(p) => self.prompt_logprobs = Some(p.clone()),
             GenEvent::Delta { text, logprobs } => {
-                out.text.push_str(&text);
-                out.logprobs.extend(logprobs);
+                self.text.push_str(text);
+                self.logprobs.extend(logprobs.iter().cloned());
             }
             GenEvent::Done {
                 finish_reason, usage, ..
             } => {
-                out.finish = Some(finish_reason);
-                out.usage = usage;
-                return Ok(out);
+                self.finish = Some(*finish_reason);
+                self.usage = *usage;
+                return true;
             }
-            GenEvent::Error(e) => return Err(e.into()),
+            GenEvent::Error(_) => {}
+        }
+        false
+    }
+}
+
+/// Wait for one choice to finish.
+pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected> {
+    let mut out = Collected::default();
+    while let Some(ev) = rx.recv().await {
+        if let GenEvent::Error(e) = ev {
+            return Err(e.into());
+        }
+        if out.absorb(&ev) {
+            return Ok(out);
         }
     }
     Err(ApiError::internal("generation ended without a result"))
@@ -236,6 +249,8 @@ impl SseSink {
     /// totals, and `[DONE]` ends the stream. Cached tokens count for the
     /// choices `counts_cached` names (the first choice of each prompt). An
     /// error, the time limit or shutdown ends the stream with an error event.
+    /// With `collect`, the choices' results come back once the stream has
+    /// been sent whole (for the response cache).
     pub async fn relay<C, F, U>(
         &self,
         mut events: ChoiceEvents,
@@ -243,20 +258,30 @@ impl SseSink {
         counts_cached: impl Fn(usize) -> bool,
         mut chunk_of: F,
         usage_of: Option<U>,
-    ) where
+        collect: bool,
+    ) -> Option<Vec<Collected>>
+    where
         C: serde::Serialize,
         F: FnMut(usize, GenEvent) -> Option<C>,
         U: FnOnce(usize, usize) -> C,
     {
         let (mut completion, mut cached, mut done) = (0, 0, 0);
+        let mut collected: Option<Vec<Collected>> = collect.then(|| (0..n).map(|_| Collected::default()).collect());
         while done < n {
             let (index, ev) = match events.next().await {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
-                Err(e) => return self.send_error(&e).await,
+                Err(e) => {
+                    self.send_error(&e).await;
+                    return None;
+                }
             };
             if let GenEvent::Error(e) = ev {
-                return self.send_error(&ApiError::from(e)).await;
+                self.send_error(&ApiError::from(e)).await;
+                return None;
+            }
+            if let Some(c) = collected.as_mut().and_then(|c| c.get_mut(index)) {
+                c.absorb(&ev);
             }
             if let GenEvent::Done { usage, .. } = &ev {
                 completion += usage.completion_tokens;
@@ -268,15 +293,26 @@ impl SseSink {
             if let Some(c) = chunk_of(index, ev)
                 && self.send_json(&c).await.is_err()
             {
-                return;
+                return None;
             }
         }
         if let Some(usage_of) = usage_of
             && self.send_json(&usage_of(completion, cached)).await.is_err()
         {
-            return;
+            return None;
         }
-        let _ = self.send(sse_done()).await;
+        self.send(sse_done()).await.ok()?;
+        collected.filter(|_| done == n)
+    }
+
+    /// Store a streamed answer that was sent whole, as its non-streamed
+    /// form (`key`: the cache lookup's, when the client allows storing).
+    pub fn store(&self, key: Option<String>, answer: Option<ApiResult<Vec<u8>>>) {
+        match (key, answer) {
+            (Some(key), Some(Ok(body))) => self.state.cache().store(key, body.into()),
+            (_, Some(Err(e))) => tracing::warn!(error = %e.message, "a streamed answer could not be stored"),
+            _ => {}
+        }
     }
 
     /// An error as the stream's last event.
