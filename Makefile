@@ -14,7 +14,7 @@ models:
 
 # Services the tests start for real (Prometheus, Redis), from Debian's packages.
 deps:
-	scripts/install-deps.sh prometheus redis-server
+	scripts/install-deps.sh prometheus redis-server postgres
 
 build:
 	cargo build --release -p hfms

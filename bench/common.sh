@@ -25,6 +25,7 @@ stop_server() {
     server_pid=
     if [ -n "$empty_models" ]; then
         rmdir "$empty_models" 2>/dev/null || true
+        rm -rf "$empty_models.data"
         empty_models=
     fi
 }
@@ -62,7 +63,7 @@ start_hfms() {
     empty_models=$(mktemp -d)
     # shellcheck disable=SC2086 # HFMS_SERVE_ARGS is a list of flags
     "$hfms" serve --host 127.0.0.1 --port "$port" --threads "$threads" \
-        --models-dir "$empty_models" --no-hf-cache "$@" ${HFMS_SERVE_ARGS:-} >"$log" 2>&1 &
+        --models-dir "$empty_models" --no-hf-cache --data-dir "$empty_models.data" "$@" ${HFMS_SERVE_ARGS:-} >"$log" 2>&1 &
     server_pid=$!
     wait_ok "http://127.0.0.1:$port/ready"
 }

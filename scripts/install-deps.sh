@@ -5,11 +5,19 @@
 #   scripts/install-deps.sh [COMMAND...]   (default: prometheus)
 set -euo pipefail
 
-declare -A package=([prometheus]=prometheus [redis-server]=redis-server)
+declare -A package=([prometheus]=prometheus [redis-server]=redis-server [postgres]=postgresql)
 wanted=("${@:-prometheus}")
 missing=()
+have() {
+    # Debian keeps PostgreSQL's server binaries off the PATH.
+    if [ "$1" = postgres ]; then
+        compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null
+    else
+        command -v "$1" >/dev/null 2>&1
+    fi
+}
 for cmd in "${wanted[@]}"; do
-    command -v "$cmd" >/dev/null 2>&1 || missing+=("${package[$cmd]:-$cmd}")
+    have "$cmd" || missing+=("${package[$cmd]:-$cmd}")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 

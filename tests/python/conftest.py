@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
@@ -51,6 +52,8 @@ class Server:
                 "--no-hf-cache",
                 "--preload", f"{CHAT_MODEL},{EMBED_MODEL}",
                 "--log-format", "json",
+                # Its own database: keys another run left must not turn auth on.
+                "--data-dir", tempfile.mkdtemp(prefix="hfms-test-data-"),
                 *(extra or []),
             ],
             # Servers that know HFMS_EXIT_ON_STDIN_EOF exit when this pipe

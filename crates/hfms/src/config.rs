@@ -57,11 +57,80 @@ pub struct ModelArgs {
     pub config: Option<PathBuf>,
 }
 
+/// Where keys (and, later, usage) are kept (shared by `serve` and `keys`).
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct StoreArgs {
+    /// Folder for local state: the default SQLite database.
+    #[arg(long, env = "HFMS_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// The database of API keys: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST:PORT/DB`
+    /// (replicas share one Postgres) [default: sqlite://DATA_DIR/hfms.db].
+    #[arg(long, env = "HFMS_DATABASE_URL")]
+    pub database_url: Option<String>,
+}
+
+impl StoreArgs {
+    pub fn database_url(&self) -> Result<String> {
+        let url = match &self.database_url {
+            Some(u) => u.trim().to_string(),
+            None => format!("sqlite://{}", self.data_dir.join("hfms.db").display()),
+        };
+        if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            bail!("--database-url: sqlite://PATH or postgres://… expected");
+        }
+        Ok(url)
+    }
+}
+
 #[derive(Debug, Clone, Args, Serialize, Deserialize)]
 pub struct ServeArgs {
     #[command(flatten)]
     #[serde(flatten)]
     pub models: ModelArgs,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub store: StoreArgs,
+
+    /// The bootstrap admin key (any string of 16 characters or more). Prefer
+    /// the environment variable or --admin-key-file to a flag, which other
+    /// users of the machine can see. With it, or once any API key exists,
+    /// every request but /health and /ready needs a key.
+    #[arg(long, env = "HFMS_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// A file holding the bootstrap admin key (surrounding whitespace ignored).
+    #[arg(long, env = "HFMS_ADMIN_KEY_FILE")]
+    pub admin_key_file: Option<PathBuf>,
+
+    /// Serve a non-loopback address without API keys. Without this, hfms
+    /// refuses to start open to the network.
+    #[arg(long, env = "HFMS_NO_AUTH")]
+    pub no_auth: bool,
+
+    /// A Redis for per-key rate limits (`redis://[:PASSWORD@]HOST:PORT[/DB]`),
+    /// so that replicas enforce one limit; in process when not given.
+    #[arg(long, env = "HFMS_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// When Redis cannot answer a rate-limit decision within
+    /// --rate-limit-timeout-ms: allow the request (with a warning and
+    /// `hfms_rate_limit_store_errors_total`) or deny it (429).
+    #[arg(long, env = "HFMS_RATE_LIMIT_ON_REDIS_ERROR", default_value = "allow",
+          value_parser = ["allow", "deny"])]
+    pub rate_limit_on_redis_error: String,
+
+    /// Milliseconds a Redis rate-limit decision may take.
+    #[arg(long, env = "HFMS_RATE_LIMIT_TIMEOUT_MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub rate_limit_timeout_ms: u64,
+
+    /// Seconds a verified key is trusted before the database is read again
+    /// (a key revoked on another replica stops working within this).
+    #[arg(long, env = "HFMS_AUTH_CACHE_SECONDS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub auth_cache_seconds: u64,
 
     /// Address to listen on.
     #[arg(long, env = "HFMS_HOST", default_value = "127.0.0.1")]
@@ -593,7 +662,38 @@ impl ServeArgs {
         self.forbidden()?;
         self.models.discover_config()?;
         self.otlp()?;
+        self.access()?;
         Ok(())
+    }
+
+    /// The access layer's settings (keys, auth, rate limits).
+    pub fn access(&self) -> Result<hfms_server::auth::AccessConfig> {
+        let from_file = match &self.admin_key_file {
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("--admin-key-file {}", p.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let admin_key = match (&self.admin_key, from_file) {
+            (Some(_), Some(_)) => bail!("give the admin key once: --admin-key (HFMS_ADMIN_KEY) or --admin-key-file"),
+            (k, f) => k.clone().map(|k| k.trim().to_string()).or(f),
+        };
+        if let Some(k) = &admin_key
+            && (k.chars().count() < 16 || k.len() > 1024 || k.chars().any(char::is_control))
+        {
+            bail!("the admin key must be 16 to 1024 printable characters");
+        }
+        Ok(hfms_server::auth::AccessConfig {
+            database_url: self.store.database_url()?,
+            admin_key,
+            redis_url: self.redis_url.clone(),
+            redis_timeout: Duration::from_millis(self.rate_limit_timeout_ms),
+            allow_on_redis_error: self.rate_limit_on_redis_error == "allow",
+            key_cache_ttl: Duration::from_secs(self.auth_cache_seconds),
+        })
     }
 
     /// Trace export settings, when an endpoint is given.

@@ -6,6 +6,7 @@
 mod bench;
 mod config;
 mod discover_cmd;
+mod keys_cmd;
 mod serve;
 mod telemetry;
 
@@ -37,6 +38,8 @@ enum Command {
     },
     /// Load-test an OpenAI-compatible server: chat, embeddings, model swaps.
     Bench(Box<bench::BenchArgs>),
+    /// Manage API keys in the server's database.
+    Keys(Box<keys_cmd::KeysArgs>),
     /// Detect hardware: CPU, CUDA, ROCm, Metal, OpenVINO, QNN.
     Hardware {
         /// Print JSON instead of a table.
@@ -110,6 +113,10 @@ fn main() -> Result<()> {
             discover_cmd::run(&models, json)
         }
         Command::Bench(args) => bench::run(*args),
+        Command::Keys(args) => {
+            telemetry::init("text", None)?;
+            keys_cmd::run(*args)
+        }
         Command::Hardware { json } => {
             let report = hfms_hardware::detect_default();
             if json {

@@ -110,8 +110,23 @@ async fn serve(s: ServeArgs) -> Result<()> {
             observers: metrics.clone(),
         },
     ));
-    let state =
-        AppState::new(manager.clone(), s.server(listen), Some(hardware), metrics).map_err(anyhow::Error::msg)?;
+    let access = hfms_server::auth::Access::open(&s.access()?)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    if !listen.ip().is_loopback() && !access.required() && !s.no_auth {
+        anyhow::bail!(
+            "refusing to serve {listen} without API keys: give an admin key (HFMS_ADMIN_KEY or --admin-key-file), \
+             create keys with `hfms keys create`, or pass --no-auth to serve the network openly"
+        );
+    }
+    let state = AppState::new(
+        manager.clone(),
+        s.server(listen),
+        Some(hardware),
+        metrics,
+        Arc::new(access),
+    )
+    .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

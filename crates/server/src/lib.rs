@@ -2,6 +2,8 @@
 //! requests into engine requests; `error.rs` renders every failure as the
 //! OpenAI error envelope.
 
+pub mod admin;
+pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod error;
@@ -24,8 +26,9 @@ use axum::routing::{get, post};
 pub use error::{ApiError, ApiResult};
 pub use state::{AppState, ServerConfig};
 
-/// Every route, with the middleware stack (outermost first): request id and
-/// request log → HTTP metrics and error tracking → panic catcher → `Host`
+/// Every route, with the middleware stack (outermost first): request id,
+/// trace context and request log → HTTP metrics and error tracking →
+/// authentication and per-key request limits → panic catcher → `Host`
 /// allow-list → CORS → body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
@@ -36,6 +39,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(openai::embeddings::create))
         .route("/v1/models", get(openai::models::list))
         .route("/v1/models/{*id}", get(openai::models::get))
+        .route("/admin/keys", post(admin::create).get(admin::list))
+        .route(
+            "/admin/keys/{id}",
+            get(admin::show).patch(admin::update).delete(admin::revoke),
+        )
+        .route("/admin/keys/{id}/rotate", post(admin::rotate))
         .route("/models/load", post(management::load))
         .route("/models/unload", post(management::unload))
         .route("/health", get(health::health))
@@ -56,6 +65,10 @@ pub fn router(state: AppState) -> Router {
             middleware::host::layer,
         ))
         .layer(middleware::catch_panic::layer())
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::auth::layer,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::metrics::layer,

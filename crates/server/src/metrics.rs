@@ -113,6 +113,12 @@ struct CacheLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    /// requests, tokens, concurrency
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheErrorLabels {
     backend: String,
     op: String,
@@ -176,6 +182,8 @@ pub struct Metrics {
     // HTTP and errors.
     cache_requests: Family<CacheLabels, Counter>,
     cache_errors: Family<CacheErrorLabels, Counter>,
+    rate_limited: Family<LimitLabels, Counter>,
+    rate_limit_store_errors: Family<LimitLabels, Counter>,
     /// Set once the cache exists (bytes held, memory backend).
     cache_bytes: Arc<OnceLock<Weak<crate::cache::ResponseCache>>>,
     circuit: Family<ModelLabels, Gauge>,
@@ -358,6 +366,16 @@ impl Metrics {
                 "hfms_response_cache_errors",
                 "Response cache operations that failed or timed out (served without the cache)",
             ),
+            rate_limited: counter(
+                &mut r,
+                "hfms_rate_limited_requests",
+                "Requests refused (429) by a key's limit, by kind (requests, tokens, concurrency)",
+            ),
+            rate_limit_store_errors: counter(
+                &mut r,
+                "hfms_rate_limit_store_errors",
+                "Rate-limit decisions Redis failed to make in time (--rate-limit-on-redis-error decided)",
+            ),
             cache_bytes,
             circuit: {
                 let f = Family::<ModelLabels, Gauge>::default();
@@ -413,6 +431,20 @@ impl Metrics {
             .get_or_create(&CacheLabels {
                 model: model.to_string(),
                 result: result.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn rate_limited(&self, kind: &str) {
+        self.rate_limited
+            .get_or_create(&LimitLabels { kind: kind.to_string() })
+            .inc();
+    }
+
+    pub fn rate_limit_store_error(&self) {
+        self.rate_limit_store_errors
+            .get_or_create(&LimitLabels {
+                kind: "redis".to_string(),
             })
             .inc();
     }

@@ -98,6 +98,7 @@ struct Inner {
     metrics: Arc<crate::metrics::Metrics>,
     breakers: crate::breaker::Breakers,
     cache: Arc<crate::cache::ResponseCache>,
+    access: Arc<crate::auth::Access>,
     hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
     started: Instant,
@@ -119,6 +120,7 @@ impl AppState {
         config: ServerConfig,
         hardware: Option<hfms_hardware::HardwareReport>,
         metrics: Arc<crate::metrics::Metrics>,
+        access: Arc<crate::auth::Access>,
     ) -> Result<Self, String> {
         metrics.attach(&manager);
         let cache = Arc::new(crate::cache::ResponseCache::new(config.cache.clone(), metrics.clone())?);
@@ -127,6 +129,7 @@ impl AppState {
             inner: Arc::new(Inner {
                 manager,
                 cache,
+                access,
                 breakers: crate::breaker::Breakers::new(config.breaker.clone(), metrics.clone()),
                 metrics,
                 hardware,
@@ -150,6 +153,10 @@ impl AppState {
 
     pub fn cache(&self) -> &Arc<crate::cache::ResponseCache> {
         &self.inner.cache
+    }
+
+    pub fn access(&self) -> &Arc<crate::auth::Access> {
+        &self.inner.access
     }
 
     pub fn breakers(&self) -> &crate::breaker::Breakers {

@@ -3,14 +3,20 @@
 //! process does (its stdin is a pipe the harness holds).
 #![allow(dead_code)]
 
+pub mod services;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+static NEXT_DATA_DIR: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub struct Server {
     child: Mutex<Child>,
+    /// The temporary data folder the harness gave it (removed on drop).
+    data_dir: Option<PathBuf>,
     pub base: String,
     logs: Arc<Mutex<Vec<String>>>,
 }
@@ -40,6 +46,15 @@ impl Server {
             "{} has no models: run scripts/fetch-models.sh",
             models.display()
         );
+        // Its own database unless the test names one: keys another test
+        // made must not apply here.
+        let data_dir = (!extra.contains(&"--data-dir")).then(|| {
+            std::env::temp_dir().join(format!(
+                "hfms-test-data-{}-{}",
+                std::process::id(),
+                NEXT_DATA_DIR.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ))
+        });
         let mut child = Command::new(env!("CARGO_BIN_EXE_hfms"))
             .args([
                 "serve",
@@ -53,6 +68,11 @@ impl Server {
             .arg("--models-dir")
             .arg(&models)
             .args(extra)
+            .args(
+                data_dir
+                    .iter()
+                    .flat_map(|d| [std::ffi::OsStr::new("--data-dir"), d.as_os_str()]),
+            )
             .env("HFMS_LOG", "info")
             .envs(env.iter().copied())
             .stdin(Stdio::piped())
@@ -81,6 +101,7 @@ impl Server {
         };
         Server {
             child: Mutex::new(child),
+            data_dir,
             base,
             logs,
         }
@@ -188,6 +209,9 @@ impl Drop for Server {
         let mut c = self.child.lock().unwrap();
         let _ = c.kill();
         let _ = c.wait();
+        if let Some(d) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }
 

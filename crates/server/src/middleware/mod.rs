@@ -1,6 +1,8 @@
 //! Tower middleware, one concern each: the request's identity (request id,
-//! trace context, its span and log line), the `Host` allow-list, CORS, the
-//! last-resort panic catcher, and HTTP metrics with error tracking.
+//! trace context, its span and log line), HTTP metrics with error tracking,
+//! authentication with per-key request limits, the last-resort panic
+//! catcher, the `Host` allow-list and CORS.
+pub mod auth;
 pub mod catch_panic;
 pub mod cors;
 pub mod host;

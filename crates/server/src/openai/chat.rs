@@ -208,7 +208,7 @@ pub async fn create(
     // A deterministic request may be answered from the cache, with no
     // model work at all.
     let deterministic = super::deterministic(req.temperature, req.seed);
-    let lookup = super::cache_lookup(&state, &headers, "chat", &req.model, &raw, deterministic).await;
+    let lookup = super::cache_lookup(&state, &headers, "chat", &req.model, &raw, deterministic).await?;
     if let Lookup::Hit(bytes) = &lookup {
         return if stream {
             replay::chat_stream(bytes, include_usage)
@@ -250,6 +250,8 @@ pub async fn create(
 
     // All n choices are admitted or none (a full queue answers 503).
     gm.generator.admit_check(validated.n)?;
+    // The key's token budget: the prompt now, the completion when it ends.
+    let meter = crate::auth::admit_tokens(prompt.len()).await?;
     let mut receivers = Vec::with_capacity(validated.n);
     for i in 0..validated.n {
         let mut sampling = validated.sampling.clone();
@@ -307,6 +309,9 @@ pub async fn create(
     };
     if !stream {
         let results = collect_all(&state, receivers).await?;
+        if let Some(m) = &meter {
+            m.settle(results.iter().map(|r| r.usage.completion_tokens).sum()).await;
+        }
         return Ok(super::answer(&state, answer_of(results)?, lookup));
     }
 
@@ -377,10 +382,13 @@ pub async fn create(
             usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
         });
         // The prompt is counted once: the first choice says what it reused.
-        let results = sink
+        let relayed = sink
             .relay(events, n, |i| i == 0, chunk_of, usage_of, store.is_some())
             .await;
-        sink.store(store, results.map(answer_of));
+        if let Some(m) = &meter {
+            m.settle(relayed.completion_tokens).await;
+        }
+        sink.store(store, relayed.results.map(answer_of));
     });
     Ok(if cacheable {
         replay::with_x_cache(resp, "miss")

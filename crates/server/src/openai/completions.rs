@@ -247,7 +247,7 @@ pub async fn create(
     // A deterministic request may be answered from the cache, with no
     // model work at all.
     let deterministic = super::deterministic(req.temperature, req.seed);
-    let lookup = super::cache_lookup(&state, &headers, "completions", &req.model, &raw, deterministic).await;
+    let lookup = super::cache_lookup(&state, &headers, "completions", &req.model, &raw, deterministic).await?;
     if let Lookup::Hit(bytes) = &lookup {
         return if stream {
             replay::completions_stream(bytes, include_usage)
@@ -283,6 +283,8 @@ pub async fn create(
 
     // All choices are admitted or none (a full queue answers 503).
     gm.generator.admit_check(prompts.len() * validated.n)?;
+    // The key's token budget: the prompts now, the completions when they end.
+    let meter = crate::auth::admit_tokens(prompts.iter().map(|p| p.ids.len()).sum()).await?;
     // choice index = prompt index * n + i, as OpenAI numbers them.
     let mut receivers = Vec::new();
     let mut echoes = Vec::new();
@@ -349,6 +351,9 @@ pub async fn create(
     };
     if !stream {
         let results = collect_all(&state, receivers).await?;
+        if let Some(m) = &meter {
+            m.settle(results.iter().map(|r| r.usage.completion_tokens).sum()).await;
+        }
         return Ok(super::answer(&state, answer_of(results)?, lookup));
     }
 
@@ -409,10 +414,13 @@ pub async fn create(
             usage_chunk(Vec::new(), Some(Some(Usage::new(prompt_tokens, completion, cached))))
         });
         // Each prompt is counted once: by its first choice.
-        let results = sink
+        let relayed = sink
             .relay(events, n, |i| i % per_prompt == 0, chunk_of, usage_of, store.is_some())
             .await;
-        sink.store(store, results.map(answer_of));
+        if let Some(m) = &meter {
+            m.settle(relayed.completion_tokens).await;
+        }
+        sink.store(store, relayed.results.map(answer_of));
     });
     Ok(if cacheable {
         replay::with_x_cache(resp, "miss")

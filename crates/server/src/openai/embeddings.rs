@@ -145,7 +145,7 @@ pub async fn create(
     };
     let inputs = inputs(&req.input, limits.max_embedding_inputs)?;
     // Embeddings are deterministic: answered from the cache when stored.
-    let lookup = super::cache_lookup(&state, &headers, "embeddings", &req.model, &raw, true).await;
+    let lookup = super::cache_lookup(&state, &headers, "embeddings", &req.model, &raw, true).await?;
     if let crate::cache::Lookup::Hit(bytes) = &lookup {
         return super::replay::json(bytes, "emb");
     }
@@ -170,6 +170,7 @@ pub async fn create(
             "max-embedding-tokens",
         ));
     }
+    crate::auth::admit_tokens(tokens).await?;
     let rx = batcher.submit(ids, dimensions)?;
     let vectors = state
         .bounded(async move {

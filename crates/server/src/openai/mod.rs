@@ -50,7 +50,9 @@ pub async fn acquire(
 ) -> ApiResult<ModelLease> {
     let keep_alive = params::parse_keep_alive(keep_alive)?;
     let manager: Arc<ModelManager> = state.manager().clone();
-    let desc = manager.resolve(name).ok_or_else(|| ApiError::model_not_found(name))?;
+    let desc = manager.resolve(name);
+    allowed_model(name, desc)?;
+    let desc = desc.ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
     crate::middleware::metrics::note_model(&id);
     if let (Some(t), None) = (desc.task, &desc.error)
@@ -249,8 +251,9 @@ impl SseSink {
     /// totals, and `[DONE]` ends the stream. Cached tokens count for the
     /// choices `counts_cached` names (the first choice of each prompt). An
     /// error, the time limit or shutdown ends the stream with an error event.
-    /// With `collect`, the choices' results come back once the stream has
-    /// been sent whole (for the response cache).
+    /// Completion tokens generated come back in every case (for token
+    /// limits); with `collect`, the choices' results too, once the stream
+    /// has been sent whole (for the response cache).
     pub async fn relay<C, F, U>(
         &self,
         mut events: ChoiceEvents,
@@ -259,7 +262,7 @@ impl SseSink {
         mut chunk_of: F,
         usage_of: Option<U>,
         collect: bool,
-    ) -> Option<Vec<Collected>>
+    ) -> Relayed
     where
         C: serde::Serialize,
         F: FnMut(usize, GenEvent) -> Option<C>,
@@ -273,12 +276,12 @@ impl SseSink {
                 Ok(None) => break,
                 Err(e) => {
                     self.send_error(&e).await;
-                    return None;
+                    return Relayed::partial(completion);
                 }
             };
             if let GenEvent::Error(e) = ev {
                 self.send_error(&ApiError::from(e)).await;
-                return None;
+                return Relayed::partial(completion);
             }
             if let Some(c) = collected.as_mut().and_then(|c| c.get_mut(index)) {
                 c.absorb(&ev);
@@ -293,16 +296,21 @@ impl SseSink {
             if let Some(c) = chunk_of(index, ev)
                 && self.send_json(&c).await.is_err()
             {
-                return None;
+                return Relayed::partial(completion);
             }
         }
         if let Some(usage_of) = usage_of
             && self.send_json(&usage_of(completion, cached)).await.is_err()
         {
-            return None;
+            return Relayed::partial(completion);
         }
-        self.send(sse_done()).await.ok()?;
-        collected.filter(|_| done == n)
+        if self.send(sse_done()).await.is_err() {
+            return Relayed::partial(completion);
+        }
+        Relayed {
+            completion_tokens: completion,
+            results: collected.filter(|_| done == n),
+        }
     }
 
     /// Store a streamed answer that was sent whole, as its non-streamed
@@ -335,6 +343,23 @@ impl SseSink {
             message: e.message.clone(),
         });
         let _ = self.send(sse_json(&e.to_json())).await;
+    }
+}
+
+/// What a relayed stream produced.
+pub struct Relayed {
+    /// Of the choices that finished (a choice cut short is not counted).
+    pub completion_tokens: usize,
+    /// Every choice, when asked for and the stream was sent whole.
+    pub results: Option<Vec<Collected>>,
+}
+
+impl Relayed {
+    fn partial(completion_tokens: usize) -> Self {
+        Relayed {
+            completion_tokens,
+            results: None,
+        }
     }
 }
 
@@ -386,9 +411,25 @@ pub async fn cache_lookup(
     model: &str,
     raw: &[u8],
     deterministic: bool,
-) -> crate::cache::Lookup {
-    let desc = state.manager().resolve(model).filter(|d| d.servable());
-    state.cache().lookup(headers, endpoint, desc, raw, deterministic).await
+) -> ApiResult<crate::cache::Lookup> {
+    let desc = state.manager().resolve(model);
+    // A key must not read answers for a model it may not use.
+    allowed_model(model, desc)?;
+    let desc = desc.filter(|d| d.servable());
+    Ok(state.cache().lookup(headers, endpoint, desc, raw, deterministic).await)
+}
+
+/// The caller's key's model allow-list, checked against the model's id and
+/// aliases.
+fn allowed_model(requested: &str, desc: Option<&hfms_engine::discover::ModelDescription>) -> ApiResult<()> {
+    let names: Vec<&str> = desc
+        .map(|d| {
+            std::iter::once(d.id.as_str())
+                .chain(d.aliases.iter().map(String::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    crate::auth::check_model(requested, &names)
 }
 
 /// A computed answer as JSON: stored when the cache lookup missed (and the

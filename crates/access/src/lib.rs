@@ -1,0 +1,11 @@
+//! Who may use hfms and how much: API keys stored hashed in SQLite or
+//! PostgreSQL (`keys`), and per-key rate limits kept in process or in Redis
+//! so that replicas enforce one limit (`limits`).
+
+pub mod error;
+pub mod keys;
+pub mod limits;
+
+pub use error::{AccessError, Result};
+pub use keys::{ApiKey, KeySettings, KeyStore, Scope};
+pub use limits::{Decision, RateLimiter};

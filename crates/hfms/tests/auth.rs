@@ -1,0 +1,386 @@
+//! API keys, scopes, model allow-lists and per-key limits with the real
+//! server: the admin API and `hfms keys` on its database, OpenAI's
+//! rate-limit headers and 429s, two replicas sharing one real Redis
+//! (Debian's redis-server on a free loopback port) enforcing one limit, and
+//! no secret ever in a log line.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::services::{Postgres, RedisServer};
+use common::{Server, client};
+use serde_json::{Value, json};
+
+const ADMIN: &str = "admin-key-for-tests-0123456789";
+
+fn send(s: &Server, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> reqwest::blocking::Response {
+    let mut r = client().request(method.parse().unwrap(), s.url(path));
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    r.send().unwrap()
+}
+
+fn call(s: &Server, method: &str, path: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
+    let r = send(s, method, path, key, body);
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+fn code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or("")
+}
+
+fn chat(model: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+}
+
+fn new_key(s: &Server, settings: Value) -> (String, String) {
+    let (st, v) = call(s, "POST", "/admin/keys", Some(ADMIN), Some(settings));
+    assert_eq!(st, 201, "{v}");
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+fn data_dir(tag: &str) -> String {
+    let d = std::env::temp_dir().join(format!("hfms-auth-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d.display().to_string()
+}
+
+#[test]
+fn keys_gate_every_endpoint_by_scope_and_model_and_limit_requests_tokens_and_concurrency() {
+    let s = Server::start_with_env(&["--preload", "smollm2,all-minilm"], &[("HFMS_ADMIN_KEY", ADMIN)]);
+    let mut secrets = vec![ADMIN.to_string()];
+
+    // Open: health and readiness. Everything else needs a key.
+    assert_eq!(call(&s, "GET", "/health", None, None).0, 200);
+    assert_eq!(call(&s, "GET", "/ready", None, None).0, 200);
+    for (method, path) in [
+        ("GET", "/v1/models"),
+        ("GET", "/metrics"),
+        ("GET", "/status"),
+        ("GET", "/admin/keys"),
+    ] {
+        let (st, v) = call(&s, method, path, None, None);
+        assert_eq!((st, code(&v)), (401, "invalid_api_key"), "{path}: {v}");
+    }
+    let hostile = [
+        "sk-hfms-".to_string(),
+        "sk-hfms-".to_string() + &"A".repeat(44),
+        "x".repeat(8000),
+        "Bearer Bearer".to_string(),
+        ADMIN.to_uppercase(),
+    ];
+    for bad in &hostile {
+        let (st, v) = call(&s, "GET", "/v1/models", Some(bad), None);
+        assert_eq!((st, code(&v)), (401, "invalid_api_key"), "{bad:.30}");
+    }
+    assert_eq!(call(&s, "GET", "/metrics", Some(ADMIN), None).0, 200);
+
+    // An inference key limited to one model and 3 requests a minute.
+    let (id, key) = new_key(&s, json!({"name": "ci", "models": ["smollm2"], "rpm": 3}));
+    secrets.push(key.clone());
+    let (st, v) = call(&s, "GET", "/admin/keys", Some(&key), None);
+    assert_eq!((st, code(&v)), (403, "insufficient_scope"));
+    assert_eq!(call(&s, "GET", "/metrics", Some(&key), None).0, 403);
+    let r = send(&s, "POST", "/v1/chat/completions", Some(&key), Some(chat("smollm2")));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-limit-requests"], "3");
+    assert_eq!(
+        r.headers()["x-ratelimit-remaining-requests"],
+        "2",
+        "refused scopes are not counted"
+    );
+    assert!(
+        r.headers()["x-ratelimit-reset-requests"]
+            .to_str()
+            .unwrap()
+            .ends_with('s')
+    );
+    let (st, v) = call(
+        &s,
+        "POST",
+        "/v1/embeddings",
+        Some(&key),
+        Some(json!({"model": "all-minilm", "input": "x"})),
+    );
+    assert_eq!((st, code(&v)), (403, "model_not_allowed"), "{v}");
+    assert_eq!(
+        send(&s, "POST", "/v1/chat/completions", Some(&key), Some(chat("smollm2"))).status(),
+        200
+    );
+    // The fourth request of the minute (the model refusal counted).
+    let r = send(&s, "POST", "/v1/chat/completions", Some(&key), Some(chat("smollm2")));
+    assert_eq!(r.status(), 429);
+    assert!(r.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(r.headers()["x-ratelimit-remaining-requests"], "0");
+    let v: Value = r.json().unwrap();
+    assert_eq!(
+        (v["error"]["type"].as_str(), code(&v)),
+        (Some("requests"), "rate_limit_exceeded")
+    );
+
+    // A higher limit applies at once; x-api-key works as well as Bearer.
+    let (st, v) = call(
+        &s,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(ADMIN),
+        Some(json!({"rpm": 1000})),
+    );
+    assert_eq!((st, v["rpm"].as_u64()), (200, Some(1000)), "{v}");
+    let r = client()
+        .post(s.url("/v1/chat/completions"))
+        .header("x-api-key", &key)
+        .json(&chat("smollm2"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Rotation: the old secret stops working, the new one works.
+    let (st, v) = call(&s, "POST", &format!("/admin/keys/{id}/rotate"), Some(ADMIN), None);
+    assert_eq!(st, 200);
+    let rotated = v["secret"].as_str().unwrap().to_string();
+    secrets.push(rotated.clone());
+    assert_eq!(call(&s, "GET", "/v1/models", Some(&key), None).0, 401);
+    assert_eq!(call(&s, "GET", "/v1/models", Some(&rotated), None).0, 200);
+    // Revocation: 401 at once.
+    assert_eq!(
+        call(&s, "DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None).0,
+        200
+    );
+    let (st, v) = call(&s, "GET", "/v1/models", Some(&rotated), None);
+    assert_eq!((st, code(&v)), (401, "invalid_api_key"));
+    assert!(v["error"]["message"].as_str().unwrap().contains("revoked"));
+
+    // Tokens per minute: the prompt is charged at admission.
+    let (_, tkey) = new_key(&s, json!({"name": "tokens", "tpm": 60}));
+    secrets.push(tkey.clone());
+    let r = send(&s, "POST", "/v1/chat/completions", Some(&tkey), Some(chat("smollm2")));
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-ratelimit-limit-tokens"], "60");
+    let left: u64 = r.headers()["x-ratelimit-remaining-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(left < 60, "{left}");
+    let long = json!({"model": "smollm2", "messages": [{"role": "user", "content": "word ".repeat(200)}],
+                      "max_tokens": 2});
+    let (st, v) = call(&s, "POST", "/v1/chat/completions", Some(&tkey), Some(long));
+    assert_eq!(
+        (st, v["error"]["type"].as_str(), code(&v)),
+        (429, Some("tokens"), "rate_limit_exceeded")
+    );
+
+    // One request in flight at a time.
+    let (_, ckey) = new_key(&s, json!({"name": "one-at-a-time", "max_concurrent": 1}));
+    secrets.push(ckey.clone());
+    let mut stream = send(
+        &s,
+        "POST",
+        "/v1/completions",
+        Some(&ckey),
+        Some(json!({"model": "smollm2", "prompt": "Once", "max_tokens": 400, "ignore_eos": true, "stream": true})),
+    );
+    let mut buf = [0u8; 64];
+    assert!(std::io::Read::read(&mut stream, &mut buf).unwrap() > 0);
+    let (st, v) = call(&s, "GET", "/v1/models", Some(&ckey), None);
+    assert_eq!((st, code(&v)), (429, "rate_limit_exceeded"));
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&s, "GET", "/v1/models", Some(&ckey), None).0 != 200 {
+        assert!(Instant::now() < deadline, "the slot was never released");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Hostile admin input: 400s, never a key.
+    for bad in [
+        json!({"name": ""}),
+        json!({"name": "x".repeat(300)}),
+        json!({"name": "a", "rpm": -1}),
+        json!({"name": "a", "rpm": 1e30}),
+        json!({"name": "a", "rpm": 0}),
+        json!({"name": "a", "rpm": "ten"}),
+        json!({"name": "a", "models": ["["]}),
+        json!({"name": "a", "scopes": []}),
+        json!({"name": "a", "scopes": ["root"]}),
+        json!({"name": "a", "expires_at": 1}),
+        json!({"name": "a", "metadata": [1]}),
+        json!({"name": "a", "unknown": 1}),
+        json!({"rpm": 5}),
+        json!([]),
+    ] {
+        let (st, v) = call(&s, "POST", "/admin/keys", Some(ADMIN), Some(bad.clone()));
+        assert_eq!(st, 400, "{bad}: {v}");
+    }
+    for path in [
+        "/admin/keys/nosuchkey00",
+        &format!("/admin/keys/{}", "x".repeat(5000)),
+        "/admin/keys/..%2F..%2Fetc",
+    ] {
+        let (st, _) = call(&s, "GET", path, Some(ADMIN), None);
+        assert_eq!(st, 404, "{path:.40}");
+    }
+    let (st, v) = call(&s, "GET", "/admin/keys", Some(ADMIN), None);
+    assert_eq!(st, 200);
+    assert_eq!(v["data"].as_array().unwrap().len(), 3, "{v}");
+    assert!(!v.to_string().contains("sk-hfms-"), "a listing shows no secret");
+
+    // No secret in any log line.
+    std::thread::sleep(Duration::from_millis(200));
+    let logs = s.logs().join("\n");
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret reached the logs");
+    }
+}
+
+#[test]
+fn keys_made_with_the_cli_turn_auth_on_and_an_open_network_server_is_refused() {
+    let dir = data_dir("cli");
+    let hfms = env!("CARGO_BIN_EXE_hfms");
+    let out = Command::new(hfms)
+        .args([
+            "keys",
+            "--data-dir",
+            &dir,
+            "create",
+            "--name",
+            "cli",
+            "--model",
+            "all-minilm",
+            "--rpm",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let secret = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(secret.starts_with("sk-hfms-"), "{secret}");
+    let list = Command::new(hfms)
+        .args(["keys", "--data-dir", &dir, "list"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        table.contains("cli") && table.contains("active") && !table.contains(&secret),
+        "{table}"
+    );
+
+    let s = Server::start(&[
+        "--data-dir",
+        &dir,
+        "--auth-cache-seconds",
+        "0",
+        "--preload",
+        "all-minilm",
+    ]);
+    assert_eq!(call(&s, "GET", "/v1/models", None, None).0, 401);
+    let emb = json!({"model": "all-minilm", "input": "x"});
+    assert_eq!(
+        call(&s, "POST", "/v1/embeddings", Some(&secret), Some(emb.clone())).0,
+        200
+    );
+    let id = &secret[8..20];
+    let revoke = Command::new(hfms)
+        .args(["keys", "--data-dir", &dir, "revoke", id])
+        .output()
+        .unwrap();
+    assert!(revoke.status.success());
+    assert_eq!(call(&s, "POST", "/v1/embeddings", Some(&secret), Some(emb)).0, 401);
+    let bad = Command::new(hfms)
+        .args(["keys", "--data-dir", &dir, "revoke", "nosuch"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    drop(s);
+
+    // No keys, no admin key, a network address: refused before binding.
+    let out = Command::new(hfms)
+        .args([
+            "serve",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--no-hf-cache",
+            "--models-dir",
+            &dir,
+        ])
+        .args(["--data-dir", &data_dir("open")])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-auth"));
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(data_dir("open"));
+}
+
+/// Successes of `n` requests alternating between two servers.
+fn alternate(a: &Server, b: &Server, key: &str, n: usize) -> usize {
+    (0..n)
+        .filter(|i| {
+            let s = if i % 2 == 0 { a } else { b };
+            call(s, "GET", "/v1/models", Some(key), None).0 == 200
+        })
+        .count()
+}
+
+#[test]
+fn two_replicas_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_follows_the_policy() {
+    let mut redis = RedisServer::start();
+    let postgres = Postgres::start();
+    let (redis_url, database_url) = (redis.url(), postgres.url());
+    let env = [("HFMS_ADMIN_KEY", ADMIN)];
+    // Keys in one PostgreSQL, limits in one Redis.
+    let shared = ["--database-url", &database_url, "--redis-url", &redis_url];
+    let a = Server::start_with_env(&shared, &env);
+    let b = Server::start_with_env(&[&shared[..], &["--rate-limit-on-redis-error", "deny"]].concat(), &env);
+    let (_, key) = new_key(&a, json!({"name": "shared", "rpm": 10}));
+    // The key made through one replica works on the other, and the two
+    // together admit the key's 10 requests, not 20.
+    assert_eq!(alternate(&a, &b, &key, 30), 10);
+
+    // Each replica on its own would have admitted 10: the bug one limit
+    // store exists to prevent.
+    let local_dir = data_dir("local");
+    let c = Server::start_with_env(&["--data-dir", &local_dir], &env);
+    let d = Server::start_with_env(&["--data-dir", &local_dir], &env);
+    let (_, local) = new_key(&c, json!({"name": "local", "rpm": 10}));
+    assert_eq!(alternate(&c, &d, &local, 30), 20);
+
+    // Redis gone: `allow` (a) serves with a warning and a metric, `deny`
+    // (b) refuses.
+    redis.kill();
+    let (_, fresh) = new_key(&a, json!({"name": "after", "rpm": 10}));
+    assert_eq!(call(&a, "GET", "/v1/models", Some(&fresh), None).0, 200);
+    assert_eq!(call(&b, "GET", "/v1/models", Some(&fresh), None).0, 429);
+    let metrics = send(&a, "GET", "/metrics", Some(ADMIN), None).text().unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("hfms_rate_limit_store_errors_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    assert!(a.logs().iter().any(|l| l.contains("rate limit store unavailable")));
+    // Revoked through one replica, refused by the other (after its key cache).
+    let (id, revoked) = new_key(&a, json!({"name": "to-revoke"}));
+    assert_eq!(call(&b, "GET", "/v1/models", Some(&revoked), None).0, 200);
+    assert_eq!(
+        call(&a, "DELETE", &format!("/admin/keys/{id}"), Some(ADMIN), None).0,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(5200));
+    assert_eq!(call(&b, "GET", "/v1/models", Some(&revoked), None).0, 401);
+    let _ = std::fs::remove_dir_all(local_dir);
+}
