@@ -478,6 +478,11 @@ impl KeyStore {
         Ok(())
     }
 
+    /// The database (usage records live beside the keys).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -1,10 +1,12 @@
 //! Who may use hfms and how much: API keys stored hashed in SQLite or
 //! PostgreSQL (`keys`), and per-key rate limits kept in process or in Redis
-//! so that replicas enforce one limit (`limits`).
+//! so that replicas enforce one limit (`limits`), and usage records with
+//! their cost (`usage`).
 
 pub mod error;
 pub mod keys;
 pub mod limits;
+pub mod usage;
 
 pub use error::{AccessError, Result};
 pub use keys::{ApiKey, KeySettings, KeyStore, Scope};

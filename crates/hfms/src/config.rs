@@ -132,6 +132,19 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub auth_cache_seconds: u64,
 
+    /// Milliseconds between commits of usage records (one transaction
+    /// each); a crash loses at most this much, a graceful stop nothing.
+    #[arg(long, env = "HFMS_USAGE_COMMIT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub usage_commit_ms: u64,
+
+    /// A model's prices in currency units per million tokens:
+    /// `MODEL=INPUT,CACHED_INPUT,OUTPUT` (e.g. `smollm2=0.1,0.05,0.2`);
+    /// usage records carry the cost (0 for models without a price). In the
+    /// TOML file, a table `[prices]` of model = "INPUT,CACHED,OUTPUT".
+    #[arg(long = "price", env = "HFMS_PRICES", value_delimiter = ';')]
+    pub prices: Vec<String>,
+
     /// Address to listen on.
     #[arg(long, env = "HFMS_HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -662,12 +675,45 @@ impl ServeArgs {
         self.forbidden()?;
         self.models.discover_config()?;
         self.otlp()?;
-        self.access()?;
+        // Model names are checked when the catalog exists (serve).
+        self.access(&|name| Some(name.to_string()))?;
         Ok(())
     }
 
-    /// The access layer's settings (keys, auth, rate limits).
-    pub fn access(&self) -> Result<hfms_server::auth::AccessConfig> {
+    /// Prices by model name, as given.
+    pub fn prices(&self) -> Result<Vec<(String, hfms_access::usage::Price)>> {
+        self.prices
+            .iter()
+            .map(|p| {
+                let (model, v) = split_pair(p, "--price")?;
+                let parts: Vec<f64> = v
+                    .split(',')
+                    .map(|x| x.trim().parse::<f64>())
+                    .collect::<std::result::Result<_, _>>()
+                    .map_err(|e| anyhow::anyhow!("--price {p:?}: {e}"))?;
+                if parts.len() != 3 || parts.iter().any(|x| !x.is_finite() || *x < 0.0 || *x > 1e9) {
+                    bail!("--price {p:?}: MODEL=INPUT,CACHED_INPUT,OUTPUT with three prices from 0 to 1e9 expected");
+                }
+                Ok((
+                    model.to_string(),
+                    hfms_access::usage::Price {
+                        input: parts[0],
+                        cached_input: parts[1],
+                        output: parts[2],
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The access layer's settings (keys, auth, rate limits, usage);
+    /// `resolve` turns a model name into its id (None: unknown).
+    pub fn access(&self, resolve: &dyn Fn(&str) -> Option<String>) -> Result<hfms_server::auth::AccessConfig> {
+        let mut prices = std::collections::HashMap::new();
+        for (name, price) in self.prices()? {
+            let id = resolve(&name).with_context(|| format!("--price {name}: no such model (see `hfms discover`)"))?;
+            prices.insert(id, price);
+        }
         let from_file = match &self.admin_key_file {
             Some(p) => Some(
                 std::fs::read_to_string(p)
@@ -693,6 +739,8 @@ impl ServeArgs {
             redis_timeout: Duration::from_millis(self.rate_limit_timeout_ms),
             allow_on_redis_error: self.rate_limit_on_redis_error == "allow",
             key_cache_ttl: Duration::from_secs(self.auth_cache_seconds),
+            usage_commit_interval: Duration::from_millis(self.usage_commit_ms),
+            prices,
         })
     }
 

@@ -9,6 +9,7 @@ mod discover_cmd;
 mod keys_cmd;
 mod serve;
 mod telemetry;
+mod usage_cmd;
 
 use anyhow::Result;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -40,6 +41,8 @@ enum Command {
     Bench(Box<bench::BenchArgs>),
     /// Manage API keys in the server's database.
     Keys(Box<keys_cmd::KeysArgs>),
+    /// Usage totals from the server's database (table or CSV).
+    Usage(Box<usage_cmd::UsageArgs>),
     /// Detect hardware: CPU, CUDA, ROCm, Metal, OpenVINO, QNN.
     Hardware {
         /// Print JSON instead of a table.
@@ -113,6 +116,10 @@ fn main() -> Result<()> {
             discover_cmd::run(&models, json)
         }
         Command::Bench(args) => bench::run(*args),
+        Command::Usage(args) => {
+            telemetry::init("text", None)?;
+            usage_cmd::run(*args)
+        }
         Command::Keys(args) => {
             telemetry::init("text", None)?;
             keys_cmd::run(*args)

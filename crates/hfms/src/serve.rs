@@ -110,9 +110,12 @@ async fn serve(s: ServeArgs) -> Result<()> {
             observers: metrics.clone(),
         },
     ));
-    let access = hfms_server::auth::Access::open(&s.access()?)
+    // Prices are given by id or alias; records hold ids.
+    let resolve = |name: &str| manager.resolve(name).map(|d| d.id.clone());
+    let access = hfms_server::auth::Access::open(&s.access(&resolve)?)
         .await
         .map_err(anyhow::Error::msg)?;
+    let access = Arc::new(access);
     if !listen.ip().is_loopback() && !access.required() && !s.no_auth {
         anyhow::bail!(
             "refusing to serve {listen} without API keys: give an admin key (HFMS_ADMIN_KEY or --admin-key-file), \
@@ -124,7 +127,7 @@ async fn serve(s: ServeArgs) -> Result<()> {
         s.server(listen),
         Some(hardware),
         metrics,
-        Arc::new(access),
+        access.clone(),
     )
     .map_err(anyhow::Error::msg)?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -199,6 +202,8 @@ async fn serve(s: ServeArgs) -> Result<()> {
         .with_graceful_shutdown(signalled)
         .await
         .context("serving")?;
+    // Every request has ended: commit their usage records.
+    access.shutdown().await;
     tracing::info!("shut down");
     Ok(())
 }

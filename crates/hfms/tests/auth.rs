@@ -384,3 +384,152 @@ fn two_replicas_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_fo
     assert_eq!(call(&b, "GET", "/v1/models", Some(&revoked), None).0, 401);
     let _ = std::fs::remove_dir_all(local_dir);
 }
+
+fn usage_of(v: &Value) -> (f64, f64, f64) {
+    let u = &v["usage"];
+    let cached = u["prompt_tokens_details"]["cached_tokens"].as_f64().unwrap_or(0.0);
+    (
+        u["prompt_tokens"].as_f64().unwrap(),
+        cached,
+        u["completion_tokens"].as_f64().unwrap_or(0.0),
+    )
+}
+
+#[test]
+fn usage_records_match_the_answers_are_priced_and_survive_a_graceful_stop() {
+    let dir = data_dir("usage");
+    let s = Server::start_with_env(
+        &[
+            "--data-dir",
+            &dir,
+            "--preload",
+            "smollm2,all-minilm",
+            "--usage-commit-ms",
+            "200",
+            "--price",
+            "smollm2=1000000,500000,2000000",
+        ],
+        &[("HFMS_ADMIN_KEY", ADMIN)],
+    );
+    let (id, key) = new_key(&s, json!({"name": "metered"}));
+    let body = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Name a color."}],
+                      "max_tokens": 5, "temperature": 0});
+    let (st, first) = call(&s, "POST", "/v1/chat/completions", Some(&key), Some(body.clone()));
+    assert_eq!(st, 200);
+    // The same again: answered from the cache, recorded as a hit.
+    let r = send(&s, "POST", "/v1/chat/completions", Some(&key), Some(body));
+    assert_eq!(r.headers()["x-cache"], "hit");
+    let hit: Value = r.json().unwrap();
+    let streamed = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&key),
+        Some(
+            json!({"model": "smollm2", "messages": [{"role": "user", "content": "Count to three."}],
+                    "max_tokens": 6, "stream": true, "stream_options": {"include_usage": true}}),
+        ),
+    )
+    .text()
+    .unwrap();
+    let last: Value = streamed
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .next_back()
+        .unwrap();
+    let (st, _) = call(
+        &s,
+        "POST",
+        "/v1/embeddings",
+        Some(ADMIN),
+        Some(json!({"model": "all-minilm", "input": "x"})),
+    );
+    assert_eq!(st, 200);
+    std::thread::sleep(Duration::from_millis(600));
+
+    let (st, v) = call(&s, "GET", "/admin/usage?group_by=key", Some(ADMIN), None);
+    assert_eq!(st, 200, "{v}");
+    let rows = v["data"].as_array().unwrap();
+    let mine = rows.iter().find(|r| r["group"] == id).unwrap_or_else(|| panic!("{v}"));
+    let answers = [usage_of(&first), usage_of(&hit), usage_of(&last)];
+    let sum = |f: fn(&(f64, f64, f64)) -> f64| answers.iter().map(f).sum::<f64>();
+    assert_eq!(mine["requests"], 3);
+    assert_eq!(mine["cache_hits"], 1);
+    assert_eq!(mine["prompt_tokens"].as_f64(), Some(sum(|a| a.0)));
+    assert_eq!(mine["cached_tokens"].as_f64(), Some(sum(|a| a.1)));
+    assert_eq!(mine["completion_tokens"].as_f64(), Some(sum(|a| a.2)));
+    // Priced per token here: input 1, cached input 0.5, output 2.
+    let cost = sum(|a| a.0 - a.1) + 0.5 * sum(|a| a.1) + 2.0 * sum(|a| a.2);
+    assert!((mine["cost"].as_f64().unwrap() - cost).abs() < 1e-6, "{mine} vs {cost}");
+    let operator = rows.iter().find(|r| r["group"] == "-").unwrap();
+    assert_eq!(operator["requests"], 1);
+
+    let r = send(&s, "GET", "/admin/usage?group_by=model&format=csv", Some(ADMIN), None);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
+    let csv = r.text().unwrap();
+    assert!(csv.starts_with("group,requests,"), "{csv}");
+    assert!(csv.contains("HuggingFaceTB/SmolLM2-135M-Instruct,3,"), "{csv}");
+    let (_, v) = call(
+        &s,
+        "GET",
+        "/admin/usage?model=smollm2&from=2000-01-01T00:00:00Z",
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(v["data"][0]["requests"], 3, "{v}");
+    let (_, v) = call(
+        &s,
+        "GET",
+        &format!("/admin/usage?to={}", 946_684_800),
+        Some(ADMIN),
+        None,
+    );
+    assert_eq!(v["data"].as_array().unwrap().len(), 0, "nothing before 2000: {v}");
+    assert_eq!(call(&s, "GET", "/admin/usage", Some(&key), None).0, 403);
+    for bad in [
+        "group_by=week",
+        "from=abc",
+        "from=-1",
+        "to=99999999999999999999",
+        "from=9223372036854775807",
+        "format=xml",
+        "nonsense=1",
+        "from=%ZZ",
+    ] {
+        let (st, v) = call(&s, "GET", &format!("/admin/usage?{bad}"), Some(ADMIN), None);
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert!(v["error"]["message"].is_string(), "{bad}: {v}");
+    }
+
+    // A graceful stop commits every record of the requests it answered.
+    let before = total_requests(&dir);
+    for i in 0..20 {
+        let (st, _) = call(
+            &s,
+            "POST",
+            "/v1/embeddings",
+            Some(&key),
+            Some(json!({"model": "all-minilm", "input": format!("n{i}")})),
+        );
+        assert_eq!(st, 200);
+    }
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(30)).is_some());
+    assert_eq!(total_requests(&dir), before + 20);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Requests recorded in a stopped server's database, through `hfms usage`.
+fn total_requests(dir: &str) -> u64 {
+    let out = Command::new(env!("CARGO_BIN_EXE_hfms"))
+        .args(["usage", "--data-dir", dir, "--csv"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let csv = String::from_utf8(out.stdout).unwrap();
+    csv.lines()
+        .nth(1)
+        .map_or(0, |l| l.split(',').nth(1).unwrap().parse().unwrap())
+}

@@ -1,11 +1,16 @@
-//! The key administration API (scope `admin`): `POST/GET /admin/keys`,
-//! `GET/PATCH/DELETE /admin/keys/{id}`, `POST /admin/keys/{id}/rotate`.
-//! A secret appears once, in the answer that made it.
+//! The administration API (scope `admin`): keys — `POST/GET /admin/keys`,
+//! `GET/PATCH/DELETE /admin/keys/{id}`, `POST /admin/keys/{id}/rotate` (a
+//! secret appears once, in the answer that made it) — and usage,
+//! `GET /admin/usage`.
+
+use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use hfms_access::usage::{GroupBy, UsageQuery, summarize, to_csv};
 use hfms_access::{ApiKey, KeySettings};
 use serde_json::{Value, json};
 
@@ -85,4 +90,73 @@ pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     let (key, secret) = rotated.ok_or_else(|| no_such_key(&id))?;
     tracing::info!(key_id = %key.id, "API key rotated");
     Ok(Json(with_secret(&key, secret)))
+}
+
+/// `GET /admin/usage?key=&model=&from=&to=&group_by=hour|day|model|key&format=json|csv`:
+/// totals of the usage records (`from`/`to`: Unix seconds or RFC 3339).
+pub async fn usage(
+    State(state): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(None, format!("the query string: {e}")))?;
+    for name in q.keys() {
+        if !["key", "model", "from", "to", "group_by", "format"].contains(&name.as_str()) {
+            return Err(ApiError::invalid(
+                Some(name.chars().take(64).collect::<String>()),
+                "unknown parameter",
+            ));
+        }
+    }
+    let time = |name: &'static str| -> ApiResult<Option<i64>> {
+        let Some(v) = q.get(name) else { return Ok(None) };
+        let secs = match v.parse::<i64>() {
+            Ok(s) => s,
+            Err(_) => humantime::parse_rfc3339_weak(v)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok())
+                .ok_or_else(|| {
+                    ApiError::invalid(Some(name.to_string()), "Unix seconds or an RFC 3339 time expected")
+                })?,
+        };
+        secs.checked_mul(1000)
+            .filter(|ms| *ms >= 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(Some(name.to_string()), "out of range"))
+    };
+    let group_by = match q.get("group_by") {
+        None => None,
+        Some(g) => Some(
+            GroupBy::parse(g)
+                .ok_or_else(|| ApiError::invalid(Some("group_by".into()), "one of hour, day, model, key"))?,
+        ),
+    };
+    let csv = match q.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => return Err(ApiError::invalid(Some("format".into()), "json or csv")),
+    };
+    // A model may be named by an alias; records hold ids.
+    let model = q
+        .get("model")
+        .map(|m| state.manager().resolve(m).map_or_else(|| m.clone(), |d| d.id.clone()));
+    let query = UsageQuery {
+        key: q.get("key").cloned(),
+        model,
+        from_ms: time("from")?,
+        to_ms: time("to")?,
+        group_by,
+    };
+    let rows = summarize(state.access().store().pool(), &query)
+        .await
+        .map_err(access_error)?;
+    Ok(if csv {
+        (
+            [(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")],
+            to_csv(&rows),
+        )
+            .into_response()
+    } else {
+        Json(json!({"object": "list", "data": rows})).into_response()
+    })
 }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use hfms_access::usage::{Price, UsageRecord, UsageWriter};
 use hfms_access::{ApiKey, Decision, KeySettings, KeyStore, RateLimiter, Scope};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -35,6 +36,10 @@ pub struct AccessConfig {
     /// How long a verified key is trusted before it is read again (a key
     /// revoked through another replica stops working within this).
     pub key_cache_ttl: Duration,
+    /// Usage records are committed together at this interval.
+    pub usage_commit_interval: Duration,
+    /// Prices per model id.
+    pub prices: HashMap<String, Price>,
 }
 
 /// Who is making a request.
@@ -75,6 +80,9 @@ pub struct Access {
     in_flight: Mutex<HashMap<String, u64>>,
     /// Last `last_used_at` written per key (written at most once a minute).
     touched: Mutex<HashMap<String, i64>>,
+    /// Taken at shutdown to commit what is queued.
+    usage: Mutex<Option<UsageWriter>>,
+    prices: HashMap<String, Price>,
 }
 
 fn sha256(s: &str) -> [u8; 32] {
@@ -90,7 +98,6 @@ impl Access {
         };
         let keys = store.count_active().await.map_err(|e| e.to_string())?;
         Ok(Access {
-            store,
             limiter,
             admin_hash: c.admin_key.as_deref().map(sha256),
             required: AtomicBool::new(c.admin_key.is_some() || keys > 0),
@@ -101,7 +108,38 @@ impl Access {
                 .build(),
             in_flight: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashMap::new()),
+            usage: Mutex::new(Some(UsageWriter::start(store.pool().clone(), c.usage_commit_interval))),
+            prices: c.prices.clone(),
+            store,
         })
+    }
+
+    /// Queue a request's usage record, priced.
+    pub fn record_usage(&self, mut r: UsageRecord) {
+        if let Some(p) = self.prices.get(&r.model) {
+            r.cost = p.cost(r.prompt_tokens, r.cached_tokens, r.completion_tokens);
+        }
+        if let Some(w) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            w.record(r);
+        }
+    }
+
+    /// Records dropped because the database did not keep up.
+    pub fn usage_dropped(&self) -> u64 {
+        self.usage
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, UsageWriter::dropped)
+    }
+
+    /// Commit every queued usage record (graceful shutdown).
+    pub async fn shutdown(&self) {
+        let writer = self.usage.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            w.shutdown().await;
+        }
+        self.store.close().await;
     }
 
     pub fn store(&self) -> &KeyStore {
@@ -351,11 +389,23 @@ tokio::task_local! {
     static CURRENT: RequestAccess;
 }
 
+/// What a request used, as its handler learns it (for its usage record).
+#[derive(Debug, Clone, Default)]
+pub struct UsageNote {
+    pub prompt_tokens: u64,
+    pub cached_tokens: u64,
+    pub completion_tokens: u64,
+    pub finish_reason: Option<&'static str>,
+    pub ttft_ms: Option<f64>,
+    pub cache_hit: bool,
+}
+
 #[derive(Clone)]
 pub struct RequestAccess {
     pub caller: Caller,
     access: Arc<Access>,
     tokens: Arc<Mutex<Option<Decision>>>,
+    usage: Arc<Mutex<UsageNote>>,
 }
 
 impl RequestAccess {
@@ -364,7 +414,20 @@ impl RequestAccess {
             caller,
             access,
             tokens: Arc::new(Mutex::new(None)),
+            usage: Arc::new(Mutex::new(UsageNote::default())),
         }
+    }
+
+    pub fn access(&self) -> &Arc<Access> {
+        &self.access
+    }
+
+    pub fn usage(&self) -> UsageNote {
+        self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut UsageNote)) {
+        f(&mut self.usage.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
     /// Run `f` as this request.
@@ -408,53 +471,101 @@ pub fn check_model(requested: &str, names: &[&str]) -> ApiResult<()> {
     }
 }
 
-/// Tokens of one request, charged to its key's TPM: the prompt when it is
-/// admitted (refused past the limit), the completion when it ends.
+/// How a generation ended, for its usage record and token limit.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Settled {
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+    pub finish_reason: Option<&'static str>,
+    /// Seconds from submission to the first token (the earliest choice's).
+    pub ttft: Option<f64>,
+}
+
+/// The tokens of one request: noted for its usage record and, when its key
+/// has a token limit, charged to it (the prompt when admitted, refused past
+/// the limit; the completion when it ends).
 #[derive(Clone)]
 pub struct TokenMeter {
     request: RequestAccess,
-    key: Arc<ApiKey>,
 }
 
 impl TokenMeter {
-    /// The current request's meter, when its key has a token limit.
-    pub fn current() -> Option<TokenMeter> {
-        let request = current()?;
-        let key = request.caller.key()?.clone();
-        key.tpm?;
-        Some(TokenMeter { request, key })
-    }
-
-    pub async fn admit(&self, prompt_tokens: usize) -> ApiResult<()> {
-        let Some(d) = self
-            .request
-            .access
-            .take_tokens(&self.key, prompt_tokens as u64, false)
-            .await
-        else {
+    async fn admit(&self, prompt_tokens: usize) -> ApiResult<()> {
+        self.request.note(|u| u.prompt_tokens = prompt_tokens as u64);
+        let Some(key) = self.request.caller.key() else {
+            return Ok(());
+        };
+        let Some(d) = self.request.access.take_tokens(key, prompt_tokens as u64, false).await else {
             return Ok(());
         };
         *self.request.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
         if d.allowed { Ok(()) } else { Err(limited("tokens", &d)) }
     }
 
-    pub async fn settle(&self, completion_tokens: usize) {
-        if completion_tokens > 0 {
+    pub async fn settle(&self, s: Settled) {
+        self.request.note(|u| {
+            u.completion_tokens = s.completion_tokens as u64;
+            u.cached_tokens = s.cached_tokens as u64;
+            u.finish_reason = s.finish_reason;
+            u.ttft_ms = s.ttft.map(|t| t * 1e3);
+        });
+        if s.completion_tokens > 0
+            && let Some(key) = self.request.caller.key()
+        {
             self.request
                 .access
-                .take_tokens(&self.key, completion_tokens as u64, true)
+                .take_tokens(key, s.completion_tokens as u64, true)
                 .await;
         }
     }
 }
 
-/// Charge a request's prompt tokens to its key, if it has a token limit.
+/// Note a request's prompt tokens and charge them to its key's token
+/// limit; the meter settles the completion.
 pub async fn admit_tokens(prompt_tokens: usize) -> ApiResult<Option<TokenMeter>> {
-    let Some(m) = TokenMeter::current() else {
+    let Some(request) = current() else {
         return Ok(None);
     };
+    let m = TokenMeter { request };
     m.admit(prompt_tokens).await?;
     Ok(Some(m))
+}
+
+/// A request answered from the response cache: its record carries the
+/// stored answer's usage and no engine work.
+pub fn note_cache_hit(stored: &[u8]) {
+    #[derive(serde::Deserialize, Default)]
+    struct Stored {
+        #[serde(default)]
+        usage: Option<StoredUsage>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct StoredUsage {
+        #[serde(default)]
+        prompt_tokens: u64,
+        #[serde(default)]
+        completion_tokens: u64,
+        #[serde(default)]
+        prompt_tokens_details: Option<Details>,
+    }
+    #[derive(serde::Deserialize, Default)]
+    struct Details {
+        #[serde(default)]
+        cached_tokens: u64,
+    }
+    let Some(request) = current() else {
+        return;
+    };
+    let usage = serde_json::from_slice::<Stored>(stored)
+        .ok()
+        .and_then(|s| s.usage)
+        .unwrap_or_default();
+    request.note(|u| {
+        u.cache_hit = true;
+        u.prompt_tokens = usage.prompt_tokens;
+        u.completion_tokens = usage.completion_tokens;
+        u.cached_tokens = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+    });
 }
 
 #[cfg(test)]

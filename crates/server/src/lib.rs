@@ -45,6 +45,7 @@ pub fn router(state: AppState) -> Router {
             get(admin::show).patch(admin::update).delete(admin::revoke),
         )
         .route("/admin/keys/{id}/rotate", post(admin::rotate))
+        .route("/admin/usage", get(admin::usage))
         .route("/models/load", post(management::load))
         .route("/models/unload", post(management::unload))
         .route("/health", get(health::health))

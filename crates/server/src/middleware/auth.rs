@@ -22,7 +22,13 @@ fn open_path(path: &str) -> bool {
     matches!(path, "/health" | "/ready" | "/openapi.json")
 }
 
+/// The requests that get a usage record.
+fn metered(method: &Method, path: &str) -> bool {
+    method == Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings")
+}
+
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
     let path = req.uri().path();
     if open_path(path) || req.method() == Method::OPTIONS {
         return next.run(req).await;
@@ -70,8 +76,19 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             }
         }
     }
-    let request = RequestAccess::new(caller, access);
+    let metered = metered(req.method(), path).then(|| {
+        (
+            path.to_string(),
+            req.extensions()
+                .get::<crate::middleware::trace::RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+        )
+    });
+    let request = RequestAccess::new(caller, access.clone());
     let mut resp = request.clone().scope(next.run(req)).await;
+    // The model the handler resolved (none: refused before one was named).
+    let model = crate::middleware::metrics::current_model();
     if let Some(d) = &requests {
         auth::set_headers(resp.headers_mut(), "requests", d);
     }
@@ -84,9 +101,53 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         auth::set_headers(resp.headers_mut(), "tokens", &d);
     }
-    match slot {
-        // The slot is held until the body (a stream) ends.
-        Some(slot) => resp.map(|body| Body::new(GuardedBody::new(body, slot))),
-        None => resp,
+    let usage = match (metered, model) {
+        (Some((endpoint, request_id)), Some(model)) => Some(UsageOnEnd {
+            request,
+            started,
+            endpoint,
+            request_id,
+            model,
+            status: resp.status().as_u16(),
+        }),
+        _ => None,
+    };
+    // The slot is held, and the record written, when the body (a stream)
+    // ends.
+    resp.map(|body| Body::new(GuardedBody::new(body, (slot, usage))))
+}
+
+/// Writes a request's usage record when its response body is dropped.
+struct UsageOnEnd {
+    request: RequestAccess,
+    started: std::time::Instant,
+    endpoint: String,
+    request_id: String,
+    model: String,
+    status: u16,
+}
+
+impl Drop for UsageOnEnd {
+    fn drop(&mut self) {
+        let u = self.request.usage();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.request.access().record_usage(hfms_access::usage::UsageRecord {
+            time_ms: now_ms,
+            request_id: std::mem::take(&mut self.request_id),
+            key_id: self.request.caller.key().map(|k| k.id.clone()),
+            model: std::mem::take(&mut self.model),
+            endpoint: std::mem::take(&mut self.endpoint),
+            status: self.status,
+            prompt_tokens: u.prompt_tokens,
+            cached_tokens: u.cached_tokens,
+            completion_tokens: u.completion_tokens,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            ttft_ms: u.ttft_ms,
+            finish_reason: u.finish_reason.map(str::to_string),
+            cache_hit: u.cache_hit,
+            cost: 0.0,
+        });
     }
 }

@@ -56,10 +56,13 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let status = resp.status().as_u16();
     let info = resp.extensions().get::<ErrorInfo>();
     if let Some(m) = &model {
-        // The model's circuit breaker hears every outcome but load answers.
+        // The model's circuit breaker hears every outcome but load answers
+        // and cache hits (which never reached the model).
+        let hit = resp.headers().get("x-cache").is_some_and(|v| v == "hit");
         match info {
             Some(i) if i.counts_against_the_model => state.breakers().record(m, Some(&i.message)),
             Some(_) => state.breakers().neutral(m),
+            None if hit => {}
             None => state.breakers().record(m, None),
         }
     }

@@ -310,7 +310,7 @@ pub async fn create(
     if !stream {
         let results = collect_all(&state, receivers).await?;
         if let Some(m) = &meter {
-            m.settle(results.iter().map(|r| r.usage.completion_tokens).sum()).await;
+            m.settle(super::settled_of(&results, |i| i == 0)).await;
         }
         return Ok(super::answer(&state, answer_of(results)?, lookup));
     }
@@ -386,7 +386,7 @@ pub async fn create(
             .relay(events, n, |i| i == 0, chunk_of, usage_of, store.is_some())
             .await;
         if let Some(m) = &meter {
-            m.settle(relayed.completion_tokens).await;
+            m.settle(relayed.settled).await;
         }
         sink.store(store, relayed.results.map(answer_of));
     });

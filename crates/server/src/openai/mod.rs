@@ -112,6 +112,8 @@ pub struct Collected {
     pub prompt_logprobs: Option<Vec<PromptToken>>,
     pub finish: Option<FinishReason>,
     pub usage: GenUsage,
+    /// Seconds from submission to the first token.
+    pub ttft: f64,
 }
 
 impl Collected {
@@ -124,10 +126,13 @@ impl Collected {
                 self.logprobs.extend(logprobs.iter().cloned());
             }
             GenEvent::Done {
-                finish_reason, usage, ..
+                finish_reason,
+                usage,
+                time_to_first_token,
             } => {
                 self.finish = Some(*finish_reason);
                 self.usage = *usage;
+                self.ttft = *time_to_first_token;
                 return true;
             }
             GenEvent::Error(_) => {}
@@ -269,6 +274,8 @@ impl SseSink {
         U: FnOnce(usize, usize) -> C,
     {
         let (mut completion, mut cached, mut done) = (0, 0, 0);
+        let mut ttft: Option<f64> = None;
+        let mut finish = None;
         let mut collected: Option<Vec<Collected>> = collect.then(|| (0..n).map(|_| Collected::default()).collect());
         while done < n {
             let (index, ev) = match events.next().await {
@@ -276,18 +283,25 @@ impl SseSink {
                 Ok(None) => break,
                 Err(e) => {
                     self.send_error(&e).await;
-                    return Relayed::partial(completion);
+                    return Relayed::partial(completion, cached, finish, ttft);
                 }
             };
             if let GenEvent::Error(e) = ev {
                 self.send_error(&ApiError::from(e)).await;
-                return Relayed::partial(completion);
+                return Relayed::partial(completion, cached, finish, ttft);
             }
             if let Some(c) = collected.as_mut().and_then(|c| c.get_mut(index)) {
                 c.absorb(&ev);
             }
-            if let GenEvent::Done { usage, .. } = &ev {
+            if let GenEvent::Done {
+                usage,
+                finish_reason,
+                time_to_first_token,
+            } = &ev
+            {
                 completion += usage.completion_tokens;
+                finish = Some(*finish_reason);
+                ttft = Some(ttft.map_or(*time_to_first_token, |t: f64| t.min(*time_to_first_token)));
                 if counts_cached(index) {
                     cached += usage.cached_tokens;
                 }
@@ -296,19 +310,19 @@ impl SseSink {
             if let Some(c) = chunk_of(index, ev)
                 && self.send_json(&c).await.is_err()
             {
-                return Relayed::partial(completion);
+                return Relayed::partial(completion, cached, finish, ttft);
             }
         }
         if let Some(usage_of) = usage_of
             && self.send_json(&usage_of(completion, cached)).await.is_err()
         {
-            return Relayed::partial(completion);
+            return Relayed::partial(completion, cached, finish, ttft);
         }
         if self.send(sse_done()).await.is_err() {
-            return Relayed::partial(completion);
+            return Relayed::partial(completion, cached, finish, ttft);
         }
         Relayed {
-            completion_tokens: completion,
+            settled: settled(completion, cached, finish, ttft),
             results: collected.filter(|_| done == n),
         }
     }
@@ -349,18 +363,43 @@ impl SseSink {
 /// What a relayed stream produced.
 pub struct Relayed {
     /// Of the choices that finished (a choice cut short is not counted).
-    pub completion_tokens: usize,
+    pub settled: crate::auth::Settled,
     /// Every choice, when asked for and the stream was sent whole.
     pub results: Option<Vec<Collected>>,
 }
 
 impl Relayed {
-    fn partial(completion_tokens: usize) -> Self {
+    fn partial(completion: usize, cached: usize, finish: Option<FinishReason>, ttft: Option<f64>) -> Self {
         Relayed {
-            completion_tokens,
+            settled: settled(completion, cached, finish, ttft),
             results: None,
         }
     }
+}
+
+fn settled(completion: usize, cached: usize, finish: Option<FinishReason>, ttft: Option<f64>) -> crate::auth::Settled {
+    crate::auth::Settled {
+        completion_tokens: completion,
+        cached_tokens: cached,
+        finish_reason: finish.map(finish_str),
+        ttft,
+    }
+}
+
+/// How non-streamed choices ended: `cached` says which choices' cached
+/// prompt tokens count (each prompt once).
+pub fn settled_of(results: &[Collected], counts_cached: impl Fn(usize) -> bool) -> crate::auth::Settled {
+    settled(
+        results.iter().map(|r| r.usage.completion_tokens).sum(),
+        results
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| counts_cached(*i))
+            .map(|(_, r)| r.usage.cached_tokens)
+            .sum(),
+        results.last().and_then(|r| r.finish),
+        results.iter().map(|r| r.ttft).reduce(f64::min),
+    )
 }
 
 /// A streamed (SSE) response whose events `produce` writes, on its own task
@@ -415,8 +454,16 @@ pub async fn cache_lookup(
     let desc = state.manager().resolve(model);
     // A key must not read answers for a model it may not use.
     allowed_model(model, desc)?;
+    if let Some(d) = desc {
+        // A hit never reaches `acquire`: name the model for metrics and usage.
+        crate::middleware::metrics::note_model(&d.id);
+    }
     let desc = desc.filter(|d| d.servable());
-    Ok(state.cache().lookup(headers, endpoint, desc, raw, deterministic).await)
+    let lookup = state.cache().lookup(headers, endpoint, desc, raw, deterministic).await;
+    if let crate::cache::Lookup::Hit(stored) = &lookup {
+        crate::auth::note_cache_hit(stored);
+    }
+    Ok(lookup)
 }
 
 /// The caller's key's model allow-list, checked against the model's id and
