@@ -229,14 +229,16 @@ fn limit(v: Option<i64>) -> Option<u64> {
 fn from_row(row: &AnyRow) -> Result<(ApiKey, String, String)> {
     let scopes: String = row.try_get("scopes")?;
     let models: String = row.try_get("models")?;
-    let models: Vec<String> = serde_json::from_str(&models).unwrap_or_default();
+    // Unreadable patterns must not mean "every model": fail closed.
+    let models: Vec<String> = serde_json::from_str(&models)
+        .map_err(|e| AccessError::Database(format!("the models of a key are unreadable: {e}")))?;
     let metadata: String = row.try_get("metadata")?;
     let key = ApiKey {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         owner: row.try_get("owner")?,
         scopes: scopes.split(',').filter_map(Scope::parse).collect(),
-        model_set: Arc::new(model_set(&models).unwrap_or_else(|_| GlobSet::empty())),
+        model_set: Arc::new(model_set(&models)?),
         models,
         rpm: limit(row.try_get("rpm")?),
         tpm: limit(row.try_get("tpm")?),
@@ -373,6 +375,16 @@ impl KeyStore {
         Ok(n as u64)
     }
 
+    /// Whether a key was ever made (revoked and expired ones count: once
+    /// keys are in use, revoking the last must not open the server).
+    pub async fn any(&self) -> Result<bool> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM api_keys")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(n > 0)
+    }
+
     /// Change what `s` names; None when there is no such key.
     pub async fn update(&self, id: &str, s: KeySettings) -> Result<Option<ApiKey>> {
         s.validate()?;
@@ -446,7 +458,7 @@ impl KeyStore {
         }
         let secret = format!("{SECRET_PREFIX}{id}{}", random_base62(RANDOM_LEN)?);
         let salt = random_base62(22)?;
-        sqlx::query("UPDATE api_keys SET salt = $1, hash = $2 WHERE id = $3")
+        sqlx::query("UPDATE api_keys SET salt = $1, hash = $2 WHERE id = $3 AND revoked_at IS NULL")
             .bind(&salt)
             .bind(hash(&salt, &secret))
             .bind(id)

@@ -38,13 +38,25 @@ pub struct Decision {
     pub backend_error: bool,
 }
 
+/// Milliseconds as a duration; what Redis hands back may be anything
+/// (NaN, infinite, negative), and must not panic.
+fn secs_of_ms(v: f64) -> Duration {
+    Duration::try_from_secs_f64(v / 1000.0)
+        .unwrap_or(if v > 0.0 {
+            Duration::from_secs(3600)
+        } else {
+            Duration::ZERO
+        })
+        .min(Duration::from_secs(3600))
+}
+
 /// The GCRA step on a stored TAT (ms), at `now` (ms): the decision and the
 /// TAT to store (None: unchanged).
 fn gcra(stored: f64, now: f64, per_minute: u64, cost: u64, force: bool) -> (Decision, Option<f64>) {
     let t = WINDOW_MS / per_minute as f64;
     let tat = stored.max(now);
     let new = tat + cost as f64 * t;
-    let ms = |v: f64| Duration::from_secs_f64((v.max(0.0)) / 1000.0);
+    let ms = secs_of_ms;
     let remaining = |tat: f64| ((WINDOW_MS - (tat - now)) / t).floor().max(0.0) as u64;
     if !force && new - now > WINDOW_MS {
         let d = Decision {
@@ -116,8 +128,8 @@ impl RateLimiter {
         }
     }
 
-    /// Buckets in Redis at `url`. Connecting is lazy and retried; the
-    /// policy applies while it is unreachable.
+    /// Buckets in Redis at `url` (it must answer at start; later outages
+    /// follow the policy, and the connection is re-made).
     pub async fn redis(url: &str, timeout: Duration, allow_on_error: bool) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("--redis-url: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
@@ -173,8 +185,8 @@ impl RateLimiter {
                             allowed: allowed == 1,
                             limit: per_minute,
                             remaining: ((WINDOW_MS - ahead) / t).floor().max(0.0) as u64,
-                            reset: Duration::from_secs_f64(ahead.max(0.0) / 1000.0),
-                            retry_after: Duration::from_secs_f64(retry.max(0.0) / 1000.0),
+                            reset: secs_of_ms(ahead),
+                            retry_after: secs_of_ms(retry),
                             backend_error: false,
                         }
                     }

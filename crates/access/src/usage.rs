@@ -295,6 +295,12 @@ pub async fn summarize(pool: &AnyPool, q: &UsageQuery) -> Result<Vec<UsageRow>> 
 /// Rows as CSV (RFC 4180), header first.
 pub fn to_csv(rows: &[UsageRow]) -> String {
     let quote = |s: &str| {
+        // A spreadsheet would run a cell that starts like a formula.
+        let s = if s.starts_with(['=', '+', '-', '@']) {
+            format!("'{s}")
+        } else {
+            s.to_string()
+        };
         if s.contains([',', '"', '\n', '\r']) {
             format!("\"{}\"", s.replace('"', "\"\""))
         } else {

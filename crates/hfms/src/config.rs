@@ -476,7 +476,7 @@ fn is_secret(name: &str) -> bool {
 }
 
 /// `scheme://user:password@host` → `scheme://user:<redacted>@host`.
-fn redact_url(s: &str) -> String {
+pub fn redact_url(s: &str) -> String {
     if let Some((scheme, rest)) = s.split_once("://")
         && let Some((userinfo, host)) = rest.split_once('@')
         && let Some((user, _)) = userinfo.split_once(':')
@@ -741,6 +741,8 @@ impl ServeArgs {
             key_cache_ttl: Duration::from_secs(self.auth_cache_seconds),
             usage_commit_interval: Duration::from_millis(self.usage_commit_ms),
             prices,
+            // Without keys, the admin API is for whoever is on this machine.
+            keyless_admin: self.listen()?.ip().is_loopback(),
         })
     }
 

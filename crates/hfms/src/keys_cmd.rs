@@ -68,7 +68,9 @@ pub fn run(args: KeysArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async move {
         let url = args.store.database_url()?;
-        let store = KeyStore::open(&url).await.with_context(|| format!("opening {url}"))?;
+        let store = KeyStore::open(&url)
+            .await
+            .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
         let out = act(&store, args.action).await;
         store.close().await;
         out

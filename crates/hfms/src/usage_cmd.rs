@@ -48,7 +48,9 @@ pub fn run(args: UsageArgs) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let rows = runtime.block_on(async {
         let url = args.store.database_url()?;
-        let store = KeyStore::open(&url).await.with_context(|| format!("opening {url}"))?;
+        let store = KeyStore::open(&url)
+            .await
+            .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
         let rows = summarize(store.pool(), &query).await;
         store.close().await;
         anyhow::Ok(rows?)

@@ -245,9 +245,20 @@ fn keys_gate_every_endpoint_by_scope_and_model_and_limit_requests_tokens_and_con
 }
 
 #[test]
-fn keys_made_with_the_cli_turn_auth_on_and_an_open_network_server_is_refused() {
+fn keys_made_with_the_cli_turn_a_running_server_s_auth_on_and_an_open_network_server_is_refused() {
     let dir = data_dir("cli");
     let hfms = env!("CARGO_BIN_EXE_hfms");
+    // A server without keys serves everyone, until a key appears in its
+    // database (made here by the CLI while it runs).
+    let s = Server::start(&[
+        "--data-dir",
+        &dir,
+        "--auth-cache-seconds",
+        "0",
+        "--preload",
+        "all-minilm",
+    ]);
+    assert_eq!(call(&s, "GET", "/v1/models", None, None).0, 200);
     let out = Command::new(hfms)
         .args([
             "keys",
@@ -276,15 +287,14 @@ fn keys_made_with_the_cli_turn_auth_on_and_an_open_network_server_is_refused() {
         "{table}"
     );
 
-    let s = Server::start(&[
-        "--data-dir",
-        &dir,
-        "--auth-cache-seconds",
-        "0",
-        "--preload",
-        "all-minilm",
-    ]);
-    assert_eq!(call(&s, "GET", "/v1/models", None, None).0, 401);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while call(&s, "GET", "/v1/models", None, None).0 != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the running server never noticed the new key"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let emb = json!({"model": "all-minilm", "input": "x"});
     assert_eq!(
         call(&s, "POST", "/v1/embeddings", Some(&secret), Some(emb.clone())).0,
@@ -302,6 +312,10 @@ fn keys_made_with_the_cli_turn_auth_on_and_an_open_network_server_is_refused() {
         .output()
         .unwrap();
     assert!(!bad.status.success());
+    drop(s);
+    // Every key revoked: a restart does not open the server again.
+    let s = Server::start(&["--data-dir", &dir]);
+    assert_eq!(call(&s, "GET", "/v1/models", None, None).0, 401);
     drop(s);
 
     // No keys, no admin key, a network address: refused before binding.
@@ -343,7 +357,14 @@ fn two_replicas_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_fo
     let (redis_url, database_url) = (redis.url(), postgres.url());
     let env = [("HFMS_ADMIN_KEY", ADMIN)];
     // Keys in one PostgreSQL, limits in one Redis.
-    let shared = ["--database-url", &database_url, "--redis-url", &redis_url];
+    let shared = [
+        "--database-url",
+        &database_url,
+        "--redis-url",
+        &redis_url,
+        "--auth-cache-seconds",
+        "5",
+    ];
     let a = Server::start_with_env(&shared, &env);
     let b = Server::start_with_env(&[&shared[..], &["--rate-limit-on-redis-error", "deny"]].concat(), &env);
     let (_, key) = new_key(&a, json!({"name": "shared", "rpm": 10}));
@@ -420,6 +441,12 @@ fn usage_records_match_the_answers_are_priced_and_survive_a_graceful_stop() {
     let r = send(&s, "POST", "/v1/chat/completions", Some(&key), Some(body));
     assert_eq!(r.headers()["x-cache"], "hit");
     let hit: Value = r.json().unwrap();
+    // Another key asking the same is not told what the first asked.
+    let (_, other) = new_key(&s, json!({"name": "other"}));
+    let same = json!({"model": "smollm2", "messages": [{"role": "user", "content": "Name a color."}],
+                      "max_tokens": 5, "temperature": 0});
+    let r = send(&s, "POST", "/v1/chat/completions", Some(&other), Some(same));
+    assert_eq!(r.headers()["x-cache"], "miss", "the cache is per key");
     let streamed = send(
         &s,
         "POST",
@@ -463,14 +490,14 @@ fn usage_records_match_the_answers_are_priced_and_survive_a_graceful_stop() {
     // Priced per token here: input 1, cached input 0.5, output 2.
     let cost = sum(|a| a.0 - a.1) + 0.5 * sum(|a| a.1) + 2.0 * sum(|a| a.2);
     assert!((mine["cost"].as_f64().unwrap() - cost).abs() < 1e-6, "{mine} vs {cost}");
-    let operator = rows.iter().find(|r| r["group"] == "-").unwrap();
+    let operator = rows.iter().find(|r| r["group"] == "-").unwrap_or_else(|| panic!("{v}"));
     assert_eq!(operator["requests"], 1);
 
     let r = send(&s, "GET", "/admin/usage?group_by=model&format=csv", Some(ADMIN), None);
     assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/csv"));
     let csv = r.text().unwrap();
     assert!(csv.starts_with("group,requests,"), "{csv}");
-    assert!(csv.contains("HuggingFaceTB/SmolLM2-135M-Instruct,3,"), "{csv}");
+    assert!(csv.contains("HuggingFaceTB/SmolLM2-135M-Instruct,4,"), "{csv}");
     let (_, v) = call(
         &s,
         "GET",
@@ -478,7 +505,7 @@ fn usage_records_match_the_answers_are_priced_and_survive_a_graceful_stop() {
         Some(ADMIN),
         None,
     );
-    assert_eq!(v["data"][0]["requests"], 3, "{v}");
+    assert_eq!(v["data"][0]["requests"], 4, "{v}");
     let (_, v) = call(
         &s,
         "GET",

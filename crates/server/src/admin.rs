@@ -19,10 +19,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
-fn with_secret(key: &ApiKey, secret: String) -> Value {
+/// A key with its secret, which no cache may keep.
+fn with_secret(status: StatusCode, key: &ApiKey, secret: String) -> Response {
     let mut v = serde_json::to_value(key).unwrap_or(Value::Null);
     v["secret"] = Value::String(secret);
-    v
+    (status, [(axum::http::header::CACHE_CONTROL, "no-store")], Json(v)).into_response()
 }
 
 fn no_such_key(id: &str) -> ApiError {
@@ -41,7 +42,7 @@ fn check_id(id: &str) -> ApiResult<()> {
 pub async fn create(State(state): State<AppState>, ApiJson(settings, _): ApiJson<KeySettings>) -> ApiResult<Response> {
     let (key, secret) = state.access().create(settings).await?;
     tracing::info!(key_id = %key.id, name = %key.name, "API key created");
-    Ok((StatusCode::CREATED, Json(with_secret(&key, secret))).into_response())
+    Ok(with_secret(StatusCode::CREATED, &key, secret))
 }
 
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
@@ -83,13 +84,13 @@ pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok(Json(json!({"id": id, "revoked": true})))
 }
 
-pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
     let rotated = state.access().store().rotate(&id).await.map_err(access_error)?;
     state.access().key_changed();
     let (key, secret) = rotated.ok_or_else(|| no_such_key(&id))?;
     tracing::info!(key_id = %key.id, "API key rotated");
-    Ok(Json(with_secret(&key, secret)))
+    Ok(with_secret(StatusCode::OK, &key, secret))
 }
 
 /// `GET /admin/usage?key=&model=&from=&to=&group_by=hour|day|model|key&format=json|csv`:

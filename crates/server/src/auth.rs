@@ -21,8 +21,8 @@ use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
 
-/// Settings of the access layer.
-#[derive(Debug, Clone)]
+/// Settings of the access layer (no `Debug`: it holds the admin key).
+#[derive(Clone)]
 pub struct AccessConfig {
     /// `sqlite://PATH` or `postgres://…`.
     pub database_url: String,
@@ -40,13 +40,19 @@ pub struct AccessConfig {
     pub usage_commit_interval: Duration,
     /// Prices per model id.
     pub prices: HashMap<String, Price>,
+    /// Whether callers without a key may use `/admin/*` while auth is off:
+    /// true on loopback; false for a `--no-auth` server on the network,
+    /// where anyone could otherwise make themselves an admin key.
+    pub keyless_admin: bool,
 }
 
 /// Who is making a request.
 #[derive(Debug, Clone)]
 pub enum Caller {
-    /// Auth is off.
-    Anyone,
+    /// Auth is off (`admin`: whether the admin API is open to it).
+    Anyone {
+        admin: bool,
+    },
     /// The bootstrap admin key.
     Operator,
     Key(Arc<ApiKey>),
@@ -55,7 +61,8 @@ pub enum Caller {
 impl Caller {
     fn has(&self, scope: Scope) -> bool {
         match self {
-            Caller::Anyone | Caller::Operator => true,
+            Caller::Anyone { admin } => *admin || scope != Scope::Admin,
+            Caller::Operator => true,
             Caller::Key(k) => k.has_scope(scope),
         }
     }
@@ -73,6 +80,14 @@ pub struct Access {
     limiter: RateLimiter,
     admin_hash: Option<[u8; 32]>,
     required: AtomicBool,
+    keyless_admin: bool,
+    /// While auth is off: when the database was last asked whether a key
+    /// appeared (made by the CLI or another replica).
+    checked: Mutex<std::time::Instant>,
+    recheck: Duration,
+    /// Bumped when a key changes: a verification that started before must
+    /// not cache what it read.
+    generation: std::sync::atomic::AtomicU64,
     /// SHA-256 of a presented secret → the key it verified as, for a few
     /// seconds (a database read per request would cost more than the rest
     /// of auth together).
@@ -96,11 +111,15 @@ impl Access {
             Some(url) => RateLimiter::redis(url, c.redis_timeout, c.allow_on_redis_error).await?,
             None => RateLimiter::in_memory(),
         };
-        let keys = store.count_active().await.map_err(|e| e.to_string())?;
+        let keys = store.any().await.map_err(|e| e.to_string())?;
         Ok(Access {
             limiter,
             admin_hash: c.admin_key.as_deref().map(sha256),
-            required: AtomicBool::new(c.admin_key.is_some() || keys > 0),
+            required: AtomicBool::new(c.admin_key.is_some() || keys),
+            keyless_admin: c.keyless_admin,
+            checked: Mutex::new(std::time::Instant::now()),
+            recheck: c.key_cache_ttl.max(Duration::from_secs(1)),
+            generation: std::sync::atomic::AtomicU64::new(0),
             // A zero TTL means every request reads the database.
             verified: moka::future::Cache::builder()
                 .max_capacity(if c.key_cache_ttl.is_zero() { 0 } else { 100_000 })
@@ -158,14 +177,46 @@ impl Access {
 
     /// A key changed or was revoked: forget what was verified.
     pub fn key_changed(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
         self.verified.invalidate_all();
+    }
+
+    /// While auth is off, ask the database now and then whether a key
+    /// appeared: a key made by `hfms keys` or another replica turns auth
+    /// on here too, within --auth-cache-seconds (at least a second).
+    async fn refresh_required(&self) -> bool {
+        if self.required() {
+            return true;
+        }
+        {
+            let mut at = self.checked.lock().unwrap_or_else(|p| p.into_inner());
+            if at.elapsed() < self.recheck {
+                return false;
+            }
+            *at = std::time::Instant::now();
+        }
+        match self.store.any().await {
+            Ok(true) => {
+                tracing::info!("an API key exists: authentication is on");
+                self.key_created();
+                true
+            }
+            Ok(false) => false,
+            // Cannot tell: refuse rather than serve openly by mistake.
+            Err(e) => {
+                tracing::error!(error = %e, "the key store failed");
+                true
+            }
+        }
     }
 
     /// The caller a request's headers name (`Authorization: Bearer` or
     /// `x-api-key`).
     pub async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
-        if !self.required() {
-            return Ok(Caller::Anyone);
+        if !self.refresh_required().await {
+            return Ok(Caller::Anyone {
+                admin: self.keyless_admin,
+            });
         }
         let presented = presented_key(headers)
             .ok_or_else(|| invalid_key("No API key given: send `Authorization: Bearer sk-hfms-…` or `x-api-key`."))?;
@@ -178,6 +229,7 @@ impl Access {
         let key = match self.verified.get(&digest).await {
             Some(k) => k,
             None => {
+                let generation = self.generation.load(Ordering::SeqCst);
                 let found = self.store.verify(presented).await.map_err(|e| {
                     tracing::error!(error = %e, "the key store failed");
                     ApiError::new(
@@ -191,7 +243,10 @@ impl Access {
                     return Err(invalid_key("Incorrect API key provided."));
                 };
                 let k = Arc::new(k);
-                self.verified.insert(digest, k.clone()).await;
+                // A key changed meanwhile: what was read may be stale.
+                if self.generation.load(Ordering::SeqCst) == generation {
+                    self.verified.insert(digest, k.clone()).await;
+                }
                 k
             }
         };
@@ -294,7 +349,10 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+        })
         .map(str::trim);
     bearer
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()).map(str::trim))
@@ -324,7 +382,7 @@ pub fn access_error(e: hfms_access::AccessError) -> ApiError {
         hfms_access::AccessError::Invalid { param, message } => ApiError::invalid(Some(param.to_string()), message),
         other => {
             tracing::error!(error = %other, "the key store failed");
-            ApiError::internal(other.to_string())
+            ApiError::internal("The key store failed; the server's log has the details.")
         }
     }
 }
@@ -491,15 +549,17 @@ pub struct TokenMeter {
 
 impl TokenMeter {
     async fn admit(&self, prompt_tokens: usize) -> ApiResult<()> {
+        if let Some(key) = self.request.caller.key()
+            && let Some(d) = self.request.access.take_tokens(key, prompt_tokens as u64, false).await
+        {
+            *self.request.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
+            if !d.allowed {
+                // Refused: nothing was processed, nothing is billed.
+                return Err(limited("tokens", &d));
+            }
+        }
         self.request.note(|u| u.prompt_tokens = prompt_tokens as u64);
-        let Some(key) = self.request.caller.key() else {
-            return Ok(());
-        };
-        let Some(d) = self.request.access.take_tokens(key, prompt_tokens as u64, false).await else {
-            return Ok(());
-        };
-        *self.request.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
-        if d.allowed { Ok(()) } else { Err(limited("tokens", &d)) }
+        Ok(())
     }
 
     pub async fn settle(&self, s: Settled) {
@@ -582,6 +642,15 @@ mod tests {
     }
 
     #[test]
+    fn without_keys_the_admin_api_is_open_only_on_loopback() {
+        let local = Caller::Anyone { admin: true };
+        let network = Caller::Anyone { admin: false };
+        assert!(local.has(Scope::Admin) && local.has(Scope::Inference));
+        assert!(!network.has(Scope::Admin) && network.has(Scope::Inference));
+        assert!(check(Scope::Admin, &network).is_err());
+    }
+
+    #[test]
     fn keys_come_from_either_header() {
         let mut h = HeaderMap::new();
         assert_eq!(presented_key(&h), None);
@@ -589,6 +658,8 @@ mod tests {
         assert_eq!(presented_key(&h), Some("sk-hfms-a"));
         h.insert("authorization", HeaderValue::from_static("Bearer  sk-hfms-b "));
         assert_eq!(presented_key(&h), Some("sk-hfms-b"));
+        h.insert("authorization", HeaderValue::from_static("BEARER sk-hfms-c"));
+        assert_eq!(presented_key(&h), Some("sk-hfms-c"));
         h.insert("authorization", HeaderValue::from_static("Basic abc"));
         assert_eq!(presented_key(&h), Some("sk-hfms-a"));
         h.insert("x-api-key", HeaderValue::from_static(""));

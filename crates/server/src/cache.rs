@@ -112,6 +112,7 @@ impl ResponseCache {
         &self,
         headers: &HeaderMap,
         endpoint: &str,
+        tenant: &str,
         model: Option<&ModelDescription>,
         raw: &[u8],
         deterministic: bool,
@@ -128,7 +129,7 @@ impl ResponseCache {
             .to_ascii_lowercase();
         let no_store = control.contains("no-store");
         let no_cache = control.contains("no-cache");
-        let Some(key) = request_key(endpoint, &model.id, &model.path, model.size_bytes, raw) else {
+        let Some(key) = request_key(endpoint, tenant, &model.id, &model.path, model.size_bytes, raw) else {
             return Lookup::Skip;
         };
         if no_store || no_cache {
@@ -196,7 +197,16 @@ impl ResponseCache {
 /// The key of a request: SHA-256 over the endpoint, the model's id and
 /// revision, and the request's JSON with its keys sorted, less the fields
 /// that do not change the answer. None when the body is not a JSON object.
-pub fn request_key(endpoint: &str, id: &str, path: &std::path::Path, size: u64, raw: &[u8]) -> Option<String> {
+/// `tenant`: whose answers these are (an API key's id; "" without keys):
+/// one tenant must not learn from a hit what another asked.
+pub fn request_key(
+    endpoint: &str,
+    tenant: &str,
+    id: &str,
+    path: &std::path::Path,
+    size: u64,
+    raw: &[u8],
+) -> Option<String> {
     let mut v: Value = serde_json::from_slice(raw).ok()?;
     let obj = v.as_object_mut()?;
     for k in ["user", "stream", "stream_options", "keep_alive", "model"] {
@@ -209,7 +219,7 @@ pub fn request_key(endpoint: &str, id: &str, path: &std::path::Path, size: u64, 
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let mut h = Sha256::new();
-    h.update(format!("hfms-cache-v1\0{endpoint}\0{id}\0{size}\0{revision}\0").as_bytes());
+    h.update(format!("hfms-cache-v1\0{endpoint}\0{tenant}\0{id}\0{size}\0{revision}\0").as_bytes());
     h.update(canonical(&v).as_bytes());
     Some(format!("hfms:cache:v1:{:x}", h.finalize()))
 }
@@ -299,7 +309,8 @@ mod tests {
     #[test]
     fn keys_ignore_what_does_not_change_the_answer() {
         let dir = std::env::temp_dir();
-        let key = |endpoint: &str, body: &Value| request_key(endpoint, "org/m", &dir, 1, body.to_string().as_bytes());
+        let key =
+            |endpoint: &str, body: &Value| request_key(endpoint, "", "org/m", &dir, 1, body.to_string().as_bytes());
         let k = |body: Value| key("chat", &body).unwrap();
         let base = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "temperature": 0});
         let mut same = serde_json::json!({"temperature": 0, "user": "u1", "stream": true, "keep_alive": "5m",
@@ -312,6 +323,6 @@ mod tests {
         same["temperature"] = serde_json::json!(0.5);
         assert_ne!(k(base.clone()), k(same), "sampling fields count");
         assert_ne!(key("chat", &base), key("completions", &base));
-        assert!(request_key("chat", "org/m", &dir, 1, b"[1,2]").is_none());
+        assert!(request_key("chat", "", "org/m", &dir, 1, b"[1,2]").is_none());
     }
 }

@@ -27,9 +27,9 @@ pub use error::{ApiError, ApiResult};
 pub use state::{AppState, ServerConfig};
 
 /// Every route, with the middleware stack (outermost first): request id,
-/// trace context and request log → HTTP metrics and error tracking →
-/// authentication and per-key request limits → panic catcher → `Host`
-/// allow-list → CORS → body limit.
+/// trace context and request log → HTTP metrics and error tracking → panic
+/// catcher → authentication and per-key request limits → `Host` allow-list
+/// → CORS → body limit.
 pub fn router(state: AppState) -> Router {
     let limit = state.config().max_body_bytes;
     let cors = middleware::cors::layer(&state.config().cors_allow_origins);
@@ -65,11 +65,11 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             middleware::host::layer,
         ))
-        .layer(middleware::catch_panic::layer())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::auth::layer,
         ))
+        .layer(middleware::catch_panic::layer())
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::metrics::layer,

@@ -30,7 +30,9 @@ fn metered(method: &Method, path: &str) -> bool {
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = std::time::Instant::now();
     let path = req.uri().path();
-    if open_path(path) || req.method() == Method::OPTIONS {
+    // CORS preflights carry no credentials (the CORS layer answers them).
+    let preflight = req.method() == Method::OPTIONS && req.headers().contains_key("access-control-request-method");
+    if open_path(path) || preflight {
         return next.run(req).await;
     }
     let access = state.access().clone();

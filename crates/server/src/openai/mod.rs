@@ -459,7 +459,13 @@ pub async fn cache_lookup(
         crate::middleware::metrics::note_model(&d.id);
     }
     let desc = desc.filter(|d| d.servable());
-    let lookup = state.cache().lookup(headers, endpoint, desc, raw, deterministic).await;
+    let tenant = crate::auth::current()
+        .and_then(|c| c.caller.key().map(|k| k.id.clone()))
+        .unwrap_or_default();
+    let lookup = state
+        .cache()
+        .lookup(headers, endpoint, &tenant, desc, raw, deterministic)
+        .await;
     if let crate::cache::Lookup::Hit(stored) = &lookup {
         crate::auth::note_cache_hit(stored);
     }
