@@ -146,6 +146,19 @@ fn keys_gate_every_endpoint_by_scope_and_model_and_limit_requests_tokens_and_con
         .unwrap();
     assert_eq!(r.status(), 200);
 
+    // It sees only its model.
+    let (st, v) = call(&s, "GET", "/v1/models", Some(&key), None);
+    assert_eq!(st, 200);
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["id"].as_str())
+        .collect();
+    assert_eq!(ids, ["HuggingFaceTB/SmolLM2-135M-Instruct"], "{v}");
+    let (st, v) = call(&s, "GET", "/v1/models/all-minilm", Some(&key), None);
+    assert_eq!((st, code(&v)), (404, "model_not_found"));
+
     // Rotation: the old secret stops working, the new one works.
     let (st, v) = call(&s, "POST", &format!("/admin/keys/{id}/rotate"), Some(ADMIN), None);
     assert_eq!(st, 200);

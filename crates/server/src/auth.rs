@@ -92,6 +92,9 @@ pub struct Access {
     /// seconds (a database read per request would cost more than the rest
     /// of auth together).
     verified: moka::future::Cache<[u8; 32], Arc<ApiKey>>,
+    /// SHA-256 of secrets that matched no key, for as long: a flood of
+    /// made-up keys costs no database reads.
+    unknown: moka::future::Cache<[u8; 32], ()>,
     in_flight: Mutex<HashMap<String, u64>>,
     /// Last `last_used_at` written per key (written at most once a minute).
     touched: Mutex<HashMap<String, i64>>,
@@ -122,6 +125,10 @@ impl Access {
             generation: std::sync::atomic::AtomicU64::new(0),
             // A zero TTL means every request reads the database.
             verified: moka::future::Cache::builder()
+                .max_capacity(if c.key_cache_ttl.is_zero() { 0 } else { 100_000 })
+                .time_to_live(c.key_cache_ttl.max(Duration::from_millis(1)))
+                .build(),
+            unknown: moka::future::Cache::builder()
                 .max_capacity(if c.key_cache_ttl.is_zero() { 0 } else { 100_000 })
                 .time_to_live(c.key_cache_ttl.max(Duration::from_millis(1)))
                 .build(),
@@ -229,6 +236,9 @@ impl Access {
         let key = match self.verified.get(&digest).await {
             Some(k) => k,
             None => {
+                if self.unknown.contains_key(&digest) {
+                    return Err(invalid_key("Incorrect API key provided."));
+                }
                 let generation = self.generation.load(Ordering::SeqCst);
                 let found = self.store.verify(presented).await.map_err(|e| {
                     tracing::error!(error = %e, "the key store failed");
@@ -240,6 +250,7 @@ impl Access {
                     .with_code("key_store_unavailable")
                 })?;
                 let Some(k) = found else {
+                    self.unknown.insert(digest, ()).await;
                     return Err(invalid_key("Incorrect API key provided."));
                 };
                 let k = Arc::new(k);
@@ -502,6 +513,14 @@ impl RequestAccess {
 /// The current request's caller and access (None outside a request).
 pub fn current() -> Option<RequestAccess> {
     CURRENT.try_with(|c| c.clone()).ok()
+}
+
+/// Whether the current caller's key may use a model (listings show only
+/// those; OpenAI answers 404 for a model a key cannot see).
+pub fn may_use(d: &hfms_engine::discover::ModelDescription) -> bool {
+    current()
+        .and_then(|c| c.caller.key().cloned())
+        .is_none_or(|k| k.allows_model(std::iter::once(d.id.as_str()).chain(d.aliases.iter().map(String::as_str))))
 }
 
 /// Refuse a model the caller's key may not use. `names`: the model's id

@@ -60,7 +60,7 @@ pub async fn list(State(state): State<AppState>) -> axum::Json<ModelList> {
     let data = m
         .catalog()
         .iter()
-        .filter(|d| d.servable())
+        .filter(|d| d.servable() && crate::auth::may_use(d))
         .map(|d| object(d, status.iter().find(|s| s.id == d.id)))
         .collect();
     axum::Json(ModelList { object: "list", data })
@@ -74,7 +74,7 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
     let m = state.manager();
     let d = m
         .resolve(&id)
-        .filter(|d| d.servable())
+        .filter(|d| d.servable() && crate::auth::may_use(d))
         .ok_or_else(|| ApiError::model_not_found(&id))?;
     let status = m.status();
     Ok(axum::Json(object(d, status.iter().find(|s| s.id == d.id))))
