@@ -85,6 +85,11 @@ impl ModelDescription {
     pub fn servable(&self) -> bool {
         self.error.is_none()
     }
+
+    /// Every name the model answers to: its id, then its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
 }
 
 fn dir_size(dir: &Path) -> u64 {

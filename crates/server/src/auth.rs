@@ -520,7 +520,7 @@ pub fn current() -> Option<RequestAccess> {
 pub fn may_use(d: &hfms_engine::discover::ModelDescription) -> bool {
     current()
         .and_then(|c| c.caller.key().cloned())
-        .is_none_or(|k| k.allows_model(std::iter::once(d.id.as_str()).chain(d.aliases.iter().map(String::as_str))))
+        .is_none_or(|k| k.allows_model(d.names()))
 }
 
 /// Refuse a model the caller's key may not use. `names`: the model's id

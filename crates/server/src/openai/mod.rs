@@ -475,13 +475,7 @@ pub async fn cache_lookup(
 /// The caller's key's model allow-list, checked against the model's id and
 /// aliases.
 fn allowed_model(requested: &str, desc: Option<&hfms_engine::discover::ModelDescription>) -> ApiResult<()> {
-    let names: Vec<&str> = desc
-        .map(|d| {
-            std::iter::once(d.id.as_str())
-                .chain(d.aliases.iter().map(String::as_str))
-                .collect()
-        })
-        .unwrap_or_default();
+    let names: Vec<&str> = desc.map(|d| d.names().collect()).unwrap_or_default();
     crate::auth::check_model(requested, &names)
 }
 
