@@ -12,9 +12,10 @@ PORT   ?= 8000
 models:
 	scripts/fetch-models.sh
 
-# Services the tests start for real (Prometheus, Redis), from Debian's packages.
+# Services and tools the tests run for real (Prometheus, Redis, PostgreSQL,
+# HAProxy, Chromium, kubectl), from Debian's packages.
 deps:
-	scripts/install-deps.sh prometheus redis-server postgres
+	scripts/install-deps.sh prometheus redis-server postgres haproxy chromium kubectl
 
 build:
 	cargo build --release -p hfms

@@ -5,7 +5,8 @@
 #   scripts/install-deps.sh [COMMAND...]   (default: prometheus)
 set -euo pipefail
 
-declare -A package=([prometheus]=prometheus [redis-server]=redis-server [postgres]=postgresql)
+declare -A package=([prometheus]=prometheus [redis-server]=redis-server [postgres]=postgresql
+                   [haproxy]=haproxy [chromium]=chromium [kubectl]=kubernetes-client)
 wanted=("${@:-prometheus}")
 missing=()
 have() {
