@@ -1,7 +1,9 @@
 """Schemathesis fuzzes the real server through its own /openapi.json.
 
-The server runs with the two real models and small per-request limits (so a
-fuzzed request cannot ask for minutes of generation). The schema is the
+The server runs with the two real models, small per-request limits (so a
+fuzzed request cannot ask for minutes of generation) and an admin key, which
+every fuzzed request carries: the admin API (keys, usage, the dashboard's
+session) is fuzzed too, with auth on. The schema is the
 server's own, with one change: the `model` fields list the models this
 server has, so most generated requests reach the engine instead of stopping
 at a 404 (the fuzzer still tries other values).
@@ -24,6 +26,7 @@ import pytest
 
 from conftest import CHAT_MODEL, CHAT_MODEL_ID, EMBED_MODEL, EMBED_MODEL_ID, start_server
 
+ADMIN_KEY = "fuzz-admin-key-0123456789abcdef"
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 SEED = os.environ.get("FUZZ_SEED", "20261201")
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
@@ -36,6 +39,7 @@ def fuzz_server():
             "--max-completion-tokens", "16",
             "--max-embedding-tokens", "4096",
             "--request-timeout", "120",
+            "--admin-key", ADMIN_KEY,
         ]
     )
     yield srv
@@ -69,6 +73,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(fuzz_server,
     cmd = [
         str(st), "run", str(schema),
         "--url", base,
+        "--header", f"Authorization: Bearer {ADMIN_KEY}",
         "--checks", CHECKS,
         "--max-examples", str(EXAMPLES),
         "--seed", SEED,
