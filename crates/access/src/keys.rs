@@ -31,7 +31,7 @@ pub const MAX_TEXT: usize = 256;
 pub const MAX_MODELS: usize = 64;
 pub const MAX_METADATA: usize = 4096;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// The OpenAI API (`/v1/*`).
@@ -66,7 +66,7 @@ pub fn unix_now() -> i64 {
 }
 
 /// What a key may do; everything but its secret.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ApiKey {
     pub id: String,
     pub name: String,
@@ -77,12 +77,16 @@ pub struct ApiKey {
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub max_concurrent: Option<u64>,
+    /// Most cost per UTC day / calendar month (usage priced by `--price`).
+    pub budget_daily: Option<f64>,
+    pub budget_monthly: Option<f64>,
     pub expires_at: Option<i64>,
     pub metadata: serde_json::Value,
     pub created_at: i64,
     pub revoked_at: Option<i64>,
     pub last_used_at: Option<i64>,
     #[serde(skip)]
+    #[schema(ignore)]
     model_set: Arc<GlobSet>,
 }
 
@@ -103,20 +107,45 @@ impl ApiKey {
     }
 }
 
-/// The settings of a new key, or the changes to one (absent: unchanged).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// The settings of a new key, or the changes to one. Absent: unchanged;
+/// for the optional ones, `null` clears (`Some(None)`: no limit).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KeySettings {
     pub name: Option<String>,
-    pub owner: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Option<String>>,
     pub scopes: Option<Vec<Scope>>,
     pub models: Option<Vec<String>>,
-    pub rpm: Option<u64>,
-    pub tpm: Option<u64>,
-    pub max_concurrent: Option<u64>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
+    pub rpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
+    pub tpm: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<u64>)]
+    pub max_concurrent: Option<Option<u64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<f64>)]
+    pub budget_daily: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<f64>)]
+    pub budget_monthly: Option<Option<f64>>,
     /// Unix seconds.
-    pub expires_at: Option<i64>,
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<i64>)]
+    pub expires_at: Option<Option<i64>>,
     pub metadata: Option<serde_json::Value>,
+}
+
+/// A present field, `null` included (serde's `Option` alone reads `null`
+/// as absent).
+fn nullable<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 impl KeySettings {
@@ -128,7 +157,7 @@ impl KeySettings {
             _ => Ok(()),
         };
         text("name", &self.name)?;
-        text("owner", &self.owner)?;
+        text("owner", &self.owner.clone().flatten())?;
         if let Some(scopes) = &self.scopes
             && scopes.is_empty()
         {
@@ -148,13 +177,26 @@ impl KeySettings {
             ("tpm", self.tpm),
             ("max_concurrent", self.max_concurrent),
         ] {
-            match v {
-                Some(0) => return Err(AccessError::invalid(field, "must be at least 1 (omit it for no limit)")),
+            match v.flatten() {
+                Some(0) => return Err(AccessError::invalid(field, "must be at least 1 (null for no limit)")),
                 Some(n) if n > i64::MAX as u64 => return Err(AccessError::invalid(field, "too large")),
                 _ => {}
             }
         }
-        if let Some(t) = self.expires_at
+        for (field, v) in [
+            ("budget_daily", self.budget_daily),
+            ("budget_monthly", self.budget_monthly),
+        ] {
+            if let Some(b) = v.flatten()
+                && !(0.0..=1e15).contains(&b)
+            {
+                return Err(AccessError::invalid(
+                    field,
+                    "a cost from 0 to 1e15 (null for no budget)",
+                ));
+            }
+        }
+        if let Some(t) = self.expires_at.flatten()
             && t <= unix_now()
         {
             return Err(AccessError::invalid(
@@ -185,7 +227,8 @@ fn model_set(patterns: &[String]) -> Result<GlobSet> {
     b.build().map_err(|e| AccessError::invalid("models", e.to_string()))
 }
 
-fn random_base62(n: usize) -> Result<String> {
+/// `n` uniform base62 characters from the OS's random source.
+pub(crate) fn random_base62(n: usize) -> Result<String> {
     // Rejection sampling keeps every character uniform.
     let mut out = String::with_capacity(n);
     let mut buf = [0u8; 64];
@@ -218,7 +261,7 @@ fn id_of(secret: &str) -> Option<&str> {
 macro_rules! columns {
     () => {
         "id, salt, hash, name, owner, scopes, models, rpm, tpm, max_concurrent, expires_at, metadata, \
-         created_at, revoked_at, last_used_at"
+         created_at, revoked_at, last_used_at, budget_daily, budget_monthly"
     };
 }
 
@@ -243,6 +286,8 @@ fn from_row(row: &AnyRow) -> Result<(ApiKey, String, String)> {
         rpm: limit(row.try_get("rpm")?),
         tpm: limit(row.try_get("tpm")?),
         max_concurrent: limit(row.try_get("max_concurrent")?),
+        budget_daily: row.try_get("budget_daily")?,
+        budget_monthly: row.try_get("budget_monthly")?,
         expires_at: row.try_get("expires_at")?,
         metadata: serde_json::from_str(&metadata).unwrap_or(serde_json::Value::Null),
         created_at: row.try_get("created_at")?,
@@ -315,21 +360,23 @@ impl KeyStore {
         sqlx::query(concat!(
             "INSERT INTO api_keys (",
             columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL)"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, NULL, NULL, $14, $15)"
         ))
         .bind(&id)
         .bind(&salt)
         .bind(hash(&salt, &secret))
         .bind(&name)
-        .bind(s.owner.clone())
+        .bind(s.owner.clone().flatten())
         .bind(scopes_text(&scopes))
         .bind(serde_json::to_string(&models).unwrap_or_else(|_| "[]".into()))
-        .bind(s.rpm.map(|v| v as i64))
-        .bind(s.tpm.map(|v| v as i64))
-        .bind(s.max_concurrent.map(|v| v as i64))
-        .bind(s.expires_at)
+        .bind(s.rpm.flatten().map(|v| v as i64))
+        .bind(s.tpm.flatten().map(|v| v as i64))
+        .bind(s.max_concurrent.flatten().map(|v| v as i64))
+        .bind(s.expires_at.flatten())
         .bind(s.metadata.clone().unwrap_or_else(|| serde_json::json!({})).to_string())
         .bind(now)
+        .bind(s.budget_daily.flatten())
+        .bind(s.budget_monthly.flatten())
         .execute(&self.pool)
         .await?;
         let key = self
@@ -394,8 +441,8 @@ impl KeyStore {
         if let Some(v) = s.name {
             k.name = v;
         }
-        if s.owner.is_some() {
-            k.owner = s.owner;
+        if let Some(v) = s.owner {
+            k.owner = v;
         }
         if let Some(v) = s.scopes {
             k.scopes = v;
@@ -408,19 +455,28 @@ impl KeyStore {
             (&mut k.tpm, s.tpm),
             (&mut k.max_concurrent, s.max_concurrent),
         ] {
-            if v.is_some() {
+            if let Some(v) = v {
                 *slot = v;
             }
         }
-        if s.expires_at.is_some() {
-            k.expires_at = s.expires_at;
+        for (slot, v) in [
+            (&mut k.budget_daily, s.budget_daily),
+            (&mut k.budget_monthly, s.budget_monthly),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        }
+        if let Some(v) = s.expires_at {
+            k.expires_at = v;
         }
         if let Some(m) = s.metadata {
             k.metadata = m;
         }
         sqlx::query(
             "UPDATE api_keys SET name = $1, owner = $2, scopes = $3, models = $4, rpm = $5, tpm = $6, \
-             max_concurrent = $7, expires_at = $8, metadata = $9 WHERE id = $10",
+             max_concurrent = $7, expires_at = $8, metadata = $9, budget_daily = $10, budget_monthly = $11 \
+             WHERE id = $12",
         )
         .bind(&k.name)
         .bind(k.owner.clone())
@@ -431,6 +487,8 @@ impl KeyStore {
         .bind(k.max_concurrent.map(|v| v as i64))
         .bind(k.expires_at)
         .bind(k.metadata.to_string())
+        .bind(k.budget_daily)
+        .bind(k.budget_monthly)
         .bind(id)
         .execute(&self.pool)
         .await?;
@@ -521,7 +579,7 @@ mod tests {
             .create(KeySettings {
                 name: Some("ci".into()),
                 models: Some(vec!["smollm2".into(), "HuggingFaceTB/*".into()]),
-                rpm: Some(60),
+                rpm: Some(Some(60)),
                 ..Default::default()
             })
             .await
@@ -579,7 +637,7 @@ mod tests {
             .update(
                 &k.id,
                 KeySettings {
-                    rpm: Some(5),
+                    rpm: Some(Some(5)),
                     scopes: Some(vec![Scope::Admin]),
                     ..Default::default()
                 },
@@ -591,6 +649,11 @@ mod tests {
             (k2.rpm, k2.name.as_str(), k2.scopes.as_slice()),
             (Some(5), "a", &[Scope::Admin][..])
         );
+        // `null` clears a limit; absent leaves it.
+        let clear: KeySettings = serde_json::from_str(r#"{"rpm": null, "budget_daily": 2.5}"#).unwrap();
+        assert!(clear.tpm.is_none() && clear.rpm == Some(None));
+        let k3 = s.update(&k.id, clear).await.unwrap().unwrap();
+        assert_eq!((k3.rpm, k3.budget_daily, k3.scopes.len()), (None, Some(2.5), 1));
         assert!(s.revoke(&k.id).await.unwrap());
         assert!(!s.revoke("nosuchkey").await.unwrap());
         assert!(!s.verify(&new).await.unwrap().unwrap().active(unix_now()));
@@ -622,15 +685,27 @@ mod tests {
                 ..Default::default()
             },
             KeySettings {
-                rpm: Some(0),
+                rpm: Some(Some(0)),
                 ..Default::default()
             },
             KeySettings {
-                tpm: Some(u64::MAX),
+                tpm: Some(Some(u64::MAX)),
                 ..Default::default()
             },
             KeySettings {
-                expires_at: Some(1),
+                budget_daily: Some(Some(f64::NAN)),
+                ..Default::default()
+            },
+            KeySettings {
+                budget_monthly: Some(Some(-1.0)),
+                ..Default::default()
+            },
+            KeySettings {
+                budget_monthly: Some(Some(f64::INFINITY)),
+                ..Default::default()
+            },
+            KeySettings {
+                expires_at: Some(Some(1)),
                 ..Default::default()
             },
             KeySettings {

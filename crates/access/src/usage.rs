@@ -332,9 +332,72 @@ pub async fn count(pool: &AnyPool) -> Result<i64> {
         .try_get(0)?)
 }
 
+/// A budget's period, in UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Day,
+    Month,
+}
+
+impl Period {
+    /// The period holding `now` (Unix seconds): its start and its end.
+    pub fn bounds(self, now: i64) -> (i64, i64) {
+        match self {
+            Period::Day => {
+                let start = now - now.rem_euclid(86_400);
+                (start, start + 86_400)
+            }
+            Period::Month => {
+                // The calendar from humantime's RFC 3339 text: no date
+                // arithmetic of our own.
+                let at = std::time::UNIX_EPOCH + Duration::from_secs(now.max(0) as u64);
+                let text = humantime::format_rfc3339_seconds(at).to_string();
+                let (year, month) = (
+                    text[..4].parse::<i32>().unwrap_or(1970),
+                    text[5..7].parse::<u32>().unwrap_or(1),
+                );
+                let first = |y: i32, m: u32| {
+                    humantime::parse_rfc3339(&format!("{y:04}-{m:02}-01T00:00:00Z"))
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map_or(0, |d| d.as_secs() as i64)
+                };
+                let (ny, nm) = if month == 12 { (year + 1, 1) } else { (year, month + 1) };
+                (first(year, month), first(ny, nm))
+            }
+        }
+    }
+}
+
+/// What a key spent from `from` (Unix seconds) on.
+pub async fn spent_since(pool: &AnyPool, key_id: &str, from: i64) -> Result<f64> {
+    let rows = summarize(
+        pool,
+        &UsageQuery {
+            key: Some(key_id.to_string()),
+            from_ms: Some(from.saturating_mul(1000)),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(rows.first().map_or(0.0, |r| r.cost))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn budget_periods_follow_the_utc_calendar() {
+        // 2026-12-02T01:02:03Z
+        let now = 1_796_173_323;
+        assert_eq!(Period::Day.bounds(now), (1_796_169_600, 1_796_256_000));
+        // 2026-12-01 .. 2027-01-01
+        assert_eq!(Period::Month.bounds(now), (1_796_083_200, 1_798_761_600));
+        // February of a leap year.
+        let feb = Period::Month.bounds(1_709_251_199); // 2024-02-29T23:59:59Z
+        assert_eq!(feb, (1_706_745_600, 1_709_251_200));
+    }
 
     #[test]
     fn cost_counts_cached_tokens_at_their_price() {

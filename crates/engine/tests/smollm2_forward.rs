@@ -74,7 +74,7 @@ fn collect(mut rx: tokio::sync::mpsc::UnboundedReceiver<GenEvent>) -> (String, V
     let mut ids = Vec::new();
     while let Some(ev) = rx.blocking_recv() {
         match ev {
-            GenEvent::Delta { text: t, logprobs } => {
+            GenEvent::Delta { text: t, logprobs, .. } => {
                 text.push_str(&t);
                 ids.extend(logprobs.iter().map(|l| l.id));
             }

@@ -376,6 +376,12 @@ pub struct ServeArgs {
     #[arg(long, env = "HFMS_ENCODER_F16")]
     pub encoder_f16: bool,
 
+    /// Serve the admin dashboard's files from this folder (re-read on every
+    /// request) instead of the copies built into the binary: for working
+    /// on the UI (`crates/server/assets/admin`).
+    #[arg(long, env = "HFMS_ADMIN_ASSETS_DIR", hide = true)]
+    pub admin_assets_dir: Option<PathBuf>,
+
     /// Print the effective settings (flags, environment, file, defaults;
     /// secrets redacted) as TOML and exit.
     #[arg(long)]
@@ -648,6 +654,7 @@ impl ServeArgs {
             write_timeout: Duration::from_secs(self.write_timeout),
             cors_allow_origins: self.cors_allow_origins.clone(),
             allowed_hosts,
+            admin_assets_dir: self.admin_assets_dir.clone(),
             cache: CacheConfig {
                 enabled: !self.no_response_cache,
                 ttl: Duration::from_secs(self.cache_ttl),

@@ -59,6 +59,12 @@ pub struct CreateArgs {
     /// Requests in flight at once.
     #[arg(long)]
     pub max_concurrent: Option<u64>,
+    /// Most cost per UTC day (usage priced by the server's --price).
+    #[arg(long)]
+    pub budget_daily: Option<f64>,
+    /// Most cost per calendar month (UTC).
+    #[arg(long)]
+    pub budget_monthly: Option<f64>,
     /// Expires after this long ("30d", "12h").
     #[arg(long)]
     pub expires_in: Option<String>,
@@ -94,13 +100,15 @@ async fn act(store: &KeyStore, action: KeysAction) -> Result<()> {
             };
             let settings = KeySettings {
                 name: Some(c.name),
-                owner: c.owner,
+                owner: Some(c.owner),
                 scopes: Some(c.scopes.iter().filter_map(|s| Scope::parse(s)).collect()),
                 models: (!c.models.is_empty()).then_some(c.models),
-                rpm: c.rpm,
-                tpm: c.tpm,
-                max_concurrent: c.max_concurrent,
-                expires_at,
+                rpm: Some(c.rpm),
+                tpm: Some(c.tpm),
+                max_concurrent: Some(c.max_concurrent),
+                budget_daily: Some(c.budget_daily),
+                budget_monthly: Some(c.budget_monthly),
+                expires_at: Some(expires_at),
                 metadata: None,
             };
             let (key, secret) = store.create(settings).await?;

@@ -9,7 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::services::{Postgres, RedisServer};
+use common::services::{Haproxy, Postgres, RedisServer};
 use common::{Server, client};
 use serde_json::{Value, json};
 
@@ -364,7 +364,7 @@ fn alternate(a: &Server, b: &Server, key: &str, n: usize) -> usize {
 }
 
 #[test]
-fn two_replicas_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_follows_the_policy() {
+fn two_replicas_behind_haproxy_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_follows_the_policy() {
     let mut redis = RedisServer::start();
     let postgres = Postgres::start();
     let (redis_url, database_url) = (redis.url(), postgres.url());
@@ -378,12 +378,51 @@ fn two_replicas_sharing_postgres_and_redis_enforce_one_limit_and_a_dead_redis_fo
         "--auth-cache-seconds",
         "5",
     ];
+    let shared = [&shared[..], &["--preload", "all-minilm", "--usage-commit-ms", "200"]].concat();
     let a = Server::start_with_env(&shared, &env);
     let b = Server::start_with_env(&[&shared[..], &["--rate-limit-on-redis-error", "deny"]].concat(), &env);
-    let (_, key) = new_key(&a, json!({"name": "shared", "rpm": 10}));
-    // The key made through one replica works on the other, and the two
-    // together admit the key's 10 requests, not 20.
-    assert_eq!(alternate(&a, &b, &key, 30), 10);
+    // Behind one HAProxy, round-robin, as clients would reach them.
+    let lb = Haproxy::start(&[a.addr(), b.addr()]);
+    let through = |method: &str, path: &str, key: &str, body: Option<Value>| {
+        let mut r = client().request(method.parse().unwrap(), lb.url(path)).bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().unwrap();
+        let status = r.status().as_u16();
+        (status, r.json::<Value>().unwrap_or(Value::Null))
+    };
+    let (st, made) = through("POST", "/admin/keys", ADMIN, Some(json!({"name": "shared", "rpm": 10})));
+    assert_eq!(st, 201, "{made}");
+    let (id, key) = (made["id"].as_str().unwrap(), made["secret"].as_str().unwrap());
+    // The key made through one replica works on both, and the two together
+    // admit the key's 10 requests a minute, not 20.
+    let embed = json!({"model": "all-minilm", "input": "one limit"});
+    let admitted = (0..30)
+        .filter(|_| through("POST", "/v1/embeddings", key, Some(embed.clone())).0 == 200)
+        .count();
+    assert_eq!(admitted, 10);
+    // Both replicas served some of them (their per-key metrics), and their
+    // usage records landed in one table.
+    let served = |s: &Server| -> f64 {
+        let m = send(s, "GET", "/metrics", Some(ADMIN), None).text().unwrap();
+        let series = format!("hfms_key_requests_total{{key_id=\"{id}\",outcome=\"success\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    let (on_a, on_b) = (served(&a), served(&b));
+    assert!(on_a >= 1.0 && on_b >= 1.0 && on_a + on_b == 10.0, "{on_a} + {on_b}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, usage) = through("GET", &format!("/admin/usage?key={id}"), ADMIN, None);
+        assert_eq!(st, 200, "{usage}");
+        if usage["data"][0]["requests"] == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{usage}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 
     // Each replica on its own would have admitted 10: the bug one limit
     // store exists to prevent.
@@ -572,4 +611,306 @@ fn total_requests(dir: &str) -> u64 {
     csv.lines()
         .nth(1)
         .map_or(0, |l| l.split(',').nth(1).unwrap().parse().unwrap())
+}
+
+#[test]
+fn budgets_refuse_a_key_that_spent_them_until_raised() {
+    let s = Server::start_with_env(
+        &[
+            "--preload",
+            "all-minilm",
+            "--price",
+            // A million units per million tokens: a token costs 1.
+            "all-minilm=1000000,1000000,1000000",
+        ],
+        &[("HFMS_ADMIN_KEY", ADMIN)],
+    );
+    // Hostile budgets.
+    for bad in [json!(-1), json!("NaN"), json!("1"), json!(1e300), json!([1]), json!({})] {
+        let (st, v) = call(
+            &s,
+            "POST",
+            "/admin/keys",
+            Some(ADMIN),
+            Some(json!({"name": "b", "budget_daily": bad})),
+        );
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert_eq!(v["error"]["param"], "budget_daily", "{v}");
+    }
+    let (id, key) = new_key(
+        &s,
+        json!({"name": "budgeted", "budget_daily": 3, "budget_monthly": 100}),
+    );
+    let embed = json!({"model": "all-minilm", "input": "five tokens or so"});
+    // The first request spends more than the day's budget (the budget is
+    // checked before a request, so one may overshoot it).
+    let (st, v) = call(&s, "POST", "/v1/embeddings", Some(&key), Some(embed.clone()));
+    assert_eq!(st, 200, "{v}");
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 3);
+    let r = send(&s, "POST", "/v1/embeddings", Some(&key), Some(embed.clone()));
+    assert_eq!(r.status(), 429);
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry), "{retry}");
+    let v: Value = r.json().unwrap();
+    assert_eq!(
+        (code(&v), v["error"]["type"].as_str()),
+        ("insufficient_quota", Some("insufficient_quota"))
+    );
+    assert!(v["error"]["message"].as_str().unwrap().contains("daily budget"), "{v}");
+    // Other keys are not affected; lifting the daily budget (null) lets it
+    // spend again, up to the monthly one.
+    let (_, free) = new_key(&s, json!({"name": "free"}));
+    assert_eq!(
+        call(&s, "POST", "/v1/embeddings", Some(&free), Some(embed.clone())).0,
+        200
+    );
+    let (st, k) = call(
+        &s,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(ADMIN),
+        Some(json!({"budget_daily": null})),
+    );
+    assert_eq!(
+        (st, &k["budget_daily"], &k["budget_monthly"]),
+        (200, &Value::Null, &json!(100.0))
+    );
+    assert_eq!(
+        call(&s, "POST", "/v1/embeddings", Some(&key), Some(embed.clone())).0,
+        200
+    );
+    let (st, _) = call(
+        &s,
+        "PATCH",
+        &format!("/admin/keys/{id}"),
+        Some(ADMIN),
+        Some(json!({"budget_monthly": 1})),
+    );
+    assert_eq!(st, 200);
+    let (st, v) = call(&s, "POST", "/v1/embeddings", Some(&key), Some(embed));
+    assert_eq!(
+        (st, v["error"]["message"].as_str().unwrap_or("").contains("monthly")),
+        (429, true),
+        "{v}"
+    );
+    // Spending shows per key id in /metrics.
+    let m = send(&s, "GET", "/metrics", Some(ADMIN), None).text().unwrap();
+    for series in [
+        format!("hfms_key_requests_total{{key_id=\"{id}\",outcome=\"success\"}} 2"),
+        "hfms_rate_limited_requests_total{kind=\"budget\"} 2".to_string(),
+    ] {
+        assert!(m.lines().any(|l| l == series), "{series} missing");
+    }
+    assert!(
+        m.lines()
+            .any(|l| l.starts_with(&format!("hfms_key_cost_total{{key_id=\"{id}\"}} ")))
+    );
+    assert!(!m.contains("budgeted"), "key names stay out of metrics");
+}
+
+/// A request with the dashboard's session cookie (and maybe its CSRF token).
+fn with_cookie(
+    s: &Server,
+    method: &str,
+    path: &str,
+    cookie: &str,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut r = client()
+        .request(method.parse().unwrap(), s.url(path))
+        .header("cookie", format!("hfms_session={cookie}"));
+    if let Some(c) = csrf {
+        r = r.header("x-csrf-token", c);
+    }
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+#[test]
+fn the_dashboard_signs_in_admins_with_a_cookie_bound_session_and_csrf_token() {
+    let s = Server::start_with_env(&[], &[("HFMS_ADMIN_KEY", ADMIN)]);
+    // The page and its files are served to anyone, with a strict CSP.
+    let page = send(&s, "GET", "/admin", None, None);
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(page.text().unwrap().contains("/admin/assets/app.js"));
+    for (path, status) in [
+        ("/admin/assets/app.js", 200),
+        ("/admin/assets/vendor/uplot.iife.min.js", 200),
+        ("/admin/assets/nope.js", 404),
+    ] {
+        assert_eq!(send(&s, "GET", path, None, None).status(), status, "{path}");
+    }
+    // Only the embedded files: no path reaches the disk.
+    for path in ["/admin/assets/../../Cargo.toml", "/admin/assets/..%2f..%2fCargo.toml"] {
+        let r = send(&s, "GET", path, None, None);
+        assert_ne!(r.status(), 200, "{path}");
+        assert!(!r.text().unwrap().contains("[workspace]"), "{path}");
+    }
+    // Not signed in.
+    assert_eq!(call(&s, "GET", "/admin/session", None, None).0, 401);
+    // Hostile sign-ins: wrong key, wrong types, empty, huge, unknown field.
+    let (_, inference) = new_key(&s, json!({"name": "not-admin"}));
+    for (body, status) in [
+        (json!({"key": "sk-hfms-wrong"}), 401),
+        (json!({"key": ""}), 401),
+        (json!({"key": "x".repeat(100_000)}), 401),
+        (json!({"key": 1}), 400),
+        (json!({}), 400),
+        (json!({"key": ADMIN, "admin": true}), 400),
+        (json!({"key": inference}), 403),
+    ] {
+        let (st, v) = call(&s, "POST", "/admin/session", None, Some(body));
+        assert_eq!(st, status, "{v}");
+        assert!(v["error"]["message"].is_string(), "{v}");
+    }
+    // Sign in with an admin-scoped key (not only the bootstrap one).
+    let (admin_id, admin_key) = new_key(&s, json!({"name": "ops", "scopes": ["admin"]}));
+    let r = send(&s, "POST", "/admin/session", None, Some(json!({"key": admin_key})));
+    assert_eq!(r.status(), 200);
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set_cookie.contains(attr), "{set_cookie}");
+    }
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let signed: Value = r.json().unwrap();
+    assert_eq!(signed["key"]["id"], admin_id.as_str());
+    let csrf = signed["csrf_token"].as_str().unwrap().to_string();
+    let cookie = set_cookie
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("hfms_session=")
+        .unwrap()
+        .to_string();
+    assert!(!set_cookie.contains(&admin_key) && !cookie.is_empty());
+    // The cookie reads the admin API; it changes things only with the CSRF
+    // token; it never opens the OpenAI API.
+    assert_eq!(
+        with_cookie(&s, "GET", "/admin/session", &cookie, None, None).1["csrf_token"],
+        csrf.as_str()
+    );
+    assert_eq!(with_cookie(&s, "GET", "/admin/keys", &cookie, None, None).0, 200);
+    assert_eq!(with_cookie(&s, "GET", "/metrics", &cookie, None, None).0, 200);
+    let new = json!({"name": "from-dashboard"});
+    for bad in [None, Some(""), Some("0".repeat(32).as_str()), Some(&csrf[1..])] {
+        let (st, v) = with_cookie(&s, "POST", "/admin/keys", &cookie, bad, Some(new.clone()));
+        assert_eq!((st, code(&v)), (403, "csrf_failed"), "{bad:?}");
+    }
+    let (st, made) = with_cookie(&s, "POST", "/admin/keys", &cookie, Some(&csrf), Some(new));
+    assert_eq!(st, 201, "{made}");
+    assert_eq!(with_cookie(&s, "GET", "/v1/models", &cookie, None, None).0, 401);
+    for bad in ["", "x", &"A".repeat(32), &cookie[1..], &"é".repeat(40)] {
+        assert_eq!(with_cookie(&s, "GET", "/admin/keys", bad, None, None).0, 401, "{bad}");
+    }
+    // Revoking the key behind a session ends it.
+    let (st, _) = with_cookie(
+        &s,
+        "DELETE",
+        &format!("/admin/keys/{admin_id}"),
+        &cookie,
+        Some(&csrf),
+        None,
+    );
+    assert_eq!(st, 200);
+    assert_eq!(with_cookie(&s, "GET", "/admin/keys", &cookie, None, None).0, 401);
+    // The bootstrap key's session; signing out ends it.
+    let r = send(&s, "POST", "/admin/session", None, Some(json!({"key": ADMIN})));
+    let cookie =
+        r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap()["hfms_session=".len()..].to_string();
+    let csrf = r.json::<Value>().unwrap()["csrf_token"].as_str().unwrap().to_string();
+    assert_eq!(with_cookie(&s, "GET", "/status", &cookie, None, None).0, 200);
+    assert_eq!(with_cookie(&s, "DELETE", "/admin/session", &cookie, None, None).0, 403);
+    assert_eq!(
+        with_cookie(&s, "DELETE", "/admin/session", &cookie, Some(&csrf), None).0,
+        204
+    );
+    assert_eq!(with_cookie(&s, "GET", "/status", &cookie, None, None).0, 401);
+    // Nothing secret in the logs.
+    for line in s.logs() {
+        assert!(!line.contains(&cookie) && !line.contains(&admin_key), "{line}");
+    }
+}
+
+#[test]
+fn requests_cut_short_by_their_client_are_recorded_with_the_tokens_they_generated() {
+    let s = Server::start_with_env(
+        &["--preload", "smollm2", "--usage-commit-ms", "100"],
+        &[("HFMS_ADMIN_KEY", ADMIN)],
+    );
+    let long = |stream: bool| {
+        json!({"model": "smollm2", "messages": [{"role": "user", "content": "Count from 1 to 500, one number per line."}],
+               "max_tokens": 2000, "ignore_eos": true, "stream": stream})
+    };
+    // A stream the client leaves after a few chunks.
+    let (streamed_id, streamed_key) = new_key(&s, json!({"name": "stream-left", "tpm": 1_000_000}));
+    let mut r = send(
+        &s,
+        "POST",
+        "/v1/chat/completions",
+        Some(&streamed_key),
+        Some(long(true)),
+    );
+    assert_eq!(r.status(), 200);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while seen.windows(6).filter(|w| w == b"data: ").count() < 12 {
+        let n = std::io::Read::read(&mut r, &mut buf).unwrap();
+        assert!(n > 0, "the stream ended early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    drop(r);
+    // A whole answer the client stops waiting for.
+    let (waited_id, waited_key) = new_key(&s, json!({"name": "gave-up"}));
+    let gave_up = client()
+        .post(s.url("/v1/chat/completions"))
+        .bearer_auth(&waited_key)
+        .json(&long(false))
+        .timeout(Duration::from_millis(1500))
+        .send();
+    assert!(gave_up.is_err(), "the answer came within the client's timeout");
+
+    let usage = |id: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (_, v) = call(&s, "GET", &format!("/admin/usage?key={id}"), Some(ADMIN), None);
+            if v["data"][0]["requests"] == 1 {
+                return v["data"][0].clone();
+            }
+            assert!(Instant::now() < deadline, "no record for {id}: {v}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // Both were recorded with what they generated (a streamed chunk is at
+    // least one token; the first two chunks carry the role and nothing).
+    let streamed = usage(&streamed_id);
+    assert!(streamed["completion_tokens"].as_u64().unwrap() >= 10, "{streamed}");
+    assert_eq!(streamed["errors"], 0, "the stream was a 200: {streamed}");
+    let waited = usage(&waited_id);
+    assert!(waited["completion_tokens"].as_u64().unwrap() >= 1, "{waited}");
+    assert!(waited["prompt_tokens"].as_u64().unwrap() > 5, "{waited}");
+    assert_eq!(waited["errors"], 1, "recorded as 499, client closed: {waited}");
+    // And counted per key in /metrics.
+    let m = send(&s, "GET", "/metrics", Some(ADMIN), None).text().unwrap();
+    let completion = |id: &str| -> u64 {
+        let series = format!("hfms_key_tokens_total{{key_id=\"{id}\",kind=\"completion\"}} ");
+        m.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .map_or(0, |v| v.trim().parse().unwrap())
+    };
+    assert_eq!(
+        completion(&streamed_id),
+        streamed["completion_tokens"].as_u64().unwrap()
+    );
+    assert_eq!(completion(&waited_id), waited["completion_tokens"].as_u64().unwrap());
 }

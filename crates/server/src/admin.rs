@@ -15,7 +15,7 @@ use hfms_access::{ApiKey, KeySettings};
 use serde_json::{Value, json};
 
 use crate::auth::access_error;
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, GetErrors, PostErrors};
 use crate::extract::ApiJson;
 use crate::state::AppState;
 
@@ -39,23 +39,35 @@ fn check_id(id: &str) -> ApiResult<()> {
     }
 }
 
+#[utoipa::path(post, path = "/admin/keys", tag = "Admin",
+    request_body = KeySettings,
+    responses((status = 201, description = "The key and its `secret`, shown only here", body = ApiKey), PostErrors))]
 pub async fn create(State(state): State<AppState>, ApiJson(settings, _): ApiJson<KeySettings>) -> ApiResult<Response> {
     let (key, secret) = state.access().create(settings).await?;
     tracing::info!(key_id = %key.id, name = %key.name, "API key created");
     Ok(with_secret(StatusCode::CREATED, &key, secret))
 }
 
+#[utoipa::path(get, path = "/admin/keys", tag = "Admin",
+    responses((status = 200, description = "Every key, newest first (`data`)", body = Object), GetErrors))]
 pub async fn list(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let keys = state.access().store().list().await.map_err(access_error)?;
     Ok(Json(json!({"object": "list", "data": keys})))
 }
 
+#[utoipa::path(get, path = "/admin/keys/{id}", tag = "Admin",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key", body = ApiKey), GetErrors))]
 pub async fn show(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<ApiKey>> {
     check_id(&id)?;
     let key = state.access().store().get(&id).await.map_err(access_error)?;
     key.map(Json).ok_or_else(|| no_such_key(&id))
 }
 
+#[utoipa::path(patch, path = "/admin/keys/{id}", tag = "Admin",
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(content = KeySettings, description = "The fields to change; `null` clears a limit"),
+    responses((status = 200, description = "The key as changed", body = ApiKey), PostErrors))]
 pub async fn update(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -74,6 +86,9 @@ pub async fn update(
     Ok(Json(key))
 }
 
+#[utoipa::path(delete, path = "/admin/keys/{id}", tag = "Admin",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "`{id, revoked: true}`", body = Object), GetErrors))]
 pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     check_id(&id)?;
     if !state.access().store().revoke(&id).await.map_err(access_error)? {
@@ -84,6 +99,9 @@ pub async fn revoke(State(state): State<AppState>, Path(id): Path<String>) -> Ap
     Ok(Json(json!({"id": id, "revoked": true})))
 }
 
+#[utoipa::path(post, path = "/admin/keys/{id}/rotate", tag = "Admin",
+    params(("id" = String, Path, description = "The key's id")),
+    responses((status = 200, description = "The key and its new `secret`, shown only here", body = ApiKey), PostErrors))]
 pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     check_id(&id)?;
     let rotated = state.access().store().rotate(&id).await.map_err(access_error)?;
@@ -95,6 +113,20 @@ pub async fn rotate(State(state): State<AppState>, Path(id): Path<String>) -> Ap
 
 /// `GET /admin/usage?key=&model=&from=&to=&group_by=hour|day|model|key&format=json|csv`:
 /// totals of the usage records (`from`/`to`: Unix seconds or RFC 3339).
+#[utoipa::path(get, path = "/admin/usage", tag = "Admin",
+    params(
+        ("key" = Option<String>, Query, description = "Only this key id"),
+        ("model" = Option<String>, Query, description = "Only this model (id or alias)"),
+        ("from" = Option<String>, Query, description = "From this time on: Unix seconds or RFC 3339"),
+        ("to" = Option<String>, Query, description = "Before this time: Unix seconds or RFC 3339"),
+        ("group_by" = Option<String>, Query, description = "hour, day, model or key"),
+        ("format" = Option<String>, Query, description = "json (default) or csv"),
+    ),
+    responses(
+        (status = 200, description = "Totals per group (`data`), or CSV with `format=csv`",
+            content((Object = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "An unknown or invalid query parameter", body = crate::error::Envelope),
+        GetErrors))]
 pub async fn usage(
     State(state): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,

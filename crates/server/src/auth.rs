@@ -14,8 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use hfms_access::usage::{Price, UsageRecord, UsageWriter};
-use hfms_access::{ApiKey, Decision, KeySettings, KeyStore, RateLimiter, Scope};
+use hfms_access::usage::{Period, Price, UsageRecord, UsageWriter};
+use hfms_access::{ApiKey, Decision, KeySettings, KeyStore, RateLimiter, Scope, SessionStore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -96,6 +96,14 @@ pub struct Access {
     /// made-up keys costs no database reads.
     unknown: moka::future::Cache<[u8; 32], ()>,
     in_flight: Mutex<HashMap<String, u64>>,
+    /// Dashboard sessions (in the key database, so replicas share them).
+    sessions: SessionStore,
+    /// SHA-256 of a session token → whom it signs in, for a few seconds.
+    signed_in: moka::future::Cache<[u8; 32], Caller>,
+    /// What each key with a budget spent this day and month: read from the
+    /// usage records, then kept current with this replica's own records
+    /// (other replicas' spending shows when the entry is read again).
+    spent: moka::sync::Cache<String, Arc<Mutex<Spent>>>,
     /// Last `last_used_at` written per key (written at most once a minute).
     touched: Mutex<HashMap<String, i64>>,
     /// Taken at shutdown to commit what is queued.
@@ -105,6 +113,18 @@ pub struct Access {
 
 fn sha256(s: &str) -> [u8; 32] {
     Sha256::digest(s.as_bytes()).into()
+}
+
+/// How long a dashboard session lasts.
+pub const SESSION_SECONDS: i64 = 12 * 3600;
+
+/// A key's spending in the current day and month (cost units).
+#[derive(Debug, Clone, Copy)]
+pub struct Spent {
+    day_start: i64,
+    month_start: i64,
+    day: f64,
+    month: f64,
 }
 
 impl Access {
@@ -133,6 +153,15 @@ impl Access {
                 .time_to_live(c.key_cache_ttl.max(Duration::from_millis(1)))
                 .build(),
             in_flight: Mutex::new(HashMap::new()),
+            sessions: SessionStore::new(store.pool().clone()),
+            signed_in: moka::future::Cache::builder()
+                .max_capacity(if c.key_cache_ttl.is_zero() { 0 } else { 10_000 })
+                .time_to_live(c.key_cache_ttl.max(Duration::from_millis(1)))
+                .build(),
+            spent: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(c.key_cache_ttl.max(Duration::from_secs(1)))
+                .build(),
             touched: Mutex::new(HashMap::new()),
             usage: Mutex::new(Some(UsageWriter::start(store.pool().clone(), c.usage_commit_interval))),
             prices: c.prices.clone(),
@@ -140,10 +169,23 @@ impl Access {
         })
     }
 
-    /// Queue a request's usage record, priced.
-    pub fn record_usage(&self, mut r: UsageRecord) {
+    /// Set a usage record's cost from the price table.
+    pub fn price(&self, r: &mut UsageRecord) {
         if let Some(p) = self.prices.get(&r.model) {
             r.cost = p.cost(r.prompt_tokens, r.cached_tokens, r.completion_tokens);
+        }
+    }
+
+    /// Queue a priced usage record; its cost counts against its key's
+    /// budget at once.
+    pub fn record_usage(&self, r: UsageRecord) {
+        if r.cost > 0.0
+            && let Some(id) = &r.key_id
+            && let Some(entry) = self.spent.get(id)
+        {
+            let mut s = entry.lock().unwrap_or_else(|p| p.into_inner());
+            s.day += r.cost;
+            s.month += r.cost;
         }
         if let Some(w) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             w.record(r);
@@ -186,12 +228,13 @@ impl Access {
     pub fn key_changed(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.verified.invalidate_all();
+        self.signed_in.invalidate_all();
     }
 
     /// While auth is off, ask the database now and then whether a key
     /// appeared: a key made by `hfms keys` or another replica turns auth
     /// on here too, within --auth-cache-seconds (at least a second).
-    async fn refresh_required(&self) -> bool {
+    pub async fn refresh_required(&self) -> bool {
         if self.required() {
             return true;
         }
@@ -217,6 +260,32 @@ impl Access {
         }
     }
 
+    /// Whether keyless callers may use the admin API while auth is off.
+    pub fn keyless_admin(&self) -> bool {
+        self.keyless_admin
+    }
+
+    /// The caller of a request: its key, or — outside `/v1/`, when it
+    /// sends none — its dashboard session cookie (state-changing methods
+    /// must then carry the session's CSRF token).
+    pub async fn identify(&self, headers: &HeaderMap, method: &axum::http::Method, path: &str) -> ApiResult<Caller> {
+        if !path.starts_with("/v1/")
+            && presented_key(headers).is_none()
+            && let Some(token) = crate::dashboard::session_token(headers)
+            && self.refresh_required().await
+        {
+            let caller = self
+                .session(token)
+                .await?
+                .ok_or_else(|| invalid_key("The dashboard session has ended: sign in again with an admin key."))?;
+            if !method.is_safe() {
+                check_csrf(headers, token)?;
+            }
+            return Ok(caller);
+        }
+        self.authenticate(headers).await
+    }
+
     /// The caller a request's headers name (`Authorization: Bearer` or
     /// `x-api-key`).
     pub async fn authenticate(&self, headers: &HeaderMap) -> ApiResult<Caller> {
@@ -227,6 +296,11 @@ impl Access {
         }
         let presented = presented_key(headers)
             .ok_or_else(|| invalid_key("No API key given: send `Authorization: Bearer sk-hfms-…` or `x-api-key`."))?;
+        self.authenticate_secret(presented).await
+    }
+
+    /// The caller a presented secret names (auth is on).
+    async fn authenticate_secret(&self, presented: &str) -> ApiResult<Caller> {
         let digest = sha256(presented);
         if let Some(admin) = &self.admin_hash
             && bool::from(digest.ct_eq(admin))
@@ -240,15 +314,7 @@ impl Access {
                     return Err(invalid_key("Incorrect API key provided."));
                 }
                 let generation = self.generation.load(Ordering::SeqCst);
-                let found = self.store.verify(presented).await.map_err(|e| {
-                    tracing::error!(error = %e, "the key store failed");
-                    ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "server_error",
-                        "The key store is unavailable.",
-                    )
-                    .with_code("key_store_unavailable")
-                })?;
+                let found = self.store.verify(presented).await.map_err(store_unavailable)?;
                 let Some(k) = found else {
                     self.unknown.insert(digest, ()).await;
                     return Err(invalid_key("Incorrect API key provided."));
@@ -271,6 +337,129 @@ impl Access {
         }
         self.touch(&key.id, now);
         Ok(Caller::Key(key))
+    }
+
+    /// Whom the bootstrap admin key's sessions name: a fingerprint of it,
+    /// so that a changed admin key ends them.
+    fn operator_subject(&self) -> Option<String> {
+        self.admin_hash.map(|h| {
+            let fp = Sha256::digest(h);
+            format!(
+                "operator:{}",
+                fp[..12].iter().map(|b| format!("{b:02x}")).collect::<String>()
+            )
+        })
+    }
+
+    /// Sign in to the dashboard with an admin-scoped secret: a session
+    /// token for the cookie.
+    pub async fn sign_in(&self, presented: &str) -> ApiResult<(Caller, String)> {
+        let presented = presented.trim();
+        if presented.is_empty() || presented.len() > 1024 {
+            return Err(invalid_key("Incorrect API key provided."));
+        }
+        let caller = self.authenticate_secret(presented).await?;
+        check(Scope::Admin, &caller)?;
+        let subject = match &caller {
+            Caller::Key(k) => k.id.clone(),
+            _ => self.operator_subject().unwrap_or_default(),
+        };
+        let token = self
+            .sessions
+            .create(&subject, SESSION_SECONDS)
+            .await
+            .map_err(store_unavailable)?;
+        Ok((caller, token))
+    }
+
+    /// The admin a session token signs in, if it is live and its key still
+    /// may administer.
+    pub async fn session(&self, token: &str) -> ApiResult<Option<Caller>> {
+        let digest = sha256(token);
+        if let Some(c) = self.signed_in.get(&digest).await {
+            return Ok(Some(c));
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let Some(session) = self.sessions.get(token).await.map_err(store_unavailable)? else {
+            return Ok(None);
+        };
+        let caller = if session.subject.starts_with("operator:") {
+            if Some(&session.subject) != self.operator_subject().as_ref() {
+                return Ok(None);
+            }
+            Caller::Operator
+        } else {
+            let key = self.store.get(&session.subject).await.map_err(store_unavailable)?;
+            match key {
+                Some(k) if k.active(hfms_access::keys::unix_now()) && k.has_scope(Scope::Admin) => {
+                    Caller::Key(Arc::new(k))
+                }
+                _ => return Ok(None),
+            }
+        };
+        if self.generation.load(Ordering::SeqCst) == generation {
+            self.signed_in.insert(digest, caller.clone()).await;
+        }
+        Ok(Some(caller))
+    }
+
+    pub async fn sign_out(&self, token: &str) -> ApiResult<()> {
+        self.signed_in.invalidate(&sha256(token)).await;
+        self.sessions.delete(token).await.map_err(store_unavailable)
+    }
+
+    /// Refuse a key that spent its daily or monthly budget (429
+    /// `insufficient_quota`, retry when the period ends).
+    pub async fn check_budget(&self, key: &ApiKey) -> ApiResult<()> {
+        if key.budget_daily.is_none() && key.budget_monthly.is_none() {
+            return Ok(());
+        }
+        let now = hfms_access::keys::unix_now();
+        let (day_start, day_end) = Period::Day.bounds(now);
+        let (month_start, month_end) = Period::Month.bounds(now);
+        let current = self.spent.get(&key.id).filter(|e| {
+            e.lock()
+                .is_ok_and(|s| s.day_start == day_start && s.month_start == month_start)
+        });
+        let entry = match current {
+            Some(e) => e,
+            None => {
+                let pool = self.store.pool();
+                let day = hfms_access::usage::spent_since(pool, &key.id, day_start)
+                    .await
+                    .map_err(store_unavailable)?;
+                let month = hfms_access::usage::spent_since(pool, &key.id, month_start)
+                    .await
+                    .map_err(store_unavailable)?;
+                let e = Arc::new(Mutex::new(Spent {
+                    day_start,
+                    month_start,
+                    day,
+                    month,
+                }));
+                self.spent.insert(key.id.clone(), e.clone());
+                e
+            }
+        };
+        let s = *entry.lock().unwrap_or_else(|p| p.into_inner());
+        for (budget, spent, what, end) in [
+            (key.budget_daily, s.day, "daily", day_end),
+            (key.budget_monthly, s.month, "monthly", month_end),
+        ] {
+            if let Some(b) = budget
+                && spent >= b
+            {
+                let mut e = ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "insufficient_quota",
+                    format!("This API key has used its {what} budget ({spent:.4} of {b})."),
+                )
+                .with_code("insufficient_quota");
+                e.retry_after = Some((end - now).max(1) as u64);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Write `last_used_at`, at most once a minute per key, in the background.
@@ -370,6 +559,40 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .filter(|k| !k.is_empty())
 }
 
+fn store_unavailable(e: hfms_access::AccessError) -> ApiError {
+    tracing::error!(error = %e, "the key store failed");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "The key store is unavailable.",
+    )
+    .with_code("key_store_unavailable")
+}
+
+/// The dashboard's CSRF token for a session: derived from the session
+/// token, which only the cookie holds, so a page of another site can
+/// neither read nor guess it.
+pub fn csrf_token(session_token: &str) -> String {
+    let d = Sha256::digest(format!("hfms-csrf:{session_token}").as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A cookie-authenticated request that changes something must carry the
+/// session's CSRF token (a cross-site form cannot set headers).
+pub fn check_csrf(headers: &HeaderMap, session_token: &str) -> ApiResult<()> {
+    let sent = headers.get("x-csrf-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if bool::from(sent.as_bytes().ct_eq(csrf_token(session_token).as_bytes())) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_request_error",
+            "Missing or wrong x-csrf-token for a request signed in by the dashboard's session cookie.",
+        )
+        .with_code("csrf_failed"))
+    }
+}
+
 fn invalid_key(message: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message).with_code("invalid_api_key")
 }
@@ -461,12 +684,89 @@ tokio::task_local! {
 /// What a request used, as its handler learns it (for its usage record).
 #[derive(Debug, Clone, Default)]
 pub struct UsageNote {
+    /// The model's id, once the handler resolved it.
+    pub model: Option<String>,
     pub prompt_tokens: u64,
     pub cached_tokens: u64,
     pub completion_tokens: u64,
     pub finish_reason: Option<&'static str>,
     pub ttft_ms: Option<f64>,
     pub cache_hit: bool,
+    /// Whether the generation settled (ended and was counted).
+    pub settled: bool,
+    /// Tokens generated so far, per choice: what a request cut short
+    /// (client gone, handler dropped) is charged and recorded.
+    pub progress: Vec<usize>,
+}
+
+/// The usage record a metered request gets; written when the last holder
+/// of the request's usage lets go — after the response body has ended
+/// (or the client left) and after a stream's producer has settled its
+/// tokens.
+pub struct PendingRecord {
+    pub started: std::time::Instant,
+    pub endpoint: String,
+    pub request_id: String,
+    /// The response's status; 499 until there is one (the client left
+    /// before an answer).
+    pub status: u16,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+struct UsageState {
+    note: Mutex<UsageNote>,
+    record: Mutex<Option<PendingRecord>>,
+    access: Arc<Access>,
+    key: Option<Arc<ApiKey>>,
+}
+
+impl Drop for UsageState {
+    fn drop(&mut self) {
+        let note = std::mem::take(self.note.get_mut().unwrap_or_else(|p| p.into_inner()));
+        let generated: usize = note.progress.iter().sum();
+        let completion = if note.settled {
+            note.completion_tokens
+        } else {
+            // Cut short: what was generated still counts against the key.
+            if generated > 0
+                && let Some(key) = self.key.clone()
+                && key.tpm.is_some()
+                && let Ok(rt) = tokio::runtime::Handle::try_current()
+            {
+                let access = self.access.clone();
+                rt.spawn(async move {
+                    access.take_tokens(&key, generated as u64, true).await;
+                });
+            }
+            generated as u64
+        };
+        let pending = self.record.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(p), Some(model)) = (pending, note.model) else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let mut record = UsageRecord {
+            time_ms: now_ms,
+            request_id: p.request_id,
+            key_id: self.key.as_ref().map(|k| k.id.clone()),
+            model,
+            endpoint: p.endpoint,
+            status: p.status,
+            prompt_tokens: note.prompt_tokens,
+            cached_tokens: note.cached_tokens,
+            completion_tokens: completion,
+            latency_ms: p.started.elapsed().as_secs_f64() * 1e3,
+            ttft_ms: note.ttft_ms,
+            finish_reason: note.finish_reason.map(str::to_string),
+            cache_hit: note.cache_hit,
+            cost: 0.0,
+        };
+        self.access.price(&mut record);
+        p.metrics.key_usage(&record);
+        self.access.record_usage(record);
+    }
 }
 
 #[derive(Clone)]
@@ -474,16 +774,22 @@ pub struct RequestAccess {
     pub caller: Caller,
     access: Arc<Access>,
     tokens: Arc<Mutex<Option<Decision>>>,
-    usage: Arc<Mutex<UsageNote>>,
+    usage: Arc<UsageState>,
 }
 
 impl RequestAccess {
     pub fn new(caller: Caller, access: Arc<Access>) -> Self {
+        let key = caller.key().cloned();
         RequestAccess {
             caller,
-            access,
+            access: access.clone(),
             tokens: Arc::new(Mutex::new(None)),
-            usage: Arc::new(Mutex::new(UsageNote::default())),
+            usage: Arc::new(UsageState {
+                note: Mutex::new(UsageNote::default()),
+                record: Mutex::new(None),
+                access,
+                key,
+            }),
         }
     }
 
@@ -492,11 +798,38 @@ impl RequestAccess {
     }
 
     pub fn usage(&self) -> UsageNote {
-        self.usage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.usage.note.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn note(&self, f: impl FnOnce(&mut UsageNote)) {
-        f(&mut self.usage.lock().unwrap_or_else(|p| p.into_inner()));
+        f(&mut self.usage.note.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    /// This request gets a usage record (see `PendingRecord`).
+    pub fn expect_record(&self, r: PendingRecord) {
+        *self.usage.record.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
+    }
+
+    /// The status its record will carry.
+    pub fn set_status(&self, status: u16) {
+        if let Some(r) = self.usage.record.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            r.status = status;
+        }
+    }
+
+    /// Choice `index` has generated `tokens` so far.
+    pub fn progress(&self, index: usize, tokens: usize) {
+        self.note(|u| {
+            if u.progress.len() <= index {
+                u.progress.resize(index + 1, 0);
+            }
+            u.progress[index] = u.progress[index].max(tokens);
+        });
+    }
+
+    /// The model the request resolved to.
+    pub fn note_model(&self, id: &str) {
+        self.note(|u| u.model = Some(id.to_string()));
     }
 
     /// Run `f` as this request.
@@ -581,20 +914,24 @@ impl TokenMeter {
         Ok(())
     }
 
+    /// The generation ended (whole, or cut short by an error, the time
+    /// limit or the client): its completion tokens are recorded and
+    /// charged — the finished choices' counts, or what the choices cut
+    /// short had generated, whichever is more.
     pub async fn settle(&self, s: Settled) {
+        let mut completion = 0;
         self.request.note(|u| {
-            u.completion_tokens = s.completion_tokens as u64;
+            completion = s.completion_tokens.max(u.progress.iter().sum());
+            u.completion_tokens = completion as u64;
             u.cached_tokens = s.cached_tokens as u64;
             u.finish_reason = s.finish_reason;
             u.ttft_ms = s.ttft.map(|t| t * 1e3);
+            u.settled = true;
         });
-        if s.completion_tokens > 0
+        if completion > 0
             && let Some(key) = self.request.caller.key()
         {
-            self.request
-                .access
-                .take_tokens(key, s.completion_tokens as u64, true)
-                .await;
+            self.request.access.take_tokens(key, completion as u64, true).await;
         }
     }
 }
@@ -641,6 +978,7 @@ pub fn note_cache_hit(stored: &[u8]) {
         .unwrap_or_default();
     request.note(|u| {
         u.cache_hit = true;
+        u.settled = true;
         u.prompt_tokens = usage.prompt_tokens;
         u.completion_tokens = usage.completion_tokens;
         u.cached_tokens = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);

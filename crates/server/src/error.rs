@@ -51,11 +51,22 @@ fn error_responses(which: &[&str]) -> Responses {
             "400",
             "Invalid request: bad JSON, a wrong type, a value out of range, a limit exceeded",
         ),
-        ("403", "The Host header is not allowed (DNS-rebinding protection)"),
+        (
+            "401",
+            "No API key, or an unknown, revoked or expired one (when keys are in use)",
+        ),
+        (
+            "403",
+            "The key lacks the scope or may not use the model, a dashboard request lacks its CSRF token, or the Host header is not allowed",
+        ),
         ("404", "Unknown model or path"),
         ("405", "Method not allowed on this path"),
         ("413", "The body is larger than --max-body-mb"),
         ("415", "The body is not JSON by its Content-Type"),
+        (
+            "429",
+            "The key's requests, tokens or concurrent requests per its limits, or its budget, are used up; see Retry-After",
+        ),
         ("500", "An internal error (never caused by request content)"),
         (
             "503",
@@ -85,7 +96,19 @@ pub struct PostErrors;
 
 impl utoipa::IntoResponses for PostErrors {
     fn responses() -> Responses {
-        error_responses(&["400", "403", "404", "405", "413", "415", "500", "503", "504"])
+        error_responses(&[
+            "400", "401", "403", "404", "405", "413", "415", "429", "500", "503", "504",
+        ])
+    }
+}
+
+/// What an open GET endpoint (no key needed: probes, this API's
+/// description) may answer besides success.
+pub struct OpenGetErrors;
+
+impl utoipa::IntoResponses for OpenGetErrors {
+    fn responses() -> Responses {
+        error_responses(&["403", "404", "405", "500"])
     }
 }
 
@@ -94,7 +117,7 @@ pub struct GetErrors;
 
 impl utoipa::IntoResponses for GetErrors {
     fn responses() -> Responses {
-        error_responses(&["403", "404", "405", "500"])
+        error_responses(&["401", "403", "404", "405", "429", "500"])
     }
 }
 

@@ -9,12 +9,12 @@ use axum::response::{IntoResponse, Response};
 use hfms_engine::skills::LoadedModel;
 use serde_json::{Value, json};
 
-use crate::error::GetErrors;
+use crate::error::{GetErrors, OpenGetErrors};
 use crate::state::{AppState, Readiness};
 
 /// The process answers.
 #[utoipa::path(get, path = "/health", tag = "Health",
-    responses((status = 200, description = "Alive", body = HealthStatus), GetErrors))]
+    responses((status = 200, description = "Alive", body = HealthStatus), OpenGetErrors))]
 pub async fn health() -> axum::Json<Value> {
     axum::Json(json!({"status": "ok"}))
 }

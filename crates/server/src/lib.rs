@@ -6,6 +6,7 @@ pub mod admin;
 pub mod auth;
 pub mod breaker;
 pub mod cache;
+pub mod dashboard;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -46,6 +47,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/admin/keys/{id}/rotate", post(admin::rotate))
         .route("/admin/usage", get(admin::usage))
+        .route("/admin", get(dashboard::index))
+        .route("/admin/", get(dashboard::index))
+        .route("/admin/assets/{*path}", get(dashboard::asset))
+        .route(
+            "/admin/session",
+            get(dashboard::current)
+                .post(dashboard::sign_in)
+                .delete(dashboard::sign_out),
+        )
         .route("/models/load", post(management::load))
         .route("/models/unload", post(management::unload))
         .route("/health", get(health::health))

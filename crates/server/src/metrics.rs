@@ -118,6 +118,30 @@ struct LimitLabels {
     kind: String,
 }
 
+/// Usage per API key: its id (never its name: ids are bounded and carry
+/// nothing a client chose), `-` for requests without a key.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyLabels {
+    key_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyRequestLabels {
+    key_id: String,
+    /// success or error (status >= 400)
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyTokenLabels {
+    key_id: String,
+    /// prompt, cached (of the prompt) or completion
+    kind: String,
+}
+
+/// Keys with their own series; the rest are summed under `other`.
+const MAX_KEY_SERIES: usize = 1000;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CacheErrorLabels {
     backend: String,
@@ -184,6 +208,11 @@ pub struct Metrics {
     cache_errors: Family<CacheErrorLabels, Counter>,
     rate_limited: Family<LimitLabels, Counter>,
     rate_limit_store_errors: Family<LimitLabels, Counter>,
+    key_requests: Family<KeyRequestLabels, Counter>,
+    key_tokens: Family<KeyTokenLabels, Counter>,
+    key_cost: Family<KeyLabels, Counter<f64, AtomicU64>>,
+    /// The key ids that have their own series.
+    key_series: Mutex<std::collections::HashSet<String>>,
     /// Set once the cache exists (bytes held, memory backend).
     cache_bytes: Arc<OnceLock<Weak<crate::cache::ResponseCache>>>,
     circuit: Family<ModelLabels, Gauge>,
@@ -369,8 +398,24 @@ impl Metrics {
             rate_limited: counter(
                 &mut r,
                 "hfms_rate_limited_requests",
-                "Requests refused (429) by a key's limit, by kind (requests, tokens, concurrency)",
+                "Requests refused (429) by a key's limit, by kind (requests, tokens, concurrency, budget)",
             ),
+            key_requests: counter(
+                &mut r,
+                "hfms_key_requests",
+                "Inference requests per API key id (`-`: no key; `other`: past 1000 keys) and outcome",
+            ),
+            key_tokens: counter(
+                &mut r,
+                "hfms_key_tokens",
+                "Tokens per API key id, by kind: prompt, cached (part of prompt), completion",
+            ),
+            key_cost: {
+                let f = Family::<KeyLabels, Counter<f64, AtomicU64>>::default();
+                r.register("hfms_key_cost", "Cost per API key id, priced by --price", f.clone());
+                f
+            },
+            key_series: Mutex::new(std::collections::HashSet::new()),
             rate_limit_store_errors: counter(
                 &mut r,
                 "hfms_rate_limit_store_errors",
@@ -439,6 +484,41 @@ impl Metrics {
         self.rate_limited
             .get_or_create(&LimitLabels { kind: kind.to_string() })
             .inc();
+    }
+
+    /// A request's usage, per key.
+    pub fn key_usage(&self, r: &hfms_access::usage::UsageRecord) {
+        let id = r.key_id.as_deref().unwrap_or("-");
+        let key_id = {
+            let mut seen = self.key_series.lock().unwrap_or_else(|p| p.into_inner());
+            if seen.contains(id) || (seen.len() < MAX_KEY_SERIES && seen.insert(id.to_string())) {
+                id.to_string()
+            } else {
+                "other".to_string()
+            }
+        };
+        let outcome = if r.status >= 400 { "error" } else { "success" };
+        self.key_requests
+            .get_or_create(&KeyRequestLabels {
+                key_id: key_id.clone(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        for (kind, n) in [
+            ("prompt", r.prompt_tokens),
+            ("cached", r.cached_tokens),
+            ("completion", r.completion_tokens),
+        ] {
+            self.key_tokens
+                .get_or_create(&KeyTokenLabels {
+                    key_id: key_id.clone(),
+                    kind: kind.to_string(),
+                })
+                .inc_by(n);
+        }
+        if r.cost > 0.0 {
+            self.key_cost.get_or_create(&KeyLabels { key_id }).inc_by(r.cost);
+        }
     }
 
     pub fn rate_limit_store_error(&self) {

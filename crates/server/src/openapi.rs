@@ -4,8 +4,8 @@
 use axum::response::IntoResponse;
 use utoipa::OpenApi;
 
-use crate::error::GetErrors;
-use crate::{health, management, openai};
+use crate::error::OpenGetErrors;
+use crate::{admin, dashboard, health, management, openai};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -26,6 +26,16 @@ use crate::{health, management, openai};
         health::ready,
         health::status,
         crate::metrics::scrape,
+        admin::create,
+        admin::list,
+        admin::show,
+        admin::update,
+        admin::revoke,
+        admin::rotate,
+        admin::usage,
+        dashboard::current,
+        dashboard::sign_in,
+        dashboard::sign_out,
         document,
     ),
     components(schemas(openai::types::ChatCompletionChunk)),
@@ -33,13 +43,14 @@ use crate::{health, management, openai};
         (name = "OpenAI", description = "OpenAI-compatible endpoints"),
         (name = "Management", description = "Loading and unloading models"),
         (name = "Health", description = "Liveness, readiness, status"),
+        (name = "Admin", description = "API keys, usage, and the dashboard's sign-in session (scope `admin`)"),
     )
 )]
 pub struct ApiDoc;
 
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "Health",
-    responses((status = 200, description = "The OpenAPI 3.1 document of this server", body = Object), GetErrors))]
+    responses((status = 200, description = "The OpenAPI 3.1 document of this server", body = Object), OpenGetErrors))]
 pub async fn document() -> axum::response::Response {
     axum::Json(ApiDoc::openapi()).into_response()
 }
@@ -65,10 +76,29 @@ mod tests {
             ("/status", "get"),
             ("/openapi.json", "get"),
             ("/metrics", "get"),
+            ("/admin/keys", "post"),
+            ("/admin/keys", "get"),
+            ("/admin/keys/{id}", "get"),
+            ("/admin/keys/{id}", "patch"),
+            ("/admin/keys/{id}", "delete"),
+            ("/admin/keys/{id}/rotate", "post"),
+            ("/admin/usage", "get"),
+            ("/admin/session", "get"),
+            ("/admin/session", "post"),
+            ("/admin/session", "delete"),
         ] {
             let op = &paths[path][method];
             assert!(op.is_object(), "{method} {path} is not documented");
-            assert!(op["responses"]["200"].is_object(), "{path}");
+            let ok = op["responses"]["200"].is_object()
+                || op["responses"]["201"].is_object()
+                || op["responses"]["204"].is_object();
+            assert!(ok, "{method} {path}");
+            let open = ["/health", "/ready", "/openapi.json"].contains(&path);
+            assert_eq!(
+                op["responses"]["401"].is_object(),
+                !open,
+                "{method} {path}: 401 documented where a key is needed"
+            );
             if method == "post" {
                 for code in ["400", "415", "503"] {
                     assert!(op["responses"][code].is_object(), "{path} lacks {code}");

@@ -59,6 +59,9 @@ pub struct ServerConfig {
     pub allowed_hosts: Option<Vec<String>>,
     pub breaker: crate::breaker::BreakerConfig,
     pub cache: crate::cache::CacheConfig,
+    /// Serve the dashboard's files from this folder instead of the copies
+    /// in the binary (for working on the UI without rebuilding).
+    pub admin_assets_dir: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -71,6 +74,7 @@ impl ServerConfig {
         allowed_hosts: None,
         breaker: crate::breaker::BreakerConfig::DEFAULT,
         cache: crate::cache::CacheConfig::DEFAULT,
+        admin_assets_dir: None,
     };
 }
 

@@ -98,6 +98,10 @@ pub enum GenEvent {
     Delta {
         text: String,
         logprobs: Vec<TokenLogprob>,
+        /// Tokens this choice has generated so far (text may lag behind
+        /// them while a stop string could still match): what a choice cut
+        /// short has cost.
+        generated: usize,
     },
     Done {
         finish_reason: FinishReason,
@@ -1037,7 +1041,11 @@ fn send_delta(s: &mut Sequence, text: String) {
         }
     }
     if !text.is_empty() || !logprobs.is_empty() {
-        let _ = s.job.events.send(GenEvent::Delta { text, logprobs });
+        let _ = s.job.events.send(GenEvent::Delta {
+            text,
+            logprobs,
+            generated: s.generated,
+        });
     }
 }
 
@@ -1064,7 +1072,11 @@ fn finish(s: &mut Sequence, tok: &Tokenizer, reason: FinishReason) {
         start = end;
     }
     if !text.is_empty() || !logprobs.is_empty() {
-        let _ = s.job.events.send(GenEvent::Delta { text, logprobs });
+        let _ = s.job.events.send(GenEvent::Delta {
+            text,
+            logprobs,
+            generated: s.generated,
+        });
     }
     let ttft = s
         .first_token_at

@@ -168,3 +168,51 @@ impl Drop for Postgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Debian's HAProxy balancing HTTP round-robin over `backends`
+/// (`host:port`), as a load balancer in front of replicas would.
+pub struct Haproxy {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Haproxy {
+    pub fn start(backends: &[String]) -> Haproxy {
+        let port = free_port();
+        let dir = temp_dir("haproxy", port);
+        let mut config = format!(
+            "global\n  maxconn 256\n\
+             defaults\n  mode http\n  timeout connect 5s\n  timeout client 120s\n  timeout server 120s\n\
+             frontend api\n  bind 127.0.0.1:{port}\n  default_backend replicas\n\
+             backend replicas\n  balance roundrobin\n"
+        );
+        for (i, b) in backends.iter().enumerate() {
+            config.push_str(&format!("  server r{i} {b}\n"));
+        }
+        let path = dir.join("haproxy.cfg");
+        std::fs::write(&path, config).unwrap();
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("haproxy (make test installs it)");
+        wait_for_port(port, "haproxy");
+        Haproxy { child, port, dir }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Haproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -18,8 +18,13 @@ use crate::auth::{self, Caller, RequestAccess};
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// Paths anyone may call: probes, the API description, and the dashboard's
+/// page, files and sign-in (which checks keys itself).
 fn open_path(path: &str) -> bool {
-    matches!(path, "/health" | "/ready" | "/openapi.json")
+    matches!(
+        path,
+        "/health" | "/ready" | "/openapi.json" | "/admin" | "/admin/" | "/admin/session"
+    ) || path.starts_with("/admin/assets/")
 }
 
 /// The requests that get a usage record.
@@ -41,7 +46,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     } else {
         Scope::Admin
     };
-    let caller = match access.authenticate(req.headers()).await {
+    let caller = match access.identify(req.headers(), req.method(), path).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -51,6 +56,12 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     let mut slot = None;
     let mut requests = None;
     if let Caller::Key(key) = &caller {
+        if scope == Scope::Inference
+            && let Err(e) = access.check_budget(key).await
+        {
+            state.metrics().rate_limited("budget");
+            return e.into_response();
+        }
         slot = match access.enter(key) {
             Ok(slot) => slot,
             Err(max) => {
@@ -78,19 +89,22 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
             }
         }
     }
-    let metered = metered(req.method(), path).then(|| {
-        (
-            path.to_string(),
-            req.extensions()
+    let request = RequestAccess::new(caller, access.clone());
+    if metered(req.method(), path) {
+        request.expect_record(auth::PendingRecord {
+            started,
+            endpoint: path.to_string(),
+            request_id: req
+                .extensions()
                 .get::<crate::middleware::trace::RequestId>()
                 .map(|r| r.0.clone())
                 .unwrap_or_default(),
-        )
-    });
-    let request = RequestAccess::new(caller, access.clone());
+            status: 499,
+            metrics: state.metrics().clone(),
+        });
+    }
     let mut resp = request.clone().scope(next.run(req)).await;
-    // The model the handler resolved (none: refused before one was named).
-    let model = crate::middleware::metrics::current_model();
+    request.set_status(resp.status().as_u16());
     if let Some(d) = &requests {
         auth::set_headers(resp.headers_mut(), "requests", d);
     }
@@ -103,53 +117,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         }
         auth::set_headers(resp.headers_mut(), "tokens", &d);
     }
-    let usage = match (metered, model) {
-        (Some((endpoint, request_id)), Some(model)) => Some(UsageOnEnd {
-            request,
-            started,
-            endpoint,
-            request_id,
-            model,
-            status: resp.status().as_u16(),
-        }),
-        _ => None,
-    };
-    // The slot is held, and the record written, when the body (a stream)
-    // ends.
-    resp.map(|body| Body::new(GuardedBody::new(body, (slot, usage))))
-}
-
-/// Writes a request's usage record when its response body is dropped.
-struct UsageOnEnd {
-    request: RequestAccess,
-    started: std::time::Instant,
-    endpoint: String,
-    request_id: String,
-    model: String,
-    status: u16,
-}
-
-impl Drop for UsageOnEnd {
-    fn drop(&mut self) {
-        let u = self.request.usage();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
-        self.request.access().record_usage(hfms_access::usage::UsageRecord {
-            time_ms: now_ms,
-            request_id: std::mem::take(&mut self.request_id),
-            key_id: self.request.caller.key().map(|k| k.id.clone()),
-            model: std::mem::take(&mut self.model),
-            endpoint: std::mem::take(&mut self.endpoint),
-            status: self.status,
-            prompt_tokens: u.prompt_tokens,
-            cached_tokens: u.cached_tokens,
-            completion_tokens: u.completion_tokens,
-            latency_ms: self.started.elapsed().as_secs_f64() * 1e3,
-            ttft_ms: u.ttft_ms,
-            finish_reason: u.finish_reason.map(str::to_string),
-            cache_hit: u.cache_hit,
-            cost: 0.0,
-        });
-    }
+    // The slot is held, and the request's usage kept for its record, until
+    // the body (a stream) ends.
+    resp.map(|body| Body::new(GuardedBody::new(body, (slot, request))))
 }

@@ -26,6 +26,10 @@ tokio::task_local! {
 /// Name the model the current request uses (no-op outside a request).
 pub fn note_model(id: &str) {
     let _ = REQUEST_MODEL.try_with(|m| *m.borrow_mut() = Some(id.to_string()));
+    // And for its usage record.
+    if let Some(r) = crate::auth::current() {
+        r.note_model(id);
+    }
 }
 
 /// The model the current request uses, if it named one yet.

@@ -352,7 +352,7 @@ pub async fn create(
         }
         let usage_chunk = chunk.clone();
         let chunk_of = move |index, ev| match ev {
-            GenEvent::Delta { text, logprobs } => Some(chunk(
+            GenEvent::Delta { text, logprobs, .. } => Some(chunk(
                 vec![ChatChunkChoice {
                     index,
                     delta: ChunkDelta {

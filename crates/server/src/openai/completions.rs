@@ -387,7 +387,9 @@ pub async fn create(
             }
             let (lp, finish_reason) = match ev {
                 GenEvent::Prompt(entries) => (Some(legacy_logprobs(&entries, 0)), None),
-                GenEvent::Delta { text: t, logprobs: lps } => {
+                GenEvent::Delta {
+                    text: t, logprobs: lps, ..
+                } => {
                     let start = sent[index] + text.chars().count();
                     let lp = logprobs.map(|_| {
                         let entries: Vec<PromptToken> = lps.into_iter().map(position).collect();

@@ -121,7 +121,7 @@ impl Collected {
     fn absorb(&mut self, ev: &GenEvent) -> bool {
         match ev {
             GenEvent::Prompt(p) => self.prompt_logprobs = Some(p.clone()),
-            GenEvent::Delta { text, logprobs } => {
+            GenEvent::Delta { text, logprobs, .. } => {
                 self.text.push_str(text);
                 self.logprobs.extend(logprobs.iter().cloned());
             }
@@ -141,13 +141,29 @@ impl Collected {
     }
 }
 
-/// Wait for one choice to finish.
-pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected> {
+/// Note what a choice has generated so far in its request's usage (what a
+/// request cut short still costs).
+fn note_progress(request: Option<&crate::auth::RequestAccess>, index: usize, ev: &GenEvent) {
+    let Some(r) = request else { return };
+    match ev {
+        GenEvent::Delta { generated, .. } => r.progress(index, *generated),
+        GenEvent::Done { usage, .. } => r.progress(index, usage.completion_tokens),
+        _ => {}
+    }
+}
+
+/// Wait for choice `index` to finish.
+async fn collect(
+    mut rx: UnboundedReceiver<GenEvent>,
+    index: usize,
+    request: Option<crate::auth::RequestAccess>,
+) -> ApiResult<Collected> {
     let mut out = Collected::default();
     while let Some(ev) = rx.recv().await {
         if let GenEvent::Error(e) = ev {
             return Err(e.into());
         }
+        note_progress(request.as_ref(), index, &ev);
         if out.absorb(&ev) {
             return Ok(out);
         }
@@ -158,8 +174,14 @@ pub async fn collect(mut rx: UnboundedReceiver<GenEvent>) -> ApiResult<Collected
 /// Wait for every choice, under the request's time limit and the server's
 /// shutdown (dropping the receivers cancels the sequences).
 pub async fn collect_all(state: &AppState, receivers: Vec<UnboundedReceiver<GenEvent>>) -> ApiResult<Vec<Collected>> {
+    let request = crate::auth::current();
     state
-        .bounded(futures::future::try_join_all(receivers.into_iter().map(collect)))
+        .bounded(futures::future::try_join_all(
+            receivers
+                .into_iter()
+                .enumerate()
+                .map(|(i, rx)| collect(rx, i, request.clone())),
+        ))
         .await
 }
 
@@ -170,6 +192,8 @@ pub struct ChoiceEvents {
     deadline: tokio::time::Instant,
     limit: std::time::Duration,
     state: AppState,
+    /// The request's usage (its producer may outlive the handler's scope).
+    request: Option<crate::auth::RequestAccess>,
 }
 
 impl ChoiceEvents {
@@ -185,6 +209,7 @@ impl ChoiceEvents {
             deadline: tokio::time::Instant::now() + limit,
             limit,
             state: state.clone(),
+            request: crate::auth::current(),
         }
     }
 
@@ -195,7 +220,12 @@ impl ChoiceEvents {
     pub async fn next(&mut self) -> ApiResult<Option<(usize, GenEvent)>> {
         tokio::select! {
             r = tokio::time::timeout_at(self.deadline, self.events.next()) => match r {
-                Ok(next) => Ok(next),
+                Ok(next) => {
+                    if let Some((i, ev)) = &next {
+                        note_progress(self.request.as_ref(), *i, ev);
+                    }
+                    Ok(next)
+                }
                 Err(_) => {
                     tracing::warn!(seconds = self.limit.as_secs(), "stream timed out; cancelling it");
                     Err(ApiError::timeout(self.limit))
