@@ -88,6 +88,11 @@ pub struct ApiKey {
     #[serde(skip)]
     #[schema(ignore)]
     model_set: Arc<GlobSet>,
+    /// Changes when the secret is rotated (a digest of its salt): a
+    /// dashboard session made with an earlier secret no longer matches.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub secret_version: String,
 }
 
 impl ApiKey {
@@ -293,8 +298,14 @@ fn from_row(row: &AnyRow) -> Result<(ApiKey, String, String)> {
         created_at: row.try_get("created_at")?,
         revoked_at: row.try_get("revoked_at")?,
         last_used_at: row.try_get("last_used_at")?,
+        secret_version: String::new(),
     };
-    Ok((key, row.try_get("salt")?, row.try_get("hash")?))
+    let salt: String = row.try_get("salt")?;
+    let key = ApiKey {
+        secret_version: hash("version", &salt)[..16].to_string(),
+        ..key
+    };
+    Ok((key, salt, row.try_get("hash")?))
 }
 
 fn scopes_text(scopes: &[Scope]) -> String {
@@ -435,6 +446,9 @@ impl KeyStore {
     /// Change what `s` names; None when there is no such key.
     pub async fn update(&self, id: &str, s: KeySettings) -> Result<Option<ApiKey>> {
         s.validate()?;
+        // Who may administer changes: sessions start over (else taking the
+        // admin scope away and back would revive them).
+        let ends_sessions = s.scopes.is_some() || s.expires_at.is_some();
         let Some(mut k) = self.get(id).await? else {
             return Ok(None);
         };
@@ -492,7 +506,19 @@ impl KeyStore {
         .bind(id)
         .execute(&self.pool)
         .await?;
+        if ends_sessions {
+            self.end_sessions(id).await?;
+        }
         self.get(id).await
+    }
+
+    /// End the dashboard sessions a key signed in (`crate::sessions`).
+    async fn end_sessions(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM admin_sessions WHERE subject LIKE $1")
+            .bind(format!("{id}:%"))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     /// Revoke (the row stays, for usage history); false when unknown.
@@ -502,6 +528,7 @@ impl KeyStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.end_sessions(id).await?;
         Ok(done.rows_affected() > 0 || self.get(id).await?.is_some())
     }
 
@@ -522,6 +549,7 @@ impl KeyStore {
             .bind(id)
             .execute(&self.pool)
             .await?;
+        self.end_sessions(id).await?;
         Ok(Some((k, secret)))
     }
 

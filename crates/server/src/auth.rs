@@ -103,7 +103,13 @@ pub struct Access {
     /// What each key with a budget spent this day and month: read from the
     /// usage records, then kept current with this replica's own records
     /// (other replicas' spending shows when the entry is read again).
-    spent: moka::sync::Cache<String, Arc<Mutex<Spent>>>,
+    spent: Mutex<HashMap<String, Spent>>,
+    /// How long a key's spending is trusted before the records are read
+    /// again (other replicas' spending shows then).
+    spent_ttl: Duration,
+    /// Requests whose usage is still held (a stream's producer may outlive
+    /// its connection): shutdown waits for them before the last commit.
+    live_usage: Arc<std::sync::atomic::AtomicUsize>,
     /// Last `last_used_at` written per key (written at most once a minute).
     touched: Mutex<HashMap<String, i64>>,
     /// Taken at shutdown to commit what is queued.
@@ -118,6 +124,31 @@ fn sha256(s: &str) -> [u8; 32] {
 /// How long a dashboard session lasts.
 pub const SESSION_SECONDS: i64 = 12 * 3600;
 
+/// 429 `insufficient_quota` when a key spent its daily or monthly budget
+/// (`Retry-After`: the period's end).
+fn over_budget(key: &ApiKey, s: &Spent, now: i64) -> Option<ApiError> {
+    let (_, day_end) = Period::Day.bounds(now);
+    let (_, month_end) = Period::Month.bounds(now);
+    for (budget, spent, what, end) in [
+        (key.budget_daily, s.day, "daily", day_end),
+        (key.budget_monthly, s.month, "monthly", month_end),
+    ] {
+        if let Some(b) = budget
+            && spent >= b
+        {
+            let mut e = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "insufficient_quota",
+                format!("This API key has used its {what} budget ({spent:.4} of {b})."),
+            )
+            .with_code("insufficient_quota");
+            e.retry_after = Some((end - now).max(1) as u64);
+            return Some(e);
+        }
+    }
+    None
+}
+
 /// A key's spending in the current day and month (cost units).
 #[derive(Debug, Clone, Copy)]
 pub struct Spent {
@@ -125,6 +156,7 @@ pub struct Spent {
     month_start: i64,
     day: f64,
     month: f64,
+    read_at: std::time::Instant,
 }
 
 impl Access {
@@ -158,10 +190,9 @@ impl Access {
                 .max_capacity(if c.key_cache_ttl.is_zero() { 0 } else { 10_000 })
                 .time_to_live(c.key_cache_ttl.max(Duration::from_millis(1)))
                 .build(),
-            spent: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(c.key_cache_ttl.max(Duration::from_secs(1)))
-                .build(),
+            spent: Mutex::new(HashMap::new()),
+            spent_ttl: c.key_cache_ttl.max(Duration::from_secs(1)),
+            live_usage: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             touched: Mutex::new(HashMap::new()),
             usage: Mutex::new(Some(UsageWriter::start(store.pool().clone(), c.usage_commit_interval))),
             prices: c.prices.clone(),
@@ -176,16 +207,27 @@ impl Access {
         }
     }
 
-    /// Queue a priced usage record; its cost counts against its key's
-    /// budget at once.
-    pub fn record_usage(&self, r: UsageRecord) {
-        if r.cost > 0.0
-            && let Some(id) = &r.key_id
-            && let Some(entry) = self.spent.get(id)
+    /// Add to what a key spent this period (its budgets see it at once).
+    fn spend(&self, key_id: &str, cost: f64) {
+        if cost != 0.0
+            && let Some(s) = self.spent.lock().unwrap_or_else(|p| p.into_inner()).get_mut(key_id)
         {
-            let mut s = entry.lock().unwrap_or_else(|p| p.into_inner());
-            s.day += r.cost;
-            s.month += r.cost;
+            s.day += cost;
+            s.month += cost;
+        }
+    }
+
+    /// The cost of `prompt_tokens` of a model (what admission reserves
+    /// against a budget).
+    fn prompt_cost(&self, model: &str, prompt_tokens: u64) -> f64 {
+        self.prices.get(model).map_or(0.0, |p| p.cost(prompt_tokens, 0, 0))
+    }
+
+    /// Queue a priced usage record; its cost (less what admission
+    /// reserved) counts against its key's budget at once.
+    pub fn record_usage(&self, r: UsageRecord, reserved: f64) {
+        if let Some(id) = &r.key_id {
+            self.spend(id, r.cost - reserved);
         }
         if let Some(w) = self.usage.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
             w.record(r);
@@ -201,8 +243,14 @@ impl Access {
             .map_or(0, UsageWriter::dropped)
     }
 
-    /// Commit every queued usage record (graceful shutdown).
+    /// Commit every queued usage record (graceful shutdown), after the
+    /// requests still holding theirs (streams whose producers have not yet
+    /// noticed their end) let go, for up to five seconds.
     pub async fn shutdown(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.live_usage.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let writer = self.usage.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = writer {
             w.shutdown().await;
@@ -271,11 +319,11 @@ impl Access {
     pub async fn identify(&self, headers: &HeaderMap, method: &axum::http::Method, path: &str) -> ApiResult<Caller> {
         if !path.starts_with("/v1/")
             && presented_key(headers).is_none()
-            && let Some(token) = crate::dashboard::session_token(headers)
+            && !crate::dashboard::session_tokens(headers).is_empty()
             && self.refresh_required().await
         {
-            let caller = self
-                .session(token)
+            let (caller, token) = self
+                .session_of(headers)
                 .await?
                 .ok_or_else(|| invalid_key("The dashboard session has ended: sign in again with an admin key."))?;
             if !method.is_safe() {
@@ -284,6 +332,17 @@ impl Access {
             return Ok(caller);
         }
         self.authenticate(headers).await
+    }
+
+    /// The first live session among a request's session cookies, and its
+    /// token.
+    pub async fn session_of<'h>(&self, headers: &'h HeaderMap) -> ApiResult<Option<(Caller, &'h str)>> {
+        for token in crate::dashboard::session_tokens(headers) {
+            if let Some(caller) = self.session(token).await? {
+                return Ok(Some((caller, token)));
+            }
+        }
+        Ok(None)
     }
 
     /// The caller a request's headers name (`Authorization: Bearer` or
@@ -359,9 +418,20 @@ impl Access {
             return Err(invalid_key("Incorrect API key provided."));
         }
         let caller = self.authenticate_secret(presented).await?;
+        let caller = match caller {
+            // Read the key afresh, not from the verified-secret cache: a
+            // secret rotated through another replica must not sign in.
+            Caller::Key(_) => match self.store.verify(presented).await.map_err(store_unavailable)? {
+                Some(k) if k.active(hfms_access::keys::unix_now()) => Caller::Key(Arc::new(k)),
+                _ => return Err(invalid_key("Incorrect API key provided.")),
+            },
+            other => other,
+        };
         check(Scope::Admin, &caller)?;
+        // A key's sessions name the secret they were made with: rotating
+        // it ends them.
         let subject = match &caller {
-            Caller::Key(k) => k.id.clone(),
+            Caller::Key(k) => format!("{}:{}", k.id, k.secret_version),
             _ => self.operator_subject().unwrap_or_default(),
         };
         let token = self
@@ -389,9 +459,16 @@ impl Access {
             }
             Caller::Operator
         } else {
-            let key = self.store.get(&session.subject).await.map_err(store_unavailable)?;
+            let Some((id, version)) = session.subject.split_once(':') else {
+                return Ok(None);
+            };
+            let key = self.store.get(id).await.map_err(store_unavailable)?;
             match key {
-                Some(k) if k.active(hfms_access::keys::unix_now()) && k.has_scope(Scope::Admin) => {
+                Some(k)
+                    if k.secret_version == version
+                        && k.active(hfms_access::keys::unix_now())
+                        && k.has_scope(Scope::Admin) =>
+                {
                     Caller::Key(Arc::new(k))
                 }
                 _ => return Ok(None),
@@ -415,15 +492,17 @@ impl Access {
             return Ok(());
         }
         let now = hfms_access::keys::unix_now();
-        let (day_start, day_end) = Period::Day.bounds(now);
-        let (month_start, month_end) = Period::Month.bounds(now);
-        let current = self.spent.get(&key.id).filter(|e| {
-            e.lock()
-                .is_ok_and(|s| s.day_start == day_start && s.month_start == month_start)
-        });
-        let entry = match current {
-            Some(e) => e,
-            None => {
+        let (day_start, _) = Period::Day.bounds(now);
+        let (month_start, _) = Period::Month.bounds(now);
+        let known = self
+            .spent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key.id)
+            .copied();
+        let s = match known {
+            Some(s) if s.day_start == day_start && s.read_at.elapsed() < self.spent_ttl => s,
+            _ => {
                 let pool = self.store.pool();
                 let day = hfms_access::usage::spent_since(pool, &key.id, day_start)
                     .await
@@ -431,34 +510,45 @@ impl Access {
                 let month = hfms_access::usage::spent_since(pool, &key.id, month_start)
                     .await
                     .map_err(store_unavailable)?;
-                let e = Arc::new(Mutex::new(Spent {
+                let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+                let e = spent.entry(key.id.clone()).or_insert(Spent {
                     day_start,
                     month_start,
                     day,
                     month,
-                }));
-                self.spent.insert(key.id.clone(), e.clone());
-                e
+                    read_at: std::time::Instant::now(),
+                });
+                // The records lag this replica's own spending (queued, not
+                // yet committed): a fresh read never lowers what is known.
+                let same_day = e.day_start == day_start;
+                let same_month = e.month_start == month_start;
+                *e = Spent {
+                    day_start,
+                    month_start,
+                    day: if same_day { day.max(e.day) } else { day },
+                    month: if same_month { month.max(e.month) } else { month },
+                    read_at: std::time::Instant::now(),
+                };
+                *e
             }
         };
-        let s = *entry.lock().unwrap_or_else(|p| p.into_inner());
-        for (budget, spent, what, end) in [
-            (key.budget_daily, s.day, "daily", day_end),
-            (key.budget_monthly, s.month, "monthly", month_end),
-        ] {
-            if let Some(b) = budget
-                && spent >= b
-            {
-                let mut e = ApiError::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "insufficient_quota",
-                    format!("This API key has used its {what} budget ({spent:.4} of {b})."),
-                )
-                .with_code("insufficient_quota");
-                e.retry_after = Some((end - now).max(1) as u64);
-                return Err(e);
-            }
+        over_budget(key, &s, now).map_or(Ok(()), Err)
+    }
+
+    /// Add a request's prompt cost to its key's spending at admission,
+    /// unless the budget is already spent (requests admitted together then
+    /// see each other: the overshoot is at most one prompt plus the
+    /// completions in flight).
+    fn reserve(&self, key: &ApiKey, cost: f64) -> ApiResult<()> {
+        let mut spent = self.spent.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(s) = spent.get_mut(&key.id) else {
+            return Ok(());
+        };
+        if let Some(e) = over_budget(key, s, hfms_access::keys::unix_now()) {
+            return Err(e);
         }
+        s.day += cost;
+        s.month += cost;
         Ok(())
     }
 
@@ -697,6 +787,9 @@ pub struct UsageNote {
     /// Tokens generated so far, per choice: what a request cut short
     /// (client gone, handler dropped) is charged and recorded.
     pub progress: Vec<usize>,
+    /// Cost added to the key's spending at admission (its prompt), so
+    /// that requests admitted together see each other against a budget.
+    pub reserved: f64,
 }
 
 /// The usage record a metered request gets; written when the last holder
@@ -710,6 +803,8 @@ pub struct PendingRecord {
     /// The response's status; 499 until there is one (the client left
     /// before an answer).
     pub status: u16,
+    /// A stream ended early: `status` says how, whatever its head said.
+    pub cut_short: bool,
     pub metrics: Arc<crate::metrics::Metrics>,
 }
 
@@ -722,6 +817,7 @@ struct UsageState {
 
 impl Drop for UsageState {
     fn drop(&mut self) {
+        self.access.live_usage.fetch_sub(1, Ordering::SeqCst);
         let note = std::mem::take(self.note.get_mut().unwrap_or_else(|p| p.into_inner()));
         let generated: usize = note.progress.iter().sum();
         let completion = if note.settled {
@@ -741,9 +837,16 @@ impl Drop for UsageState {
             generated as u64
         };
         let pending = self.record.get_mut().unwrap_or_else(|p| p.into_inner()).take();
-        let (Some(p), Some(model)) = (pending, note.model) else {
+        let (Some(mut p), Some(model)) = (pending, note.model) else {
+            if let Some(key) = &self.key {
+                self.access.spend(&key.id, -note.reserved);
+            }
             return;
         };
+        // Dropped while a handler panicked: the client got a 500.
+        if std::thread::panicking() {
+            p.status = 500;
+        }
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -765,7 +868,7 @@ impl Drop for UsageState {
         };
         self.access.price(&mut record);
         p.metrics.key_usage(&record);
-        self.access.record_usage(record);
+        self.access.record_usage(record, note.reserved);
     }
 }
 
@@ -774,16 +877,20 @@ pub struct RequestAccess {
     pub caller: Caller,
     access: Arc<Access>,
     tokens: Arc<Mutex<Option<Decision>>>,
+    /// Refused at admission for its key's budget (for the metric).
+    budget_refused: Arc<AtomicBool>,
     usage: Arc<UsageState>,
 }
 
 impl RequestAccess {
     pub fn new(caller: Caller, access: Arc<Access>) -> Self {
         let key = caller.key().cloned();
+        access.live_usage.fetch_add(1, Ordering::SeqCst);
         RequestAccess {
             caller,
             access: access.clone(),
             tokens: Arc::new(Mutex::new(None)),
+            budget_refused: Arc::new(AtomicBool::new(false)),
             usage: Arc::new(UsageState {
                 note: Mutex::new(UsageNote::default()),
                 record: Mutex::new(None),
@@ -810,10 +917,20 @@ impl RequestAccess {
         *self.usage.record.lock().unwrap_or_else(|p| p.into_inner()) = Some(r);
     }
 
-    /// The status its record will carry.
+    /// The status its record will carry: the response's.
     pub fn set_status(&self, status: u16) {
+        if let Some(r) = self.usage.record.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && !r.cut_short
+        {
+            r.status = status;
+        }
+    }
+
+    /// A stream ended early (the client left: 499; an error: its status).
+    pub fn cut_short(&self, status: u16) {
         if let Some(r) = self.usage.record.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
             r.status = status;
+            r.cut_short = true;
         }
     }
 
@@ -835,6 +952,11 @@ impl RequestAccess {
     /// Run `f` as this request.
     pub async fn scope<F: std::future::Future>(self, f: F) -> F::Output {
         CURRENT.scope(self, f).await
+    }
+
+    /// Whether admission refused it for its key's budget.
+    pub fn budget_refused(&self) -> bool {
+        self.budget_refused.load(Ordering::Relaxed)
     }
 
     /// The last token decision (for headers).
@@ -902,6 +1024,17 @@ pub struct TokenMeter {
 impl TokenMeter {
     async fn admit(&self, prompt_tokens: usize) -> ApiResult<()> {
         if let Some(key) = self.request.caller.key()
+            && let Some(model) = self.request.usage().model
+        {
+            let cost = self.request.access.prompt_cost(&model, prompt_tokens as u64);
+            if let Err(e) = self.request.access.reserve(key, cost) {
+                self.request.budget_refused.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            // Released by the record (a refused prompt is not billed).
+            self.request.note(|u| u.reserved = cost);
+        }
+        if let Some(key) = self.request.caller.key()
             && let Some(d) = self.request.access.take_tokens(key, prompt_tokens as u64, false).await
         {
             *self.request.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
@@ -926,13 +1059,15 @@ impl TokenMeter {
             u.cached_tokens = s.cached_tokens as u64;
             u.finish_reason = s.finish_reason;
             u.ttft_ms = s.ttft.map(|t| t * 1e3);
-            u.settled = true;
         });
         if completion > 0
             && let Some(key) = self.request.caller.key()
         {
             self.request.access.take_tokens(key, completion as u64, true).await;
         }
+        // Only now: dropped during the charge, the request is charged by
+        // its usage's drop instead.
+        self.request.note(|u| u.settled = true);
     }
 }
 

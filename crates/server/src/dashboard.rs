@@ -52,10 +52,10 @@ const INDEX: &[u8] = include_bytes!("../assets/admin/index.html");
 const CSP: &str =
     "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'";
 
-fn file(state: &AppState, path: &str, content_type: &str, embedded: &'static [u8]) -> Response {
+async fn file(state: &AppState, path: &str, content_type: &str, embedded: &'static [u8]) -> Response {
     // A UI developer's copy on disk, read on every request.
     let body = match &state.config().admin_assets_dir {
-        Some(dir) => match std::fs::read(dir.join(path)) {
+        Some(dir) => match tokio::fs::read(dir.join(path)).await {
             Ok(b) => axum::body::Body::from(b),
             Err(_) => return ApiError::not_found(format!("No dashboard file {path}")).into_response(),
         },
@@ -76,12 +76,12 @@ fn file(state: &AppState, path: &str, content_type: &str, embedded: &'static [u8
 }
 
 pub async fn index(State(state): State<AppState>) -> Response {
-    file(&state, "index.html", "text/html; charset=utf-8", INDEX)
+    file(&state, "index.html", "text/html; charset=utf-8", INDEX).await
 }
 
 pub async fn asset(State(state): State<AppState>, Path(path): Path<String>) -> Response {
     match ASSETS.iter().find(|(p, _, _)| *p == path) {
-        Some((p, ct, bytes)) => file(&state, p, ct, bytes),
+        Some((p, ct, bytes)) => file(&state, p, ct, bytes).await,
         None => ApiError::not_found(format!(
             "No dashboard file {}",
             path.chars().take(64).collect::<String>()
@@ -90,17 +90,21 @@ pub async fn asset(State(state): State<AppState>, Path(path): Path<String>) -> R
     }
 }
 
-/// The session token a request's cookie carries.
-pub fn session_token(headers: &HeaderMap) -> Option<&str> {
+/// The session tokens a request's cookies carry: a few, since a cookie
+/// planted by another site of the same host (another port, a narrower
+/// path) is sent too, and must not lock the real session out.
+pub fn session_tokens(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(axum::http::header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .filter(|(name, _)| *name == SESSION_COOKIE)
         .map(|(_, value)| value.trim())
         .filter(|v| !v.is_empty())
+        .take(4)
+        .collect()
 }
 
 fn cookie(headers: &HeaderMap, token: &str, max_age: i64) -> HeaderValue {
@@ -164,8 +168,7 @@ pub async fn current(State(state): State<AppState>, headers: HeaderMap) -> ApiRe
     if let Some(open) = open_server(&state).await? {
         return Ok(open);
     }
-    let token = session_token(&headers).ok_or_else(session_ended)?;
-    let caller = state.access().session(token).await?.ok_or_else(session_ended)?;
+    let (caller, token) = state.access().session_of(&headers).await?.ok_or_else(session_ended)?;
     Ok(no_store(Json(signed_in(&caller, token)).into_response()))
 }
 
@@ -201,7 +204,7 @@ pub async fn sign_in(
 #[utoipa::path(delete, path = "/admin/session", tag = "Admin",
     responses((status = 204, description = "Signed out; the cookie is cleared"), GetErrors))]
 pub async fn sign_out(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
-    if let Some(token) = session_token(&headers) {
+    if let Some((_, token)) = state.access().session_of(&headers).await? {
         auth::check_csrf(&headers, token)?;
         state.access().sign_out(token).await?;
     }

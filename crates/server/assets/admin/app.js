@@ -344,7 +344,7 @@
   function route() {
     if (!state.signedIn) return;
     let name = location.hash.replace(/^#/, "");
-    if (!ROUTES[name]) name = "overview";
+    if (!Object.hasOwn(ROUTES, name)) name = "overview";
     const changed = state.route !== name;
     state.route = name;
     for (const r of Object.keys(ROUTES)) $("page-" + r).hidden = r !== name;

@@ -1,8 +1,10 @@
 //! Authentication and per-key request limits, one layer: the caller is
 //! identified (401), its scope checked against the path (`/v1/*` needs
 //! `inference`, everything else but `/health`, `/ready` and
-//! `/openapi.json` needs `admin`; 403), then its concurrent-request and
-//! requests-per-minute limits are taken (429). The caller is available to
+//! `/openapi.json` needs `admin`; 403), then — for `/v1/*` — its budget,
+//! concurrent-request and requests-per-minute limits are checked (429). A
+//! dashboard session cookie identifies an admin outside `/v1/*`
+//! (`Access::identify`). The caller is available to
 //! handlers (`auth::current`) for model allow-lists and token limits, and
 //! the response carries OpenAI's `x-ratelimit-*` headers.
 
@@ -55,10 +57,12 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     }
     let mut slot = None;
     let mut requests = None;
-    if let Caller::Key(key) = &caller {
-        if scope == Scope::Inference
-            && let Err(e) = access.check_budget(key).await
-        {
+    // Limits and budgets are for the OpenAI API: the admin endpoints (the
+    // dashboard polls them) are not metered.
+    if let Caller::Key(key) = &caller
+        && scope == Scope::Inference
+    {
+        if let Err(e) = access.check_budget(key).await {
             state.metrics().rate_limited("budget");
             return e.into_response();
         }
@@ -99,7 +103,8 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
                 .get::<crate::middleware::trace::RequestId>()
                 .map(|r| r.0.clone())
                 .unwrap_or_default(),
-            status: 499,
+            status: crate::openai::CLIENT_CLOSED,
+            cut_short: false,
             metrics: state.metrics().clone(),
         });
     }
@@ -107,6 +112,9 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
     request.set_status(resp.status().as_u16());
     if let Some(d) = &requests {
         auth::set_headers(resp.headers_mut(), "requests", d);
+    }
+    if request.budget_refused() {
+        state.metrics().rate_limited("budget");
     }
     if let Some(d) = request.token_decision() {
         if !d.allowed {

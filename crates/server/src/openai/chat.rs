@@ -347,6 +347,7 @@ pub async fn create(
                 usage_field(),
             );
             if sink.send_json(&c).await.is_err() {
+                events.cut_short(super::CLIENT_CLOSED);
                 return;
             }
         }

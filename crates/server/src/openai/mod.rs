@@ -213,6 +213,14 @@ impl ChoiceEvents {
         }
     }
 
+    /// The stream ended early: its usage record carries `status` (499: the
+    /// client left), not the 200 its head had.
+    pub fn cut_short(&self, status: u16) {
+        if let Some(r) = &self.request {
+            r.cut_short(status);
+        }
+    }
+
     /// The next event; None when every choice has ended; an error once the
     /// time limit has passed or shutdown cancelled the request (the caller
     /// sends it and ends the stream, which drops the receivers and so
@@ -238,6 +246,9 @@ impl ChoiceEvents {
         }
     }
 }
+
+/// The status a usage record gives a request whose client left (nginx's).
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// The client went away, or stopped reading for longer than the write
 /// timeout: the stream ends and its work is cancelled.
@@ -312,12 +323,15 @@ impl SseSink {
                 Ok(Some(next)) => next,
                 Ok(None) => break,
                 Err(e) => {
+                    events.cut_short(e.status.as_u16());
                     self.send_error(&e).await;
                     return Relayed::partial(completion, cached, finish, ttft);
                 }
             };
             if let GenEvent::Error(e) = ev {
-                self.send_error(&ApiError::from(e)).await;
+                let e = ApiError::from(e);
+                events.cut_short(e.status.as_u16());
+                self.send_error(&e).await;
                 return Relayed::partial(completion, cached, finish, ttft);
             }
             if let Some(c) = collected.as_mut().and_then(|c| c.get_mut(index)) {
@@ -340,15 +354,18 @@ impl SseSink {
             if let Some(c) = chunk_of(index, ev)
                 && self.send_json(&c).await.is_err()
             {
+                events.cut_short(CLIENT_CLOSED);
                 return Relayed::partial(completion, cached, finish, ttft);
             }
         }
         if let Some(usage_of) = usage_of
             && self.send_json(&usage_of(completion, cached)).await.is_err()
         {
+            events.cut_short(CLIENT_CLOSED);
             return Relayed::partial(completion, cached, finish, ttft);
         }
         if self.send(sse_done()).await.is_err() {
+            events.cut_short(CLIENT_CLOSED);
             return Relayed::partial(completion, cached, finish, ttft);
         }
         Relayed {
