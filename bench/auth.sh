@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The cost of API keys: the same requests to a server without keys and to
-# one where they carry a key with request and token limits (auth, RPM and
-# TPM buckets, the concurrency slot; both write usage records). Chat output
+# one where they carry a key with request, token and budget limits (auth,
+# RPM and TPM buckets, the concurrency slot, the budget's reservation; both
+# price and write usage records). Chat output
 # tok/s at concurrency 16 and one-sentence embedding latency, two warmed
 # servers in alternating rounds.
 #
@@ -20,7 +21,7 @@ out=$out_dir/$stamp-auth.jsonl
 busy_check
 
 models=(--model "HuggingFaceTB/SmolLM2-135M-Instruct=$gguf" --model "sentence-transformers/all-MiniLM-L6-v2=$minilm"
-        --preload smollm2,all-minilm)
+        --preload smollm2,all-minilm --price 'smollm2=0.1,0.05,0.2;all-minilm=0.02,0.02,0')
 start_hfms "$out_dir/$stamp-auth-open.log" "${models[@]}"
 port_open=$port pid_open=$server_pid dir_open=$empty_models
 admin=bench-admin-key-0123456789abcdef
@@ -29,7 +30,7 @@ port_keyed=$port pid_keyed=$server_pid dir_keyed=$empty_models
 trap 'kill $pid_open $pid_keyed 2>/dev/null || true; rm -rf "$dir_open" "$dir_open.data" "$dir_keyed" "$dir_keyed.data"' EXIT
 key=$(curl -s "http://127.0.0.1:$port_keyed/admin/keys" -H "authorization: Bearer $admin" \
     -H 'content-type: application/json' \
-    -d '{"name": "bench", "rpm": 1000000, "tpm": 1000000000, "max_concurrent": 1000}' |
+    -d '{"name": "bench", "rpm": 1000000, "tpm": 1000000000, "max_concurrent": 1000, "budget_daily": 1e12, "budget_monthly": 1e12}' |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')
 
 run() { # PORT KEY MODE...
