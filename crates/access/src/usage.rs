@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{AccessError, Result};
 
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct UsageRecord {
     /// Unix milliseconds when the request ended.
     pub time_ms: i64,
@@ -54,6 +54,8 @@ impl Price {
 /// Queues records and commits them in batches on its own task.
 pub struct UsageWriter {
     tx: mpsc::Sender<UsageRecord>,
+    /// Set at shutdown: a retry waiting on a dead database stops waiting.
+    closing: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     dropped: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
@@ -63,13 +65,32 @@ pub struct UsageWriter {
 /// stops answering must not grow the server's memory without bound.
 pub const QUEUE: usize = 100_000;
 
+/// How long the last commit keeps retrying once the server is stopping,
+/// before what it holds goes to the spill file.
+const SHUTDOWN_RETRY: Duration = Duration::from_secs(3);
+
 impl UsageWriter {
-    pub fn start(pool: AnyPool, interval: Duration) -> UsageWriter {
+    /// Start the writer. `spill`: where records that cannot be committed
+    /// by shutdown (the database is down) are kept, as JSON lines, to be
+    /// committed by the next start.
+    pub fn start(pool: AnyPool, interval: Duration, spill: Option<std::path::PathBuf>) -> UsageWriter {
         let (tx, mut rx) = mpsc::channel::<UsageRecord>(QUEUE);
+        let (closing, closing_rx) = tokio::sync::watch::channel(false);
         let written = Arc::new(AtomicU64::new(0));
         let counted = written.clone();
         let task = tokio::spawn(async move {
-            let mut batch = Vec::new();
+            let mut w = Committer {
+                pool,
+                written: counted,
+                spill,
+                closing: closing_rx,
+                closing_since: None,
+            };
+            // What the last run could not commit comes first.
+            let mut batch = w.take_spilled();
+            if !batch.is_empty() {
+                w.commit(&mut batch, &rx).await;
+            }
             loop {
                 // Wait for a first record, then gather for one interval.
                 match rx.recv().await {
@@ -85,15 +106,20 @@ impl UsageWriter {
                         Err(_) => break,
                     }
                 }
-                commit(&pool, &mut batch, &counted).await;
+                w.commit(&mut batch, &rx).await;
                 if !open {
                     break;
                 }
             }
-            commit(&pool, &mut batch, &counted).await;
+            // Closed: whatever is still queued, committed or spilled.
+            while let Ok(r) = rx.try_recv() {
+                batch.push(r);
+            }
+            w.commit(&mut batch, &rx).await;
         });
         UsageWriter {
             tx,
+            closing,
             task,
             dropped: Arc::new(AtomicU64::new(0)),
             written,
@@ -118,34 +144,127 @@ impl UsageWriter {
         self.written.load(Ordering::Relaxed)
     }
 
-    /// Commit everything queued and stop.
+    /// Commit everything queued (or spill it) and stop.
     pub async fn shutdown(self) {
+        let _ = self.closing.send(true);
         drop(self.tx);
         let _ = self.task.await;
     }
 }
 
-/// Write a batch in one transaction; on failure retry it once a second
-/// (the records are kept, up to the queue's bound in the channel).
-async fn commit(pool: &AnyPool, batch: &mut Vec<UsageRecord>, written: &AtomicU64) {
-    for attempt in 0..30 {
-        if batch.is_empty() {
-            return;
-        }
-        match insert(pool, batch).await {
-            Ok(()) => {
-                written.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                batch.clear();
+/// The writer task's side.
+struct Committer {
+    pool: AnyPool,
+    written: Arc<AtomicU64>,
+    spill: Option<std::path::PathBuf>,
+    closing: tokio::sync::watch::Receiver<bool>,
+    /// When the writer first saw the server stopping while a commit failed.
+    closing_since: Option<tokio::time::Instant>,
+}
+
+impl Committer {
+    /// Write a batch in one transaction. A failure is retried (every
+    /// second, then up to every 10 s) for as long as the server runs — the
+    /// records wait, and new ones queue in the bounded channel — and for
+    /// `SHUTDOWN_RETRY` once it stops; then the batch is spilled.
+    async fn commit(&mut self, batch: &mut Vec<UsageRecord>, rx: &mpsc::Receiver<UsageRecord>) {
+        let mut pause = Duration::from_secs(1);
+        let mut attempt = 0u32;
+        while !batch.is_empty() {
+            // Stopping: each attempt only gets what is left of the budget
+            // (a pool waiting for a dead database would wait far longer).
+            let stopping = rx.is_closed() || *self.closing.borrow();
+            let budget = stopping.then(|| {
+                let since = *self.closing_since.get_or_insert_with(tokio::time::Instant::now);
+                SHUTDOWN_RETRY.saturating_sub(since.elapsed())
+            });
+            if budget.is_some_and(|b| b.is_zero()) {
+                self.spill(batch);
                 return;
             }
+            let result = match budget {
+                Some(b) => tokio::time::timeout(b, insert(&self.pool, batch))
+                    .await
+                    .unwrap_or_else(|_| Err(AccessError::Database("timed out at shutdown".into()))),
+                None => {
+                    let mut closing = self.closing.clone();
+                    tokio::select! {
+                        r = insert(&self.pool, batch) => r,
+                        _ = closing.wait_for(|c| *c) => Err(AccessError::Database("interrupted by shutdown".into())),
+                    }
+                }
+            };
+            match result {
+                Ok(()) => {
+                    self.written.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    batch.clear();
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, records = batch.len(), attempt, "writing usage records failed");
+                }
+            }
+            attempt += 1;
+            if stopping {
+                pause = Duration::from_millis(200);
+            }
+            let mut closing = self.closing.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = closing.wait_for(|c| *c), if !stopping => {}
+            }
+            pause = (pause * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Append the batch to the spill file (none configured: they are lost,
+    /// and said so).
+    fn spill(&self, batch: &mut Vec<UsageRecord>) {
+        let n = batch.len();
+        let Some(path) = &self.spill else {
+            tracing::error!(records = n, "usage records lost: the database is down at shutdown");
+            batch.clear();
+            return;
+        };
+        let mut text = String::new();
+        for r in batch.drain(..) {
+            if let Ok(line) = serde_json::to_string(&r) {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()).and_then(|()| f.sync_all()));
+        match written {
+            Ok(()) => tracing::warn!(records = n, file = %path.display(),
+                "the database is down: usage records kept in the spill file for the next start"),
             Err(e) => {
-                tracing::error!(error = %e, records = batch.len(), attempt, "writing usage records failed");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tracing::error!(records = n, error = %e, file = %path.display(), "usage records lost: spilling failed")
             }
         }
     }
-    tracing::error!(records = batch.len(), "usage records given up after 30 attempts");
-    batch.clear();
+
+    /// The records a previous run spilled (the file is removed: from here
+    /// on they are queued like any other, and spilled again if need be).
+    fn take_spilled(&self) -> Vec<UsageRecord> {
+        let Some(path) = &self.spill else { return Vec::new() };
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return Vec::new();
+        };
+        let records: Vec<UsageRecord> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        if let Err(e) = std::fs::remove_file(path) {
+            tracing::error!(error = %e, file = %path.display(), "cannot remove the usage spill file; not replaying it");
+            return Vec::new();
+        }
+        tracing::info!(records = records.len(), file = %path.display(), "replaying spilled usage records");
+        records
+    }
 }
 
 async fn insert(pool: &AnyPool, batch: &[UsageRecord]) -> Result<()> {

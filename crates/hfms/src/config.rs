@@ -747,6 +747,7 @@ impl ServeArgs {
             allow_on_redis_error: self.rate_limit_on_redis_error == "allow",
             key_cache_ttl: Duration::from_secs(self.auth_cache_seconds),
             usage_commit_interval: Duration::from_millis(self.usage_commit_ms),
+            usage_spill: Some(self.store.data_dir.join("usage-unwritten.jsonl")),
             prices,
             // Without keys, the admin API is for whoever is on this machine.
             keyless_admin: self.listen()?.ip().is_loopback(),

@@ -1022,3 +1022,63 @@ fn requests_cut_short_by_their_client_are_recorded_with_the_tokens_they_generate
     );
     assert_eq!(completion(&waited_id), waited["completion_tokens"].as_u64().unwrap());
 }
+
+#[test]
+fn usage_records_wait_out_a_database_outage_and_a_stop_during_one_is_kept_for_the_next_start() {
+    let mut postgres = Postgres::start();
+    let url = postgres.url();
+    let dir = data_dir("outage");
+    let flags = [
+        "--database-url",
+        &url,
+        "--data-dir",
+        &dir,
+        "--preload",
+        "all-minilm",
+        "--usage-commit-ms",
+        "100",
+    ];
+    let env = [("HFMS_ADMIN_KEY", ADMIN)];
+    let embed = |s: &Server, n: usize| {
+        for i in 0..n {
+            let body = json!({"model": "all-minilm", "input": format!("during the outage {i}")});
+            assert_eq!(call(s, "POST", "/v1/embeddings", Some(ADMIN), Some(body)).0, 200);
+        }
+    };
+    let recorded = |s: &Server, want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (st, v) = call(s, "GET", "/admin/usage", Some(ADMIN), None);
+            if st == 200 && v["data"][0]["requests"].as_u64() == Some(want) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{want} records expected: {st} {v}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let s = Server::start_with_env(&flags, &env);
+    embed(&s, 2);
+    recorded(&s, 2);
+    // The database goes away; requests (with the bootstrap key, which
+    // needs no database) go on, and their records wait for it.
+    postgres.stop();
+    embed(&s, 5);
+    std::thread::sleep(Duration::from_secs(3));
+    postgres.restart();
+    recorded(&s, 7);
+    // Down again, and the server stops: the records go to the spill file…
+    postgres.stop();
+    embed(&s, 4);
+    s.signal("TERM");
+    assert!(s.wait_exit(Duration::from_secs(30)).is_some_and(|e| e.success()));
+    let spill = std::path::Path::new(&dir).join("usage-unwritten.jsonl");
+    let lines = std::fs::read_to_string(&spill).unwrap_or_default();
+    assert_eq!(lines.lines().count(), 4, "{lines}");
+    // …and the next start commits them.
+    postgres.restart();
+    let again = Server::start_with_env(&flags, &env);
+    recorded(&again, 11);
+    assert!(!spill.exists());
+    drop(again);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -38,6 +38,9 @@ pub struct AccessConfig {
     pub key_cache_ttl: Duration,
     /// Usage records are committed together at this interval.
     pub usage_commit_interval: Duration,
+    /// Where usage records the database cannot take by shutdown are kept
+    /// for the next start.
+    pub usage_spill: Option<std::path::PathBuf>,
     /// Prices per model id.
     pub prices: HashMap<String, Price>,
     /// Whether callers without a key may use `/admin/*` while auth is off:
@@ -194,7 +197,11 @@ impl Access {
             spent_ttl: c.key_cache_ttl.max(Duration::from_secs(1)),
             live_usage: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             touched: Mutex::new(HashMap::new()),
-            usage: Mutex::new(Some(UsageWriter::start(store.pool().clone(), c.usage_commit_interval))),
+            usage: Mutex::new(Some(UsageWriter::start(
+                store.pool().clone(),
+                c.usage_commit_interval,
+                c.usage_spill.clone(),
+            ))),
             prices: c.prices.clone(),
             store,
         })

@@ -127,27 +127,27 @@ impl Postgres {
             .output()
             .expect("initdb");
         assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let child = Self::spawn(&dir, port);
+        Postgres { child, port, dir }
+    }
+
+    fn spawn(dir: &std::path::Path, port: u16) -> Child {
         let child = as_postgres_user(postgres_bin("postgres"))
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
-            .arg(&dir)
+            .arg(dir)
             .args(["-c", "fsync=off"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("postgres");
         wait_for_port(port, "postgres");
-        Postgres { child, port, dir }
+        child
     }
 
-    pub fn url(&self) -> String {
-        format!("postgres://hfms@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
+    /// Stop the server (a "fast" shutdown), keeping its data.
+    pub fn stop(&mut self) {
         // The postmaster itself (the child may be runuser): SIGINT is a
         // "fast" shutdown, SIGTERM would wait for clients.
         let pid = std::fs::read_to_string(self.dir.join("data/postmaster.pid"))
@@ -165,6 +165,21 @@ impl Drop for Postgres {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Start it again on the same port and data.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.dir, self.port);
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://hfms@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
