@@ -12,9 +12,12 @@
 //! - `Q4x8` (from Q4_0 and Q4_1): `[d: 8×f16][m: 8×f16][16 bytes × 8 rows]`;
 //!   value = `d·q + m` (Q4_0: `m = -8d`, exact in f16). Low nibbles of piece
 //!   `c` are elements `4c..4c+4`, high nibbles elements `16+4c..`.
-//! - `Q8x8` (from Q8_0): `[d: 8×f16][32 bytes × 8 rows]`, quants stored as
-//!   `q + 128` (unsigned, as `vpdpbusd` wants); the kernel subtracts
-//!   `128·Σx`.
+//! - `Q8x8` (from Q8_0 and Q5_0): `[d: 8×f16][32 bytes × 8 rows]`, quants
+//!   stored as `q + 128` (unsigned, as `vpdpbusd` wants); the kernel
+//!   subtracts `128·Σx`. A Q5_0 block (`d·(q5 - 16)`, q5 in 0..32) is
+//!   exactly a Q8_0 block with `q = q5 - 16`: 34 bytes per 32 weights
+//!   instead of 22, for the 8-row VNNI kernel instead of a per-row one
+//!   that must reassemble five-bit values.
 
 use super::{BlockQ8, GgmlType, QK};
 
@@ -31,7 +34,7 @@ impl PackKind {
     pub fn for_type(ty: GgmlType) -> Option<PackKind> {
         match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 => Some(PackKind::Q4),
-            GgmlType::Q8_0 => Some(PackKind::Q8),
+            GgmlType::Q8_0 | GgmlType::Q5_0 => Some(PackKind::Q8),
             _ => None,
         }
     }
@@ -117,6 +120,18 @@ impl Packed {
                                 for j in 0..4 {
                                     dst[o + j] = (b[2 + 4 * c + j] as i8 as i16 + 128) as u8;
                                 }
+                            }
+                        }
+                        GgmlType::Q5_0 => {
+                            dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
+                            let qs = &b[6..22];
+                            for i in 0..QK {
+                                let low = if i < QK / 2 { qs[i] & 0x0f } else { qs[i - QK / 2] >> 4 };
+                                let q5 = low as u32 | ((qh >> i) & 1) << 4;
+                                // q5 - 16 + 128, in 112..144.
+                                let (c, j) = (i / 4, i % 4);
+                                dst[16 + (c * GROUP + r) * 4 + j] = (q5 + 112) as u8;
                             }
                         }
                         _ => return None,
@@ -342,7 +357,7 @@ mod tests {
     }
 
     fn check(ks: &crate::quant::Kernels) {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0] {
+        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
             let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
                 &[(13, 96, 5)]
             } else {
