@@ -112,7 +112,7 @@ pub struct Access {
     spent_ttl: Duration,
     /// Requests whose usage is still held (a stream's producer may outlive
     /// its connection): shutdown waits for them before the last commit.
-    live_usage: Arc<std::sync::atomic::AtomicUsize>,
+    live_usage: std::sync::atomic::AtomicUsize,
     /// Last `last_used_at` written per key (written at most once a minute).
     touched: Mutex<HashMap<String, i64>>,
     /// Taken at shutdown to commit what is queued.
@@ -195,7 +195,7 @@ impl Access {
                 .build(),
             spent: Mutex::new(HashMap::new()),
             spent_ttl: c.key_cache_ttl.max(Duration::from_secs(1)),
-            live_usage: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            live_usage: std::sync::atomic::AtomicUsize::new(0),
             touched: Mutex::new(HashMap::new()),
             usage: Mutex::new(Some(UsageWriter::start(
                 store.pool().clone(),
@@ -882,7 +882,6 @@ impl Drop for UsageState {
 #[derive(Clone)]
 pub struct RequestAccess {
     pub caller: Caller,
-    access: Arc<Access>,
     tokens: Arc<Mutex<Option<Decision>>>,
     /// Refused at admission for its key's budget (for the metric).
     budget_refused: Arc<AtomicBool>,
@@ -895,7 +894,6 @@ impl RequestAccess {
         access.live_usage.fetch_add(1, Ordering::SeqCst);
         RequestAccess {
             caller,
-            access: access.clone(),
             tokens: Arc::new(Mutex::new(None)),
             budget_refused: Arc::new(AtomicBool::new(false)),
             usage: Arc::new(UsageState {
@@ -908,7 +906,7 @@ impl RequestAccess {
     }
 
     pub fn access(&self) -> &Arc<Access> {
-        &self.access
+        &self.usage.access
     }
 
     pub fn usage(&self) -> UsageNote {
@@ -1033,8 +1031,8 @@ impl TokenMeter {
         if let Some(key) = self.request.caller.key()
             && let Some(model) = self.request.usage().model
         {
-            let cost = self.request.access.prompt_cost(&model, prompt_tokens as u64);
-            if let Err(e) = self.request.access.reserve(key, cost) {
+            let cost = self.request.access().prompt_cost(&model, prompt_tokens as u64);
+            if let Err(e) = self.request.access().reserve(key, cost) {
                 self.request.budget_refused.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -1042,7 +1040,11 @@ impl TokenMeter {
             self.request.note(|u| u.reserved = cost);
         }
         if let Some(key) = self.request.caller.key()
-            && let Some(d) = self.request.access.take_tokens(key, prompt_tokens as u64, false).await
+            && let Some(d) = self
+                .request
+                .access()
+                .take_tokens(key, prompt_tokens as u64, false)
+                .await
         {
             *self.request.tokens.lock().unwrap_or_else(|p| p.into_inner()) = Some(d);
             if !d.allowed {
@@ -1070,7 +1072,7 @@ impl TokenMeter {
         if completion > 0
             && let Some(key) = self.request.caller.key()
         {
-            self.request.access.take_tokens(key, completion as u64, true).await;
+            self.request.access().take_tokens(key, completion as u64, true).await;
         }
         // Only now: dropped during the charge, the request is charged by
         // its usage's drop instead.
