@@ -9,7 +9,7 @@ use hfms_engine::skills::hf::HfFolder;
 use hfms_engine::skills::{Format, ModelSource};
 use hfms_engine::{EngineError, Result};
 
-use crate::err;
+use crate::{Precision, err};
 
 struct Dense {
     w: Tensor,
@@ -54,7 +54,7 @@ pub struct CandleBert {
 }
 
 impl CandleBert {
-    pub fn load(source: &ModelSource, device: Device) -> Result<Self> {
+    pub fn load(source: &ModelSource, device: Device, precision: Precision) -> Result<Self> {
         if source.format != Format::Safetensors {
             return Err(EngineError::format(
                 "BERT-family encoders load from safetensors folders",
@@ -83,21 +83,28 @@ impl CandleBert {
             .find(|p| st.get(&format!("{p}embeddings.word_embeddings.weight")).is_ok())
             .ok_or_else(|| EngineError::format("no embeddings.word_embeddings.weight in the checkpoint"))?;
         let mut bytes = 0usize;
-        let mut load = |name: String| -> Result<Tensor> {
+        // Tensors in the dtype they are kept in: f32, or for the weight
+        // matrices the precision's.
+        let mut load = |name: String, matrix: bool| -> Result<Tensor> {
             let t = st
                 .load(&format!("{prefix}{name}"), &device)
                 .map_err(|e| EngineError::format(format!("tensor {name}: {e}")))?;
+            let dtype = if matrix {
+                precision.weight_dtype(t.dtype())
+            } else {
+                DType::F32
+            };
+            let t = t.to_dtype(dtype).map_err(err)?;
             bytes += t.elem_count() * t.dtype().size_in_bytes();
             Ok(t)
         };
-        let mut f32 = |name: String| -> Result<Tensor> { load(name)?.to_dtype(DType::F32).map_err(err) };
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = |s: &str| format!("encoder.layer.{i}.{s}");
             let mut dense = |name: &str| -> Result<Dense> {
                 Ok(Dense {
-                    w: f32(p(&format!("{name}.weight")))?,
-                    b: f32(p(&format!("{name}.bias")))?,
+                    w: load(p(&format!("{name}.weight")), !name.ends_with("LayerNorm"))?,
+                    b: load(p(&format!("{name}.bias")), false)?,
                 })
             };
             let q = dense("attention.self.query")?;
@@ -119,15 +126,15 @@ impl CandleBert {
                 ln2: Norm { w: ln2.w, b: ln2.b },
             });
         }
-        let word = f32("embeddings.word_embeddings.weight".into())?;
-        let position = f32("embeddings.position_embeddings.weight".into())?;
-        let token_type = match f32("embeddings.token_type_embeddings.weight".into()) {
+        let word = load("embeddings.word_embeddings.weight".into(), false)?;
+        let position = load("embeddings.position_embeddings.weight".into(), false)?;
+        let token_type = match load("embeddings.token_type_embeddings.weight".into(), false) {
             Ok(t) => t.narrow(0, 0, 1).map_err(err)?,
             Err(_) => Tensor::zeros((1, cfg.hidden), DType::F32, &device).map_err(err)?,
         };
         let ln = Norm {
-            w: f32("embeddings.LayerNorm.weight".into())?,
-            b: f32("embeddings.LayerNorm.bias".into())?,
+            w: load("embeddings.LayerNorm.weight".into(), false)?,
+            b: load("embeddings.LayerNorm.bias".into(), false)?,
         };
         Ok(CandleBert {
             cfg,

@@ -28,6 +28,47 @@ use hfms_hardware::{DeviceId, Platform};
 pub use bert::CandleBert;
 pub use llama::{CandleKv, CandleLlama};
 
+use candle_core::DType;
+
+/// The dtypes a model keeps on its device. On the CPU (how this backend is
+/// tested) everything is f32, like the native engine and the references. On
+/// a GPU, dense weights and the KV cache are 16-bit, as vLLM and TGI keep
+/// them: half the memory and traffic, and tensor-core products. Norms,
+/// biases, softmax and the residual stream stay f32 everywhere; GGUF weights
+/// stay quantised (candle's QMatMul) whatever this says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// Dense weight matrices (and a decoder's embedding table). A bf16
+    /// checkpoint stays bf16 when this is f16 (its range would not fit).
+    pub weights: DType,
+    /// Keys and values in the cache; attention is computed in f32.
+    pub kv: DType,
+}
+
+impl Precision {
+    pub const F32: Precision = Precision {
+        weights: DType::F32,
+        kv: DType::F32,
+    };
+    pub const HALF: Precision = Precision {
+        weights: DType::F16,
+        kv: DType::F16,
+    };
+
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() { Self::F32 } else { Self::HALF }
+    }
+
+    /// The dtype a dense weight stored as `stored` is kept in.
+    pub(crate) fn weight_dtype(self, stored: DType) -> DType {
+        match (self.weights, stored) {
+            (DType::F32, _) => DType::F32,
+            (_, DType::BF16) => DType::BF16,
+            (w, _) => w,
+        }
+    }
+}
+
 pub(crate) fn err(e: candle_core::Error) -> EngineError {
     EngineError::internal(format!("candle: {e}"))
 }
@@ -109,10 +150,14 @@ impl DeviceBackend for CandleBackend {
     }
 
     fn load_causal_lm(&self, source: &ModelSource, device: DeviceId) -> Result<Arc<dyn CausalLm>> {
-        Ok(Arc::new(CandleLlama::load(source, self.device(device)?)?))
+        let device = self.device(device)?;
+        let precision = Precision::for_device(&device);
+        Ok(Arc::new(CandleLlama::load(source, device, precision)?))
     }
 
     fn load_encoder(&self, source: &ModelSource, device: DeviceId) -> Result<Arc<dyn Encoder>> {
-        Ok(Arc::new(CandleBert::load(source, self.device(device)?)?))
+        let device = self.device(device)?;
+        let precision = Precision::for_device(&device);
+        Ok(Arc::new(CandleBert::load(source, device, precision)?))
     }
 }

@@ -16,7 +16,7 @@ use hfms_engine::skills::llama::{
 use hfms_engine::skills::{Format, ModelSource};
 use hfms_engine::{EngineError, Result};
 
-use crate::err;
+use crate::{Precision, err};
 
 /// A weight matrix: quantised (GGUF) or a plain tensor `[out, in]`.
 enum Linear {
@@ -54,8 +54,9 @@ struct Layer {
 pub struct CandleLlama {
     cfg: DecoderConfig,
     device: Device,
+    precision: Precision,
     rope: Rope,
-    /// `[vocab, hidden]` f32.
+    /// `[vocab, hidden]`, in the weights' precision.
     embed: Tensor,
     layers: Vec<Layer>,
     norm: Tensor,
@@ -85,7 +86,7 @@ impl Source {
         t.and_then(|t| t.to_dtype(DType::F32)).map_err(|e| load_err(name, e))
     }
 
-    fn linear(&mut self, name: &str, device: &Device) -> Result<(Linear, usize)> {
+    fn linear(&mut self, name: &str, device: &Device, precision: Precision) -> Result<(Linear, usize)> {
         match self {
             Source::Gguf { content, file } => {
                 let q = content.tensor(file, name, device).map_err(|e| load_err(name, e))?;
@@ -96,13 +97,16 @@ impl Source {
                 ))
             }
             Source::St(st) => {
-                // Computed in f32 like the native engine (and the reference):
-                // bf16/f16 products would round every activation.
+                // f32 on the CPU, like the native engine and the references
+                // (16-bit products round every activation); 16-bit on a GPU.
                 let t = st
                     .load(name, device)
-                    .and_then(|t| t.to_dtype(DType::F32))
+                    .and_then(|t| {
+                        let dtype = precision.weight_dtype(t.dtype());
+                        t.to_dtype(dtype)
+                    })
                     .map_err(|e| load_err(name, e))?;
-                let bytes = t.elem_count() * 4;
+                let bytes = t.elem_count() * t.dtype().size_in_bytes();
                 Ok((Linear::Dense(t), bytes))
             }
         }
@@ -114,7 +118,7 @@ fn load_err(name: &str, e: candle_core::Error) -> EngineError {
 }
 
 impl CandleLlama {
-    pub fn load(source: &ModelSource, device: Device) -> Result<Self> {
+    pub fn load(source: &ModelSource, device: Device, precision: Precision) -> Result<Self> {
         let (cfg, mut src, names, tied) = match source.format {
             Format::Gguf => {
                 let gguf = GgufFile::open(&source.path)?;
@@ -150,7 +154,7 @@ impl CandleLlama {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let mut lin = |part: &str| -> Result<Linear> {
-                let (l, b) = src.linear(&names.layer(i, part), &device)?;
+                let (l, b) = src.linear(&names.layer(i, part), &device, precision)?;
                 weight_bytes += b;
                 Ok(l)
             };
@@ -189,19 +193,20 @@ impl CandleLlama {
             });
         }
         let embed = src.vector(names.embed(), &device)?;
+        let embed = embed.to_dtype(precision.weight_dtype(embed.dtype())).map_err(err)?;
         let output = if src.has(names.output()) {
-            let (l, b) = src.linear(names.output(), &device)?;
+            let (l, b) = src.linear(names.output(), &device, precision)?;
             weight_bytes += b;
             l
         } else if tied {
             // Tied head: the embedding matrix, quantised in GGUF files.
-            let (l, b) = src.linear(names.embed(), &device)?;
+            let (l, b) = src.linear(names.embed(), &device, precision)?;
             weight_bytes += b;
             l
         } else {
             return Err(EngineError::format("output projection is missing"));
         };
-        weight_bytes += embed.elem_count() * 4;
+        weight_bytes += embed.elem_count() * embed.dtype().size_in_bytes();
         let mut cfg = cfg;
         cfg.vocab = embed.dim(0).map_err(err)?;
         let rope = Rope::new(
@@ -215,6 +220,7 @@ impl CandleLlama {
             norm: src.vector(names.norm(), &device)?,
             cfg,
             device,
+            precision,
             rope,
             embed,
             layers,
@@ -274,9 +280,42 @@ impl CandleLlama {
         let cos = Tensor::from_vec(cos, (t, half), dev)?;
         let sin = Tensor::from_vec(sin, (t, half), dev)?;
         let ids = Tensor::from_vec(tokens, t, dev)?;
-        let mut x = self.embed.index_select(&ids, 0)?;
+        let mut x = self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?;
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f64).sqrt();
+        let kv_dtype = kv.k.first().map_or(DType::F32, |k| k.dtype());
+
+        // Everything the layers index with is built and uploaded once per
+        // step, not once per layer: where each new token's key and value go
+        // (a scatter wants an index per element), and per sequence the cache
+        // rows it attends to and, when it has more than one new token, the
+        // causal mask.
+        let write_rows = Tensor::from_vec(cache_rows.iter().map(|&r| r as u32).collect::<Vec<_>>(), (t, 1, 1), dev)?
+            .broadcast_as((t, c.kv_heads, hd))?
+            .contiguous()?;
+        let mut per_seq = Vec::with_capacity(items.len());
+        for it in items {
+            let n = it.tokens.len();
+            let len = it.start + n;
+            let rows: Vec<u32> = (0..len)
+                .map(|p| {
+                    let (blk, slot) = it.kv.locate(bs, p);
+                    (blk as usize * bs + slot) as u32
+                })
+                .collect();
+            let rows = Tensor::from_vec(rows, len, dev)?;
+            // Query j sits at position start + j and sees 0..=start + j; a
+            // single new token sees everything.
+            let mask = if n > 1 {
+                let mask: Vec<f32> = (0..n)
+                    .flat_map(|j| (0..len).map(move |p| if p <= it.start + j { 0.0 } else { f32::NEG_INFINITY }))
+                    .collect();
+                Some(Tensor::from_vec(mask, (n, len), dev)?)
+            } else {
+                None
+            };
+            per_seq.push((n, len, rows, mask));
+        }
 
         for (li, l) in self.layers.iter().enumerate() {
             let hn = candle_nn::ops::rms_norm(&x, &l.attn_norm, c.rms_eps)?;
@@ -303,26 +342,24 @@ impl CandleLlama {
             }
             let q = self.rotate(&q, &cos, &sin)?;
             let k = self.rotate(&k, &cos, &sin)?;
-            for (i, &row) in cache_rows.iter().enumerate() {
-                kv.k[li].slice_set(&k.narrow(0, i, 1)?.contiguous()?, 0, row)?;
-                kv.v[li].slice_set(&v.narrow(0, i, 1)?.contiguous()?, 0, row)?;
-            }
+            kv.k[li].scatter_set(&write_rows, &k.to_dtype(kv_dtype)?.contiguous()?, 0)?;
+            kv.v[li].scatter_set(&write_rows, &v.to_dtype(kv_dtype)?, 0)?;
             // Attention per sequence against its own cache rows.
             let mut outs = Vec::with_capacity(items.len());
             let mut row0 = 0;
-            for it in items {
-                let n = it.tokens.len();
-                let len = it.start + n;
-                let idx: Vec<u32> = (0..len)
-                    .map(|p| {
-                        let (blk, slot) = it.kv.locate(bs, p);
-                        (blk as usize * bs + slot) as u32
-                    })
-                    .collect();
-                let idx = Tensor::from_vec(idx, len, dev)?;
-                // [kv, len, hd]
-                let kc = kv.k[li].index_select(&idx, 0)?.transpose(0, 1)?.contiguous()?;
-                let vc = kv.v[li].index_select(&idx, 0)?.transpose(0, 1)?.contiguous()?;
+            for (n, len, rows, mask) in &per_seq {
+                let (n, len) = (*n, *len);
+                // [kv, len, hd], f32
+                let kc = kv.k[li]
+                    .index_select(rows, 0)?
+                    .to_dtype(DType::F32)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
+                let vc = kv.v[li]
+                    .index_select(rows, 0)?
+                    .to_dtype(DType::F32)?
+                    .transpose(0, 1)?
+                    .contiguous()?;
                 // [heads, n, hd] → [kv, group * n, hd]
                 let qs = q
                     .narrow(0, row0, n)?
@@ -330,12 +367,11 @@ impl CandleLlama {
                     .contiguous()?
                     .reshape((c.kv_heads, group * n, hd))?;
                 let scores = (qs.matmul(&kc.t()?)? * scale)?.reshape((c.kv_heads, group, n, len))?;
-                // Query j sits at position start + j and sees 0..=start + j.
-                let mask: Vec<f32> = (0..n)
-                    .flat_map(|j| (0..len).map(move |p| if p <= it.start + j { 0.0 } else { f32::NEG_INFINITY }))
-                    .collect();
-                let mask = Tensor::from_vec(mask, (n, len), dev)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+                let scores = match mask {
+                    Some(mask) => scores.broadcast_add(mask)?,
+                    None => scores,
+                };
+                let probs = candle_nn::ops::softmax_last_dim(&scores)?;
                 let o = probs.reshape((c.kv_heads, group * n, len))?.matmul(&vc)?;
                 // [kv, group*n, hd] → [heads, n, hd] → [n, heads*hd]
                 let o = o
@@ -418,9 +454,20 @@ impl CausalLm for CandleLlama {
         self.weight_bytes
     }
 
+    fn kv_elem_bytes(&self) -> usize {
+        self.precision.kv.size_in_bytes()
+    }
+
     fn new_block_store(&self, layout: KvLayout, max_blocks: usize) -> Result<Box<dyn BlockStore>> {
         let rows = max_blocks * layout.block_size;
-        let make = || Tensor::zeros((rows, layout.kv_heads, layout.head_dim), DType::F32, &self.device).map_err(err);
+        let make = || {
+            Tensor::zeros(
+                (rows, layout.kv_heads, layout.head_dim),
+                self.precision.kv,
+                &self.device,
+            )
+            .map_err(err)
+        };
         let mut k = Vec::with_capacity(layout.layers);
         let mut v = Vec::with_capacity(layout.layers);
         for _ in 0..layout.layers {

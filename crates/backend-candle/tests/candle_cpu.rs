@@ -5,12 +5,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use hfms_backend_candle::CandleBackend;
+use candle_core::Device;
+use hfms_backend_candle::{CandleBackend, CandleBert, CandleLlama, Precision};
 use hfms_engine::compute::ComputePool;
 use hfms_engine::embed::{EmbedInput, EmbeddingModel, Pooling};
 use hfms_engine::generate::sampling::argmax;
 use hfms_engine::generate::{GenEvent, GenerateRequest, Generator, SamplingParams, SchedulerConfig};
 use hfms_engine::kv::{KvPool, SeqKv};
+use hfms_engine::skills::bert::Encoder;
 use hfms_engine::skills::llama::{CausalLm, LogitsWanted, StepItem};
 use hfms_engine::skills::{DeviceBackend, Format, ModelSource};
 use hfms_engine::tokenizer::Tokenizer;
@@ -121,6 +123,32 @@ fn tiny_decoders_match_transformers() {
         let d = max_abs_diff(&logits, &want);
         assert!(d < 0.06 * scale, "{name}: logits differ by {d} (scale {scale})");
         assert_eq!(argmax(&logits), argmax(&want), "{name}: top token");
+    }
+}
+
+/// The precision a GPU runs (16-bit dense weights and KV cache), here on the
+/// CPU: the tiny decoders' logits stay within 16-bit rounding of
+/// transformers' f32 ones (measured: 0.009 for f16, 0.065 for bf16, whose
+/// activations round to 8 bits), the greedy tokens are the same, and the
+/// cache takes 2 bytes a number.
+#[test]
+fn half_precision_tracks_transformers() {
+    let dir = workspace().join("tests/fixtures/tiny");
+    let g = json(dir.join("goldens.json"));
+    let prompt = ids(&g["prompt_ids"]);
+    for name in ["llama-f32", "qwen2-bf16", "mistral-f16", "qwen3-f32"] {
+        let source = ModelSource {
+            format: Format::Safetensors,
+            path: dir.join(name),
+        };
+        let m = CandleLlama::load(&source, Device::Cpu, Precision::HALF).unwrap();
+        assert_eq!(m.kv_layout(16).elem_bytes, 2, "{name}");
+        let (logits, greedy) = run(&m, &prompt, 8);
+        let want = floats(&g["decoders"][name]["last_logits"]);
+        let scale = want.iter().map(|v| v.abs()).fold(0.0, f32::max);
+        let d = max_abs_diff(&logits, &want);
+        assert!(d < 0.02 * scale, "{name}: logits differ by {d} (scale {scale})");
+        assert_eq!(greedy, ids(&g["decoders"][name]["greedy"]), "{name}");
     }
 }
 
@@ -283,19 +311,23 @@ fn minilm_embeddings_match_sentence_transformers() {
         dir.display()
     );
     let r = json(workspace().join("tests/reference/minilm_st.json"));
-    let enc = CandleBackend::cpu()
-        .load_encoder(
-            &ModelSource {
-                format: Format::Safetensors,
-                path: dir.clone(),
-            },
-            DeviceId::CPU,
-        )
-        .unwrap();
+    let source = ModelSource {
+        format: Format::Safetensors,
+        path: dir.clone(),
+    };
+    let f32 = CandleBackend::cpu().load_encoder(&source, DeviceId::CPU).unwrap();
+    // The precision a GPU runs: 16-bit weight matrices.
+    let half = Arc::new(CandleBert::load(&source, Device::Cpu, Precision::HALF).unwrap());
+    for (encoder, min_cos) in [(f32, 0.9999), (half as Arc<dyn Encoder>, 0.999)] {
+        minilm_matches(&dir, &r, encoder, min_cos);
+    }
+}
+
+fn minilm_matches(dir: &std::path::Path, r: &Value, encoder: Arc<dyn Encoder>, min_cos: f32) {
     let model = EmbeddingModel {
-        encoder: enc,
+        encoder,
         tokenizer: Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json"), Some(256)).unwrap()),
-        pooling: Pooling::from_model_dir(&dir).unwrap(),
+        pooling: Pooling::from_model_dir(dir).unwrap(),
         normalize: true,
         max_tokens: 256,
     };
@@ -312,6 +344,6 @@ fn minilm_embeddings_match_sentence_transformers() {
     for (i, e) in embs.iter().enumerate() {
         let want = floats(&r["embeddings"][i]);
         let cos: f32 = e.iter().zip(&want).map(|(a, b)| a * b).sum();
-        assert!(cos >= 0.9999, "sentence {i}: cosine {cos}");
+        assert!(cos >= min_cos, "sentence {i}: cosine {cos}");
     }
 }

@@ -15,6 +15,9 @@ pub struct KvLayout {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub block_size: usize,
+    /// Bytes of one cached number: 4 in the CPU engine's f32 blocks, 2 where
+    /// a device keeps its cache in 16 bits.
+    pub elem_bytes: usize,
 }
 
 impl KvLayout {
@@ -23,12 +26,12 @@ impl KvLayout {
     }
 
     pub fn block_bytes(&self) -> usize {
-        self.block_floats() * std::mem::size_of::<f32>()
+        self.block_floats() * self.elem_bytes
     }
 
     /// Bytes of cache one token position takes.
     pub fn bytes_per_token(&self) -> usize {
-        self.layers * 2 * self.kv_heads * self.head_dim * std::mem::size_of::<f32>()
+        self.layers * 2 * self.kv_heads * self.head_dim * self.elem_bytes
     }
 
     #[inline]
@@ -59,6 +62,7 @@ pub struct CpuBlocks {
 
 impl CpuBlocks {
     pub fn new(layout: KvLayout) -> Self {
+        debug_assert_eq!(layout.elem_bytes, 4, "CPU blocks hold f32");
         CpuBlocks {
             layout,
             blocks: Vec::new(),
@@ -310,6 +314,7 @@ mod tests {
             kv_heads: 2,
             head_dim: 4,
             block_size: 4,
+            elem_bytes: 4,
         }
     }
 

@@ -114,6 +114,7 @@ mod tests {
             kv_heads,
             head_dim: hd,
             block_size: bs,
+            elem_bytes: 4,
         };
         let mut kv = CpuBlocks::new(layout);
         let val = |i: usize| ((i * 37 % 29) as f32 - 14.0) / 9.0;

@@ -188,6 +188,7 @@ mod tests {
             kv_heads: 1,
             head_dim: 4,
             block_size: 4,
+            elem_bytes: 4,
         };
         KvPool::new(l, l.block_bytes() * blocks)
     }

@@ -77,7 +77,13 @@ pub trait CausalLm: Send + Sync {
             kv_heads: c.kv_heads,
             head_dim: c.head_dim,
             block_size,
+            elem_bytes: self.kv_elem_bytes(),
         }
+    }
+    /// Bytes of one cached key or value number where this model keeps its
+    /// cache (f32 in CPU memory unless the model runs on a device).
+    fn kv_elem_bytes(&self) -> usize {
+        4
     }
     /// Storage for `max_blocks` KV blocks of `layout` where this model's
     /// forward reads them (CPU memory unless the model runs on a device).
