@@ -7,7 +7,7 @@ VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test models deps build test-rust test-python lint miri
+.PHONY: run test models deps build test-rust test-python lint miri check-cuda gpu-bundle
 
 models:
 	scripts/fetch-models.sh
@@ -40,6 +40,19 @@ test-python: models deps $(VENV)/.installed
 	HFMS_BIN=target/fast/hfms $(VENV)/bin/python -m pytest -q tests/python
 
 test: test-rust test-python
+
+# The CUDA build, on a machine with no GPU and no system CUDA toolkit (CI runs
+# it after the tests, from .ci/run): NVIDIA's CUDA 13.0 wheels into
+# target/cuda-toolkit, the release binary with `--features cuda` into
+# target/cuda (compute capability $(CUDA_COMPUTE_CAP): H100/H200), its bundle
+# for a GPU machine, and scripts/gpu-check.sh up to where a GPU is needed.
+CUDA_COMPUTE_CAP ?= 90
+check-cuda: models
+	CUDA_COMPUTE_CAP=$(CUDA_COMPUTE_CAP) scripts/check-cuda.sh
+
+# The bundle scripts/gpu-check.sh runs on a GPU machine (after check-cuda).
+gpu-bundle:
+	scripts/gpu-bundle.sh
 
 lint:
 	cargo fmt --check
