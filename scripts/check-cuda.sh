@@ -13,6 +13,8 @@ start=$(date +%s)
 echo "check-cuda: cargo build --release -p hfms --features cuda (CUDA $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"
 cargo build --release --locked -p hfms --features cuda
 echo "check-cuda: built in $(( $(date +%s) - start )) s: $CARGO_TARGET_DIR/release/hfms"
+# The code only this build compiles gets the lints `make lint` gives the rest.
+cargo clippy --release --locked -p hfms -p hfms-backend-candle --features hfms/cuda --all-targets -- -D warnings
 scripts/gpu-bundle.sh "$CARGO_TARGET_DIR/release/hfms" gpu-bundle
 HFMS_CUDA_LIBS=$CUDA_HOME/lib GPU_CHECK_NO_GPU_OK=1 GPU_CHECK_BENCH_SECONDS=${GPU_CHECK_BENCH_SECONDS:-2} \
     OUT=$CARGO_TARGET_DIR/gpu-check scripts/gpu-check.sh gpu-bundle

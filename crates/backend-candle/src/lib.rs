@@ -102,6 +102,8 @@ impl CandleBackend {
     }
 
     /// The backends this build can register for serving.
+    // One push per compiled-in backend: none without a GPU feature.
+    #[allow(clippy::vec_init_then_push)]
     pub fn available() -> Vec<Arc<dyn DeviceBackend>> {
         #[allow(unused_mut)]
         let mut out: Vec<Arc<dyn DeviceBackend>> = Vec::new();
