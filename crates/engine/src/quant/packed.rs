@@ -12,6 +12,12 @@
 //! - `Q4x8` (from Q4_0 and Q4_1): `[d: 8×f16][m: 8×f16][16 bytes × 8 rows]`;
 //!   value = `d·q + m` (Q4_0: `m = -8d`, exact in f16). Low nibbles of piece
 //!   `c` are elements `4c..4c+4`, high nibbles elements `16+4c..`.
+//!   A Q4_K super-block is eight such blocks: sub-block `j` holds
+//!   `d·sc_j·q - dmin·m_j` with 6-bit `sc_j`, `m_j`, so it packs as one with
+//!   `d = d·sc_j` and `m = -dmin·m_j` rounded to f16 (a relative error of at
+//!   most 2⁻¹¹ in each, far under the 4-bit quants' own; the quants are
+//!   kept exactly). A matrix whose rounded scales would underflow or
+//!   overflow f16 keeps its per-row kernel.
 //! - `Q8x8` (from Q8_0 and Q5_0): `[d: 8×f16][32 bytes × 8 rows]`, quants
 //!   stored as `q + 128` (unsigned, as `vpdpbusd` wants); the kernel
 //!   subtracts `128·Σx`. A Q5_0 block (`d·(q5 - 16)`, q5 in 0..32) is
@@ -33,7 +39,7 @@ pub enum PackKind {
 impl PackKind {
     pub fn for_type(ty: GgmlType) -> Option<PackKind> {
         match ty {
-            GgmlType::Q4_0 | GgmlType::Q4_1 => Some(PackKind::Q4),
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(PackKind::Q4),
             GgmlType::Q8_0 | GgmlType::Q5_0 => Some(PackKind::Q8),
             _ => None,
         }
@@ -77,9 +83,9 @@ impl Packed {
     /// Repack a row-major ggml matrix; None for types without a packed form.
     pub fn from_rows(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Packed> {
         let kind = PackKind::for_type(ty)?;
-        let (_, bb) = ty.block();
+        let (be, bb) = ty.block();
         let blocks = cols / QK;
-        let row_bytes = blocks * bb;
+        let row_bytes = cols / be * bb;
         let groups = rows.div_ceil(GROUP);
         let gb = kind.block_bytes();
         let mut data = vec![0u8; groups * blocks * gb];
@@ -99,7 +105,10 @@ impl Packed {
                         }
                         continue;
                     }
-                    let b = &bytes[row * row_bytes + k * bb..row * row_bytes + (k + 1) * bb];
+                    // The ggml block holding 32-block `k`: itself, or its
+                    // 256-wide super-block.
+                    let at = row * row_bytes + k * QK / be * bb;
+                    let b = &bytes[at..at + bb];
                     match ty {
                         GgmlType::Q4_0 => {
                             dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
@@ -133,6 +142,27 @@ impl Packed {
                                 let (c, j) = (i / 4, i % 4);
                                 dst[16 + (c * GROUP + r) * 4 + j] = (q5 + 112) as u8;
                             }
+                        }
+                        GgmlType::Q4_K => {
+                            let j = k % (be / QK);
+                            let (sc, m) = super::k4_scale_min(&b[4..16], j);
+                            let d = half::f16::from_f32(f16(b, 0) * sc as f32);
+                            let min = half::f16::from_f32(-f16(b, 2) * m as f32);
+                            if !(scale_fits(f16(b, 0) * sc as f32, d) && scale_fits(-f16(b, 2) * m as f32, min)) {
+                                return None;
+                            }
+                            dst[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
+                            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&min.to_le_bytes());
+                            // Sub-blocks 2i and 2i+1 share 32 bytes (low and
+                            // high nibbles); Q4x8 wants elements l and 16+l
+                            // in one byte.
+                            let chunk = &b[16 + (j / 2) * 32..16 + (j / 2) * 32 + 32];
+                            let shift = 4 * (j % 2);
+                            let mut qs = [0u8; 16];
+                            for (l, q) in qs.iter_mut().enumerate() {
+                                *q = ((chunk[l] >> shift) & 0x0f) | ((chunk[16 + l] >> shift) & 0x0f) << 4;
+                            }
+                            put_q4(dst, r, &qs);
                         }
                         _ => return None,
                     }
@@ -217,6 +247,13 @@ impl Packed {
             data,
         })
     }
+}
+
+/// Whether `rounded` (an f16) stands for `exact` within f16's own rounding:
+/// not overflowed, and not underflowed into subnormals, which keep fewer bits.
+fn scale_fits(exact: f32, rounded: half::f16) -> bool {
+    let back = rounded.to_f32();
+    back.is_finite() && (back - exact).abs() <= exact.abs() * (1.0 / 2048.0)
 }
 
 fn put_q4(dst: &mut [u8], r: usize, qs: &[u8]) {
@@ -356,13 +393,51 @@ mod tests {
         }
     }
 
+    /// Q4_K packs exactly but for its sub-block scales and mins, rounded
+    /// to f16; a matrix whose scales f16 cannot hold is left unpacked.
+    #[test]
+    fn q4_k_packs_with_rounded_scales_only() {
+        let (rows, cols) = (9, 512);
+        let bytes: Vec<u8> = (0..rows)
+            .flat_map(|r| random_row(GgmlType::Q4_K, cols, 3 + r as u64))
+            .collect();
+        let p = Packed::from_rows(GgmlType::Q4_K, rows, cols, &bytes).unwrap();
+        let row_bytes = GgmlType::Q4_K.row_bytes(cols).unwrap();
+        let (mut exact, mut packed) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            crate::quant::dequantize_row(GgmlType::Q4_K, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut exact);
+            p.row_f32(r, &mut packed);
+            for (i, (e, q)) in exact.iter().zip(&packed).enumerate() {
+                // Each weight is d·q + m with d and m each within 2⁻¹¹.
+                let bound = (e.abs() + 2.0 * f16(&bytes[r * row_bytes + i / 256 * 144..], 2) * 63.0) / 2048.0;
+                assert!((e - q).abs() <= bound, "row {r} col {i}: {q} vs {e}");
+            }
+        }
+        // d = 60000 times a sub-block scale of 63 overflows f16.
+        let mut huge = bytes[..row_bytes].to_vec();
+        huge[0..2].copy_from_slice(&half::f16::from_f32(60000.0).to_le_bytes());
+        huge[4] |= 63;
+        assert!(Packed::from_rows(GgmlType::Q4_K, 1, cols, &huge).is_none());
+    }
+
     fn check(ks: &crate::quant::Kernels) {
-        for ty in [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q5_0] {
-            let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
-                &[(13, 96, 5)]
-            } else {
-                &[(8, 64, 1), (13, 96, 3), (21, 576, 5)]
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::Q5_0,
+            GgmlType::Q4_K,
+        ] {
+            let k_quant = ty == GgmlType::Q4_K;
+            let shapes: &[(usize, usize, usize)] = match (cfg!(miri), k_quant) {
+                (true, false) => &[(13, 96, 5)],
+                (false, false) => &[(8, 64, 1), (13, 96, 3), (21, 576, 5)],
+                (true, true) => &[(13, 256, 2)],
+                (false, true) => &[(8, 256, 1), (13, 512, 3), (21, 768, 2)],
             };
+            // Q4_K's sub-block scales are rounded to f16 when packed: each
+            // term may move by 2⁻¹¹ of its size.
+            let scale_rounding = if k_quant { 1.0 / 2048.0 } else { 0.0 };
             for &(rows, cols, t) in shapes {
                 let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 17 + r as u64)).collect();
                 let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();
@@ -408,7 +483,7 @@ mod tests {
                                 // 8-bit activations: ~1e-2 of the scale; with the residual pass ~1e-4.
                                 let tol = if precise { 2e-4 } else { 2e-2 };
                                 assert!(
-                                    (got - exact).abs() <= tol * scale.max(1.0),
+                                    (got - exact).abs() <= (tol + scale_rounding) * scale.max(1.0),
                                     "{} precise={precise} {ty:?}: {got} vs {exact}",
                                     ks.name
                                 );
@@ -435,8 +510,14 @@ mod tests {
                                     &bytes[row * row_bytes..(row + 1) * row_bytes],
                                     &acts[tok * blocks..(tok + 1) * blocks],
                                 );
+                                let terms: f32 = (0..cols)
+                                    .map(|i| {
+                                        let a = &acts[tok * blocks + i / QK];
+                                        (exact_rows[row * cols + i] * a.qs[i % QK] as f32 * a.d).abs()
+                                    })
+                                    .sum();
                                 assert!(
-                                    (got - want).abs() <= 1e-4 * want.abs().max(1.0),
+                                    (got - want).abs() <= 1e-4 * want.abs().max(1.0) + scale_rounding * terms,
                                     "{name} {ty:?} {rows}x{cols} t={tok} row={row}: {got} vs {want}"
                                 );
                             }
