@@ -7,7 +7,9 @@
 # the CPU reference of the check serves every fixture. Any failure fails loudly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(scripts/cuda-toolkit.sh)"
+# (A failing command inside `eval "$(…)"` would not stop the script.)
+toolkit=$(scripts/cuda-toolkit.sh)
+eval "$toolkit"
 export CARGO_TARGET_DIR=${HFMS_CUDA_TARGET_DIR:-target/cuda}
 start=$(date +%s)
 echo "check-cuda: cargo build --release -p hfms --features cuda (CUDA $(nvcc --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), compute capability $CUDA_COMPUTE_CAP)"

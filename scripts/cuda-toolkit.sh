@@ -3,9 +3,9 @@
 # build (cudaforge) and cudarc's build script look for one, so that
 # `--features cuda` builds on a machine with no system toolkit and no GPU.
 #
-#   scripts/cuda-toolkit.sh [DIR]     (default: target/cuda-toolkit)
+#   scripts/cuda-toolkit.sh [DIR]     (default: target/cuda-toolkit, from the repository root)
 #
-# Idempotent. Prints the environment to build with; `eval` it:
+# Idempotent, and leaves a complete toolkit alone (a build may be using it). Prints the environment to build with; `eval` it:
 #   eval "$(scripts/cuda-toolkit.sh)" && cargo build --release -p hfms --features cuda
 #
 # Why CUDA 13.0 from the `nvidia-*` (cu13) wheels: the `-cu12` nvcc wheels on
@@ -48,33 +48,40 @@ fi
 cu=$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')
 [ -x "$cu/bin/nvcc" ] || { echo "cuda-toolkit: no nvcc in $cu/bin" >&2; exit 1; }
 
-home=$dir/home
-rm -rf "$home"
-mkdir -p "$home/lib/stubs"
-for d in bin include nvvm; do ln -s "$cu/$d" "$home/$d"; done
-ln -s lib "$home/lib64"
-for f in "$cu"/lib/*.so.*; do
-    name=$(basename "$f")
-    ln -s "$f" "$home/lib/$name"
-    [ -e "$home/lib/${name%%.so.*}.so" ] || ln -s "$f" "$home/lib/${name%%.so.*}.so"
-done
-
 # The driver stub, from the entry points of the cudarc this workspace locks.
-cudarc=$(cargo metadata --format-version 1 --locked --features hfms/cuda 2>/dev/null | "$python" -c '
+if ! meta=$(cargo metadata --format-version 1 --locked --features hfms/cuda); then
+    echo "cuda-toolkit: cargo metadata failed" >&2
+    exit 1
+fi
+cudarc=$("$python" -c '
 import json, os, sys
-meta = json.load(sys.stdin)
-for p in meta["packages"]:
+for p in json.loads(sys.stdin.read())["packages"]:
     if p["name"] == "cudarc":
         print(os.path.dirname(p["manifest_path"]))
         break
-')
+' <<<"$meta")
 [ -n "$cudarc" ] || { echo "cuda-toolkit: cudarc is not in Cargo.lock" >&2; exit 1; }
-grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+\(' "$cudarc/src/driver/sys/mod.rs" |
-    sed -E 's/pub unsafe fn (cu[A-Za-z0-9_]+)\(/int \1(void) { return 34; }/' |
-    sort -u >"$dir/libcuda-stub.c"
-[ -s "$dir/libcuda-stub.c" ] || { echo "cuda-toolkit: no driver entry points found in $cudarc" >&2; exit 1; }
-${CC:-cc} -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$home/lib/stubs/libcuda.so" "$dir/libcuda-stub.c"
-ln -s libcuda.so "$home/lib/stubs/libcuda.so.1"
+
+home=$dir/home
+made="${wheels[*]} $cudarc"
+if [ ! -f "$home/.made" ] || [ "$(cat "$home/.made")" != "$made" ]; then
+    rm -rf "$home"
+    mkdir -p "$home/lib/stubs"
+    for d in bin include nvvm; do ln -s "$cu/$d" "$home/$d"; done
+    ln -s lib "$home/lib64"
+    for f in "$cu"/lib/*.so.*; do
+        name=$(basename "$f")
+        ln -s "$f" "$home/lib/$name"
+        [ -e "$home/lib/${name%%.so.*}.so" ] || ln -s "$f" "$home/lib/${name%%.so.*}.so"
+    done
+    grep -ohE 'pub unsafe fn cu[A-Za-z0-9_]+\(' "$cudarc/src/driver/sys/mod.rs" |
+        sed -E 's/pub unsafe fn (cu[A-Za-z0-9_]+)\(/int \1(void) { return 34; }/' |
+        sort -u >"$dir/libcuda-stub.c"
+    [ -s "$dir/libcuda-stub.c" ] || { echo "cuda-toolkit: no driver entry points found in $cudarc" >&2; exit 1; }
+    ${CC:-cc} -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$home/lib/stubs/libcuda.so" "$dir/libcuda-stub.c"
+    ln -s libcuda.so "$home/lib/stubs/libcuda.so.1"
+    echo "$made" >"$home/.made"
+fi
 
 # cudarc asks the nvcc on the PATH for the toolkit's version.
 echo "export CUDA_HOME='$home' NVCC='$home/bin/nvcc' CUDA_COMPUTE_CAP='${CUDA_COMPUTE_CAP:-90}' PATH='$home/bin':\"\$PATH\""

@@ -21,18 +21,30 @@ dir=${2:-gpu-bundle}
 budget=$((64 << 20))
 [ -x "$bin" ] || { echo "gpu-bundle: $bin is missing: run make check-cuda first" >&2; exit 1; }
 
+# Only a folder this script made is replaced.
+if [ -e "$dir" ] && [ ! -f "$dir/hfms.xz" ]; then
+    echo "gpu-bundle: $dir exists and is not a bundle; not touching it" >&2
+    exit 1
+fi
 rm -rf "$dir"
 mkdir -p "$dir/stubs"
 staging=$(mktemp -d)
 trap 'rm -rf "$staging"' EXIT
 strip -o "$staging/hfms" "$bin"
-xz() { python3 -c 'import lzma, shutil, sys; shutil.copyfileobj(sys.stdin.buffer, lzma.open(sys.stdout.buffer, "w", preset=int(sys.argv[1])))' "$1"; }
+xz() {
+    python3 -c '
+import lzma, shutil, sys
+with lzma.open(sys.stdout.buffer, "w", preset=int(sys.argv[1])) as out:
+    shutil.copyfileobj(sys.stdin.buffer, out)' "$1"
+}
 xz 9 <"$staging/hfms" >"$dir/hfms.xz"
 stub=target/cuda-toolkit/home/lib/stubs/libcuda.so
 [ -f "$stub" ] || scripts/cuda-toolkit.sh >/dev/null
 cp "$stub" "$dir/stubs/libcuda.so.1"
 
-tracked=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+# What a device run takes besides the bundle: tracked and untracked,
+# not-ignored files.
+tracked=$(git ls-files -z --cached --others --exclude-standard | du --files0-from=- -cb 2>/dev/null | tail -1 | cut -f1)
 used=$(( tracked + $(du -cb "$dir" | tail -1 | cut -f1) ))
 minilm=models/sentence-transformers/all-MiniLM-L6-v2
 if [ -f "$minilm/model.safetensors" ]; then
@@ -43,7 +55,8 @@ if [ -f "$minilm/model.safetensors" ]; then
         [ -f "$minilm/$f" ] && cp "$minilm/$f" "$dest/$f"
     done
     python3 - "$minilm/model.safetensors" "$dest/model.safetensors" <<'PY'
-# f32 tensors to f16 (IEEE half, round to nearest even, as struct's 'e' does).
+# f32 tensors to f16 (IEEE half, round to nearest even, as struct's 'e' does;
+# it refuses values beyond f16's range, which MiniLM's weights are not).
 import json, struct, sys
 src, dst = sys.argv[1], sys.argv[2]
 with open(src, "rb") as f:

@@ -14,12 +14,13 @@
 # (a near-tie aside) and embeddings with cosine >= 0.999; `hfms bench` at
 # c=1/8/32 on both. Results go to $OUT (summary.txt first).
 #
-# Libraries: libcuda.so.1 comes from the driver. cuBLAS, cuRAND, NVRTC and the
-# CUDA 13 runtime are taken from, in order: $HFMS_CUDA_LIBS (colon-separated),
-# python3's `nvidia` wheels (PyTorch brings them), /usr/local/cuda. Only if
-# the driver's libcuda.so.1 is missing (a machine with no GPU) does the
-# bundle's stub stand in, so that the CPU part still runs; the check then stops
-# where a GPU is needed (exit 2; 0 with GPU_CHECK_NO_GPU_OK=1).
+# Libraries: libcuda.so.1 comes from the driver (found by the loader, or in
+# /usr/local/nvidia/lib64). cuBLAS, cuRAND and the CUDA 13 runtime are taken
+# from, in order: $HFMS_CUDA_LIBS (colon-separated), python3's `nvidia` wheels
+# (PyTorch brings them), /usr/local/cuda. Only on a machine with no NVIDIA
+# driver at all does the bundle's stub stand in for libcuda.so.1, so that the
+# CPU part still runs; the check then stops where a GPU is needed (exit 2; 0
+# with GPU_CHECK_NO_GPU_OK=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -63,13 +64,17 @@ for root in nvidia.__path__:
 PY
 )
 fi
-for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d "$d" ] && libs+=("$d"); done
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/local/nvidia/lib; do
+    [ -d "$d" ] && libs+=("$d")
+done
 path=$(IFS=:; echo "${libs[*]}")
 export LD_LIBRARY_PATH=${path}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 missing=$(ldd "$bin" | awk '/not found/ {print $1}')
-if [ "$missing" = libcuda.so.1 ] && [ -f "$bundle/stubs/libcuda.so.1" ]; then
-    echo "gpu-check: no driver libcuda.so.1 on this machine; the stub stands in (no GPU work can run)"
-    export LD_LIBRARY_PATH=$bundle/stubs:$LD_LIBRARY_PATH
+driver=no
+{ [ -e /proc/driver/nvidia ] || nvidia-smi -L >/dev/null 2>&1; } && driver=yes
+if [ "$missing" = libcuda.so.1 ] && [ $driver = no ] && [ -f "$bundle/stubs/libcuda.so.1" ]; then
+    echo "gpu-check: no NVIDIA driver on this machine; the stub stands in for libcuda.so.1 (no GPU work can run)"
+    export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$bundle/stubs
     missing=$(ldd "$bin" | awk '/not found/ {print $1}')
 fi
 ldd "$bin" | grep -E 'cuda|cublas|curand|nvrtc' || true

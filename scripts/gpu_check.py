@@ -38,6 +38,9 @@ from pathlib import Path
 # device (crates/backend-candle/tests/candle_cpu.rs); a margin under twice that
 # may flip.
 NEAR_TIE = 0.15
+# Log-probabilities of the same tokens further apart than this are wrong
+# maths, not rounding.
+MAX_LOGPROB_DIFF = 0.5
 MIN_COSINE = 0.999
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "tests/fixtures/tiny"
@@ -93,12 +96,14 @@ class Server:
         deadline = time.time() + 120
         while True:
             if self.proc.poll() is not None:
+                self.stop()
                 raise RuntimeError(f"the {name} server exited ({self.proc.returncode}); see {self.log_path}")
             try:
                 call(self.port, "/health", timeout=2)
                 break
             except (OSError, RuntimeError):
                 if time.time() > deadline:
+                    self.stop()
                     raise RuntimeError(f"the {name} server did not answer in 120 s; see {self.log_path}")
                 time.sleep(0.2)
 
@@ -143,31 +148,44 @@ def run_models(server, decoders, encoders):
 def compare(cpu, gpu):
     """Per model: equal tokens, or where and how they part."""
     report, ok = {}, True
+    def margin(step):
+        top = step["top"]
+        return top[0][1] - top[1][1] if len(top) > 1 else math.inf
+
     for m, c in cpu["decoders"].items():
         g = gpu["decoders"][m]["steps"]
         c = c["steps"]
-        entry = {"steps": len(c), "equal": True, "max_logprob_diff": 0.0}
-        for i, (a, b) in enumerate(zip(c, g)):
-            if a["bytes"] != b["bytes"]:
-                margin = a["top"][0][1] - a["top"][1][1] if len(a["top"]) > 1 else math.inf
-                entry.update(equal=False, first_difference=i, cpu_margin=margin)
-                if margin >= NEAR_TIE:
-                    entry["verdict"] = f"FAIL: step {i} differs where the CPU's margin is {margin:.3f}"
-                    ok = False
-                else:
-                    entry["verdict"] = f"near-tie at step {i} (CPU margin {margin:.4f} < {NEAR_TIE})"
-                break
+        entry = {"steps": len(c), "gpu_steps": len(g), "equal": True, "max_logprob_diff": 0.0}
+        diff = next((i for i, (a, b) in enumerate(zip(c, g)) if a["bytes"] != b["bytes"]), None)
+        if diff is None and len(c) != len(g):
+            # One side ended (end of sequence) where the other went on: the
+            # CPU's margin at that step, where it has one, says whether
+            # that was a near-tie.
+            diff = min(len(c), len(g))
+        for a, b in zip(c[:diff], g[:diff]):
             entry["max_logprob_diff"] = max(entry["max_logprob_diff"], abs(a["logprob"] - b["logprob"]))
+        if diff is None:
+            entry["verdict"] = "equal"
         else:
-            if len(c) != len(g):
-                entry.update(equal=False, verdict=f"FAIL: {len(c)} CPU tokens, {len(g)} GPU tokens")
+            m_cpu = margin(c[diff]) if diff < len(c) else math.inf
+            entry.update(equal=False, first_difference=diff, cpu_margin=m_cpu)
+            if m_cpu >= NEAR_TIE:
+                entry["verdict"] = f"FAIL: step {diff} differs where the CPU's margin is {m_cpu:.3f}"
                 ok = False
             else:
-                entry["verdict"] = "equal"
+                entry["verdict"] = f"near-tie at step {diff} (CPU margin {m_cpu:.4f} < {NEAR_TIE})"
+        if entry["max_logprob_diff"] > MAX_LOGPROB_DIFF:
+            entry["verdict"] = f"FAIL: log-probs differ by {entry['max_logprob_diff']:.3f} > {MAX_LOGPROB_DIFF}"
+            ok = False
         report[m] = entry
     for m, c in cpu["encoders"].items():
+        g = gpu["encoders"][m]
+        if len(c) != len(g) or any(len(a) != len(b) for a, b in zip(c, g)):
+            report[m] = {"verdict": "FAIL: the GPU's embeddings have other counts or dimensions"}
+            ok = False
+            continue
         cos = []
-        for a, b in zip(c, gpu["encoders"][m]):
+        for a, b in zip(c, g):
             dot = sum(x * y for x, y in zip(a, b))
             na = math.sqrt(sum(x * x for x in a))
             nb = math.sqrt(sum(y * y for y in b))
@@ -207,7 +225,16 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {"binary": a.bin, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        return check(a, out, summary)
+    except Exception as e:
+        # What ran so far, and why it stopped, still go to $OUT.
+        summary["verdict"] = f"FAIL: {e}"
+        write_summary(out, summary)
+        raise
 
+
+def check(a, out, summary):
     hw = subprocess.run([a.bin, "hardware", "--json"], capture_output=True, text=True, timeout=120)
     if hw.returncode != 0:
         raise RuntimeError(f"hfms hardware --json failed: {hw.stderr}")
@@ -252,7 +279,7 @@ def main():
         gpu_server.stop()
     summary["gpu"] = gpu
     summary["gpu_devices"] = gpu["devices"]
-    placed = all(d == "cuda:0" for d in gpu["devices"].values())
+    placed = set(gpu["devices"]) == set(decoders + encoders) and all(d == "cuda:0" for d in gpu["devices"].values())
     report, same = compare(cpu, gpu)
     summary["comparison"] = report
     summary["verdict"] = "pass" if placed and same else "FAIL" + ("" if placed else ": not every model was placed on cuda:0")
@@ -262,7 +289,7 @@ def main():
 
 def write_summary(out, summary):
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    lines = [f"verdict: {summary['verdict']}", f"cuda: {json.dumps(summary['cuda'])}",
+    lines = [f"verdict: {summary['verdict']}", f"cuda: {json.dumps(summary.get('cuda'))}",
              f"CPU run placed: {summary.get('cpu_devices')}", f"GPU run placed: {summary.get('gpu_devices')}"]
     for m, r in summary.get("comparison", {}).items():
         lines.append(f"{m}: {json.dumps(r)}")

@@ -61,7 +61,21 @@ impl Precision {
 
     /// The dtype a dense weight stored as `stored` is kept in.
     pub(crate) fn weight_dtype(self, stored: DType) -> DType {
-        match (self.weights, stored) {
+        Self::keep(self.weights, stored)
+    }
+
+    /// This precision for a checkpoint whose weights are stored as
+    /// `stored`: a bf16 model keeps bf16 for weights and cache alike (its
+    /// activations may exceed f16's range), as vLLM's `auto` dtype does.
+    pub(crate) fn for_checkpoint(self, stored: DType) -> Self {
+        Precision {
+            weights: Self::keep(self.weights, stored),
+            kv: Self::keep(self.kv, stored),
+        }
+    }
+
+    fn keep(wanted: DType, stored: DType) -> DType {
+        match (wanted, stored) {
             (DType::F32, _) => DType::F32,
             (_, DType::BF16) => DType::BF16,
             (w, _) => w,

@@ -78,6 +78,23 @@ impl Source {
         }
     }
 
+    /// A table (the embeddings) in the dtype it is stored in; GGUF
+    /// quantised tables dequantised to f32, or to f16 where the precision
+    /// is 16-bit.
+    fn table(&mut self, name: &str, device: &Device, precision: Precision) -> Result<Tensor> {
+        match self {
+            Source::Gguf { content, file } => content.tensor(file, name, device).and_then(|q| {
+                if precision.weights == DType::F32 {
+                    q.dequantize(device)
+                } else {
+                    q.dequantize_f16(device)
+                }
+            }),
+            Source::St(st) => st.load(name, device),
+        }
+        .map_err(|e| load_err(name, e))
+    }
+
     fn vector(&mut self, name: &str, device: &Device) -> Result<Tensor> {
         let t = match self {
             Source::Gguf { content, file } => content.tensor(file, name, device).and_then(|q| q.dequantize(device)),
@@ -150,6 +167,11 @@ impl CandleLlama {
                 (cfg, Source::St(st), Names { gguf: false }, tied)
             }
         };
+        // The embedding table says how the checkpoint is stored, which
+        // decides the cache's dtype on a GPU (bf16 models keep bf16).
+        let embed = src.table(names.embed(), &device, precision)?;
+        let precision = precision.for_checkpoint(embed.dtype());
+        let embed = embed.to_dtype(precision.weights).map_err(err)?;
         let mut weight_bytes = 0;
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
@@ -192,8 +214,6 @@ impl CandleLlama {
                 down,
             });
         }
-        let embed = src.vector(names.embed(), &device)?;
-        let embed = embed.to_dtype(precision.weight_dtype(embed.dtype())).map_err(err)?;
         let output = if src.has(names.output()) {
             let (l, b) = src.linear(names.output(), &device, precision)?;
             weight_bytes += b;

@@ -152,6 +152,59 @@ fn half_precision_tracks_transformers() {
     }
 }
 
+/// A prompt prefilled in two chunks (the second starting at position 7,
+/// several new tokens under a causal mask) while another sequence decodes
+/// one token in the same step gives the logits of one whole prefill, in
+/// both precisions.
+#[test]
+fn chunked_prefill_beside_a_decode_equals_one_prefill() {
+    let dir = workspace().join("tests/fixtures/tiny");
+    let source = ModelSource {
+        format: Format::Safetensors,
+        path: dir.join("qwen3-f32"),
+    };
+    let prompt: Vec<u32> = (10..31).collect();
+    let other: Vec<u32> = (50..55).collect();
+    for (precision, tol) in [(Precision::F32, 1e-4), (Precision::HALF, 2e-3)] {
+        let m = CandleLlama::load(&source, Device::Cpu, precision).unwrap();
+        let (whole, _) = run(&m, &prompt, 1);
+        let pool = ComputePool::new(1).unwrap();
+        let layout = m.kv_layout(4);
+        let budget = 1 << 20;
+        let mut kv = KvPool::with_store(
+            layout,
+            budget,
+            m.new_block_store(layout, budget / layout.block_bytes()).unwrap(),
+        );
+        let (mut sa, mut sb) = (SeqKv::default(), SeqKv::default());
+        sa.reserve(&mut kv, prompt.len()).unwrap();
+        sb.reserve(&mut kv, other.len() + 1).unwrap();
+        let step = |items: &[StepItem<'_>], kv: &mut KvPool| m.forward(items, kv, &pool).unwrap();
+        let item = |tokens, start, kv, logits| StepItem {
+            tokens,
+            start,
+            kv,
+            logits,
+        };
+        step(
+            &[
+                item(&prompt[..7], 0, &sa, LogitsWanted::None),
+                item(&other, 0, &sb, LogitsWanted::None),
+            ],
+            &mut kv,
+        );
+        let got = step(
+            &[
+                item(&prompt[7..], 7, &sa, LogitsWanted::Last),
+                item(&[3], other.len(), &sb, LogitsWanted::Last),
+            ],
+            &mut kv,
+        );
+        let d = max_abs_diff(&got[..whole.len()], &whole);
+        assert!(d < tol, "{precision:?}: chunked logits differ by {d}");
+    }
+}
+
 #[test]
 fn a_batch_of_sequences_equals_each_alone() {
     let dir = workspace().join("tests/fixtures/tiny");
