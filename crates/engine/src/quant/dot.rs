@@ -5,7 +5,9 @@
 use std::sync::OnceLock;
 
 use super::dequant::q6k_value;
-use super::packed::{PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8x8_res_scalar, q8x8_scalar};
+use super::packed::{
+    PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8hx8_res_scalar, q8hx8_scalar, q8x8_res_scalar, q8x8_scalar,
+};
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
 
 /// `row` is one weight row of the kernel's type; `act` the activations of one
@@ -34,8 +36,10 @@ pub struct Kernels {
     q6_k: DotFn,
     packed_q4: PackedKernel,
     packed_q8: PackedKernel,
+    packed_q8h: PackedKernel,
     packed_q4_res: PackedKernel,
     packed_q8_res: PackedKernel,
+    packed_q8h_res: PackedKernel,
 }
 
 impl Kernels {
@@ -63,8 +67,10 @@ impl Kernels {
         match (kind, precise) {
             (PackKind::Q4, false) => self.packed_q4,
             (PackKind::Q8, false) => self.packed_q8,
+            (PackKind::Q8H, false) => self.packed_q8h,
             (PackKind::Q4, true) => self.packed_q4_res,
             (PackKind::Q8, true) => self.packed_q8_res,
+            (PackKind::Q8H, true) => self.packed_q8h_res,
         }
     }
 
@@ -73,6 +79,7 @@ impl Kernels {
         match kind {
             PackKind::Q4 => q4x8_scalar,
             PackKind::Q8 => q8x8_scalar,
+            PackKind::Q8H => q8hx8_scalar,
         }
     }
 
@@ -93,8 +100,10 @@ impl Kernels {
             q6_k: dot_q6_k,
             packed_q4: q4x8_scalar,
             packed_q8: q8x8_scalar,
+            packed_q8h: q8hx8_scalar,
             packed_q4_res: q4x8_res_scalar,
             packed_q8_res: q8x8_res_scalar,
+            packed_q8h_res: q8hx8_res_scalar,
         }
     }
 
@@ -136,8 +145,10 @@ impl KernelSlots<'_> {
         match (kind, precise) {
             (PackKind::Q4, false) => self.0.packed_q4 = f,
             (PackKind::Q8, false) => self.0.packed_q8 = f,
+            (PackKind::Q8H, false) => self.0.packed_q8h = f,
             (PackKind::Q4, true) => self.0.packed_q4_res = f,
             (PackKind::Q8, true) => self.0.packed_q8_res = f,
+            (PackKind::Q8H, true) => self.0.packed_q8h_res = f,
         }
     }
     pub fn set(&mut self, ty: GgmlType, f: DotFn) {

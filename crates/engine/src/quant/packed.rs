@@ -24,16 +24,26 @@
 //!   exactly a Q8_0 block with `q = q5 - 16`: 34 bytes per 32 weights
 //!   instead of 22, for the 8-row VNNI kernel instead of a per-row one
 //!   that must reassemble five-bit values.
+//! - `Q8Hx8` (from Q6_K): `[d_lo: 8×f32][d_hi: 8×f32][32 bytes × 8 rows]`,
+//!   quants stored as `q + 128` as in `Q8x8`, but a scale per 16-element
+//!   half block: Q6_K's sub-blocks are 16 wide, `d·sc·(q6 - 32)`. The scales
+//!   `d·sc` (f16 times a signed 8-bit integer) are exact in f32, so the
+//!   layout is exact: 40 bytes per 32 weights instead of 26.25.
 
+use super::dequant::q6k_value;
 use super::{BlockQ8, GgmlType, QK};
 
 /// Rows per group.
 pub const GROUP: usize = 8;
 
+/// Bytes of a `Q8Hx8` block index's scales: two f32 per row.
+const Q8H_QUANTS: usize = 2 * 4 * GROUP;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PackKind {
     Q4,
     Q8,
+    Q8H,
 }
 
 impl PackKind {
@@ -41,6 +51,7 @@ impl PackKind {
         match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(PackKind::Q4),
             GgmlType::Q8_0 | GgmlType::Q5_0 => Some(PackKind::Q8),
+            GgmlType::Q6_K => Some(PackKind::Q8H),
             _ => None,
         }
     }
@@ -50,6 +61,16 @@ impl PackKind {
         match self {
             PackKind::Q4 => 32 + 16 * GROUP,
             PackKind::Q8 => 16 + 32 * GROUP,
+            PackKind::Q8H => Q8H_QUANTS + 32 * GROUP,
+        }
+    }
+
+    /// Where the quants of a block index start (after the scales).
+    fn quants_at(self) -> usize {
+        match self {
+            PackKind::Q4 => 32,
+            PackKind::Q8 => 16,
+            PackKind::Q8H => Q8H_QUANTS,
         }
     }
 }
@@ -95,11 +116,11 @@ impl Packed {
                 for r in 0..GROUP {
                     let row = g * GROUP + r;
                     if row >= rows {
-                        // Padding rows: zero scales, so zero output. Q8
+                        // Padding rows: zero scales, so zero output. 8-bit
                         // quants must still hold q + 128 = 128 (q = 0).
-                        if kind == PackKind::Q8 {
+                        if kind != PackKind::Q4 {
                             for c in 0..8 {
-                                let o = 16 + (c * GROUP + r) * 4;
+                                let o = kind.quants_at() + (c * GROUP + r) * 4;
                                 dst[o..o + 4].fill(128);
                             }
                         }
@@ -164,6 +185,21 @@ impl Packed {
                             }
                             put_q4(dst, r, &qs);
                         }
+                        GgmlType::Q6_K => {
+                            let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+                            let d = f16(b, 208);
+                            let e0 = (k % (be / QK)) * QK;
+                            for half in 0..2 {
+                                let s = d * scales[e0 / 16 + half] as i8 as f32;
+                                let o = 4 * (half * GROUP + r);
+                                dst[o..o + 4].copy_from_slice(&s.to_le_bytes());
+                            }
+                            for i in 0..QK {
+                                let q = q6k_value(ql, qh, e0 + i);
+                                let (c, j) = (i / 4, i % 4);
+                                dst[Q8H_QUANTS + (c * GROUP + r) * 4 + j] = (q + 128) as u8;
+                            }
+                        }
                         _ => return None,
                     }
                 }
@@ -219,6 +255,14 @@ impl Packed {
                         }
                     }
                 }
+                PackKind::Q8H => {
+                    for c in 0..8 {
+                        let s = f32_at(b, 4 * ((c / 4) * GROUP + r));
+                        for j in 0..4 {
+                            o[4 * c + j] = s * (b[Q8H_QUANTS + (c * GROUP + r) * 4 + j] as i32 - 128) as f32;
+                        }
+                    }
+                }
             }
         }
     }
@@ -267,6 +311,10 @@ fn f16(b: &[u8], i: usize) -> f32 {
     half::f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+fn f32_at(b: &[u8], i: usize) -> f32 {
+    f32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]])
+}
+
 /// Reference kernels: what the SIMD ones compute, for other CPUs and tests.
 fn q4x8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
     let mut isum = 0i32;
@@ -291,6 +339,21 @@ fn q8x8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
     f16(b, 2 * r) * a.d * isum as f32
 }
 
+fn q8hx8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
+    let mut out = 0.0;
+    for half in 0..2 {
+        let mut isum = 0i32;
+        for c in 4 * half..4 * half + 4 {
+            for j in 0..4 {
+                isum += b[Q8H_QUANTS + (c * GROUP + r) * 4 + j] as i32 * a.qs[4 * c + j] as i32;
+            }
+        }
+        isum -= 128 * a.sums[half] as i32;
+        out += f32_at(b, 4 * (half * GROUP + r)) * isum as f32;
+    }
+    out * a.d
+}
+
 #[allow(clippy::too_many_arguments)]
 fn packed_scalar(
     kind: PackKind,
@@ -306,6 +369,7 @@ fn packed_scalar(
     let block = match kind {
         PackKind::Q4 => q4x8_block,
         PackKind::Q8 => q8x8_block,
+        PackKind::Q8H => q8hx8_block,
     };
     for tok in 0..t {
         let mut acc = [0f32; GROUP];
@@ -329,6 +393,14 @@ pub(super) fn q4x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8],
 
 pub(super) fn q8x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
     packed_scalar(PackKind::Q8, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8hx8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8H, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8hx8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8H, true, g, blocks, a, r, t, out)
 }
 
 pub(super) fn q4x8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
@@ -374,7 +446,7 @@ mod tests {
         let (blocks, t) = (2, 3);
         let acts = vec![BlockQ8::default(); t * blocks];
         for ks in crate::quant::available_kernels() {
-            for kind in [PackKind::Q4, PackKind::Q8] {
+            for kind in [PackKind::Q4, PackKind::Q8, PackKind::Q8H] {
                 for precise in [false, true] {
                     let kernel = ks.packed(kind, precise);
                     let full = blocks * kind.block_bytes();
@@ -427,8 +499,9 @@ mod tests {
             GgmlType::Q8_0,
             GgmlType::Q5_0,
             GgmlType::Q4_K,
+            GgmlType::Q6_K,
         ] {
-            let k_quant = ty == GgmlType::Q4_K;
+            let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
             let shapes: &[(usize, usize, usize)] = match (cfg!(miri), k_quant) {
                 (true, false) => &[(13, 96, 5)],
                 (false, false) => &[(8, 64, 1), (13, 96, 3), (21, 576, 5)],
@@ -437,7 +510,7 @@ mod tests {
             };
             // Q4_K's sub-block scales are rounded to f16 when packed: each
             // term may move by 2⁻¹¹ of its size.
-            let scale_rounding = if k_quant { 1.0 / 2048.0 } else { 0.0 };
+            let scale_rounding = if ty == GgmlType::Q4_K { 1.0 / 2048.0 } else { 0.0 };
             for &(rows, cols, t) in shapes {
                 let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 17 + r as u64)).collect();
                 let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();

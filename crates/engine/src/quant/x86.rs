@@ -608,6 +608,83 @@ unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
     }
 }
 
+/// One activation block against 8 rows' `Q8Hx8` quants, accumulated into
+/// `acc`: the halves' integer sums scaled by their own scales.
+///
+/// # Safety
+/// The entry point's features.
+#[inline(always)]
+unsafe fn q8hx8_step<D: U8Dot>(w: &[__m256i; 8], dlo: __m256, dhi: __m256, a: &BlockQ8, acc: __m256) -> __m256 {
+    // SAFETY: register-only but for `x4` with `c < 8`; features: contract.
+    unsafe {
+        let z = _mm256_setzero_si256();
+        let lo0 = D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[1], x4(a, 1));
+        let lo1 = D::dot_q8_acc(D::dot_q8_acc(z, w[2], x4(a, 2)), w[3], x4(a, 3));
+        let hi0 = D::dot_q8_acc(D::dot_q8_acc(z, w[4], x4(a, 4)), w[5], x4(a, 5));
+        let hi1 = D::dot_q8_acc(D::dot_q8_acc(z, w[6], x4(a, 6)), w[7], x4(a, 7));
+        let mut lo = _mm256_add_epi32(lo0, lo1);
+        let mut hi = _mm256_add_epi32(hi0, hi1);
+        if D::Q8_BIASED {
+            lo = _mm256_sub_epi32(lo, _mm256_set1_epi32(128 * a.sums[0] as i32));
+            hi = _mm256_sub_epi32(hi, _mm256_set1_epi32(128 * a.sums[1] as i32));
+        }
+        let s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo), dlo, _mm256_mul_ps(_mm256_cvtepi32_ps(hi), dhi));
+        _mm256_fmadd_ps(s, _mm256_set1_ps(a.d), acc)
+    }
+}
+
+/// # Safety
+/// As for [`q4x8_body`].
+#[inline(always)]
+unsafe fn q8hx8_body<D: U8Dot, const RES: bool>(
+    group: &[u8],
+    blocks: usize,
+    acts: &[BlockQ8],
+    res: &[BlockQ8],
+    t: usize,
+    out: &mut [f32],
+) {
+    // SAFETY: block `k < blocks` is `group[k * GB..(k + 1) * GB]`; the loads
+    // read bytes 0..64 (two rows of 8 f32 scales) and eight 32-byte pieces
+    // at 64..320 of it; the stores write `out[(t0 + j) * 8..][..8]` for
+    // `t0 + j < t`; all inside the lengths of the contract. Activations are
+    // indexed safely.
+    unsafe {
+        const GB: usize = 64 + 32 * 8;
+        let mut t0 = 0;
+        while t0 < t {
+            let n = TILE.min(t - t0);
+            let mut acc = [_mm256_setzero_ps(); TILE];
+            for k in 0..blocks {
+                let b = group.as_ptr().add(k * GB);
+                let dlo = _mm256_loadu_ps(b as *const f32);
+                let dhi = _mm256_loadu_ps(b.add(32) as *const f32);
+                let w = [
+                    _mm256_loadu_si256(b.add(64) as *const __m256i),
+                    _mm256_loadu_si256(b.add(96) as *const __m256i),
+                    _mm256_loadu_si256(b.add(128) as *const __m256i),
+                    _mm256_loadu_si256(b.add(160) as *const __m256i),
+                    _mm256_loadu_si256(b.add(192) as *const __m256i),
+                    _mm256_loadu_si256(b.add(224) as *const __m256i),
+                    _mm256_loadu_si256(b.add(256) as *const __m256i),
+                    _mm256_loadu_si256(b.add(288) as *const __m256i),
+                ];
+                for (j, acc_j) in acc.iter_mut().enumerate().take(n) {
+                    let idx = (t0 + j) * blocks + k;
+                    *acc_j = q8hx8_step::<D>(&w, dlo, dhi, &acts[idx], *acc_j);
+                    if RES {
+                        *acc_j = q8hx8_step::<D>(&w, dlo, dhi, &res[idx], *acc_j);
+                    }
+                }
+            }
+            for (j, a) in acc.iter().enumerate().take(n) {
+                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), *a);
+            }
+            t0 += n;
+        }
+    }
+}
+
 /// The lengths the packed bodies trust, checked once per call (per group
 /// of 8 rows, not per element).
 fn check_packed(kind: PackKind, group: &[u8], blocks: usize, t: usize, out: &[f32]) {
@@ -660,6 +737,10 @@ macro_rules! entry_points {
                 => q4x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
                 => q8x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+            entry!($feat, fn q8hx8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8hx8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8H, g, blocks, t, out));
+            entry!($feat, fn q8hx8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8hx8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8H, g, blocks, t, out));
             entry!($feat, fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
                 => q4x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
@@ -686,6 +767,8 @@ fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
         s.packed(PackKind::Q8, false, m.q8x8);
         s.packed(PackKind::Q4, true, m.q4x8_res);
         s.packed(PackKind::Q8, true, m.q8x8_res);
+        s.packed(PackKind::Q8H, false, m.q8hx8);
+        s.packed(PackKind::Q8H, true, m.q8hx8_res);
     })
 }
 
@@ -702,6 +785,8 @@ struct ModuleFns {
     q8x8: super::packed::PackedKernel,
     q4x8_res: super::packed::PackedKernel,
     q8x8_res: super::packed::PackedKernel,
+    q8hx8: super::packed::PackedKernel,
+    q8hx8_res: super::packed::PackedKernel,
 }
 
 macro_rules! module_fns {
@@ -719,6 +804,8 @@ macro_rules! module_fns {
             q8x8: $m::q8x8,
             q4x8_res: $m::q4x8_res,
             q8x8_res: $m::q8x8_res,
+            q8hx8: $m::q8hx8,
+            q8hx8_res: $m::q8hx8_res,
         }
     };
 }
