@@ -6,7 +6,8 @@ use std::sync::OnceLock;
 
 use super::dequant::q6k_value;
 use super::packed::{
-    PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8hx8_res_scalar, q8hx8_scalar, q8x8_res_scalar, q8x8_scalar,
+    PackKind, PackedKernel, q4x8_res_scalar, q4x8_scalar, q8hx8_res_scalar, q8hx8_scalar, q8mx8_res_scalar,
+    q8mx8_scalar, q8x8_res_scalar, q8x8_scalar,
 };
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
 
@@ -36,9 +37,11 @@ pub struct Kernels {
     q6_k: DotFn,
     packed_q4: PackedKernel,
     packed_q8: PackedKernel,
+    packed_q8m: PackedKernel,
     packed_q8h: PackedKernel,
     packed_q4_res: PackedKernel,
     packed_q8_res: PackedKernel,
+    packed_q8m_res: PackedKernel,
     packed_q8h_res: PackedKernel,
 }
 
@@ -67,9 +70,11 @@ impl Kernels {
         match (kind, precise) {
             (PackKind::Q4, false) => self.packed_q4,
             (PackKind::Q8, false) => self.packed_q8,
+            (PackKind::Q8M, false) => self.packed_q8m,
             (PackKind::Q8H, false) => self.packed_q8h,
             (PackKind::Q4, true) => self.packed_q4_res,
             (PackKind::Q8, true) => self.packed_q8_res,
+            (PackKind::Q8M, true) => self.packed_q8m_res,
             (PackKind::Q8H, true) => self.packed_q8h_res,
         }
     }
@@ -79,6 +84,7 @@ impl Kernels {
         match kind {
             PackKind::Q4 => q4x8_scalar,
             PackKind::Q8 => q8x8_scalar,
+            PackKind::Q8M => q8mx8_scalar,
             PackKind::Q8H => q8hx8_scalar,
         }
     }
@@ -100,9 +106,11 @@ impl Kernels {
             q6_k: dot_q6_k,
             packed_q4: q4x8_scalar,
             packed_q8: q8x8_scalar,
+            packed_q8m: q8mx8_scalar,
             packed_q8h: q8hx8_scalar,
             packed_q4_res: q4x8_res_scalar,
             packed_q8_res: q8x8_res_scalar,
+            packed_q8m_res: q8mx8_res_scalar,
             packed_q8h_res: q8hx8_res_scalar,
         }
     }
@@ -145,9 +153,11 @@ impl KernelSlots<'_> {
         match (kind, precise) {
             (PackKind::Q4, false) => self.0.packed_q4 = f,
             (PackKind::Q8, false) => self.0.packed_q8 = f,
+            (PackKind::Q8M, false) => self.0.packed_q8m = f,
             (PackKind::Q8H, false) => self.0.packed_q8h = f,
             (PackKind::Q4, true) => self.0.packed_q4_res = f,
             (PackKind::Q8, true) => self.0.packed_q8_res = f,
+            (PackKind::Q8M, true) => self.0.packed_q8m_res = f,
             (PackKind::Q8H, true) => self.0.packed_q8h_res = f,
         }
     }

@@ -24,6 +24,12 @@
 //!   exactly a Q8_0 block with `q = q5 - 16`: 34 bytes per 32 weights
 //!   instead of 22, for the 8-row VNNI kernel instead of a per-row one
 //!   that must reassemble five-bit values.
+//! - `Q8Mx8` (from Q5_1 and Q5_K): `[d: 8×f16][m: 8×f16][32 bytes × 8 rows]`,
+//!   value = `d·q + m` with `q` (0..32) stored as `q + 128`: `Q8x8`'s quants
+//!   with `Q4x8`'s min. Q5_1 is exact; Q5_K's sub-blocks pack as Q4_K's do
+//!   (`d·sc` and `-dmin·m` rounded to f16). 36 bytes per 32 weights instead
+//!   of 24 (Q5_1) or 22 (Q5_K), for the 8-row kernel instead of a per-row
+//!   one (a scalar one for Q5_1).
 //! - `Q8Hx8` (from Q6_K): `[d_lo: 8×f32][d_hi: 8×f32][32 bytes × 8 rows]`,
 //!   quants stored as `q + 128` as in `Q8x8`, but a scale per 16-element
 //!   half block: Q6_K's sub-blocks are 16 wide, `d·sc·(q6 - 32)`. The scales
@@ -43,6 +49,7 @@ const Q8H_QUANTS: usize = 2 * 4 * GROUP;
 pub enum PackKind {
     Q4,
     Q8,
+    Q8M,
     Q8H,
 }
 
@@ -51,6 +58,7 @@ impl PackKind {
         match ty {
             GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => Some(PackKind::Q4),
             GgmlType::Q8_0 | GgmlType::Q5_0 => Some(PackKind::Q8),
+            GgmlType::Q5_1 | GgmlType::Q5_K => Some(PackKind::Q8M),
             GgmlType::Q6_K => Some(PackKind::Q8H),
             _ => None,
         }
@@ -61,6 +69,7 @@ impl PackKind {
         match self {
             PackKind::Q4 => 32 + 16 * GROUP,
             PackKind::Q8 => 16 + 32 * GROUP,
+            PackKind::Q8M => 32 + 32 * GROUP,
             PackKind::Q8H => Q8H_QUANTS + 32 * GROUP,
         }
     }
@@ -68,7 +77,7 @@ impl PackKind {
     /// Where the quants of a block index start (after the scales).
     fn quants_at(self) -> usize {
         match self {
-            PackKind::Q4 => 32,
+            PackKind::Q4 | PackKind::Q8M => 32,
             PackKind::Q8 => 16,
             PackKind::Q8H => Q8H_QUANTS,
         }
@@ -166,14 +175,9 @@ impl Packed {
                         }
                         GgmlType::Q4_K => {
                             let j = k % (be / QK);
-                            let (sc, m) = super::k4_scale_min(&b[4..16], j);
-                            let d = half::f16::from_f32(f16(b, 0) * sc as f32);
-                            let min = half::f16::from_f32(-f16(b, 2) * m as f32);
-                            if !(scale_fits(f16(b, 0) * sc as f32, d) && scale_fits(-f16(b, 2) * m as f32, min)) {
+                            if !put_k_scales(dst, r, b, j) {
                                 return None;
                             }
-                            dst[2 * r..2 * r + 2].copy_from_slice(&d.to_le_bytes());
-                            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&min.to_le_bytes());
                             // Sub-blocks 2i and 2i+1 share 32 bytes (low and
                             // high nibbles); Q4x8 wants elements l and 16+l
                             // in one byte.
@@ -184,6 +188,25 @@ impl Packed {
                                 *q = ((chunk[l] >> shift) & 0x0f) | ((chunk[16 + l] >> shift) & 0x0f) << 4;
                             }
                             put_q4(dst, r, &qs);
+                        }
+                        GgmlType::Q5_1 => {
+                            dst[2 * r..2 * r + 2].copy_from_slice(&b[0..2]);
+                            dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&b[2..4]);
+                            let qh = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
+                            let qs = &b[8..24];
+                            put_q8m(dst, r, |i| {
+                                let low = if i < QK / 2 { qs[i] & 0x0f } else { qs[i - QK / 2] >> 4 };
+                                low | (((qh >> i) & 1) << 4) as u8
+                            });
+                        }
+                        GgmlType::Q5_K => {
+                            let j = k % (be / QK);
+                            if !put_k_scales(dst, r, b, j) {
+                                return None;
+                            }
+                            let (qh, chunk) = (&b[16..48], &b[48 + (j / 2) * 32..48 + (j / 2) * 32 + 32]);
+                            let shift = 4 * (j % 2);
+                            put_q8m(dst, r, |l| ((chunk[l] >> shift) & 0x0f) | (((qh[l] >> j) & 1) << 4));
                         }
                         GgmlType::Q6_K => {
                             let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
@@ -255,6 +278,14 @@ impl Packed {
                         }
                     }
                 }
+                PackKind::Q8M => {
+                    let m = f16(b, 16 + 2 * r);
+                    for c in 0..8 {
+                        for j in 0..4 {
+                            o[4 * c + j] = d * (b[32 + (c * GROUP + r) * 4 + j] as i32 - 128) as f32 + m;
+                        }
+                    }
+                }
                 PackKind::Q8H => {
                     for c in 0..8 {
                         let s = f32_at(b, 4 * ((c / 4) * GROUP + r));
@@ -300,6 +331,28 @@ fn scale_fits(exact: f32, rounded: half::f16) -> bool {
     back.is_finite() && (back - exact).abs() <= exact.abs() * (1.0 / 2048.0)
 }
 
+/// A Q4_K/Q5_K sub-block's scale and min as one packed block's `d` and
+/// `m` (f16); false where f16 cannot hold them.
+fn put_k_scales(dst: &mut [u8], r: usize, b: &[u8], j: usize) -> bool {
+    let (sc, m) = super::k4_scale_min(&b[4..16], j);
+    let (d, min) = (f16(b, 0) * sc as f32, -f16(b, 2) * m as f32);
+    let (d16, min16) = (half::f16::from_f32(d), half::f16::from_f32(min));
+    if !(scale_fits(d, d16) && scale_fits(min, min16)) {
+        return false;
+    }
+    dst[2 * r..2 * r + 2].copy_from_slice(&d16.to_le_bytes());
+    dst[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&min16.to_le_bytes());
+    true
+}
+
+/// Row `r`'s 32 unsigned quants (`q(i)`, element `i`) of a `Q8Mx8` block,
+/// stored `q + 128`.
+fn put_q8m(dst: &mut [u8], r: usize, q: impl Fn(usize) -> u8) {
+    for i in 0..QK {
+        dst[32 + (i / 4 * GROUP + r) * 4 + i % 4] = q(i) + 128;
+    }
+}
+
 fn put_q4(dst: &mut [u8], r: usize, qs: &[u8]) {
     for c in 0..4 {
         let o = 32 + (c * GROUP + r) * 4;
@@ -339,6 +392,17 @@ fn q8x8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
     f16(b, 2 * r) * a.d * isum as f32
 }
 
+fn q8mx8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
+    let mut isum = 0i32;
+    for c in 0..8 {
+        for j in 0..4 {
+            isum += b[32 + (c * GROUP + r) * 4 + j] as i32 * a.qs[4 * c + j] as i32;
+        }
+    }
+    isum -= 128 * a.sum();
+    f16(b, 2 * r) * a.d * isum as f32 + f16(b, 16 + 2 * r) * a.d * a.sum() as f32
+}
+
 fn q8hx8_block(b: &[u8], r: usize, a: &BlockQ8) -> f32 {
     let mut out = 0.0;
     for half in 0..2 {
@@ -369,6 +433,7 @@ fn packed_scalar(
     let block = match kind {
         PackKind::Q4 => q4x8_block,
         PackKind::Q8 => q8x8_block,
+        PackKind::Q8M => q8mx8_block,
         PackKind::Q8H => q8hx8_block,
     };
     for tok in 0..t {
@@ -393,6 +458,14 @@ pub(super) fn q4x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8],
 
 pub(super) fn q8x8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
     packed_scalar(PackKind::Q8, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8mx8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8M, false, g, blocks, a, r, t, out)
+}
+
+pub(super) fn q8mx8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
+    packed_scalar(PackKind::Q8M, true, g, blocks, a, r, t, out)
 }
 
 pub(super) fn q8hx8_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32]) {
@@ -446,7 +519,7 @@ mod tests {
         let (blocks, t) = (2, 3);
         let acts = vec![BlockQ8::default(); t * blocks];
         for ks in crate::quant::available_kernels() {
-            for kind in [PackKind::Q4, PackKind::Q8, PackKind::Q8H] {
+            for kind in [PackKind::Q4, PackKind::Q8, PackKind::Q8M, PackKind::Q8H] {
                 for precise in [false, true] {
                     let kernel = ks.packed(kind, precise);
                     let full = blocks * kind.block_bytes();
@@ -465,31 +538,33 @@ mod tests {
         }
     }
 
-    /// Q4_K packs exactly but for its sub-block scales and mins, rounded
-    /// to f16; a matrix whose scales f16 cannot hold is left unpacked.
+    /// Q4_K and Q5_K pack exactly but for their sub-block scales and mins,
+    /// rounded to f16; a matrix whose scales f16 cannot hold stays unpacked.
     #[test]
-    fn q4_k_packs_with_rounded_scales_only() {
-        let (rows, cols) = (9, 512);
-        let bytes: Vec<u8> = (0..rows)
-            .flat_map(|r| random_row(GgmlType::Q4_K, cols, 3 + r as u64))
-            .collect();
-        let p = Packed::from_rows(GgmlType::Q4_K, rows, cols, &bytes).unwrap();
-        let row_bytes = GgmlType::Q4_K.row_bytes(cols).unwrap();
-        let (mut exact, mut packed) = (vec![0f32; cols], vec![0f32; cols]);
-        for r in 0..rows {
-            crate::quant::dequantize_row(GgmlType::Q4_K, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut exact);
-            p.row_f32(r, &mut packed);
-            for (i, (e, q)) in exact.iter().zip(&packed).enumerate() {
-                // Each weight is d·q + m with d and m each within 2⁻¹¹.
-                let bound = (e.abs() + 2.0 * f16(&bytes[r * row_bytes + i / 256 * 144..], 2) * 63.0) / 2048.0;
-                assert!((e - q).abs() <= bound, "row {r} col {i}: {q} vs {e}");
+    fn k_quants_pack_with_rounded_scales_only() {
+        for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
+            let (rows, cols) = (9, 512);
+            let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 3 + r as u64)).collect();
+            let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();
+            let row_bytes = ty.row_bytes(cols).unwrap();
+            let block = ty.block().1;
+            let (mut exact, mut packed) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                crate::quant::dequantize_row(ty, &bytes[r * row_bytes..(r + 1) * row_bytes], &mut exact);
+                p.row_f32(r, &mut packed);
+                for (i, (e, q)) in exact.iter().zip(&packed).enumerate() {
+                    // Each weight is d·q + m with d and m each within 2⁻¹¹.
+                    let dmin = f16(&bytes[r * row_bytes + i / 256 * block..], 2);
+                    let bound = (e.abs() + 2.0 * dmin * 63.0) / 2048.0;
+                    assert!((e - q).abs() <= bound, "{ty:?} row {r} col {i}: {q} vs {e}");
+                }
             }
+            // d = 60000 times a sub-block scale of 63 overflows f16.
+            let mut huge = bytes[..row_bytes].to_vec();
+            huge[0..2].copy_from_slice(&half::f16::from_f32(60000.0).to_le_bytes());
+            huge[4] |= 63;
+            assert!(Packed::from_rows(ty, 1, cols, &huge).is_none(), "{ty:?}");
         }
-        // d = 60000 times a sub-block scale of 63 overflows f16.
-        let mut huge = bytes[..row_bytes].to_vec();
-        huge[0..2].copy_from_slice(&half::f16::from_f32(60000.0).to_le_bytes());
-        huge[4] |= 63;
-        assert!(Packed::from_rows(GgmlType::Q4_K, 1, cols, &huge).is_none());
     }
 
     fn check(ks: &crate::quant::Kernels) {
@@ -498,10 +573,12 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::Q8_0,
             GgmlType::Q5_0,
+            GgmlType::Q5_1,
             GgmlType::Q4_K,
+            GgmlType::Q5_K,
             GgmlType::Q6_K,
         ] {
-            let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q6_K);
+            let k_quant = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
             let shapes: &[(usize, usize, usize)] = match (cfg!(miri), k_quant) {
                 (true, false) => &[(13, 96, 5)],
                 (false, false) => &[(8, 64, 1), (13, 96, 3), (21, 576, 5)],
@@ -510,7 +587,11 @@ mod tests {
             };
             // Q4_K's sub-block scales are rounded to f16 when packed: each
             // term may move by 2⁻¹¹ of its size.
-            let scale_rounding = if ty == GgmlType::Q4_K { 1.0 / 2048.0 } else { 0.0 };
+            let scale_rounding = if matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K) {
+                1.0 / 2048.0
+            } else {
+                0.0
+            };
             for &(rows, cols, t) in shapes {
                 let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, 17 + r as u64)).collect();
                 let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();

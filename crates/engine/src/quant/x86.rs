@@ -556,10 +556,13 @@ unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
     }
 }
 
+/// `Q8x8` (`MIN` false) and `Q8Mx8` (`MIN`: 8 f16 mins after the scales,
+/// each times the activations' sum).
+///
 /// # Safety
 /// As for [`q4x8_body`].
 #[inline(always)]
-unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
+unsafe fn q8x8_body<D: U8Dot, const RES: bool, const MIN: bool>(
     group: &[u8],
     blocks: usize,
     acts: &[BlockQ8],
@@ -567,41 +570,57 @@ unsafe fn q8x8_body<D: U8Dot, const RES: bool>(
     t: usize,
     out: &mut [f32],
 ) {
-    // SAFETY: block `k < blocks` is `group[k * GB..(k + 1) * GB]`; the loads
-    // read bytes 0..16 and eight 32-byte pieces at 16..272 of it; the stores
-    // write `out[(t0 + j) * 8..][..8]` for `t0 + j < t`; all inside the
-    // lengths of the contract. Activations are indexed safely.
+    // SAFETY: block `k < blocks` is `group[k * gb..(k + 1) * gb]` with `gb`
+    // the kind's block bytes (`check_packed`); the loads read the scales
+    // (bytes 0..16, and 16..32 with `MIN`) and eight 32-byte pieces at
+    // `q0..q0 + 256 = gb`; the stores write `out[(t0 + j) * 8..][..8]` for
+    // `t0 + j < t`; all inside the lengths of the contract. Activations are
+    // indexed safely.
     unsafe {
-        const GB: usize = 16 + 32 * 8;
+        let q0 = if MIN { 32 } else { 16 };
+        let gb = q0 + 32 * 8;
         let mut t0 = 0;
         while t0 < t {
             let n = TILE.min(t - t0);
             let mut acc = [_mm256_setzero_ps(); TILE];
+            let mut accm = [_mm256_setzero_ps(); TILE];
             for k in 0..blocks {
-                let b = group.as_ptr().add(k * GB);
+                let b = group.as_ptr().add(k * gb);
                 let d8 = _mm256_cvtph_ps(_mm_loadu_si128(b as *const __m128i));
+                let m8 = if MIN {
+                    _mm256_cvtph_ps(_mm_loadu_si128(b.add(16) as *const __m128i))
+                } else {
+                    _mm256_setzero_ps()
+                };
+                let w = b.add(q0);
                 let w = [
-                    _mm256_loadu_si256(b.add(16) as *const __m256i),
-                    _mm256_loadu_si256(b.add(48) as *const __m256i),
-                    _mm256_loadu_si256(b.add(80) as *const __m256i),
-                    _mm256_loadu_si256(b.add(112) as *const __m256i),
-                    _mm256_loadu_si256(b.add(144) as *const __m256i),
-                    _mm256_loadu_si256(b.add(176) as *const __m256i),
-                    _mm256_loadu_si256(b.add(208) as *const __m256i),
-                    _mm256_loadu_si256(b.add(240) as *const __m256i),
+                    _mm256_loadu_si256(w as *const __m256i),
+                    _mm256_loadu_si256(w.add(32) as *const __m256i),
+                    _mm256_loadu_si256(w.add(64) as *const __m256i),
+                    _mm256_loadu_si256(w.add(96) as *const __m256i),
+                    _mm256_loadu_si256(w.add(128) as *const __m256i),
+                    _mm256_loadu_si256(w.add(160) as *const __m256i),
+                    _mm256_loadu_si256(w.add(192) as *const __m256i),
+                    _mm256_loadu_si256(w.add(224) as *const __m256i),
                 ];
                 for (j, acc_j) in acc.iter_mut().enumerate().take(n) {
                     let idx = (t0 + j) * blocks + k;
                     let a = &acts[idx];
                     *acc_j = _mm256_fmadd_ps(q8x8_dots::<D>(&w, a), _mm256_mul_ps(d8, _mm256_set1_ps(a.d)), *acc_j);
+                    let mut msum = a.d * a.sum() as f32;
                     if RES {
                         let r = &res[idx];
                         *acc_j = _mm256_fmadd_ps(q8x8_dots::<D>(&w, r), _mm256_mul_ps(d8, _mm256_set1_ps(r.d)), *acc_j);
+                        msum += r.d * r.sum() as f32;
+                    }
+                    if MIN {
+                        accm[j] = _mm256_fmadd_ps(m8, _mm256_set1_ps(msum), accm[j]);
                     }
                 }
             }
-            for (j, a) in acc.iter().enumerate().take(n) {
-                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), *a);
+            for j in 0..n {
+                let v = if MIN { _mm256_add_ps(acc[j], accm[j]) } else { acc[j] };
+                _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), v);
             }
             t0 += n;
         }
@@ -736,7 +755,11 @@ macro_rules! entry_points {
             entry!($feat, fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
                 => q4x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+                => q8x8_body::<$d, false, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+            entry!($feat, fn q8mx8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8x8_body::<$d, false, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8M, g, blocks, t, out));
+            entry!($feat, fn q8mx8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
+                => q8x8_body::<$d, true, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8M, g, blocks, t, out));
             entry!($feat, fn q8hx8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
                 => q8hx8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8H, g, blocks, t, out));
             entry!($feat, fn q8hx8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
@@ -744,7 +767,7 @@ macro_rules! entry_points {
             entry!($feat, fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
                 => q4x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+                => q8x8_body::<$d, true, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
         }
     };
 }
@@ -767,6 +790,8 @@ fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
         s.packed(PackKind::Q8, false, m.q8x8);
         s.packed(PackKind::Q4, true, m.q4x8_res);
         s.packed(PackKind::Q8, true, m.q8x8_res);
+        s.packed(PackKind::Q8M, false, m.q8mx8);
+        s.packed(PackKind::Q8M, true, m.q8mx8_res);
         s.packed(PackKind::Q8H, false, m.q8hx8);
         s.packed(PackKind::Q8H, true, m.q8hx8_res);
     })
@@ -785,6 +810,8 @@ struct ModuleFns {
     q8x8: super::packed::PackedKernel,
     q4x8_res: super::packed::PackedKernel,
     q8x8_res: super::packed::PackedKernel,
+    q8mx8: super::packed::PackedKernel,
+    q8mx8_res: super::packed::PackedKernel,
     q8hx8: super::packed::PackedKernel,
     q8hx8_res: super::packed::PackedKernel,
 }
@@ -804,6 +831,8 @@ macro_rules! module_fns {
             q8x8: $m::q8x8,
             q4x8_res: $m::q4x8_res,
             q8x8_res: $m::q8x8_res,
+            q8mx8: $m::q8mx8,
+            q8mx8_res: $m::q8mx8_res,
             q8hx8: $m::q8hx8,
             q8hx8_res: $m::q8hx8_res,
         }
