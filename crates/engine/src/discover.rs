@@ -65,6 +65,11 @@ pub struct ModelDescription {
     pub task: Option<Task>,
     pub parameters: Option<u64>,
     pub size_bytes: u64,
+    /// What the weights take in memory once the CPU engine has loaded them:
+    /// quantised matrices repacked into their 8-row layouts are larger than
+    /// in the file (Q5_0 ×1.55, Q6_K ×1.52, Q5_K ×1.64, Q4_K ×1.11; Q4_0,
+    /// Q4_1 and Q8_0 the same). Placement reserves this, not the file size.
+    pub memory_bytes: u64,
     /// Weight type: "Q4_1", "F32", "BF16"…
     pub dtype: Option<String>,
     pub context_length: Option<usize>,
@@ -117,6 +122,7 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
         task: None,
         parameters: None,
         size_bytes: 0,
+        memory_bytes: 0,
         dtype: None,
         context_length: None,
         hardware: Vec::new(),
@@ -159,11 +165,22 @@ fn describe_gguf(d: &mut ModelDescription) -> crate::Result<()> {
         *by_type.entry(t.dtype.name()).or_default() += t.byte_len().unwrap_or(0) as u64;
     }
     d.dtype = by_type.into_iter().max_by_key(|(_, n)| *n).map(|(t, _)| t.to_string());
+    // The file minus what the engine repacks, plus the repacked sizes.
+    d.memory_bytes = f.tensors.iter().fold(d.size_bytes, |total, t| {
+        let (Ok(file), &[cols, rows]) = (t.byte_len(), &t.dims[..]) else {
+            return total;
+        };
+        match crate::quant::packed::packed_len(t.dtype, rows as usize, cols as usize) {
+            Some(packed) => total.saturating_sub(file as u64).saturating_add(packed as u64),
+            None => total,
+        }
+    });
     Ok(())
 }
 
 fn describe_folder(d: &mut ModelDescription) -> crate::Result<()> {
     d.size_bytes = dir_size(&d.path);
+    d.memory_bytes = d.size_bytes;
     let meta = HfFolder::read(&d.path)?;
     d.architecture = Some(meta.arch.clone());
     d.context_length = meta.context_length();

@@ -502,11 +502,12 @@ impl ModelManager {
         self.inner.catalog.iter().find(|d| d.id == id)
     }
 
-    /// Memory a model will take on its device: the weights (file size),
-    /// the KV cache budget for generation models, and a working-set
-    /// estimate for activations and logits.
+    /// Memory a model will take on its device: the weights (as the CPU
+    /// engine lays them out: repacked quants are larger than the file), the
+    /// KV cache budget for generation models, and a working-set estimate for
+    /// activations and logits.
     fn footprint(&self, d: &ModelDescription) -> ModelFootprint {
-        let weights = d.size_bytes;
+        let weights = d.memory_bytes;
         let (kv, workspace) = match d.task {
             Some(Task::Generate) => (
                 self.inner.config.scheduler.kv_budget_bytes as u64,

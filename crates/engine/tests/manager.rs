@@ -244,7 +244,7 @@ fn lifecycle_manager(fit: f64, keep_alive: KeepAlive, pinned: &[&str]) -> ModelM
     let catalog = discover(&registry, &cfg);
     let footprint: u64 = catalog
         .iter()
-        .map(|d| d.size_bytes + (4 << 20) + (64 << 20) + d.size_bytes / 50)
+        .map(|d| d.memory_bytes + (4 << 20) + (64 << 20) + d.memory_bytes / 50)
         .max()
         .unwrap();
     let mut config = ManagerConfig::cpu(hfms_engine::generate::SchedulerConfig {

@@ -109,6 +109,20 @@ impl std::fmt::Debug for Packed {
     }
 }
 
+/// Bytes a `rows × cols` matrix of `ty` takes in its packed layout; None for
+/// types without one (they stay as in the file). (`from_rows` may still keep
+/// a K-quant matrix unpacked, whose scales f16 cannot hold; then it is
+/// smaller than this.)
+pub fn packed_len(ty: GgmlType, rows: usize, cols: usize) -> Option<usize> {
+    let kind = PackKind::for_type(ty)?;
+    if !cols.is_multiple_of(ty.block().0) {
+        return None;
+    }
+    rows.div_ceil(GROUP)
+        .checked_mul(cols / QK)?
+        .checked_mul(kind.block_bytes())
+}
+
 impl Packed {
     /// Repack a row-major ggml matrix; None for types without a packed form.
     pub fn from_rows(ty: GgmlType, rows: usize, cols: usize, bytes: &[u8]) -> Option<Packed> {
@@ -540,6 +554,19 @@ mod tests {
 
     /// Q4_K and Q5_K pack exactly but for their sub-block scales and mins,
     /// rounded to f16; a matrix whose scales f16 cannot hold stays unpacked.
+    /// `packed_len` is what `from_rows` allocates.
+    #[test]
+    fn packed_len_is_the_packed_size() {
+        for ty in [GgmlType::Q4_0, GgmlType::Q5_1, GgmlType::Q4_K, GgmlType::Q6_K] {
+            let (rows, cols) = (13, 512);
+            let bytes: Vec<u8> = (0..rows).flat_map(|r| random_row(ty, cols, r as u64)).collect();
+            let p = Packed::from_rows(ty, rows, cols, &bytes).unwrap();
+            assert_eq!(packed_len(ty, rows, cols), Some(p.byte_len()), "{ty:?}");
+        }
+        assert_eq!(packed_len(GgmlType::Q2_K, 8, 256), None);
+        assert_eq!(packed_len(GgmlType::F32, 8, 256), None);
+    }
+
     #[test]
     fn k_quants_pack_with_rounded_scales_only() {
         for ty in [GgmlType::Q4_K, GgmlType::Q5_K] {
