@@ -21,7 +21,7 @@ use std::arch::x86_64::*;
 
 use super::dot::Kernels;
 use super::packed::{GROUP, PackKind};
-use super::{BlockQ8, GgmlType, QK, QK_K, k4_scale_min};
+use super::{BlockQ8, GgmlType, QK, QK_K, k3_scales, k4_scale_min};
 
 /// How u8·i8 products are summed. Register-only: the methods' sole safety
 /// requirement is the CPU features of the implementation (AVX2 for
@@ -428,6 +428,90 @@ unsafe fn q6_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
     }
 }
 
+/// The products of one 16-wide-scaled K-quant block (Q2_K, Q3_K): `w` holds
+/// the 32 unsigned quants `u` (value = `u - bias`), lanes 0-3 elements
+/// 0-15 under scale `s0`, lanes 4-7 the rest under `s1`. Adds
+/// `Σ s·u·x · da` to `acc` and returns `Σ s·bias·x · da` (for the caller's
+/// offset; `da` = the block's `d` times the activations').
+///
+/// # Safety
+/// The entry point's features.
+#[inline(always)]
+unsafe fn k16_block<D: U8Dot>(w: __m256i, a: &BlockQ8, s0: i32, s1: i32, da: f32, bias: i32, acc: &mut __m256) -> f32 {
+    // SAFETY: register-only but for `load_act`; features: contract.
+    unsafe {
+        let p = _mm256_mullo_epi32(
+            D::dot(w, load_act(a)),
+            _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1),
+        );
+        *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(da), *acc);
+        da * (bias * (s0 * a.sums[0] as i32 + s1 * a.sums[1] as i32)) as f32
+    }
+}
+
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
+#[inline(always)]
+unsafe fn q2_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 84-byte block (`chunks_exact`); the
+    // unchecked reads are the scale at 80..84 and 32-byte `qs` loads at
+    // `16 + 32 half` < 80. Activations are read through references.
+    // Features: the contract.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let m2 = _mm256_set1_epi8(3);
+        for (b, a8) in row.chunks_exact(84).zip(act.chunks_exact(QK_K / QK)) {
+            let (d, dmin) = (f16_at(b, 80), f16_at(b, 82));
+            let scales = &b[0..16];
+            for (k, a) in a8.iter().enumerate() {
+                // Block k: bits 2(k % 4) of the 32 bytes of its half.
+                let q = _mm256_loadu_si256(b.as_ptr().add(16 + 32 * (k / 4)) as *const __m256i);
+                let w = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * (k % 4) as i32)), m2);
+                let (s0, s1) = (scales[2 * k], scales[2 * k + 1]);
+                k16_block::<D>(w, a, (s0 & 0x0f) as i32, (s1 & 0x0f) as i32, d * a.d, 0, &mut acc);
+                // The mins: dmin·(s >> 4) times each half's activations.
+                offset +=
+                    dmin * a.d * ((s0 >> 4) as i32 * a.sums[0] as i32 + (s1 >> 4) as i32 * a.sums[1] as i32) as f32;
+            }
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
+/// # Safety
+/// The entry point's features. Any lengths: the blocks `row` and `act`
+/// both hold.
+#[inline(always)]
+unsafe fn q3_k_body<D: U8Dot>(row: &[u8], act: &[BlockQ8]) -> f32 {
+    // SAFETY: each `b` is one whole 110-byte block (`chunks_exact`); the
+    // unchecked reads are the `hmask` load at 0..32, `qs` loads at
+    // `32 + 32 half` < 96 and the scale at 108..110. Activations are read
+    // through references. Features: the contract.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let mut offset = 0f32;
+        let m2 = _mm256_set1_epi8(3);
+        let one = _mm256_set1_epi8(1);
+        for (b, a8) in row.chunks_exact(110).zip(act.chunks_exact(QK_K / QK)) {
+            let d = f16_at(b, 108);
+            let scales = k3_scales(&b[96..108]);
+            let hmask = _mm256_loadu_si256(b.as_ptr() as *const __m256i);
+            for (k, a) in a8.iter().enumerate() {
+                let q = _mm256_loadu_si256(b.as_ptr().add(32 + 32 * (k / 4)) as *const __m256i);
+                let low = _mm256_and_si256(_mm256_srl_epi16(q, _mm_cvtsi32_si128(2 * (k % 4) as i32)), m2);
+                let high = _mm256_and_si256(_mm256_srl_epi16(hmask, _mm_cvtsi32_si128(k as i32)), one);
+                // u = low + 4·high in 0..8; the value is u - 4.
+                let w = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+                let (s0, s1) = (scales[2 * k] as i32, scales[2 * k + 1] as i32);
+                offset += k16_block::<D>(w, a, s0, s1, d * a.d, 4, &mut acc);
+            }
+        }
+        hsum_ps(acc) - offset
+    }
+}
+
 /// Four activation bytes `4c..4c+4` of a block, in every lane.
 ///
 /// # Safety
@@ -749,6 +833,8 @@ macro_rules! entry_points {
             entry!($feat, fn q4_0(r: &[u8], a: &[BlockQ8]) -> f32 => q4_0_body::<$d>(r, a));
             entry!($feat, fn q4_1(r: &[u8], a: &[BlockQ8]) -> f32 => q4_1_body::<$d>(r, a));
             entry!($feat, fn q8_0(r: &[u8], a: &[BlockQ8]) -> f32 => q8_0_body::<$d>(r, a));
+            entry!($feat, fn q2_k(r: &[u8], a: &[BlockQ8]) -> f32 => q2_k_body::<$d>(r, a));
+            entry!($feat, fn q3_k(r: &[u8], a: &[BlockQ8]) -> f32 => q3_k_body::<$d>(r, a));
             entry!($feat, fn q4_k(r: &[u8], a: &[BlockQ8]) -> f32 => q4_k_body::<$d>(r, a));
             entry!($feat, fn q5_k(r: &[u8], a: &[BlockQ8]) -> f32 => q5_k_body::<$d>(r, a));
             entry!($feat, fn q6_k(r: &[u8], a: &[BlockQ8]) -> f32 => q6_k_body::<$d>(r, a));
@@ -783,6 +869,8 @@ fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
         s.set(GgmlType::Q4_0, m.q4_0);
         s.set(GgmlType::Q4_1, m.q4_1);
         s.set(GgmlType::Q8_0, m.q8_0);
+        s.set(GgmlType::Q2_K, m.q2_k);
+        s.set(GgmlType::Q3_K, m.q3_k);
         s.set(GgmlType::Q4_K, m.q4_k);
         s.set(GgmlType::Q5_K, m.q5_k);
         s.set(GgmlType::Q6_K, m.q6_k);
@@ -803,6 +891,8 @@ struct ModuleFns {
     q4_0: super::dot::DotFn,
     q4_1: super::dot::DotFn,
     q8_0: super::dot::DotFn,
+    q2_k: super::dot::DotFn,
+    q3_k: super::dot::DotFn,
     q4_k: super::dot::DotFn,
     q5_k: super::dot::DotFn,
     q6_k: super::dot::DotFn,
@@ -824,6 +914,8 @@ macro_rules! module_fns {
             q4_0: $m::q4_0,
             q4_1: $m::q4_1,
             q8_0: $m::q8_0,
+            q2_k: $m::q2_k,
+            q3_k: $m::q3_k,
             q4_k: $m::q4_k,
             q5_k: $m::q5_k,
             q6_k: $m::q6_k,
