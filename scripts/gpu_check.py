@@ -254,15 +254,20 @@ def check(a, out, summary):
         extra += ["--model", f"{mid}={path}"]
         (encoders if any(k in mid.lower() for k in ("minilm", "bert", "embed")) else decoders).append(mid)
 
-    cpu_server = Server(a.bin, out, "cpu", extra + ["--forbid-platform", "cuda"])
-    try:
-        cpu = run_models(cpu_server, decoders, encoders)
-        summary["bench_cpu"] = bench(a.bin, cpu_server, out / "bench-cpu.json", "qwen2-q8_0",
-                                     encoders[-1], a.bench_seconds)
-    finally:
-        cpu_server.stop()
-    summary["cpu"] = cpu
-    summary["cpu_devices"] = cpu["devices"]
+    def serve(name, flags):
+        """One server's answers and bench, recorded under `name`."""
+        server = Server(a.bin, out, name, extra + flags)
+        try:
+            run = run_models(server, decoders, encoders)
+            summary[f"bench_{name}"] = bench(a.bin, server, out / f"bench-{name}.json", "qwen2-q8_0",
+                                             encoders[-1], a.bench_seconds)
+        finally:
+            server.stop()
+        summary[name] = run
+        summary[f"{name}_devices"] = run["devices"]
+        return run
+
+    cpu = serve("cpu", ["--forbid-platform", "cuda"])
     log(f"CPU reference done: {len(decoders)} decoders, {len(encoders)} encoders on {sorted(set(cpu['devices'].values()))}")
 
     if not cuda["devices"]:
@@ -270,15 +275,7 @@ def check(a, out, summary):
         write_summary(out, summary)
         return 0 if a.no_gpu_ok else 2
 
-    gpu_server = Server(a.bin, out, "gpu", extra)
-    try:
-        gpu = run_models(gpu_server, decoders, encoders)
-        summary["bench_gpu"] = bench(a.bin, gpu_server, out / "bench-gpu.json", "qwen2-q8_0",
-                                     encoders[-1], a.bench_seconds)
-    finally:
-        gpu_server.stop()
-    summary["gpu"] = gpu
-    summary["gpu_devices"] = gpu["devices"]
+    gpu = serve("gpu", [])
     placed = set(gpu["devices"]) == set(decoders + encoders) and all(d == "cuda:0" for d in gpu["devices"].values())
     report, same = compare(cpu, gpu)
     summary["comparison"] = report

@@ -59,10 +59,7 @@ fn load(format: Format, path: PathBuf) -> Arc<dyn CausalLm> {
 /// own block store.
 fn run(m: &dyn CausalLm, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
     let pool = ComputePool::new(1).unwrap();
-    let layout = m.kv_layout(16);
-    let budget = 4 << 20;
-    let max_blocks = budget / layout.block_bytes();
-    let mut kv = KvPool::with_store(layout, budget, m.new_block_store(layout, max_blocks).unwrap());
+    let mut kv = kv_pool(m, 16, 4 << 20);
     let mut seq = SeqKv::default();
     seq.reserve(&mut kv, prompt.len() + steps + 1).unwrap();
     let first = m
@@ -95,6 +92,16 @@ fn run(m: &dyn CausalLm, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
         out.push(argmax(&l));
     }
     (first, out)
+}
+
+/// A KV pool of `budget` bytes in the model's own block store.
+fn kv_pool(m: &dyn CausalLm, block_size: usize, budget: usize) -> KvPool {
+    let layout = m.kv_layout(block_size);
+    KvPool::with_store(
+        layout,
+        budget,
+        m.new_block_store(layout, budget / layout.block_bytes()).unwrap(),
+    )
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -169,13 +176,7 @@ fn chunked_prefill_beside_a_decode_equals_one_prefill() {
         let m = CandleLlama::load(&source, Device::Cpu, precision).unwrap();
         let (whole, _) = run(&m, &prompt, 1);
         let pool = ComputePool::new(1).unwrap();
-        let layout = m.kv_layout(4);
-        let budget = 1 << 20;
-        let mut kv = KvPool::with_store(
-            layout,
-            budget,
-            m.new_block_store(layout, budget / layout.block_bytes()).unwrap(),
-        );
+        let mut kv = kv_pool(&m, 4, 1 << 20);
         let (mut sa, mut sb) = (SeqKv::default(), SeqKv::default());
         sa.reserve(&mut kv, prompt.len()).unwrap();
         sb.reserve(&mut kv, other.len() + 1).unwrap();
@@ -210,13 +211,7 @@ fn a_batch_of_sequences_equals_each_alone() {
     let dir = workspace().join("tests/fixtures/tiny");
     let m = load(Format::Safetensors, dir.join("qwen3-f32"));
     let pool = ComputePool::new(1).unwrap();
-    let layout = m.kv_layout(4);
-    let budget = 1 << 20;
-    let mut kv = KvPool::with_store(
-        layout,
-        budget,
-        m.new_block_store(layout, budget / layout.block_bytes()).unwrap(),
-    );
+    let mut kv = kv_pool(m.as_ref(), 4, 1 << 20);
     let a: Vec<u32> = (10..27).collect();
     let b: Vec<u32> = (40..45).collect();
     let (mut sa, mut sb) = (SeqKv::default(), SeqKv::default());
@@ -266,13 +261,7 @@ fn smollm2_tracks_the_reference() {
     let mut tokens = ids(&r["prompt_token_ids"]);
     let prompt_len = tokens.len();
     tokens.extend(ids(&r["generated_token_ids"]));
-    let layout = m.kv_layout(16);
-    let budget = 8 << 20;
-    let mut kv = KvPool::with_store(
-        layout,
-        budget,
-        m.new_block_store(layout, budget / layout.block_bytes()).unwrap(),
-    );
+    let mut kv = kv_pool(m.as_ref(), 16, 8 << 20);
     let mut seq = SeqKv::default();
     seq.reserve(&mut kv, tokens.len()).unwrap();
     let logits = m
