@@ -66,9 +66,12 @@ pub struct ModelDescription {
     pub parameters: Option<u64>,
     pub size_bytes: u64,
     /// What the weights take in memory once the CPU engine has loaded them:
-    /// quantised matrices repacked into their 8-row layouts are larger than
-    /// in the file (Q5_0 ×1.55, Q6_K ×1.52, Q5_K ×1.64, Q4_K ×1.11; Q4_0,
-    /// Q4_1 and Q8_0 the same). Placement reserves this, not the file size.
+    /// quantised matrices repacked into their 8-row layouts (where the CPU
+    /// has the SIMD kernels for them) are larger than in the file (Q5_K
+    /// ×1.64, Q5_0 ×1.55, Q6_K ×1.52, Q5_1 ×1.5, Q4_0 and Q4_K ×1.11; Q4_1
+    /// and Q8_0 the same). Placement reserves this, not the file size, on
+    /// every device (a GPU keeps GGUF blocks as in the file: see
+    /// docs/design.md, the GPU path's gaps).
     pub memory_bytes: u64,
     /// Weight type: "Q4_1", "F32", "BF16"…
     pub dtype: Option<String>,
@@ -170,7 +173,10 @@ fn describe_gguf(d: &mut ModelDescription) -> crate::Result<()> {
         let (Ok(file), &[cols, rows]) = (t.byte_len(), &t.dims[..]) else {
             return total;
         };
-        match crate::quant::packed::packed_len(t.dtype, rows as usize, cols as usize) {
+        let packed = crate::quant::packed::packing_enabled()
+            .then(|| crate::quant::packed::packed_len(t.dtype, rows as usize, cols as usize))
+            .flatten();
+        match packed {
             Some(packed) => total.saturating_sub(file as u64).saturating_add(packed as u64),
             None => total,
         }

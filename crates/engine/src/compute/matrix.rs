@@ -7,7 +7,7 @@ use super::gemm::PanelOut;
 use super::{ComputePool, SharedMut};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::MappedBytes;
-use crate::quant::packed::{GROUP, Packed};
+use crate::quant::packed::{GROUP, Packed, packed_len, packing_enabled};
 use crate::quant::{BlockQ8, GgmlType, QK, dequantize_row, kernels};
 
 /// Where a matrix's bytes live.
@@ -152,7 +152,9 @@ impl Matrix {
         }
         // Repack the types with a packed layout; the file pages then need
         // not stay resident (embedding lookups re-read single rows).
-        let packed = Packed::from_rows(dtype, rows, cols, bytes.bytes());
+        let packed = packing_enabled()
+            .then(|| Packed::from_rows(dtype, rows, cols, bytes.bytes()))
+            .flatten();
         if packed.is_some() {
             bytes.release_pages();
         }
@@ -171,7 +173,9 @@ impl Matrix {
         if matches!(dtype, GgmlType::F32 | GgmlType::F16) {
             return Self::from_float_bytes(rows, cols, dtype, &bytes);
         }
-        let packed = Packed::from_rows(dtype, rows, cols, &bytes);
+        let packed = packing_enabled()
+            .then(|| Packed::from_rows(dtype, rows, cols, &bytes))
+            .flatten();
         Ok(Matrix {
             rows,
             cols,
@@ -424,22 +428,27 @@ impl Matrix {
         let Some(dot) = ks.dot(self.dtype) else {
             return;
         };
-        let blocks = k / QK;
-        let mut act = vec![BlockQ8::default(); t * blocks];
-        for tok in 0..t {
-            (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
-        }
+        // The types that have a packed layout promise precise activations
+        // (see `set_precise_activations`) whether or not this CPU packs
+        // them; the per-row kernels keep it by a second product with the
+        // residual (the dot is linear in the activations).
+        let precise = crate::quant::precise_activations() && packed_len(self.dtype, GROUP, k).is_some();
+        let (act, res) = quantize_activations(x, t, k, precise);
         let bytes = self.bytes();
         let rb = self.row_bytes;
         let chunk = self.chunk_rows(pool);
         let dst = SharedMut::new(out);
-        let act = &act;
+        let (act, res) = (&act, &res);
+        let blocks = k / QK;
         pool.for_each(n.div_ceil(chunk), |c| {
             let r0 = c * chunk;
             for r in r0..(r0 + chunk).min(n) {
                 let row = &bytes[r * rb..(r + 1) * rb];
                 for tok in 0..t {
-                    let v = dot(row, &act[tok * blocks..(tok + 1) * blocks]);
+                    let mut v = dot(row, &act[tok * blocks..(tok + 1) * blocks]);
+                    if precise {
+                        v += dot(row, &res[tok * blocks..(tok + 1) * blocks]);
+                    }
                     // SAFETY: `tok < t` and `r < n`, inside the `t * n`
                     // output (`matmul` checked its length). Row `r` is in
                     // chunk `c` only, so `(tok, r)` is this task's.
@@ -461,23 +470,7 @@ impl Matrix {
         let precise = crate::quant::precise_activations();
         let kernel = ks.packed(p.kind, precise);
         let blocks = k / QK;
-        let mut act = vec![BlockQ8::default(); t * blocks];
-        for tok in 0..t {
-            (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
-        }
-        let mut res = Vec::new();
-        if precise {
-            res = vec![BlockQ8::default(); t * blocks];
-            let mut scratch = Vec::with_capacity(k);
-            for tok in 0..t {
-                crate::quant::packed::quantize_residual(
-                    &x[tok * k..(tok + 1) * k],
-                    &act[tok * blocks..(tok + 1) * blocks],
-                    &mut res[tok * blocks..(tok + 1) * blocks],
-                    &mut scratch,
-                );
-            }
-        }
+        let (act, res) = quantize_activations(x, t, k, precise);
         let res = &res;
         let tasks = (pool.threads() * 4).max(1);
         let per_task = p.groups.div_ceil(tasks).max(1);
@@ -500,6 +493,31 @@ impl Matrix {
             }
         });
     }
+}
+
+/// Each of the `t` rows of `x` (width `k`) quantised to 8-bit blocks and,
+/// when `precise`, the residual each leaves, quantised again (else empty).
+fn quantize_activations(x: &[f32], t: usize, k: usize, precise: bool) -> (Vec<BlockQ8>, Vec<BlockQ8>) {
+    let ks = kernels();
+    let blocks = k / QK;
+    let mut act = vec![BlockQ8::default(); t * blocks];
+    for tok in 0..t {
+        (ks.quantize)(&x[tok * k..(tok + 1) * k], &mut act[tok * blocks..(tok + 1) * blocks]);
+    }
+    let mut res = Vec::new();
+    if precise {
+        res = vec![BlockQ8::default(); t * blocks];
+        let mut scratch = Vec::with_capacity(k);
+        for tok in 0..t {
+            crate::quant::packed::quantize_residual(
+                &x[tok * k..(tok + 1) * k],
+                &act[tok * blocks..(tok + 1) * blocks],
+                &mut res[tok * blocks..(tok + 1) * blocks],
+                &mut scratch,
+            );
+        }
+    }
+    (act, res)
 }
 
 /// Several projections of the same input (Q/K/V, gate/up): one fused

@@ -43,6 +43,8 @@ pub struct Kernels {
     packed_q8_res: PackedKernel,
     packed_q8m_res: PackedKernel,
     packed_q8h_res: PackedKernel,
+    /// Whether the packed kernels are SIMD ones (see `packing_enabled`).
+    packed_simd: bool,
 }
 
 impl Kernels {
@@ -79,6 +81,11 @@ impl Kernels {
         }
     }
 
+    /// Whether this set's packed kernels are SIMD ones.
+    pub fn packed_simd(&self) -> bool {
+        self.packed_simd
+    }
+
     /// The portable kernel for a packed layout (reference for tests).
     pub fn packed_scalar(&self, kind: PackKind) -> PackedKernel {
         match kind {
@@ -112,6 +119,7 @@ impl Kernels {
             packed_q8_res: q8x8_res_scalar,
             packed_q8m_res: q8mx8_res_scalar,
             packed_q8h_res: q8hx8_res_scalar,
+            packed_simd: false,
         }
     }
 
@@ -150,6 +158,7 @@ impl KernelSlots<'_> {
         self.0.f32_dot = f;
     }
     pub fn packed(&mut self, kind: PackKind, precise: bool, f: PackedKernel) {
+        self.0.packed_simd = true;
         match (kind, precise) {
             (PackKind::Q4, false) => self.0.packed_q4 = f,
             (PackKind::Q8, false) => self.0.packed_q8 = f,

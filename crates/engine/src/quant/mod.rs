@@ -22,7 +22,8 @@ use half::{bf16, f16};
 
 static PRECISE_ACTIVATIONS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
-/// Whether products with the packed types quantise activations twice (the
+/// Whether products with the packed types (packed or not on this CPU:
+/// `packed::packed_len`) quantise activations twice (the
 /// value, then its residual: ~16-bit activations, logits within ~1e-3 of
 /// f32 maths) or once (8-bit, llama.cpp's choice: faster prefill, logits
 /// off by up to ~0.3 on SmolLM2). Process-wide; default precise.

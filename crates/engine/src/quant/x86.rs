@@ -583,7 +583,7 @@ unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
     // it; the stores write `out[(t0 + j) * 8..][..8]` for `t0 + j < t`; both
     // inside the lengths of the contract. Activations are indexed safely.
     unsafe {
-        const GB: usize = 32 + 16 * 8;
+        const GB: usize = PackKind::Q4.block_bytes();
         let m4 = _mm256_set1_epi8(0x0f);
         let mut t0 = 0;
         while t0 < t {
@@ -662,7 +662,12 @@ unsafe fn q8x8_body<D: U8Dot, const RES: bool, const MIN: bool>(
     // indexed safely.
     unsafe {
         let q0 = if MIN { 32 } else { 16 };
-        let gb = q0 + 32 * 8;
+        let gb = if MIN {
+            PackKind::Q8M.block_bytes()
+        } else {
+            PackKind::Q8.block_bytes()
+        };
+        debug_assert_eq!(gb, q0 + 32 * 8);
         let mut t0 = 0;
         while t0 < t {
             let n = TILE.min(t - t0);
@@ -753,7 +758,7 @@ unsafe fn q8hx8_body<D: U8Dot, const RES: bool>(
     // `t0 + j < t`; all inside the lengths of the contract. Activations are
     // indexed safely.
     unsafe {
-        const GB: usize = 64 + 32 * 8;
+        const GB: usize = PackKind::Q8H.block_bytes();
         let mut t0 = 0;
         while t0 < t {
             let n = TILE.min(t - t0);
