@@ -11,8 +11,12 @@
 
 /// Output rows per panel.
 pub const NR: usize = 16;
-/// Tokens per register tile.
+/// Tokens per register tile (AVX2: 2 ymm per token, 12 of 16 registers).
 const MR: usize = 6;
+/// Tokens per AVX-512 register tile (1 zmm per token, 12 of 32 registers:
+/// more would not speed the FMAs, and each token's row is one more stream).
+#[cfg(target_arch = "x86_64")]
+const MR_512: usize = 12;
 
 /// What a panel holds: f32, or IEEE half bits.
 pub trait PanelElem: Copy + Default + Send + Sync + 'static {
@@ -170,32 +174,42 @@ pub type PanelKernel = PanelKernelOf<f32>;
 /// The half-panel twin of [`PanelKernel`].
 pub type PanelKernelF16 = PanelKernelOf<u16>;
 
-/// Whether the AVX2 panel kernels may be used: the CPU has the features
-/// (run-time detection), and we are not under Miri, which interprets the
-/// portable kernels only.
-#[cfg(target_arch = "x86_64")]
-fn simd_allowed() -> bool {
-    !cfg!(miri) && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+/// The panel kernels of one kernel set (see `quant::Kernels`, which picks
+/// the set once from the CPU's features: the GEMM follows the same choice,
+/// `HFMS_NO_AVX512` and `HFMS_FORCE_SCALAR_KERNELS` included).
+#[derive(Clone, Copy)]
+pub struct PanelKernels {
+    pub f32: PanelKernel,
+    pub f16: PanelKernelF16,
 }
 
+impl PanelKernels {
+    pub const SCALAR: PanelKernels = PanelKernels {
+        f32: panel_scalar,
+        f16: panel_scalar,
+    };
+    /// AVX2 + FMA + F16C: 6 tokens × 16 outputs in 12 ymm accumulators.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) const AVX2: PanelKernels = PanelKernels {
+        f32: x86::panel,
+        f16: x86::panel_f16,
+    };
+    /// AVX-512F: 12 tokens × 16 outputs in 12 zmm accumulators.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) const AVX512: PanelKernels = PanelKernels {
+        f32: x86::panel_512,
+        f16: x86::panel_f16_512,
+    };
+}
+
+/// The f32 panel kernel of this process's kernel set.
 pub fn panel_kernel() -> PanelKernel {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_allowed() {
-            return x86::panel;
-        }
-    }
-    panel_scalar
+    crate::quant::kernels().panels.f32
 }
 
+/// The half-panel kernel of this process's kernel set.
 pub fn panel_kernel_f16() -> PanelKernelF16 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd_allowed() && std::is_x86_feature_detected!("f16c") {
-            return x86::panel_f16;
-        }
-    }
-    panel_scalar
+    crate::quant::kernels().panels.f16
 }
 
 /// The lengths every panel kernel relies on; checked once per panel.
@@ -229,21 +243,26 @@ pub fn panel_scalar<E: PanelElem>(panel: &[E], x: &[f32], t: usize, k: usize, mu
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    //! The AVX2 panel kernels. Everything here is `unsafe fn` with one
-    //! contract: the CPU has AVX2 and FMA (and F16C for half panels), and
-    //! the pointers cover what the comments say. The safe entry points at
-    //! the bottom check the lengths; [`super::panel_kernel`] hands them out
-    //! only after detecting the features.
+    //! The AVX2 and AVX-512 panel kernels. Everything here is `unsafe fn`
+    //! with one contract: the CPU has AVX2 and FMA (and F16C for half
+    //! panels; AVX-512F for the `_512` ones), and the pointers cover what the
+    //! comments say. The safe entry points at the bottom check the lengths;
+    //! the kernel sets (`quant::Kernels`) hold them only after detecting the
+    //! features.
 
     use std::arch::x86_64::*;
 
-    use super::{MR, NR, PanelOut, check_panel};
+    use super::{MR, MR_512, NR, PanelOut, check_panel};
 
-    /// A panel element type: how 8 consecutive weights become a register.
+    /// A panel element type: how 8 (AVX2) or 16 (AVX-512) consecutive
+    /// weights become a register.
     trait Elem: Copy {
         /// # Safety
         /// The CPU has AVX2 (and F16C for `u16`); `p..p + 8` is readable.
         unsafe fn load8(p: *const Self) -> __m256;
+        /// # Safety
+        /// The CPU has AVX-512F; `p..p + 16` is readable.
+        unsafe fn load16(p: *const Self) -> __m512;
     }
 
     impl Elem for f32 {
@@ -253,6 +272,12 @@ mod x86 {
             // `loadu` has no alignment requirement.
             unsafe { _mm256_loadu_ps(p) }
         }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            // SAFETY: 16 readable f32 at `p` and AVX-512F (the caller's
+            // contract); `loadu` has no alignment requirement.
+            unsafe { _mm512_loadu_ps(p) }
+        }
     }
 
     impl Elem for u16 {
@@ -261,6 +286,13 @@ mod x86 {
             // SAFETY: 8 readable u16 (16 bytes) at `p`, AVX and F16C (the
             // caller's contract); `loadu` has no alignment requirement.
             unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const u16) -> __m512 {
+            // SAFETY: 16 readable u16 (32 bytes) at `p` and AVX-512F, whose
+            // `vcvtph2ps` widens them (the caller's contract); `loadu` has no
+            // alignment requirement.
+            unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())) }
         }
     }
 
@@ -355,21 +387,117 @@ mod x86 {
         unsafe { tiles(panel.as_ptr(), x, t, k, out) }
     }
 
-    /// Installed by `panel_kernel` only after AVX2 and FMA were detected;
-    /// private to this file otherwise.
+    /// `M` tokens against one panel, one zmm accumulator per token: the
+    /// panel's 16 weights of column `kk` are one register, each token's
+    /// `x[kk]` a broadcast folded into its FMA.
+    ///
+    /// # Safety
+    /// AVX-512F; the rest as [`tile`]'s.
+    #[inline(always)]
+    unsafe fn tile_512<E: Elem, const M: usize>(
+        panel: *const E,
+        x: *const f32,
+        k: usize,
+        out: *mut f32,
+        stride: usize,
+        width: usize,
+    ) {
+        // SAFETY: as in `tile`: reads `panel[kk * NR..kk * NR + 16]` and
+        // `x[i * k + kk]` for `kk < k`, `i < M`; writes `width` elements of
+        // each of the `M` out rows (the masked store touches no others).
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); M];
+            for kk in 0..k {
+                let b = E::load16(panel.add(kk * NR));
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    *acc_i = _mm512_fmadd_ps(_mm512_set1_ps(*x.add(i * k + kk)), b, *acc_i);
+                }
+            }
+            let mask = if width == NR { !0 } else { (1u16 << width) - 1 };
+            for (i, acc_i) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(i * stride), mask, *acc_i);
+            }
+        }
+    }
+
+    /// All `t` tokens, `MR_512` at a time.
+    ///
+    /// # Safety
+    /// AVX-512F (+F16C for `u16`), and the lengths `check_panel` asserts.
+    #[inline(always)]
+    unsafe fn tiles_512<E: Elem>(p: *const E, x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        let (stride, width) = (out.stride, out.width);
+        let (xp, op) = (x.as_ptr(), out.ptr);
+        let mut t0 = 0;
+        while t0 < t {
+            let m = MR_512.min(t - t0);
+            // SAFETY: as in `tiles`.
+            unsafe {
+                let (xs, os) = (xp.add(t0 * k), op.add(t0 * stride));
+                match m {
+                    12 => tile_512::<E, 12>(p, xs, k, os, stride, width),
+                    11 => tile_512::<E, 11>(p, xs, k, os, stride, width),
+                    10 => tile_512::<E, 10>(p, xs, k, os, stride, width),
+                    9 => tile_512::<E, 9>(p, xs, k, os, stride, width),
+                    8 => tile_512::<E, 8>(p, xs, k, os, stride, width),
+                    7 => tile_512::<E, 7>(p, xs, k, os, stride, width),
+                    6 => tile_512::<E, 6>(p, xs, k, os, stride, width),
+                    5 => tile_512::<E, 5>(p, xs, k, os, stride, width),
+                    4 => tile_512::<E, 4>(p, xs, k, os, stride, width),
+                    3 => tile_512::<E, 3>(p, xs, k, os, stride, width),
+                    2 => tile_512::<E, 2>(p, xs, k, os, stride, width),
+                    _ => tile_512::<E, 1>(p, xs, k, os, stride, width),
+                }
+            }
+            t0 += m;
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; the lengths `check_panel` asserts.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    unsafe fn panel_512_tf(panel: &[f32], x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { tiles_512(panel.as_ptr(), x, t, k, out) }
+    }
+
+    /// # Safety
+    /// The CPU has AVX-512F; the lengths `check_panel` asserts.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f")]
+    unsafe fn panel_f16_512_tf(panel: &[u16], x: &[f32], t: usize, k: usize, out: &mut PanelOut<'_>) {
+        // SAFETY: passed on from this function's contract.
+        unsafe { tiles_512(panel.as_ptr(), x, t, k, out) }
+    }
+
+    /// In a kernel set only after AVX-512F was detected.
+    pub(super) fn panel_512(panel: &[f32], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
+        check_panel(panel, x, t, k, &out);
+        // SAFETY: lengths checked just above; the features were detected
+        // before the kernel set holding this function was built.
+        unsafe { panel_512_tf(panel, x, t, k, &mut out) }
+    }
+
+    /// In a kernel set only after AVX-512F was detected.
+    pub(super) fn panel_f16_512(panel: &[u16], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
+        check_panel(panel, x, t, k, &out);
+        // SAFETY: as in `panel_512`.
+        unsafe { panel_f16_512_tf(panel, x, t, k, &mut out) }
+    }
+
+    /// In a kernel set only after AVX2 and FMA were detected; private to
+    /// this file otherwise.
     pub(super) fn panel(panel: &[f32], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
         check_panel(panel, x, t, k, &out);
         // SAFETY: lengths checked just above; the features were detected
-        // before this function was handed out (`super::panel_kernel`).
+        // before the kernel set holding this function was built.
         unsafe { panel_tf(panel, x, t, k, &mut out) }
     }
 
-    /// Installed by `panel_kernel_f16` only after AVX2, FMA and F16C were
-    /// detected.
+    /// In a kernel set only after AVX2, FMA and F16C were detected.
     pub(super) fn panel_f16(panel: &[u16], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
         check_panel(panel, x, t, k, &out);
         // SAFETY: lengths checked just above; the features were detected
-        // before this function was handed out (`super::panel_kernel_f16`).
+        // before the kernel set holding this function was built.
         unsafe { panel_f16_tf(panel, x, t, k, &mut out) }
     }
 }
@@ -380,13 +508,13 @@ mod tests {
 
     /// Every kernel for `E` against the plain product of the weights as
     /// panels of `E` hold them (half panels round each weight once).
-    fn check_kernels<E: PanelElem>(kernels: [PanelKernelOf<E>; 2]) {
+    fn check_kernels<E: PanelElem>(kernel: PanelKernelOf<E>) {
         // Under Miri (which interprets every step) the two small shapes:
         // still two panels, a ragged one and both tile sizes.
         let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
             &[(16, 8, 1), (21, 33, 7)]
         } else {
-            &[(16, 8, 1), (21, 33, 7), (50, 64, 13)]
+            &[(16, 8, 1), (21, 33, 7), (50, 64, 13), (40, 96, 37)]
         };
         for &(rows, cols, t) in shapes {
             let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.0).collect();
@@ -396,22 +524,22 @@ mod tests {
             let mut row = vec![0f32; cols];
             unpack_row(&packed, cols, rows - 1, &mut row);
             assert_eq!(row, w[(rows - 1) * cols..]);
-            for kernel in kernels {
-                let mut out = vec![0f32; t * rows];
-                for p in 0..rows.div_ceil(NR) {
-                    let width = NR.min(rows - p * NR);
-                    let panel = &packed[p * cols * NR..(p + 1) * cols * NR];
-                    kernel(panel, &x, t, cols, PanelOut::new(&mut out, t, rows, p * NR, width));
-                }
-                for tok in 0..t {
-                    for r in 0..rows {
-                        let want: f32 = (0..cols).map(|k| w[r * cols + k] * x[tok * cols + k]).sum();
-                        let got = out[tok * rows + r];
-                        assert!(
-                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
-                            "{rows}x{cols} t={tok} r={r}: {got} vs {want}"
-                        );
-                    }
+            let mut out = vec![0f32; t * rows];
+            // Panels in order: a ragged panel writing past its width would
+            // clobber the next token row's first panel, already written.
+            for p in 0..rows.div_ceil(NR) {
+                let width = NR.min(rows - p * NR);
+                let panel = &packed[p * cols * NR..(p + 1) * cols * NR];
+                kernel(panel, &x, t, cols, PanelOut::new(&mut out, t, rows, p * NR, width));
+            }
+            for tok in 0..t {
+                for r in 0..rows {
+                    let want: f32 = (0..cols).map(|k| w[r * cols + k] * x[tok * cols + k]).sum();
+                    let got = out[tok * rows + r];
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "{rows}x{cols} t={tok} r={r}: {got} vs {want}"
+                    );
                 }
             }
         }
@@ -425,7 +553,7 @@ mod tests {
         use std::panic::{AssertUnwindSafe, catch_unwind};
         let (k, t) = (8, 3);
         let panel = vec![0f32; k * NR];
-        for kernel in [panel_scalar, panel_kernel()] {
+        for kernel in crate::quant::available_kernels().iter().map(|k| k.panels.f32) {
             for (p_len, x_len, rows) in [(k * NR - 1, t * k, t), (k * NR, t * k - 1, t), (k * NR, t * k, t + 1)] {
                 let mut out = vec![0f32; (t + 1) * NR];
                 let r = catch_unwind(AssertUnwindSafe(|| {
@@ -454,7 +582,9 @@ mod tests {
 
     #[test]
     fn kernels_match_plain_maths() {
-        check_kernels::<f32>([panel_scalar, panel_kernel()]);
-        check_kernels::<u16>([panel_scalar, panel_kernel_f16()]);
+        for set in crate::quant::available_kernels() {
+            check_kernels::<f32>(set.panels.f32);
+            check_kernels::<u16>(set.panels.f16);
+        }
     }
 }

@@ -433,7 +433,7 @@ impl Matrix {
         // them; the per-row kernels keep it by a second product with the
         // residual (the dot is linear in the activations).
         let precise = crate::quant::precise_activations() && packed_len(self.dtype, GROUP, k).is_some();
-        let (act, res) = quantize_activations(x, t, k, precise);
+        let (act, res) = quantize_with_residual(x, t, k, precise);
         let bytes = self.bytes();
         let rb = self.row_bytes;
         let chunk = self.chunk_rows(pool);
@@ -470,7 +470,7 @@ impl Matrix {
         let precise = crate::quant::precise_activations();
         let kernel = ks.packed(p.kind, precise);
         let blocks = k / QK;
-        let (act, res) = quantize_activations(x, t, k, precise);
+        let (act, res) = quantize_with_residual(x, t, k, precise);
         let res = &res;
         let tasks = (pool.threads() * 4).max(1);
         let per_task = p.groups.div_ceil(tasks).max(1);
@@ -497,7 +497,7 @@ impl Matrix {
 
 /// Each of the `t` rows of `x` (width `k`) quantised to 8-bit blocks and,
 /// when `precise`, the residual each leaves, quantised again (else empty).
-fn quantize_activations(x: &[f32], t: usize, k: usize, precise: bool) -> (Vec<BlockQ8>, Vec<BlockQ8>) {
+fn quantize_with_residual(x: &[f32], t: usize, k: usize, precise: bool) -> (Vec<BlockQ8>, Vec<BlockQ8>) {
     let ks = kernels();
     let blocks = k / QK;
     let mut act = vec![BlockQ8::default(); t * blocks];

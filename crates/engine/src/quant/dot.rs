@@ -10,6 +10,7 @@ use super::packed::{
     q8mx8_scalar, q8x8_res_scalar, q8x8_scalar,
 };
 use super::{BlockQ8, GgmlType, QK, QK_K, f16_at, k3_scales, k4_scale_min};
+use crate::compute::gemm::PanelKernels;
 
 /// `row` is one weight row of the kernel's type; `act` the activations of one
 /// token, quantised, with `act.len() * 32` equal to the row's length. Every
@@ -45,6 +46,8 @@ pub struct Kernels {
     packed_q8h_res: PackedKernel,
     /// Whether the packed kernels are SIMD ones (see `packing_enabled`).
     packed_simd: bool,
+    /// The f32/f16 GEMM's panel kernels of the same instruction set.
+    pub panels: PanelKernels,
 }
 
 impl Kernels {
@@ -120,6 +123,7 @@ impl Kernels {
             packed_q8m_res: q8mx8_res_scalar,
             packed_q8h_res: q8hx8_res_scalar,
             packed_simd: false,
+            panels: PanelKernels::SCALAR,
         }
     }
 
@@ -156,6 +160,9 @@ impl KernelSlots<'_> {
     }
     pub fn f32_dot(&mut self, f: F32DotFn) {
         self.0.f32_dot = f;
+    }
+    pub fn panels(&mut self, p: PanelKernels) {
+        self.0.panels = p;
     }
     pub fn packed(&mut self, kind: PackKind, precise: bool, f: PackedKernel) {
         self.0.packed_simd = true;

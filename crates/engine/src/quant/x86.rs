@@ -22,6 +22,7 @@ use std::arch::x86_64::*;
 use super::dot::Kernels;
 use super::packed::{GROUP, PackKind};
 use super::{BlockQ8, GgmlType, QK, QK_K, k3_scales, k4_scale_min};
+use crate::compute::gemm::PanelKernels;
 
 /// How u8·i8 products are summed. Register-only: the methods' sole safety
 /// requirement is the CPU features of the implementation (AVX2 for
@@ -866,9 +867,10 @@ macro_rules! entry_points {
 entry_points!("avx2,fma,f16c", avx2, Avx2);
 entry_points!("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni", vnni, Vnni);
 
-fn install(k: Kernels, name: &'static str, m: ModuleFns) -> Kernels {
+fn install(k: Kernels, name: &'static str, m: ModuleFns, panels: PanelKernels) -> Kernels {
     k.with(|s| {
         s.name(name);
+        s.panels(panels);
         s.quantize(m.quantize);
         s.f32_dot(m.f32_dot);
         s.set(GgmlType::Q4_0, m.q4_0);
@@ -946,13 +948,23 @@ pub(super) fn all() -> Vec<Kernels> {
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c");
     if avx2 {
-        out.push(install(Kernels::scalar(), "avx2", module_fns!(avx2)));
+        out.push(install(
+            Kernels::scalar(),
+            "avx2",
+            module_fns!(avx2),
+            PanelKernels::AVX2,
+        ));
         if is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
             && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx512vnni")
         {
-            out.push(install(Kernels::scalar(), "avx512vnni", module_fns!(vnni)));
+            out.push(install(
+                Kernels::scalar(),
+                "avx512vnni",
+                module_fns!(vnni),
+                PanelKernels::AVX512,
+            ));
         }
     }
     out
@@ -975,8 +987,8 @@ pub(super) fn kernels() -> Option<Kernels> {
         && std::env::var_os("HFMS_NO_AVX512").is_none();
     let base = Kernels::scalar();
     Some(if vnni {
-        install(base, "avx512vnni", module_fns!(vnni))
+        install(base, "avx512vnni", module_fns!(vnni), PanelKernels::AVX512)
     } else {
-        install(base, "avx2", module_fns!(avx2))
+        install(base, "avx2", module_fns!(avx2), PanelKernels::AVX2)
     })
 }
