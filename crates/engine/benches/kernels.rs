@@ -8,7 +8,7 @@
 //!
 //!     cargo bench -p hfms-engine --bench kernels [-- FILTER]
 //!
-//! And the f32 / f16 GEMM panel kernels (`F32/panels`, `F16/panels`) on the
+//! And the f32 / f16 / bf16 GEMM panel kernels (`F32/panels`, …) on the
 //! shape of all-MiniLM-L6-v2's FFN up projection (1536 outputs × 384
 //! inputs) against 1, 16 and 448 tokens (a batch of 32 sentences).
 //!
@@ -20,7 +20,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use hfms_engine::compute::gemm::{NR, PanelElem, PanelKernelOf, PanelOut, pack};
+use hfms_engine::compute::gemm::{
+    NR, PanelElem, PanelKernelBf16, PanelKernelOf, PanelOut, bf16_pairs, pack, pack_bf16_with,
+};
 use hfms_engine::quant::BlockQ8;
 use hfms_engine::quant::packed::{GROUP, Packed, quantize_residual};
 use hfms_engine::quant::{
@@ -140,6 +142,29 @@ fn panels<E: PanelElem>(c: &mut Criterion, set: &str, kernel: PanelKernelOf<E>, 
     g.finish();
 }
 
+/// The bf16 pair kernel, the activations' conversion to pairs included.
+fn panels_bf16(c: &mut Criterion, set: &str, kernel: PanelKernelBf16, t: usize) {
+    let (rows, cols, pairs) = (1536, 384, 192);
+    let to_f32 = |b: &u8| (*b as f32 - 127.5) / 64.0;
+    let w: Vec<f32> = noise(3, rows * cols).iter().map(to_f32).collect();
+    let w = pack_bf16_with(rows, cols, |r, buf| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]));
+    let x: Vec<f32> = noise(5, t * cols).iter().map(to_f32).collect();
+    let (mut xp, mut out) = (Vec::new(), vec![0f32; t * rows]);
+    let mut g = c.benchmark_group("BF16/panels");
+    g.throughput(Throughput::Elements((rows * cols * t) as u64));
+    g.bench_function(BenchmarkId::new(set, format!("t={t}")), |b| {
+        b.iter(|| {
+            bf16_pairs(&x, t, cols, &mut xp);
+            for p in 0..rows / NR {
+                let panel = &w[p * pairs * NR..(p + 1) * pairs * NR];
+                kernel(panel, &xp, t, pairs, PanelOut::new(&mut out, t, rows, p * NR, NR));
+            }
+            black_box(&out);
+        })
+    });
+    g.finish();
+}
+
 fn bench(c: &mut Criterion) {
     eprintln!(
         "kernel sets: {} (the server runs {}); precise activations: {}",
@@ -155,6 +180,7 @@ fn bench(c: &mut Criterion) {
         for t in [1, 16, 448] {
             panels::<f32>(c, ks.name, ks.panels.f32, "F32", t);
             panels::<u16>(c, ks.name, ks.panels.f16, "F16", t);
+            panels_bf16(c, ks.name, ks.panels.bf16_or_scalar(), t);
         }
     }
     for ty in [

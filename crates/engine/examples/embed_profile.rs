@@ -1,5 +1,5 @@
 //! Profile helper: embed batches with a sentence-transformers folder.
-//! `cargo run --profile fast -p hfms-engine --example embed_profile -- MODEL_DIR [threads] [batch] [iters] [f32|f16]`
+//! `cargo run --profile fast -p hfms-engine --example embed_profile -- MODEL_DIR [threads] [batch] [iters] [f32|f16|bf16]`
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,12 +15,12 @@ fn main() {
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let batch: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(32);
     let iters: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(20);
-    let half = args.get(5).is_some_and(|s| s == "f16");
+    let weights = args.get(5).map_or(Ok(Default::default()), |s| s.parse()).unwrap();
     let meta = HfFolder::read(&dir).unwrap();
-    let mut bert = BertModel::from_safetensors(&dir, &meta.config).unwrap();
-    if half {
-        bert = bert.into_f16().unwrap();
-    }
+    let bert = BertModel::from_safetensors(&dir, &meta.config)
+        .unwrap()
+        .with_layer_weights(weights)
+        .unwrap();
     let m = EmbeddingModel {
         encoder: Arc::new(bert),
         tokenizer: Arc::new(meta.tokenizer(Some(256)).unwrap()),

@@ -135,8 +135,8 @@ pub struct ManagerConfig {
     pub keep_alive: KeepAlive,
     /// Model ids that are never evicted or expired.
     pub pinned: BTreeSet<String>,
-    /// Encoders hold f32 layer weights as f16 (`LoadContext::encoder_f16`).
-    pub encoder_f16: bool,
+    /// How CPU encoders hold their f32 layer weights (`LoadContext`).
+    pub encoder_weights: crate::skills::bert::EncoderWeights,
     /// Metrics hooks for every model and for loads and unloads.
     pub observers: Arc<dyn crate::observe::Observers>,
 }
@@ -160,7 +160,7 @@ impl ManagerConfig {
             forbidden: BTreeSet::new(),
             keep_alive: KeepAlive::Forever,
             pinned: BTreeSet::new(),
-            encoder_f16: false,
+            encoder_weights: Default::default(),
             observers: Arc::new(crate::observe::Nothing),
         }
     }
@@ -715,7 +715,7 @@ impl ModelManager {
                 batcher: inner.config.batcher.clone(),
                 name: short_name(&desc.id),
                 device: placement.device,
-                encoder_f16: inner.config.encoder_f16,
+                encoder_weights: inner.config.encoder_weights,
                 model_id: desc.id.clone(),
                 observers: inner.config.observers.clone(),
                 backend: inner

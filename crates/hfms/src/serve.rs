@@ -91,6 +91,15 @@ async fn serve(s: ServeArgs) -> Result<()> {
         kernels = hfms_engine::quant::kernels().name,
         "compute pool ready"
     );
+    let encoder_weights: hfms_engine::skills::bert::EncoderWeights =
+        s.encoder_weights.parse().map_err(anyhow::Error::msg)?;
+    if encoder_weights == hfms_engine::skills::bert::EncoderWeights::Bf16
+        && hfms_engine::quant::kernels().panels.bf16.is_none()
+    {
+        tracing::warn!(
+            "--encoder-weights bf16 without AVX512_BF16 on this CPU: its portable kernel is slower than f32 or f16"
+        );
+    }
     let listen = s.listen()?;
     let metrics = hfms_server::metrics::Metrics::new();
     let manager = Arc::new(ModelManager::new(
@@ -106,7 +115,7 @@ async fn serve(s: ServeArgs) -> Result<()> {
             forbidden: s.forbidden()?,
             keep_alive: s.keep_alive()?,
             pinned,
-            encoder_f16: s.encoder_f16,
+            encoder_weights,
             observers: metrics.clone(),
         },
     ));

@@ -70,6 +70,9 @@ fn chat_and_embeddings_against_hfms_serve() {
     assert_eq!(records.len(), 4, "2 chat levels + 2 embeddings levels:\n{stdout}");
     // The table went to stderr, as stdout carries the JSON lines.
     assert!(stderr.contains("TTFT ms p50/p90/p99"), "{stderr}");
+    // So did the kernel set the figures came from.
+    let kernels = hfms_engine::quant::kernels().name;
+    assert!(stderr.contains(&format!("kernels {kernels}, ")), "{stderr}");
 
     for r in &records {
         for key in [

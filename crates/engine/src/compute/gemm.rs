@@ -79,6 +79,67 @@ pub fn unpack_row<E: PanelElem>(packed: &[E], cols: usize, r: usize, out: &mut [
     }
 }
 
+/// bf16 panels for the `vdpbf16ps` kernel: element `(q, j)` of panel `p`
+/// is a u32 holding weight row `16p + j`'s columns `2q` (low half) and
+/// `2q + 1` (high half), rounded to bf16 (8 significant bits); an odd last
+/// column is paired with 0. The activations are rounded the same way
+/// ([`bf16_pairs`]): the product sees both at bf16, accumulated in f32.
+pub fn pack_bf16_with(rows: usize, cols: usize, mut row: impl FnMut(usize, &mut [f32])) -> Vec<u32> {
+    let (panels, pairs) = (rows.div_ceil(NR), cols.div_ceil(2));
+    let mut out = vec![0u32; panels * pairs * NR];
+    let mut buf = vec![0f32; 2 * pairs];
+    for r in 0..rows {
+        row(r, &mut buf[..cols]);
+        let (p, j) = (r / NR, r % NR);
+        for q in 0..pairs {
+            out[(p * pairs + q) * NR + j] = bf16_pair(buf[2 * q], buf[2 * q + 1]);
+        }
+    }
+    out
+}
+
+/// Row `r` of a bf16 pair panel matrix.
+pub fn unpack_row_bf16(packed: &[u32], cols: usize, r: usize, out: &mut [f32]) {
+    let (p, j, pairs) = (r / NR, r % NR, cols.div_ceil(2));
+    for (c, o) in out.iter_mut().enumerate().take(cols) {
+        let v = packed[(p * pairs + c / 2) * NR + j];
+        *o = f32::from_bits(if c % 2 == 0 { v << 16 } else { v & 0xffff_0000 });
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), its bits; NaN stays
+/// NaN. Integer maths only, so the activations' loop vectorises.
+#[inline(always)]
+fn bf16_bits(v: f32) -> u32 {
+    let b = v.to_bits();
+    if v.is_nan() {
+        return (b >> 16) | 0x40;
+    }
+    (b + 0x7fff + ((b >> 16) & 1)) >> 16
+}
+
+#[inline(always)]
+fn bf16_pair(lo: f32, hi: f32) -> u32 {
+    bf16_bits(lo) | (bf16_bits(hi) << 16)
+}
+
+/// Each of the `t` rows of `x` (width `k`) as bf16 pairs, `k.div_ceil(2)`
+/// per row: the activations of a [`PanelKernelBf16`] product.
+pub fn bf16_pairs(x: &[f32], t: usize, k: usize, out: &mut Vec<u32>) {
+    let pairs = k.div_ceil(2);
+    out.clear();
+    out.resize(t * pairs, 0);
+    for tok in 0..t {
+        let (row, o) = (&x[tok * k..(tok + 1) * k], &mut out[tok * pairs..(tok + 1) * pairs]);
+        for (v, p) in o.iter_mut().zip(row.chunks_exact(2)) {
+            *v = bf16_pair(p[0], p[1]);
+        }
+        if k % 2 == 1 {
+            o[pairs - 1] = bf16_pair(row[k - 1], 0.0);
+        }
+    }
+}
+
 /// Where one panel's products go: `width` (at most [`NR`]) consecutive
 /// columns of each of `rows` rows, `stride` elements apart, of a row-major
 /// output. Tasks that apply different panels to one output hold such views
@@ -174,6 +235,10 @@ pub type PanelKernel = PanelKernelOf<f32>;
 /// The half-panel twin of [`PanelKernel`].
 pub type PanelKernelF16 = PanelKernelOf<u16>;
 
+/// One bf16 pair panel against `t` tokens' bf16 pairs (`pairs` per token):
+/// the twin of [`PanelKernel`] for [`pack_bf16_with`] panels.
+pub type PanelKernelBf16 = fn(panel: &[u32], x: &[u32], t: usize, pairs: usize, out: PanelOut<'_>);
+
 /// The panel kernels of one kernel set (see `quant::Kernels`, which picks
 /// the set once from the CPU's features: the GEMM follows the same choice,
 /// `HFMS_NO_AVX512` and `HFMS_FORCE_SCALAR_KERNELS` included).
@@ -181,25 +246,39 @@ pub type PanelKernelF16 = PanelKernelOf<u16>;
 pub struct PanelKernels {
     pub f32: PanelKernel,
     pub f16: PanelKernelF16,
+    /// `vdpbf16ps` where the CPU has AVX512_BF16; else None (bf16 panels
+    /// then run the portable kernel, [`panel_bf16_scalar`]).
+    pub bf16: Option<PanelKernelBf16>,
 }
 
 impl PanelKernels {
     pub const SCALAR: PanelKernels = PanelKernels {
         f32: panel_scalar,
         f16: panel_scalar,
+        bf16: None,
     };
     /// AVX2 + FMA + F16C: 6 tokens × 16 outputs in 12 ymm accumulators.
     #[cfg(target_arch = "x86_64")]
     pub(crate) const AVX2: PanelKernels = PanelKernels {
         f32: x86::panel,
         f16: x86::panel_f16,
+        bf16: None,
     };
-    /// AVX-512F: 12 tokens × 16 outputs in 12 zmm accumulators.
+    /// AVX-512F: 12 tokens × 16 outputs in 12 zmm accumulators; bf16
+    /// pairs where the CPU has AVX512_BF16 (detected here).
     #[cfg(target_arch = "x86_64")]
-    pub(crate) const AVX512: PanelKernels = PanelKernels {
-        f32: x86::panel_512,
-        f16: x86::panel_f16_512,
-    };
+    pub(crate) fn avx512() -> PanelKernels {
+        PanelKernels {
+            f32: x86::panel_512,
+            f16: x86::panel_f16_512,
+            bf16: std::is_x86_feature_detected!("avx512bf16").then_some(x86::panel_bf16_512 as PanelKernelBf16),
+        }
+    }
+
+    /// The bf16 kernel: the SIMD one, or the portable one.
+    pub fn bf16_or_scalar(&self) -> PanelKernelBf16 {
+        self.bf16.unwrap_or(panel_bf16_scalar)
+    }
 }
 
 /// The f32 panel kernel of this process's kernel set.
@@ -213,7 +292,7 @@ pub fn panel_kernel_f16() -> PanelKernelF16 {
 }
 
 /// The lengths every panel kernel relies on; checked once per panel.
-fn check_panel<E>(panel: &[E], x: &[f32], t: usize, k: usize, out: &PanelOut<'_>) {
+fn check_panel<E, X>(panel: &[E], x: &[X], t: usize, k: usize, out: &PanelOut<'_>) {
     assert!(
         k.checked_mul(NR).is_some_and(|n| panel.len() >= n)
             && t.checked_mul(k).is_some_and(|n| x.len() >= n)
@@ -235,6 +314,25 @@ pub fn panel_scalar<E: PanelElem>(panel: &[E], x: &[f32], t: usize, k: usize, mu
             let b = &panel[kk * NR..(kk + 1) * NR];
             for j in 0..NR {
                 acc[j] += a * b[j].to_f32();
+            }
+        }
+        out.row(tok).copy_from_slice(&acc[..width]);
+    }
+}
+
+/// The portable bf16 pair kernel (and the reference for the SIMD one).
+pub fn panel_bf16_scalar(panel: &[u32], x: &[u32], t: usize, pairs: usize, mut out: PanelOut<'_>) {
+    check_panel(panel, x, t, pairs, &out);
+    let width = out.width();
+    let lo = |v: u32| f32::from_bits(v << 16);
+    let hi = |v: u32| f32::from_bits(v & 0xffff_0000);
+    for tok in 0..t {
+        let mut acc = [0f32; NR];
+        for q in 0..pairs {
+            let a = x[tok * pairs + q];
+            let b = &panel[q * NR..(q + 1) * NR];
+            for j in 0..NR {
+                acc[j] += lo(a) * lo(b[j]) + hi(a) * hi(b[j]);
             }
         }
         out.row(tok).copy_from_slice(&acc[..width]);
@@ -484,6 +582,79 @@ mod x86 {
         unsafe { panel_f16_512_tf(panel, x, t, k, &mut out) }
     }
 
+    /// `M` tokens' bf16 pairs against one bf16 pair panel: per pair, one
+    /// `vdpbf16ps` a token adds both products of 16 outputs.
+    ///
+    /// # Safety
+    /// AVX-512F and AVX512_BF16; `panel` holds `pairs * NR` u32, `x`
+    /// `M * pairs`; the out rows as in [`tile`].
+    #[inline(always)]
+    unsafe fn tile_bf16<const M: usize>(
+        panel: *const u32,
+        x: *const u32,
+        pairs: usize,
+        out: *mut f32,
+        stride: usize,
+        width: usize,
+    ) {
+        // SAFETY: reads `panel[q * NR..q * NR + 16]` and `x[i * pairs + q]`
+        // for `q < pairs`, `i < M`; writes `width` elements of each of the
+        // `M` out rows (masked); all inside the contract.
+        unsafe {
+            let mut acc = [_mm512_setzero_ps(); M];
+            for q in 0..pairs {
+                let b: __m512bh = std::mem::transmute(_mm512_loadu_si512(panel.add(q * NR).cast()));
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let a: __m512bh = std::mem::transmute(_mm512_set1_epi32(*x.add(i * pairs + q) as i32));
+                    *acc_i = _mm512_dpbf16_ps(*acc_i, a, b);
+                }
+            }
+            let mask = if width == NR { !0 } else { (1u16 << width) - 1 };
+            for (i, acc_i) in acc.iter().enumerate() {
+                _mm512_mask_storeu_ps(out.add(i * stride), mask, *acc_i);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX-512F and AVX512_BF16; the lengths `check_panel` asserts.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn panel_bf16_512_tf(panel: &[u32], x: &[u32], t: usize, pairs: usize, out: &mut PanelOut<'_>) {
+        let (stride, width) = (out.stride, out.width);
+        let (xp, op, pp) = (x.as_ptr(), out.ptr, panel.as_ptr());
+        let mut t0 = 0;
+        while t0 < t {
+            let m = MR_512.min(t - t0);
+            // SAFETY: as in `tiles`, with `pairs` for `k`.
+            unsafe {
+                let (xs, os) = (xp.add(t0 * pairs), op.add(t0 * stride));
+                match m {
+                    12 => tile_bf16::<12>(pp, xs, pairs, os, stride, width),
+                    11 => tile_bf16::<11>(pp, xs, pairs, os, stride, width),
+                    10 => tile_bf16::<10>(pp, xs, pairs, os, stride, width),
+                    9 => tile_bf16::<9>(pp, xs, pairs, os, stride, width),
+                    8 => tile_bf16::<8>(pp, xs, pairs, os, stride, width),
+                    7 => tile_bf16::<7>(pp, xs, pairs, os, stride, width),
+                    6 => tile_bf16::<6>(pp, xs, pairs, os, stride, width),
+                    5 => tile_bf16::<5>(pp, xs, pairs, os, stride, width),
+                    4 => tile_bf16::<4>(pp, xs, pairs, os, stride, width),
+                    3 => tile_bf16::<3>(pp, xs, pairs, os, stride, width),
+                    2 => tile_bf16::<2>(pp, xs, pairs, os, stride, width),
+                    _ => tile_bf16::<1>(pp, xs, pairs, os, stride, width),
+                }
+            }
+            t0 += m;
+        }
+    }
+
+    /// In a kernel set only after AVX-512F and AVX512_BF16 were detected.
+    pub(super) fn panel_bf16_512(panel: &[u32], x: &[u32], t: usize, pairs: usize, mut out: PanelOut<'_>) {
+        check_panel(panel, x, t, pairs, &out);
+        // SAFETY: lengths checked just above; the features were detected
+        // before the kernel set holding this function was built.
+        unsafe { panel_bf16_512_tf(panel, x, t, pairs, &mut out) }
+    }
+
     /// In a kernel set only after AVX2 and FMA were detected; private to
     /// this file otherwise.
     pub(super) fn panel(panel: &[f32], x: &[f32], t: usize, k: usize, mut out: PanelOut<'_>) {
@@ -578,6 +749,48 @@ mod tests {
         }
         PanelOut::new(&mut out, 2, 20, 4, 16).row(1).fill(1.0);
         assert_eq!(out.iter().sum::<f32>(), 16.0);
+    }
+
+    /// The bf16 kernels against the plain product of the bf16-rounded
+    /// weights and activations (odd widths: the padding pair).
+    #[test]
+    fn bf16_kernels_match_plain_maths() {
+        let round = |v: f32| half::bf16::from_f32(v).to_f32();
+        for &(rows, cols, t) in &[(16, 8, 1), (21, 33, 7), (40, 97, 37)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| ((i * 7 % 13) as f32 - 6.0) / 5.1).collect();
+            let x: Vec<f32> = (0..t * cols).map(|i| ((i * 5 % 11) as f32 - 5.0) / 3.3).collect();
+            let packed = pack_bf16_with(rows, cols, |r, buf| buf.copy_from_slice(&w[r * cols..(r + 1) * cols]));
+            let mut row = vec![0f32; cols];
+            unpack_row_bf16(&packed, cols, rows - 1, &mut row);
+            let want_row: Vec<f32> = w[(rows - 1) * cols..].iter().map(|&v| round(v)).collect();
+            assert_eq!(row, want_row);
+            let mut xp = Vec::new();
+            bf16_pairs(&x, t, cols, &mut xp);
+            let pairs = cols.div_ceil(2);
+            let sets = crate::quant::available_kernels();
+            let kernels =
+                std::iter::once(panel_bf16_scalar as PanelKernelBf16).chain(sets.iter().filter_map(|k| k.panels.bf16));
+            for kernel in kernels {
+                let mut out = vec![0f32; t * rows];
+                for p in 0..rows.div_ceil(NR) {
+                    let width = NR.min(rows - p * NR);
+                    let panel = &packed[p * pairs * NR..(p + 1) * pairs * NR];
+                    kernel(panel, &xp, t, pairs, PanelOut::new(&mut out, t, rows, p * NR, width));
+                }
+                for tok in 0..t {
+                    for r in 0..rows {
+                        let want: f32 = (0..cols)
+                            .map(|k| round(w[r * cols + k]) * round(x[tok * cols + k]))
+                            .sum();
+                        let got = out[tok * rows + r];
+                        assert!(
+                            (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                            "{rows}x{cols} t={tok} r={r}: {got} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,8 @@ enum Storage {
     F32(Vec<f32>),
     /// IEEE half bits in the same panels.
     F16(Vec<u16>),
+    /// bf16 pairs of columns in panels of 16 rows (`gemm::pack_bf16_with`).
+    Bf16(Vec<u32>),
     /// Raw ggml-typed bytes inside a file mapping (no copy).
     Mapped(MappedBytes),
     /// Raw ggml-typed bytes owned in memory.
@@ -91,6 +93,7 @@ impl Matrix {
         let (storage, elem_bytes) = match dtype {
             GgmlType::F32 => (Storage::F32(super::gemm::pack_with(rows, cols, row)), 4),
             GgmlType::F16 => (Storage::F16(super::gemm::pack_with(rows, cols, row)), 2),
+            GgmlType::BF16 => (Storage::Bf16(super::gemm::pack_bf16_with(rows, cols, row)), 2),
             other => return Err(EngineError::internal(format!("no panels of {other:?}"))),
         };
         Ok(Matrix {
@@ -106,10 +109,22 @@ impl Matrix {
     /// This matrix with f32 weights narrowed to half panels; other types
     /// are returned unchanged (they are already as small or smaller).
     pub fn into_f16(self) -> Result<Self> {
+        self.narrowed(GgmlType::F16)
+    }
+
+    /// This matrix with f32 weights narrowed to bf16 pair panels, whose
+    /// products also round the activations to bf16 (`vdpbf16ps`: twice
+    /// the multiply-adds of an f32 FMA per instruction, 8 significant bits
+    /// on both sides); other types are returned unchanged.
+    pub fn into_bf16(self) -> Result<Self> {
+        self.narrowed(GgmlType::BF16)
+    }
+
+    fn narrowed(self, to: GgmlType) -> Result<Self> {
         if !matches!(self.storage, Storage::F32(_)) {
             return Ok(self);
         }
-        Self::from_rows(self.rows, self.cols, GgmlType::F16, |r, buf| self.row_f32(r, buf))
+        Self::from_rows(self.rows, self.cols, to, |r, buf| self.row_f32(r, buf))
     }
 
     fn check(rows: usize, cols: usize, dtype: GgmlType, len: usize) -> Result<usize> {
@@ -236,6 +251,10 @@ impl Matrix {
                 Storage::F16(v) => Some(v),
                 _ => None,
             })?),
+            Storage::Bf16(_) => Storage::Bf16(concat(parts, |s| match s {
+                Storage::Bf16(v) => Some(v),
+                _ => None,
+            })?),
             _ => return None,
         };
         Some(Matrix {
@@ -266,6 +285,7 @@ impl Matrix {
             _ if self.packed.is_some() => self.packed.as_ref().map_or(0, |p| p.byte_len()),
             Storage::F32(v) => v.len() * 4,
             Storage::F16(v) => v.len() * 2,
+            Storage::Bf16(v) => v.len() * 4,
             Storage::Mapped(_) | Storage::Owned(_) | Storage::PackedOnly => self.row_bytes * self.rows,
         }
     }
@@ -274,7 +294,7 @@ impl Matrix {
         match &self.storage {
             Storage::Mapped(m) => m.bytes(),
             Storage::Owned(v) => v,
-            Storage::F32(_) | Storage::F16(_) | Storage::PackedOnly => &[],
+            Storage::F32(_) | Storage::F16(_) | Storage::Bf16(_) | Storage::PackedOnly => &[],
         }
     }
 
@@ -283,6 +303,7 @@ impl Matrix {
         match &self.storage {
             Storage::F32(v) => super::gemm::unpack_row(v, self.cols, r, out),
             Storage::F16(v) => super::gemm::unpack_row(v, self.cols, r, out),
+            Storage::Bf16(v) => super::gemm::unpack_row_bf16(v, self.cols, r, out),
             Storage::PackedOnly => {
                 if let Some(p) = &self.packed {
                     p.row_f32(r, out);
@@ -323,6 +344,12 @@ impl Matrix {
         match (&self.storage, self.dtype) {
             (Storage::F32(w), _) => self.matmul_panels(w, super::gemm::panel_kernel(), x, t, out, pool),
             (Storage::F16(w), _) => self.matmul_panels(w, super::gemm::panel_kernel_f16(), x, t, out, pool),
+            (Storage::Bf16(w), _) => {
+                let mut pairs = Vec::new();
+                super::gemm::bf16_pairs(x, t, self.cols, &mut pairs);
+                let kernel = crate::quant::kernels().panels.bf16_or_scalar();
+                self.matmul_panels(w, kernel, &pairs, t, out, pool)
+            }
             (_, GgmlType::F16 | GgmlType::BF16) => self.matmul_half(x, t, out, pool),
             _ if EXACT_ACTIVATIONS.with(|c| c.get()) => self.matmul_half(x, t, out, pool),
             _ => self.matmul_quant(x, t, out, pool),
@@ -337,17 +364,24 @@ impl Matrix {
     }
 
     /// Panels of 16 output rows split across the pool; each panel applied
-    /// to every token in register tiles (`gemm`).
-    fn matmul_panels<E: Sync>(
+    /// to every token (`x`: f32 rows, or bf16 pairs) in register tiles
+    /// (`gemm`).
+    fn matmul_panels<E: Sync, X: Sync>(
         &self,
         w: &[E],
-        kernel: super::gemm::PanelKernelOf<E>,
-        x: &[f32],
+        kernel: fn(&[E], &[X], usize, usize, PanelOut<'_>),
+        x: &[X],
         t: usize,
         out: &mut [f32],
         pool: &ComputePool,
     ) {
-        let (n, k) = (self.rows, self.cols);
+        // A panel's depth: its columns, or pairs of them for bf16.
+        let n = self.rows;
+        let k = if matches!(self.storage, Storage::Bf16(_)) {
+            self.cols.div_ceil(2)
+        } else {
+            self.cols
+        };
         let nr = super::gemm::NR;
         let panels = n.div_ceil(nr);
         let per_task = panels.div_ceil(pool.threads() * 2).max(1);
@@ -549,15 +583,22 @@ impl Projections {
 
     /// The same projections with f32 weights narrowed to half panels.
     pub fn into_f16(self) -> Result<Self> {
+        self.map(Matrix::into_f16)
+    }
+
+    pub fn into_bf16(self) -> Result<Self> {
+        self.map(Matrix::into_bf16)
+    }
+
+    /// Each matrix through `f` (fused or not, as before).
+    fn map(self, f: fn(Matrix) -> Result<Matrix>) -> Result<Self> {
         match self.fused {
             Some(m) => Ok(Projections {
                 widths: self.widths,
-                fused: Some(m.into_f16()?),
+                fused: Some(f(m)?),
                 parts: Vec::new(),
             }),
-            None => Ok(Projections::new(
-                self.parts.into_iter().map(Matrix::into_f16).collect::<Result<_>>()?,
-            )),
+            None => Ok(Projections::new(self.parts.into_iter().map(f).collect::<Result<_>>()?)),
         }
     }
 

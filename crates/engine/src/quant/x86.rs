@@ -963,7 +963,7 @@ pub(super) fn all() -> Vec<Kernels> {
                 Kernels::scalar(),
                 "avx512vnni",
                 module_fns!(vnni),
-                PanelKernels::AVX512,
+                PanelKernels::avx512(),
             ));
         }
     }
@@ -987,7 +987,7 @@ pub(super) fn kernels() -> Option<Kernels> {
         && std::env::var_os("HFMS_NO_AVX512").is_none();
     let base = Kernels::scalar();
     Some(if vnni {
-        install(base, "avx512vnni", module_fns!(vnni), PanelKernels::AVX512)
+        install(base, "avx512vnni", module_fns!(vnni), PanelKernels::avx512())
     } else {
         install(base, "avx2", module_fns!(avx2), PanelKernels::AVX2)
     })

@@ -16,6 +16,33 @@ use crate::quant::kernels;
 
 pub const ARCHITECTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
 
+/// How a CPU encoder holds its f32 layer weights (`--encoder-weights`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EncoderWeights {
+    /// As in the checkpoint.
+    #[default]
+    F32,
+    /// IEEE half panels: half the memory, products in f32; vectors within
+    /// cosine 0.99999 of f32.
+    F16,
+    /// bf16 pair panels, activations rounded to bf16 too (`vdpbf16ps`,
+    /// where the CPU has AVX512_BF16: twice an FMA's multiply-adds); 8
+    /// significant bits on both sides of each product.
+    Bf16,
+}
+
+impl std::str::FromStr for EncoderWeights {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "f16" => Ok(Self::F16),
+            "bf16" => Ok(Self::Bf16),
+            other => Err(format!("encoder weights {other:?}: expected f32, f16 or bf16")),
+        }
+    }
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct EncoderConfig {
     pub arch: String,
@@ -209,12 +236,28 @@ impl BertModel {
     /// weights) faster: all-MiniLM-L6-v2, one sentence, 2 threads, 3.6 → 3.05
     /// ms. Embedding tables, norms and biases stay f32; products accumulate
     /// in f32. This is also the path of checkpoints stored as f16.
-    pub fn into_f16(mut self) -> Result<Self> {
+    pub fn into_f16(self) -> Result<Self> {
+        self.with_layer_weights(EncoderWeights::F16)
+    }
+
+    /// The same model with its f32 layer weights held as `w` (see
+    /// [`EncoderWeights`]); embedding tables, norms and biases stay f32.
+    pub fn with_layer_weights(mut self, w: EncoderWeights) -> Result<Self> {
+        let narrow = |m: Matrix| match w {
+            EncoderWeights::F32 => Ok(m),
+            EncoderWeights::F16 => m.into_f16(),
+            EncoderWeights::Bf16 => m.into_bf16(),
+        };
         for l in &mut self.layers {
-            l.qkv = std::mem::replace(&mut l.qkv, Projections::new(Vec::new())).into_f16()?;
+            let qkv = std::mem::replace(&mut l.qkv, Projections::new(Vec::new()));
+            l.qkv = match w {
+                EncoderWeights::F32 => qkv,
+                EncoderWeights::F16 => qkv.into_f16()?,
+                EncoderWeights::Bf16 => qkv.into_bf16()?,
+            };
             for m in [&mut l.o, &mut l.inter, &mut l.out] {
                 let owned = std::mem::replace(m, Matrix::from_f32(0, 0, Vec::new())?);
-                *m = owned.into_f16()?;
+                *m = narrow(owned)?;
             }
         }
         Ok(self)

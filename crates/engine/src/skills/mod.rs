@@ -108,8 +108,8 @@ pub struct LoadContext {
     pub device: DeviceId,
     /// The backend for `device` when it is not the CPU.
     pub backend: Option<Arc<dyn DeviceBackend>>,
-    /// CPU encoders hold their f32 layer weights as f16 (`BertModel::into_f16`).
-    pub encoder_f16: bool,
+    /// How CPU encoders hold their f32 layer weights.
+    pub encoder_weights: bert::EncoderWeights,
     /// The model's id (metric labels).
     pub model_id: String,
     pub observers: Arc<dyn crate::observe::Observers>,
@@ -125,7 +125,7 @@ impl LoadContext {
             name: name.to_string(),
             device: DeviceId::CPU,
             backend: None,
-            encoder_f16: false,
+            encoder_weights: bert::EncoderWeights::F32,
             model_id: name.to_string(),
             observers: Arc::new(crate::observe::Nothing),
         }
@@ -298,7 +298,7 @@ impl Skill for BertSkill {
             None => {
                 check_encoder_hf(&source.path, &meta.config)?;
                 let bert = bert::BertModel::from_safetensors(&source.path, &meta.config)?;
-                Arc::new(if ctx.encoder_f16 { bert.into_f16()? } else { bert })
+                Arc::new(bert.with_layer_weights(ctx.encoder_weights)?)
             }
         };
         let max_tokens = meta

@@ -112,7 +112,20 @@ impl Http {
 
     /// GET `path`: the HTTP status and the body parsed as JSON (if it is).
     pub async fn get_json(&self, path: &str) -> Result<(u16, Option<Value>), String> {
-        let resp = self.client.get(self.url(path)).send().await.map_err(describe)?;
+        self.get_json_at(self.url(path)).await
+    }
+
+    /// GET `path` from the server's root rather than the API base (`/health`
+    /// beside `/v1`).
+    pub async fn get_root_json(&self, path: &str) -> Result<(u16, Option<Value>), String> {
+        let url = reqwest::Url::parse(&self.base)
+            .and_then(|u| u.join(path))
+            .map_err(describe)?;
+        self.get_json_at(url.into()).await
+    }
+
+    async fn get_json_at(&self, url: String) -> Result<(u16, Option<Value>), String> {
+        let resp = self.client.get(url).send().await.map_err(describe)?;
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(describe)?;
         Ok((status, serde_json::from_slice(&bytes).ok()))

@@ -243,6 +243,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let failed = runtime.block_on(async {
+        eprintln!("hfms bench: server {}", server_compute(&http).await);
         let mut failed = 0;
         for mode in modes {
             failed += match mode {
@@ -259,6 +260,23 @@ pub fn run(args: BenchArgs) -> Result<()> {
         bail!("{failed} request(s) failed (the reports above give the first error of each level)");
     }
     Ok(())
+}
+
+/// What the server computes with, from an hfms server's `/status` (kernel
+/// set and threads), so that a figure says which kernels produced it. A
+/// peer server (llama-server, the sentence-transformers script) has none;
+/// with API keys on, `/status` needs an admin key.
+async fn server_compute(http: &Http) -> String {
+    match http.get_root_json("/status").await {
+        Ok((_, Some(v))) if v["compute"]["kernels"].is_string() => format!(
+            "hfms {}: kernels {}, {} threads",
+            v["version"].as_str().unwrap_or("?"),
+            v["compute"]["kernels"].as_str().unwrap_or("?"),
+            v["compute"]["threads"]
+        ),
+        Ok((status, _)) => format!("kernel set unknown (GET /status: {status}, no hfms compute section)"),
+        Err(e) => format!("kernel set unknown (GET /status: {e})"),
+    }
 }
 
 /// When a level stops.
