@@ -1,10 +1,11 @@
 //! Element-wise and row-wise operations of transformer layers, on row-major
 //! `[rows, dim]` f32 buffers.
 
-/// Define an op once and compile it twice: as written, and with AVX2 + FMA
-/// enabled (where the loops vectorise to 256 bits), picking the second at
-/// run time when the CPU has it. The body is `#[inline(always)]` so it is
-/// compiled inside each entry point with that entry point's features.
+/// Define an op once and compile it three times: as written, with AVX2 +
+/// FMA enabled (where the loops vectorise to 256 bits) and with AVX-512
+/// (512 bits), picking the widest the CPU has at run time. The body is
+/// `#[inline(always)]` so it is compiled inside each entry point with that
+/// entry point's features.
 macro_rules! vectorized {
     ($(#[$meta:meta])* pub fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$meta])*
@@ -13,9 +14,18 @@ macro_rules! vectorized {
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
+                #[target_feature(enable = "avx2,fma,avx512f,avx512bw,avx512dq,avx512vl")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    body($($arg),*)
+                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
+                }
+                if has_avx512() {
+                    // SAFETY: `avx512` is `body` (safe code) compiled with
+                    // these features; `has_avx512` detected all of them.
+                    return unsafe { avx512($($arg),*) };
                 }
                 if has_avx2() {
                     // SAFETY: `avx2` is `body` (safe code) compiled with AVX2
@@ -36,6 +46,22 @@ macro_rules! vectorized {
 fn has_avx2() -> bool {
     static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HAS.get_or_init(|| !cfg!(miri) && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+}
+
+/// Whether the AVX-512 builds may run: the CPU has AVX2, FMA and AVX-512
+/// F/BW/DQ/VL, and `HFMS_NO_AVX512` (which the quant kernel set honours
+/// too) is not set.
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HAS.get_or_init(|| {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512dq")
+            && is_x86_feature_detected!("avx512vl")
+            && std::env::var_os("HFMS_NO_AVX512").is_none()
+    })
 }
 
 /// Sum with eight independent accumulators (vectorisable; the order of a
