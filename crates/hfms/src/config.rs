@@ -428,14 +428,17 @@ fn fraction(s: &str) -> std::result::Result<f64, String> {
 /// left at its default from the TOML file at `path` (same names as the
 /// fields). A table where a list of `NAME=VALUE` is expected becomes that
 /// list. Unknown names are an error, as are values of the wrong type.
+/// Each value also passes its flag's own parser (ranges, allowed values), as
+/// it would on the command line.
 /// `elsewhere`: names of another command's settings, ignored here.
-pub fn with_file<T: Serialize + DeserializeOwned>(
+pub fn with_file<T: Args + Serialize + DeserializeOwned>(
     args: T,
     matches: &ArgMatches,
     path: Option<&Path>,
     elsewhere: &[String],
 ) -> Result<T> {
     let Some(path) = path else { return Ok(args) };
+    let cmd = T::augment_args(clap::Command::new("settings"));
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     let mut current = serde_json::to_value(&args)?;
@@ -464,9 +467,54 @@ pub fn with_file<T: Serialize + DeserializeOwned>(
                     .collect(),
             );
         }
+        check_with_flag_parser(&cmd, &key, &v).with_context(|| format!("{}: setting {key}", path.display()))?;
+        // Each value alone must fit its field's type, so an error names it.
+        let mut alone = serde_json::to_value(&args)?;
+        alone[&key] = v.clone();
+        serde_json::from_value::<T>(alone)
+            .with_context(|| format!("{}: setting {key} has the wrong type", path.display()))?;
         fields.insert(key, v);
     }
     serde_json::from_value(current).with_context(|| format!("{}: a setting has the wrong type", path.display()))
+}
+
+/// Run a file's value for setting `key` (each element of a list) through
+/// the parser its flag has on the command line: a file must not get past a
+/// check the flag enforces. Switches (flags without a value) have none.
+fn check_with_flag_parser(cmd: &clap::Command, key: &str, v: &serde_json::Value) -> Result<()> {
+    use serde_json::Value;
+    let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == key) else {
+        return Ok(());
+    };
+    if !arg.get_action().takes_values() {
+        return Ok(());
+    }
+    let text = |x: &Value| match x {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(x.to_string()),
+        // Left to the type check that follows (nested lists, tables).
+        _ => None,
+    };
+    let values: Vec<String> = match v {
+        Value::Array(items) => items.iter().filter_map(text).collect(),
+        other => text(other).into_iter().collect(),
+    };
+    // A one-flag command with only this flag's parser (its relations to
+    // other flags do not apply to a single value).
+    let flag = format!("--{}", arg.get_long().unwrap_or(key));
+    let probe = clap::Command::new("settings").no_binary_name(true).arg(
+        clap::Arg::new("value")
+            .long("value")
+            .value_parser(arg.get_value_parser().clone())
+            .action(clap::ArgAction::Set),
+    );
+    for value in values {
+        probe
+            .clone()
+            .try_get_matches_from([format!("--value={value}")])
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().trim().replace("--value <value>", &flag)))?;
+    }
+    Ok(())
 }
 
 /// The names of a command's settings (its argument ids).

@@ -146,11 +146,31 @@ fn serve_print_config_shows_the_effective_settings() {
         (vec!["--keep-alive", "nan"], "keep-alive"),
         (vec!["--max-n", "0"], "max-n"),
         (vec!["--memory-fraction", "2"], "memory-fraction"),
+        (vec!["--encoder-weights", "fp8"], "encoder-weights"),
+        (vec!["--encoder-weights", ""], "encoder-weights"),
+        (vec!["--encoder-weights", "F16"], "encoder-weights"),
+        (vec!["--encoder-f16"], "--encoder-f16"),
     ] {
         let mut a = vec!["serve", "--print-config"];
         a.extend(args);
         let (ok, _, err) = hfms(&a);
         assert!(!ok && err.contains(needle), "{err}");
+    }
+    assert_eq!(v["encoder_weights"].as_str(), Some("f32"), "default");
+    // A file's values pass the same checks as the flags', and an error
+    // names the setting.
+    for (bad, needle) in [
+        ("encoder_weights = \"bf17\"\n", "encoder_weights"),
+        ("encoder_weights = 16\n", "encoder_weights"),
+        ("encoder_weights = []\n", "encoder_weights"),
+        ("max_n = 0\n", "max_n"),
+        ("memory_fraction = 2.0\n", "memory_fraction"),
+        ("threads = -1\n", "threads"),
+        ("port = \"http\"\n", "port"),
+    ] {
+        std::fs::write(&file, bad).unwrap();
+        let (ok, _, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
+        assert!(!ok && err.contains(needle), "{bad}: {err}");
     }
     std::fs::write(&file, "no_such_setting = 1\n").unwrap();
     let (ok, _, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
