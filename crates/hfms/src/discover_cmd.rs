@@ -30,6 +30,29 @@ fn human_count(n: u64) -> String {
     }
 }
 
+/// Rows of cells (the header first) as lines, each column padded to its
+/// widest cell.
+pub fn aligned(rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = Vec::new();
+    for r in rows {
+        widths.resize(widths.len().max(r.len()), 0);
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    rows.iter()
+        .map(|r| {
+            r.iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+        })
+        .collect()
+}
+
 pub fn table(models: &[ModelDescription]) -> String {
     let header = [
         "ID", "ALIASES", "SKILL", "TASK", "FORMAT", "PARAMS", "SIZE", "DTYPE", "CONTEXT", "HARDWARE",
@@ -53,25 +76,12 @@ pub fn table(models: &[ModelDescription]) -> String {
             },
         ]);
     }
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_string()
-    };
-    let mut out = line(header.to_vec()) + "\n";
-    for (r, d) in rows.iter().zip(models) {
-        out += &line(r.iter().map(String::as_str).collect());
+    let mut table = vec![header.map(String::from).to_vec()];
+    table.extend(rows.iter().map(|r| r.to_vec()));
+    let lines = aligned(&table);
+    let mut out = lines[0].clone() + "\n";
+    for (line, d) in lines[1..].iter().zip(models) {
+        out += line;
         out.push('\n');
         out += &format!("    {}\n", d.path.display());
         if let Some(e) = &d.error {

@@ -8,6 +8,7 @@ mod config;
 mod discover_cmd;
 mod keys_cmd;
 mod serve;
+mod skills_cmd;
 mod telemetry;
 mod usage_cmd;
 
@@ -33,6 +34,13 @@ enum Command {
     Discover {
         #[command(flatten)]
         models: config::ModelArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the skills of this build: architectures, task, formats, weight
+    /// types, platforms.
+    Skills {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -115,6 +123,7 @@ fn main() -> Result<()> {
             let models = config::with_file(models, &sub("discover"), path.as_deref(), &serve_only)?;
             discover_cmd::run(&models, json)
         }
+        Command::Skills { json } => skills_cmd::run(json),
         Command::Bench(args) => bench::run(*args),
         Command::Usage(args) => {
             telemetry::init("text", None)?;

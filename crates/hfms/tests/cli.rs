@@ -177,3 +177,38 @@ fn serve_print_config_shows_the_effective_settings() {
     assert!(!ok && err.contains("no_such_setting"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `skills`: every skill of the build with its architectures, task,
+/// formats, weight types and platforms, as JSON and as a table.
+#[test]
+fn skills_lists_the_registry() {
+    let (ok, out, err) = hfms(&["skills", "--json"]);
+    assert!(ok, "{err}");
+    let skills: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let llama = skills.iter().find(|s| s["name"] == "llama").expect("llama skill");
+    assert_eq!(llama["task"], "generate");
+    assert!(llama["architectures"].as_array().unwrap().iter().any(|a| a == "qwen2"));
+    assert!(
+        llama["weight_types"]["gguf"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t == "Q4_K")
+    );
+    assert_eq!(
+        llama["weight_types"]["safetensors"],
+        serde_json::json!(["F32", "F16", "BF16"])
+    );
+    let bert = skills.iter().find(|s| s["name"] == "bert").expect("bert skill");
+    assert_eq!(bert["task"], "embed");
+    assert_eq!(bert["formats"], serde_json::json!(["safetensors"]));
+    for s in &skills {
+        assert!(s["platforms"].as_array().unwrap().iter().any(|p| p == "cpu"), "{s}");
+    }
+    let (ok, table, err) = hfms(&["skills"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.starts_with("SKILL") && table.contains("xlm-roberta") && table.contains("gguf: F32"),
+        "{table}"
+    );
+}

@@ -60,6 +60,23 @@ pub enum GgmlType {
 }
 
 impl GgmlType {
+    /// Every type hfms loads, in ggml's id order.
+    pub const ALL: [GgmlType; 13] = [
+        Self::F32,
+        Self::F16,
+        Self::Q4_0,
+        Self::Q4_1,
+        Self::Q5_0,
+        Self::Q5_1,
+        Self::Q8_0,
+        Self::Q2_K,
+        Self::Q3_K,
+        Self::Q4_K,
+        Self::Q5_K,
+        Self::Q6_K,
+        Self::BF16,
+    ];
+
     pub fn from_id(id: u32) -> Option<Self> {
         Some(match id {
             0 => Self::F32,

@@ -55,6 +55,16 @@ impl Format {
             Format::Safetensors => "safetensors",
         }
     }
+
+    /// The weight types a model in this format may hold: every ggml type
+    /// the engine loads for GGUF; F32, F16 and BF16 for safetensors (the
+    /// loader refuses other dtypes).
+    pub fn weight_types(self) -> Vec<&'static str> {
+        match self {
+            Format::Gguf => crate::quant::GgmlType::ALL.iter().map(|t| t.name()).collect(),
+            Format::Safetensors => vec!["F32", "F16", "BF16"],
+        }
+    }
 }
 
 /// Where a model's files are: a `.gguf` file or a safetensors folder.
