@@ -137,6 +137,11 @@ pub struct ManagerConfig {
     pub pinned: BTreeSet<String>,
     /// How CPU encoders hold their f32 layer weights (`LoadContext`).
     pub encoder_weights: crate::skills::bert::EncoderWeights,
+    /// Operator chat templates (Jinja source) by model id: replace the
+    /// model's own.
+    pub chat_templates: BTreeMap<String, Arc<str>>,
+    /// The operator's chat template for generation models without one.
+    pub default_chat_template: Option<Arc<str>>,
     /// Metrics hooks for every model and for loads and unloads.
     pub observers: Arc<dyn crate::observe::Observers>,
 }
@@ -161,6 +166,8 @@ impl ManagerConfig {
             keep_alive: KeepAlive::Forever,
             pinned: BTreeSet::new(),
             encoder_weights: Default::default(),
+            chat_templates: BTreeMap::new(),
+            default_chat_template: None,
             observers: Arc::new(crate::observe::Nothing),
         }
     }
@@ -716,6 +723,10 @@ impl ModelManager {
                 name: short_name(&desc.id),
                 device: placement.device,
                 encoder_weights: inner.config.encoder_weights,
+                chat_template: crate::skills::ChatTemplateSource {
+                    replace: inner.config.chat_templates.get(&desc.id).cloned(),
+                    if_missing: inner.config.default_chat_template.clone(),
+                },
                 model_id: desc.id.clone(),
                 observers: inner.config.observers.clone(),
                 backend: inner

@@ -247,6 +247,17 @@ pub struct ServeArgs {
     #[arg(long = "device", env = "HFMS_DEVICES", value_delimiter = ',')]
     pub devices: Vec<String>,
 
+    /// A Jinja chat template file for a generation model: `MODEL=FILE`
+    /// replaces that model's own template; a bare `FILE` serves every
+    /// generation model that has none (a base model such as gpt2), which
+    /// otherwise answers chat requests with a 400. Rendered as transformers
+    /// renders `apply_chat_template` (messages, add_generation_prompt,
+    /// bos_token, eos_token). Checked at start: readable UTF-8, at most 1
+    /// MiB, compiles. In the TOML file, a table `[chat_templates]` (with
+    /// `"*"` for the bare one).
+    #[arg(long = "chat-template", env = "HFMS_CHAT_TEMPLATES", value_delimiter = ',')]
+    pub chat_templates: Vec<String>,
+
     /// Platforms no model may use (cuda, rocm, metal, openvino, qnn).
     #[arg(long = "forbid-platform", env = "HFMS_FORBID_PLATFORMS", value_delimiter = ',')]
     pub forbid_platforms: Vec<String>,
@@ -639,6 +650,52 @@ impl ServeArgs {
         Ok(b)
     }
 
+    /// `--chat-template`: model name (id or alias) → template source, and
+    /// the template for models without one. Each file is read and compiled
+    /// here, so a bad one fails at start naming its flag.
+    pub fn chat_templates(&self) -> Result<(BTreeMap<String, String>, Option<String>)> {
+        const MAX_BYTES: u64 = 1 << 20;
+        let read = |path: &str| -> Result<String> {
+            let path = Path::new(path);
+            let size = std::fs::metadata(path)
+                .with_context(|| format!("--chat-template {}", path.display()))?
+                .len();
+            if size > MAX_BYTES {
+                bail!("--chat-template {}: {size} bytes, more than 1 MiB", path.display());
+            }
+            let bytes = std::fs::read(path).with_context(|| format!("--chat-template {}", path.display()))?;
+            let source = String::from_utf8(bytes)
+                .map_err(|_| anyhow::anyhow!("--chat-template {}: not UTF-8 text", path.display()))?;
+            hfms_engine::tokenizer::chat_template::ChatTemplate::new(&source, "", "")
+                .with_context(|| format!("--chat-template {}", path.display()))?;
+            Ok(source)
+        };
+        let (mut by_model, mut default) = (BTreeMap::new(), None);
+        for entry in &self.chat_templates {
+            // `FILE` and `*=FILE` (the TOML table's form) are the fallback.
+            let fallback = match entry.split_once('=') {
+                None => Some(entry.trim()),
+                Some((model, file)) if model.trim() == "*" => Some(file.trim()),
+                Some(_) => None,
+            };
+            match fallback {
+                Some("") => bail!("--chat-template: empty value {entry:?}"),
+                Some(file) => {
+                    if default.replace(read(file)?).is_some() {
+                        bail!("--chat-template: more than one template for models without one");
+                    }
+                }
+                None => {
+                    let (model, file) = split_pair(entry, "--chat-template")?;
+                    if by_model.insert(model.to_string(), read(file)?).is_some() {
+                        bail!("--chat-template: two templates for {model}");
+                    }
+                }
+            }
+        }
+        Ok((by_model, default))
+    }
+
     /// model id or alias → device
     pub fn device_pins(&self) -> Result<BTreeMap<String, hfms_hardware::DeviceId>> {
         let mut pins = BTreeMap::new();
@@ -730,6 +787,7 @@ impl ServeArgs {
         self.keep_alive()?;
         self.memory_budget()?;
         self.device_pins()?;
+        self.chat_templates()?;
         self.forbidden()?;
         self.models.discover_config()?;
         self.otlp()?;

@@ -70,6 +70,11 @@ async fn serve(s: ServeArgs) -> Result<()> {
     for (name, dev) in &s.device_pins()? {
         pins.insert(id_of(name, "--device")?, *dev);
     }
+    let (templates, default_chat_template) = s.chat_templates()?;
+    let mut chat_templates = std::collections::BTreeMap::new();
+    for (name, source) in templates {
+        chat_templates.insert(id_of(&name, "--chat-template")?, std::sync::Arc::<str>::from(source));
+    }
     let mut pinned = std::collections::BTreeSet::new();
     for name in &s.pin {
         pinned.insert(id_of(name, "--pin")?);
@@ -116,6 +121,8 @@ async fn serve(s: ServeArgs) -> Result<()> {
             keep_alive: s.keep_alive()?,
             pinned,
             encoder_weights,
+            chat_templates,
+            default_chat_template: default_chat_template.map(Into::into),
             observers: metrics.clone(),
         },
     ));

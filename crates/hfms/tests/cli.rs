@@ -150,6 +150,10 @@ fn serve_print_config_shows_the_effective_settings() {
         (vec!["--encoder-weights", ""], "encoder-weights"),
         (vec!["--encoder-weights", "F16"], "encoder-weights"),
         (vec!["--encoder-f16"], "--encoder-f16"),
+        (vec!["--chat-template", "/no/such/file.jinja"], "--chat-template"),
+        (vec!["--chat-template", ""], "--chat-template"),
+        (vec!["--chat-template", "smollm2="], "--chat-template"),
+        (vec!["--chat-template", "/"], "--chat-template"),
     ] {
         let mut a = vec!["serve", "--print-config"];
         a.extend(args);
@@ -172,6 +176,27 @@ fn serve_print_config_shows_the_effective_settings() {
         let (ok, _, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
         assert!(!ok && err.contains(needle), "{bad}: {err}");
     }
+    // Template files: too large, not text, not a template; a table in the
+    // file names models.
+    let tmpl = dir.join("t.jinja");
+    for (content, needle) in [
+        (vec![b'a'; (1 << 20) + 1], "more than 1 MiB"),
+        (vec![0xff, 0xfe, 0x00], "not UTF-8"),
+        (b"{% for %}".to_vec(), "does not compile"),
+    ] {
+        std::fs::write(&tmpl, &content).unwrap();
+        let (ok, _, err) = hfms(&["serve", "--print-config", "--chat-template", tmpl.to_str().unwrap()]);
+        assert!(!ok && err.contains(needle), "{needle}: {err}");
+    }
+    std::fs::write(&tmpl, "{{ messages[0]['content'] }}").unwrap();
+    std::fs::write(
+        &file,
+        format!("[chat_templates]\nsmollm2 = {:?}\n\"*\" = {:?}\n", tmpl, tmpl),
+    )
+    .unwrap();
+    let (ok, out, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("smollm2="), "{out}");
     std::fs::write(&file, "no_such_setting = 1\n").unwrap();
     let (ok, _, err) = hfms(&["serve", "--print-config", "--config", file.to_str().unwrap()]);
     assert!(!ok && err.contains("no_such_setting"), "{err}");

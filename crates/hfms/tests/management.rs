@@ -175,3 +175,97 @@ fn encoder_weights_halve_layer_weights_and_keep_vectors() {
         assert!(dot > min_cosine, "{weights}: cosine {dot}");
     }
 }
+
+/// `--chat-template`: `MODEL=FILE` replaces a model's own template; a bare
+/// `FILE` serves the generation models that have none (which otherwise
+/// answer chat with a 400) and leaves the others' templates alone.
+#[test]
+fn operator_chat_templates_replace_or_fill_in() {
+    let tiny = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let dir = std::env::temp_dir().join(format!("hfms-chat-template-{}", std::process::id()));
+    // A base model: the tiny Llama without the template in its tokenizer config.
+    let base = dir.join("base");
+    std::fs::create_dir_all(&base).unwrap();
+    for f in std::fs::read_dir(tiny.join("llama-f32")).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, base.join(f.file_name().unwrap())).unwrap();
+    }
+    let cfg_path = base.join("tokenizer_config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg.as_object_mut().unwrap().remove("chat_template");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let fixed = dir.join("fixed.jinja");
+    std::fs::write(
+        &fixed,
+        "{{ bos_token }}Fixed question.{% if add_generation_prompt %} Answer:{% endif %}",
+    )
+    .unwrap();
+    let base_model = format!("base={}", base.display());
+    let tq = format!("tq={}", tiny.join("llama-quant.gguf").display());
+    let chat = |s: &Server, model: &str, content: &str| {
+        s.post_json(
+            "/v1/chat/completions",
+            json!({"model": model, "messages": [{"role": "user", "content": content}],
+                   "max_tokens": 6, "temperature": 0}),
+        )
+    };
+    let prompt_tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let (short, long) = ("Hi", "A much longer message about many different things at once");
+
+    let s = Server::start(&["--model", &base_model]);
+    let (st, v) = chat(&s, "base", short);
+    assert_eq!(st, 400, "{v}");
+    assert!(error_of(&v).0.contains("no chat template"), "{v}");
+    drop(s);
+
+    let s = Server::start(&[
+        "--model",
+        &base_model,
+        "--model",
+        &tq,
+        "--chat-template",
+        fixed.to_str().unwrap(),
+        "--chat-template",
+        &format!("smollm2={}", fixed.display()),
+    ]);
+    for model in ["base", "smollm2"] {
+        let (st, a) = chat(&s, model, short);
+        assert_eq!(st, 200, "{model}: {a}");
+        let (st, b) = chat(&s, model, long);
+        assert_eq!(st, 200, "{model}: {b}");
+        // The fixed template ignores the message: the same prompt, the same
+        // greedy answer.
+        assert_eq!(prompt_tokens(&a), prompt_tokens(&b), "{model}");
+        assert_eq!(a["choices"][0]["message"], b["choices"][0]["message"], "{model}");
+    }
+    // A model with its own template keeps it beside a fallback.
+    let (_, a) = chat(&s, "tq", short);
+    let (_, b) = chat(&s, "tq", long);
+    assert!(prompt_tokens(&b) > prompt_tokens(&a), "{a} {b}");
+    drop(s);
+
+    // A name that is no model fails at start, naming the flag.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hfms"))
+        .args(["serve", "--port", "0", "--no-hf-cache", "--models-dir"])
+        .arg(common::models_dir())
+        .args(["--chat-template", &format!("nosuch={}", fixed.display())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("hfms served with an unknown model in --chat-template");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success() && err.contains("--chat-template nosuch"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -120,6 +120,8 @@ pub struct LoadContext {
     pub backend: Option<Arc<dyn DeviceBackend>>,
     /// How CPU encoders hold their f32 layer weights.
     pub encoder_weights: bert::EncoderWeights,
+    /// Chat templates the operator gave (Jinja source).
+    pub chat_template: ChatTemplateSource,
     /// The model's id (metric labels).
     pub model_id: String,
     pub observers: Arc<dyn crate::observe::Observers>,
@@ -136,6 +138,7 @@ impl LoadContext {
             device: DeviceId::CPU,
             backend: None,
             encoder_weights: bert::EncoderWeights::F32,
+            chat_template: ChatTemplateSource::default(),
             model_id: name.to_string(),
             observers: Arc::new(crate::observe::Nothing),
         }
@@ -179,6 +182,29 @@ impl LoadedModel {
         match self {
             LoadedModel::Generation(g) => g.generator.model().weight_bytes(),
             LoadedModel::Embedding(e) => e.model().encoder.weight_bytes(),
+        }
+    }
+}
+
+/// The operator's chat templates for one model (`--chat-template`).
+#[derive(Debug, Clone, Default)]
+pub struct ChatTemplateSource {
+    /// Replaces the model's own template.
+    pub replace: Option<Arc<str>>,
+    /// Used when the model has none (a base model).
+    pub if_missing: Option<Arc<str>>,
+}
+
+impl ChatTemplateSource {
+    /// The template to serve with: the operator's replacement, else the
+    /// model's own, else the operator's fallback; `bos`/`eos` are the
+    /// model's special tokens as the template sees them.
+    fn choose(&self, own: Option<ChatTemplate>, bos: &str, eos: &str) -> Result<Option<ChatTemplate>> {
+        match (&self.replace, own, &self.if_missing) {
+            (Some(src), _, _) => ChatTemplate::new(src, bos, eos).map(Some),
+            (None, Some(t), _) => Ok(Some(t)),
+            (None, None, Some(src)) => ChatTemplate::new(src, bos, eos).map(Some),
+            (None, None, None) => Ok(None),
         }
     }
 }
@@ -266,6 +292,9 @@ impl Skill for LlamaSkill {
                 (model, tokenizer, template)
             }
         };
+        let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+        let (bos, eos) = (name(tokenizer.bos()), name(tokenizer.eos().first().copied()));
+        let template = ctx.chat_template.choose(template, &bos, &eos)?;
         let context_length = model.config().context_length;
         let generator = Generator::spawn_observed(
             model,
