@@ -163,6 +163,13 @@ for name, mt, cc, mc, dt, kw in specs:
     goldens["decoders"][name] = golden(m, prompt_ids)
     print(name, goldens["decoders"][name]["greedy"])
 
+# Sliding-window attention: the Mistral model again, its window cut to 8 positions (the
+# prompt has 29), as transformers applies it; hfms loads the same folder with that window.
+_, m = hf_models["mistral-f16"]
+m.config.sliding_window = 8
+goldens["decoders"]["mistral-f16-window8"] = golden(m, prompt_ids)
+m.config.sliding_window = None
+
 
 # ---- GGUF versions -------------------------------------------------------------------------
 def permute(w, n_head):

@@ -151,7 +151,13 @@ impl CandleLlama {
             }
             Format::Safetensors => {
                 let meta = HfFolder::read(&source.path)?;
-                let cfg = config_from_hf(&meta.config)?;
+                let mut cfg = config_from_hf(&meta.config)?;
+                // This backend's attention has no window: cap the context at
+                // it so results stay exact rather than silently diverge
+                // (docs/design.md, the GPU path's gaps).
+                if let Some(s) = cfg.sliding_window.take() {
+                    cfg.context_length = cfg.context_length.min(s.window);
+                }
                 let files = hfms_engine::formats::safetensors::checkpoint_files(&source.path)?;
                 // SAFETY: mapping is sound while the files do not change under the
                 // maps: hfms only reads model files, and a file rewritten or truncated

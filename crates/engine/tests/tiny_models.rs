@@ -102,6 +102,30 @@ fn safetensors_decoders_match_transformers() {
     }
 }
 
+/// Sliding-window attention: the tiny Mistral with its window cut to 8
+/// positions (the prompt has 29) against transformers with the same
+/// config (`mistral-f16-window8`); the full-attention golden differs.
+#[test]
+fn sliding_window_attention_matches_transformers() {
+    let g = goldens();
+    let prompt = ids(&g["prompt_ids"]);
+    let path = dir().join("mistral-f16");
+    let mut cfg = HfFolder::read(&path).unwrap().config;
+    cfg["sliding_window"] = 8.into();
+    let m = LlamaModel::from_safetensors(&path, &cfg).unwrap();
+    assert_eq!(m.config().window(0), Some(8));
+    assert_eq!(m.config().context_length, 256, "the window no longer caps the context");
+    let (logits, greedy) = run(&m, &prompt);
+    let want = &g["decoders"]["mistral-f16-window8"];
+    let d = max_abs_diff(&logits, &floats(&want["last_logits"]));
+    assert!(d < 2e-3, "logits differ by {d}");
+    assert_eq!(greedy, ids(&want["greedy"]));
+    assert_ne!(greedy, ids(&g["decoders"]["mistral-f16"]["greedy"]));
+    // A zero window is refused.
+    cfg["sliding_window"] = 0.into();
+    assert!(LlamaModel::from_safetensors(&path, &cfg).is_err());
+}
+
 #[test]
 fn gguf_decoders_match_transformers_on_dequantised_weights() {
     let g = goldens();

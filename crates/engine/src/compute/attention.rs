@@ -1,6 +1,7 @@
 //! Causal attention of a flattened batch against each sequence's own paged KV
 //! cache: no padding, no mask tensor; a query at position `p` reads positions
-//! `0..=p` of its own sequence.
+//! `0..=p` of its own sequence, or with a sliding window `w` the last `w` of
+//! them (`p + 1 - w..=p`).
 
 use super::ComputePool;
 use super::ops::{axpy, softmax_in_place};
@@ -15,12 +16,15 @@ pub struct RowPlace<'a> {
 }
 
 /// `out[row, head*hd..]` = softmax(q·Kᵀ/√hd)·V for every row and query head.
-/// `q` is `[rows, heads * head_dim]`.
+/// `q` is `[rows, heads * head_dim]`; `window`: how many of the latest
+/// positions a query sees (None: all).
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     rows: &[RowPlace<'_>],
     q: &[f32],
     heads: usize,
     layer: usize,
+    window: Option<usize>,
     kv: &CpuBlocks,
     out: &mut [f32],
     pool: &ComputePool,
@@ -44,14 +48,16 @@ pub fn attention(
     // similar total length, so a long sequence does not leave a thread idle.
     // Item `r * heads + h` writes `out[item * hd..(item + 1) * hd]`, so a
     // task's consecutive items own one consecutive range of `out`.
-    let total: usize = rows.iter().map(|r| (r.pos + 1) * heads).sum();
+    // Positions `first(p)..=p` are attended.
+    let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
+    let total: usize = rows.iter().map(|r| (r.pos + 1 - first(r.pos)) * heads).sum();
     let tasks = (pool.threads() * 4).max(1);
     let target = total.div_ceil(tasks).max(1);
     let mut bounds = vec![0usize];
     let mut acc = 0;
     for (i, r) in rows.iter().enumerate() {
         for h in 0..heads {
-            acc += r.pos + 1;
+            acc += r.pos + 1 - first(r.pos);
             if acc >= target {
                 bounds.push(i * heads + h + 1);
                 acc = 0;
@@ -68,30 +74,35 @@ pub fn attention(
             let (r, h) = (item / heads, item % heads);
             let g = h / group;
             let place = rows[r];
-            let n = place.pos + 1;
+            let (lo, n) = (first(place.pos), place.pos + 1);
+            // scores[i] is position lo + i.
             scores.clear();
-            scores.resize(n, 0.0);
+            scores.resize(n - lo, 0.0);
             let qv = &q[r * q_stride + h * hd..r * q_stride + (h + 1) * hd];
-            for (b, &blk) in place.kv.blocks.iter().enumerate() {
+            // The attended slots of each block: positions max(start, lo)..
+            // min(start + block, n).
+            let slots = |b: usize| {
                 let start = b * l.block_size;
-                if start >= n {
+                (start.max(lo)..(start + l.block_size).min(n)).map(move |p| (p, p - start))
+            };
+            for (b, &blk) in place.kv.blocks.iter().enumerate().skip(lo / l.block_size) {
+                if b * l.block_size >= n {
                     break;
                 }
                 let keys = kv.keys(blk, layer, g);
-                for slot in 0..l.block_size.min(n - start) {
-                    scores[start + slot] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
+                for (p, slot) in slots(b) {
+                    scores[p - lo] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
                 }
             }
             softmax_in_place(&mut scores);
             o.fill(0.0);
-            for (b, &blk) in place.kv.blocks.iter().enumerate() {
-                let start = b * l.block_size;
-                if start >= n {
+            for (b, &blk) in place.kv.blocks.iter().enumerate().skip(lo / l.block_size) {
+                if b * l.block_size >= n {
                     break;
                 }
                 let vals = kv.values(blk, layer, g);
-                for slot in 0..l.block_size.min(n - start) {
-                    axpy(scores[start + slot], &vals[slot * hd..(slot + 1) * hd], o);
+                for (p, slot) in slots(b) {
+                    axpy(scores[p - lo], &vals[slot * hd..(slot + 1) * hd], o);
                 }
             }
         }
@@ -147,25 +158,35 @@ mod tests {
         let seq_of = [0, 0, 1];
         let q: Vec<f32> = (0..rows.len() * heads * hd).map(|i| val(i * 3 + 1)).collect();
         let pool = ComputePool::new(3).unwrap();
-        let mut out = vec![f32::NAN; q.len()];
-        attention(&rows, &q, heads, 0, &kv, &mut out, &pool);
-        for (r, place) in rows.iter().enumerate() {
-            for h in 0..heads {
-                let g = h / (heads / kv_heads);
-                let qv = &q[(r * heads + h) * hd..(r * heads + h + 1) * hd];
-                let scores: Vec<f32> = (0..=place.pos)
-                    .map(|p| {
-                        let k = &keys(seq_of[r], p)[g * hd..(g + 1) * hd];
-                        qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
-                    })
-                    .collect();
-                let m = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
-                let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
-                let z: f32 = e.iter().sum();
-                for d in 0..hd {
-                    let want: f32 = (0..=place.pos).map(|p| e[p] / z * vals(seq_of[r], p)[g * hd + d]).sum();
-                    let got = out[(r * heads + h) * hd + d];
-                    assert!((got - want).abs() < 1e-4, "row {r} head {h} dim {d}: {got} vs {want}");
+        // Full attention, and sliding windows that cut inside a block, at a
+        // block edge, and before the first position.
+        for window in [None, Some(1), Some(2), Some(3), Some(9)] {
+            let mut out = vec![f32::NAN; q.len()];
+            attention(&rows, &q, heads, 0, window, &kv, &mut out, &pool);
+            for (r, place) in rows.iter().enumerate() {
+                let lo = window.map_or(0, |w| (place.pos + 1).saturating_sub(w));
+                for h in 0..heads {
+                    let g = h / (heads / kv_heads);
+                    let qv = &q[(r * heads + h) * hd..(r * heads + h + 1) * hd];
+                    let scores: Vec<f32> = (lo..=place.pos)
+                        .map(|p| {
+                            let k = &keys(seq_of[r], p)[g * hd..(g + 1) * hd];
+                            qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                        })
+                        .collect();
+                    let m = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
+                    let e: Vec<f32> = scores.iter().map(|s| (s - m).exp()).collect();
+                    let z: f32 = e.iter().sum();
+                    for d in 0..hd {
+                        let want: f32 = (lo..=place.pos)
+                            .map(|p| e[p - lo] / z * vals(seq_of[r], p)[g * hd + d])
+                            .sum();
+                        let got = out[(r * heads + h) * hd + d];
+                        assert!(
+                            (got - want).abs() < 1e-4,
+                            "window {window:?} row {r} head {h} dim {d}: {got} vs {want}"
+                        );
+                    }
                 }
             }
         }

@@ -41,6 +41,23 @@ pub struct DecoderConfig {
     pub rope_linear_scale: f32,
     #[serde(skip)]
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Sliding-window attention: a query attends to the last `window` keys
+    /// (itself included) in the layers from `from_layer` on (Mistral: all;
+    /// Qwen2 with `use_sliding_window`: from `max_window_layers`).
+    pub sliding_window: Option<SlidingWindow>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct SlidingWindow {
+    pub window: usize,
+    pub from_layer: usize,
+}
+
+impl DecoderConfig {
+    /// The attention window of `layer` (None: every earlier position).
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.sliding_window.filter(|s| layer >= s.from_layer).map(|s| s.window)
+    }
 }
 
 /// What the model should return for one item of a step.
@@ -233,6 +250,9 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         ffn: need("feed_forward_length")?,
         vocab,
         context_length: gguf_u(f, &arch, "context_length").unwrap_or(2048),
+        // llama.cpp's Llama/Qwen2 GGUF keys carry no window (it runs
+        // Mistral GGUFs with full attention too).
+        sliding_window: None,
         rms_eps: f
             .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32,
@@ -302,16 +322,26 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
             )));
         }
     }
-    let mut context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
-    // Sliding-window attention is not implemented: cap the context at the
-    // window so results stay exact rather than silently diverge.
+    let context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
+    // As transformers reads it: Mistral slides in every layer when it has
+    // a window; Qwen2/3 only with `use_sliding_window`, from layer
+    // `max_window_layers` on.
     let sliding = cfg
         .get("use_sliding_window")
         .and_then(|v| v.as_bool())
         .unwrap_or(arch == "mistral");
-    if sliding && let Some(w) = jusize(cfg, "sliding_window") {
-        context_length = context_length.min(w);
-    }
+    let sliding_window = match jusize(cfg, "sliding_window") {
+        Some(0) => return Err(EngineError::format("sliding_window is 0")),
+        Some(window) if sliding => Some(SlidingWindow {
+            window,
+            from_layer: if arch == "mistral" {
+                0
+            } else {
+                jusize(cfg, "max_window_layers").unwrap_or(0)
+            },
+        }),
+        _ => None,
+    };
     Ok(DecoderConfig {
         hidden,
         layers: need("num_hidden_layers")?,
@@ -321,6 +351,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         ffn: need("intermediate_size")?,
         vocab: need("vocab_size")?,
         context_length,
+        sliding_window,
         rms_eps: jf32(cfg, "rms_norm_eps").unwrap_or(1e-6),
         rope_theta,
         rope_style: RopeStyle::Halves,
@@ -555,7 +586,7 @@ impl CausalLm for LlamaModel {
                     &v[i * kv_dim..(i + 1) * kv_dim],
                 );
             }
-            attention(&places, &q, c.heads, li, kv, &mut attn, pool);
+            attention(&places, &q, c.heads, li, c.window(li), kv, &mut attn, pool);
             l.wo.matmul(&attn, t, &mut o, pool);
             ops::add_in_place(&mut x, &o);
 
