@@ -352,6 +352,21 @@ mod x86 {
 
     use super::{MR, MR_512, NR, PanelOut, check_panel};
 
+    /// `$body` with the const `$c` equal to the run-time tile height `m`, one
+    /// of `sizes` (the tile kernels keep `M` accumulators in registers, so
+    /// `M` must be a constant).
+    macro_rules! tile_sizes {
+        ($m:expr, |$c:ident| $body:expr, [$($n:literal),*]) => {
+            match $m {
+                $($n => {
+                    const $c: usize = $n;
+                    $body
+                })*
+                other => unreachable!("no tile of {other} tokens"),
+            }
+        };
+    }
+
     /// A panel element type: how 8 (AVX2) or 16 (AVX-512) consecutive
     /// weights become a register.
     trait Elem: Copy {
@@ -456,14 +471,7 @@ mod x86 {
             // invariant); `p` holds `k * NR` elements; features: our contract.
             unsafe {
                 let (xs, os) = (xp.add(t0 * k), op.add(t0 * stride));
-                match m {
-                    6 => tile::<E, 6>(p, xs, k, os, stride, width),
-                    5 => tile::<E, 5>(p, xs, k, os, stride, width),
-                    4 => tile::<E, 4>(p, xs, k, os, stride, width),
-                    3 => tile::<E, 3>(p, xs, k, os, stride, width),
-                    2 => tile::<E, 2>(p, xs, k, os, stride, width),
-                    _ => tile::<E, 1>(p, xs, k, os, stride, width),
-                }
+                tile_sizes!(m, |M| tile::<E, M>(p, xs, k, os, stride, width), [1, 2, 3, 4, 5, 6])
             }
             t0 += m;
         }
@@ -532,20 +540,11 @@ mod x86 {
             // SAFETY: as in `tiles`.
             unsafe {
                 let (xs, os) = (xp.add(t0 * k), op.add(t0 * stride));
-                match m {
-                    12 => tile_512::<E, 12>(p, xs, k, os, stride, width),
-                    11 => tile_512::<E, 11>(p, xs, k, os, stride, width),
-                    10 => tile_512::<E, 10>(p, xs, k, os, stride, width),
-                    9 => tile_512::<E, 9>(p, xs, k, os, stride, width),
-                    8 => tile_512::<E, 8>(p, xs, k, os, stride, width),
-                    7 => tile_512::<E, 7>(p, xs, k, os, stride, width),
-                    6 => tile_512::<E, 6>(p, xs, k, os, stride, width),
-                    5 => tile_512::<E, 5>(p, xs, k, os, stride, width),
-                    4 => tile_512::<E, 4>(p, xs, k, os, stride, width),
-                    3 => tile_512::<E, 3>(p, xs, k, os, stride, width),
-                    2 => tile_512::<E, 2>(p, xs, k, os, stride, width),
-                    _ => tile_512::<E, 1>(p, xs, k, os, stride, width),
-                }
+                tile_sizes!(
+                    m,
+                    |M| tile_512::<E, M>(p, xs, k, os, stride, width),
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                )
             }
             t0 += m;
         }
@@ -628,20 +627,11 @@ mod x86 {
             // SAFETY: as in `tiles`, with `pairs` for `k`.
             unsafe {
                 let (xs, os) = (xp.add(t0 * pairs), op.add(t0 * stride));
-                match m {
-                    12 => tile_bf16::<12>(pp, xs, pairs, os, stride, width),
-                    11 => tile_bf16::<11>(pp, xs, pairs, os, stride, width),
-                    10 => tile_bf16::<10>(pp, xs, pairs, os, stride, width),
-                    9 => tile_bf16::<9>(pp, xs, pairs, os, stride, width),
-                    8 => tile_bf16::<8>(pp, xs, pairs, os, stride, width),
-                    7 => tile_bf16::<7>(pp, xs, pairs, os, stride, width),
-                    6 => tile_bf16::<6>(pp, xs, pairs, os, stride, width),
-                    5 => tile_bf16::<5>(pp, xs, pairs, os, stride, width),
-                    4 => tile_bf16::<4>(pp, xs, pairs, os, stride, width),
-                    3 => tile_bf16::<3>(pp, xs, pairs, os, stride, width),
-                    2 => tile_bf16::<2>(pp, xs, pairs, os, stride, width),
-                    _ => tile_bf16::<1>(pp, xs, pairs, os, stride, width),
-                }
+                tile_sizes!(
+                    m,
+                    |M| tile_bf16::<M>(pp, xs, pairs, os, stride, width),
+                    [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+                )
             }
             t0 += m;
         }
