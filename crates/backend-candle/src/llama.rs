@@ -155,7 +155,9 @@ impl CandleLlama {
                 // This backend's attention has no window: cap the context at
                 // it so results stay exact rather than silently diverge
                 // (docs/design.md, the GPU path's gaps).
-                if let Some(s) = cfg.sliding_window.take() {
+                if let Some(s) = cfg.sliding_window.take()
+                    && (0..cfg.layers).any(|l| s.layers_contain(l))
+                {
                     cfg.context_length = cfg.context_length.min(s.window);
                 }
                 let files = hfms_engine::formats::safetensors::checkpoint_files(&source.path)?;

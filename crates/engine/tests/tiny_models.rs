@@ -126,6 +126,60 @@ fn sliding_window_attention_matches_transformers() {
     assert!(LlamaModel::from_safetensors(&path, &cfg).is_err());
 }
 
+/// Which layers slide, as transformers reads the config.
+#[test]
+fn sliding_window_layers_follow_transformers() {
+    use serde_json::json;
+    let base = json!({"hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 4,
+                      "intermediate_size": 128, "vocab_size": 384});
+    let with = |arch: &str, extra: Value| {
+        let mut c = base.clone();
+        c["model_type"] = arch.into();
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        let cfg = hfms_engine::skills::llama::config_from_hf(&c).unwrap();
+        (0..4).map(|l| cfg.window(l)).collect::<Vec<_>>()
+    };
+    // Mistral: every layer; 4096 when the key is absent, none when null.
+    assert_eq!(with("mistral", json!({"sliding_window": 8})), vec![Some(8); 4]);
+    assert_eq!(with("mistral", json!({})), vec![Some(4096); 4]);
+    assert_eq!(with("mistral", json!({"sliding_window": null})), vec![None; 4]);
+    // Qwen2: only with use_sliding_window, from max_window_layers (default 28).
+    assert_eq!(with("qwen2", json!({"sliding_window": 8})), vec![None; 4]);
+    assert_eq!(
+        with(
+            "qwen2",
+            json!({"sliding_window": 8, "use_sliding_window": true, "max_window_layers": 2})
+        ),
+        vec![None, None, Some(8), Some(8)]
+    );
+    assert_eq!(
+        with("qwen2", json!({"sliding_window": 8, "use_sliding_window": true})),
+        vec![None; 4]
+    );
+    // layer_types wins.
+    let types = json!([
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "full_attention"
+    ]);
+    assert_eq!(
+        with("qwen3", json!({"sliding_window": 8, "layer_types": types})),
+        vec![Some(8), None, Some(8), None]
+    );
+    // A zero window counts only where a layer slides.
+    assert_eq!(
+        with("qwen2", json!({"sliding_window": 0, "use_sliding_window": false})),
+        vec![None; 4]
+    );
+    let mut c = base.clone();
+    c["model_type"] = "mistral".into();
+    c["sliding_window"] = json!(-1);
+    assert!(hfms_engine::skills::llama::config_from_hf(&c).is_err());
+}
+
 #[test]
 fn gguf_decoders_match_transformers_on_dequantised_weights() {
     let g = goldens();

@@ -254,7 +254,8 @@ pub struct ServeArgs {
     /// renders `apply_chat_template` (messages, add_generation_prompt,
     /// bos_token, eos_token). Checked at start: readable UTF-8, at most 1
     /// MiB, compiles. In the TOML file, a table `[chat_templates]` (with
-    /// `"*"` for the bare one).
+    /// `"*"` for the bare one; `*=FILE` on the command line too, for a path
+    /// that holds `=`; a path with `,` cannot be given here).
     #[arg(long = "chat-template", env = "HFMS_CHAT_TEMPLATES", value_delimiter = ',')]
     pub chat_templates: Vec<String>,
 

@@ -73,7 +73,19 @@ async fn serve(s: ServeArgs) -> Result<()> {
     let (templates, default_chat_template) = s.chat_templates()?;
     let mut chat_templates = std::collections::BTreeMap::new();
     for (name, source) in templates {
-        chat_templates.insert(id_of(&name, "--chat-template")?, std::sync::Arc::<str>::from(source));
+        let id = id_of(&name, "--chat-template")?;
+        if catalog
+            .iter()
+            .any(|d| d.id == id && d.task == Some(hfms_engine::skills::Task::Embed))
+        {
+            anyhow::bail!("--chat-template {name}: an embedding model has no chat");
+        }
+        if chat_templates
+            .insert(id.clone(), std::sync::Arc::<str>::from(source))
+            .is_some()
+        {
+            anyhow::bail!("--chat-template: two templates for {id} (by id and alias)");
+        }
     }
     let mut pinned = std::collections::BTreeSet::new();
     for name in &s.pin {
@@ -102,7 +114,7 @@ async fn serve(s: ServeArgs) -> Result<()> {
         && hfms_engine::quant::kernels().panels.bf16.is_none()
     {
         tracing::warn!(
-            "--encoder-weights bf16 without AVX512_BF16 on this CPU: its portable kernel is slower than f32 or f16"
+            "--encoder-weights bf16: the kernel set in use has no bf16 kernel (no AVX512_BF16, or HFMS_NO_AVX512): its portable kernel is slower than f32 or f16"
         );
     }
     let listen = s.listen()?;

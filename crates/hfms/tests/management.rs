@@ -200,6 +200,16 @@ fn operator_chat_templates_replace_or_fill_in() {
         "{{ bos_token }}Fixed question.{% if add_generation_prompt %} Answer:{% endif %}",
     )
     .unwrap();
+    // A model whose own template does not compile: replaceable all the same.
+    let broken = dir.join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    for f in std::fs::read_dir(&base).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, broken.join(f.file_name().unwrap())).unwrap();
+    }
+    cfg["chat_template"] = "{% for %}".into();
+    std::fs::write(broken.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+    let broken_model = format!("broken={}", broken.display());
     let base_model = format!("base={}", base.display());
     let tq = format!("tq={}", tiny.join("llama-quant.gguf").display());
     let chat = |s: &Server, model: &str, content: &str| {
@@ -227,8 +237,12 @@ fn operator_chat_templates_replace_or_fill_in() {
         fixed.to_str().unwrap(),
         "--chat-template",
         &format!("smollm2={}", fixed.display()),
+        "--model",
+        &broken_model,
+        "--chat-template",
+        &format!("broken={}", fixed.display()),
     ]);
-    for model in ["base", "smollm2"] {
+    for model in ["base", "smollm2", "broken"] {
         let (st, a) = chat(&s, model, short);
         assert_eq!(st, 200, "{model}: {a}");
         let (st, b) = chat(&s, model, long);
@@ -244,28 +258,34 @@ fn operator_chat_templates_replace_or_fill_in() {
     assert!(prompt_tokens(&b) > prompt_tokens(&a), "{a} {b}");
     drop(s);
 
-    // A name that is no model fails at start, naming the flag.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hfms"))
-        .args(["serve", "--port", "0", "--no-hf-cache", "--models-dir"])
-        .arg(common::models_dir())
-        .args(["--chat-template", &format!("nosuch={}", fixed.display())])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("hfms served with an unknown model in --chat-template");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(!status.success() && err.contains("--chat-template nosuch"), "{err}");
+    // A name that is no model, or an embedding model, fails at start,
+    // naming the flag.
+    for (entry, needle) in [
+        (format!("nosuch={}", fixed.display()), "--chat-template nosuch"),
+        (format!("all-minilm={}", fixed.display()), "embedding model"),
+    ] {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hfms"))
+            .args(["serve", "--port", "0", "--no-hf-cache", "--models-dir"])
+            .arg(common::models_dir())
+            .args(["--chat-template", &entry])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("hfms served with --chat-template {entry}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(!status.success() && err.contains(needle), "{err}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }

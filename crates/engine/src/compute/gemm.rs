@@ -258,16 +258,25 @@ impl PanelKernels {
         bf16: None,
     };
     /// AVX2 + FMA + F16C: 6 tokens × 16 outputs in 12 ymm accumulators.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C (the kernels are safe to call only
+    /// there).
     #[cfg(target_arch = "x86_64")]
-    pub(crate) const AVX2: PanelKernels = PanelKernels {
-        f32: x86::panel,
-        f16: x86::panel_f16,
-        bf16: None,
-    };
+    pub(crate) unsafe fn avx2() -> PanelKernels {
+        PanelKernels {
+            f32: x86::panel,
+            f16: x86::panel_f16,
+            bf16: None,
+        }
+    }
     /// AVX-512F: 12 tokens × 16 outputs in 12 zmm accumulators; bf16
     /// pairs where the CPU has AVX512_BF16 (detected here).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA, F16C and AVX-512F.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) fn avx512() -> PanelKernels {
+    pub(crate) unsafe fn avx512() -> PanelKernels {
         PanelKernels {
             f32: x86::panel_512,
             f16: x86::panel_f16_512,

@@ -952,7 +952,8 @@ pub(super) fn all() -> Vec<Kernels> {
             Kernels::scalar(),
             "avx2",
             module_fns!(avx2),
-            PanelKernels::AVX2,
+            // SAFETY: AVX2, FMA and F16C were detected just above.
+            unsafe { PanelKernels::avx2() },
         ));
         if is_x86_feature_detected!("avx512f")
             && is_x86_feature_detected!("avx512bw")
@@ -963,7 +964,8 @@ pub(super) fn all() -> Vec<Kernels> {
                 Kernels::scalar(),
                 "avx512vnni",
                 module_fns!(vnni),
-                PanelKernels::avx512(),
+                // SAFETY: AVX2, FMA, F16C and AVX-512F were detected above.
+                unsafe { PanelKernels::avx512() },
             ));
         }
     }
@@ -987,8 +989,20 @@ pub(super) fn kernels() -> Option<Kernels> {
         && std::env::var_os("HFMS_NO_AVX512").is_none();
     let base = Kernels::scalar();
     Some(if vnni {
-        install(base, "avx512vnni", module_fns!(vnni), PanelKernels::avx512())
+        install(
+            base,
+            "avx512vnni",
+            module_fns!(vnni),
+            // SAFETY: AVX2, FMA, F16C and AVX-512F were detected above.
+            unsafe { PanelKernels::avx512() },
+        )
     } else {
-        install(base, "avx2", module_fns!(avx2), PanelKernels::AVX2)
+        install(
+            base,
+            "avx2",
+            module_fns!(avx2),
+            // SAFETY: AVX2, FMA and F16C were detected above.
+            unsafe { PanelKernels::avx2() },
+        )
     })
 }

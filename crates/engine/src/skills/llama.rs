@@ -41,22 +41,92 @@ pub struct DecoderConfig {
     pub rope_linear_scale: f32,
     #[serde(skip)]
     pub rope_freq_factors: Option<Vec<f32>>,
-    /// Sliding-window attention: a query attends to the last `window` keys
-    /// (itself included) in the layers from `from_layer` on (Mistral: all;
-    /// Qwen2 with `use_sliding_window`: from `max_window_layers`).
+    /// Sliding-window attention: in the layers marked, a query attends to the
+    /// last `window` keys (itself included).
     pub sliding_window: Option<SlidingWindow>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct SlidingWindow {
     pub window: usize,
-    pub from_layer: usize,
+    pub layers: SlidingLayers,
+}
+
+/// The layers that slide (the others attend to every position).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum SlidingLayers {
+    /// This layer and every later one.
+    From(usize),
+    /// Per layer, as `layer_types` lists them.
+    Listed(Vec<bool>),
+}
+
+impl SlidingLayers {
+    fn contains(&self, layer: usize) -> bool {
+        match self {
+            SlidingLayers::From(first) => layer >= *first,
+            SlidingLayers::Listed(v) => v.get(layer) == Some(&true),
+        }
+    }
+
+    /// Whether any of the first `layers` layers slides.
+    fn any(&self, layers: usize) -> bool {
+        match self {
+            SlidingLayers::From(first) => *first < layers,
+            SlidingLayers::Listed(v) => v.iter().take(layers).any(|&s| s),
+        }
+    }
+}
+
+impl SlidingWindow {
+    /// Whether `layer` slides.
+    pub fn layers_contain(&self, layer: usize) -> bool {
+        self.layers.contains(layer)
+    }
 }
 
 impl DecoderConfig {
     /// The attention window of `layer` (None: every earlier position).
     pub fn window(&self, layer: usize) -> Option<usize> {
-        self.sliding_window.filter(|s| layer >= s.from_layer).map(|s| s.window)
+        let s = self.sliding_window.as_ref()?;
+        s.layers.contains(layer).then_some(s.window)
+    }
+}
+
+/// Which layers slide, as transformers reads a config: `layer_types`
+/// ("sliding_attention") when present; else Mistral slides in every layer
+/// with `sliding_window` (4096 when the key is absent, none when null);
+/// Qwen2/Qwen3 only with `use_sliding_window`, in the layers from
+/// `max_window_layers` (default 28) on.
+fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<SlidingWindow>> {
+    let window = match cfg.get("sliding_window") {
+        None if arch == "mistral" => Some(4096),
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_u64()
+                .and_then(|w| usize::try_from(w).ok())
+                .ok_or_else(|| EngineError::format(format!("sliding_window {v} is not a count")))?,
+        ),
+    };
+    let sliding = match cfg.get("layer_types").and_then(Value::as_array) {
+        Some(types) => SlidingLayers::Listed(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()),
+        None if arch == "mistral" => SlidingLayers::From(0),
+        None if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
+            SlidingLayers::From(jusize(cfg, "max_window_layers").unwrap_or(28))
+        }
+        None => return Ok(None),
+    };
+    match window {
+        Some(w) if sliding.any(layers) => {
+            if w == 0 {
+                return Err(EngineError::format("sliding_window is 0"));
+            }
+            Ok(Some(SlidingWindow {
+                window: w,
+                layers: sliding,
+            }))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -323,25 +393,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         }
     }
     let context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
-    // As transformers reads it: Mistral slides in every layer when it has
-    // a window; Qwen2/3 only with `use_sliding_window`, from layer
-    // `max_window_layers` on.
-    let sliding = cfg
-        .get("use_sliding_window")
-        .and_then(|v| v.as_bool())
-        .unwrap_or(arch == "mistral");
-    let sliding_window = match jusize(cfg, "sliding_window") {
-        Some(0) => return Err(EngineError::format("sliding_window is 0")),
-        Some(window) if sliding => Some(SlidingWindow {
-            window,
-            from_layer: if arch == "mistral" {
-                0
-            } else {
-                jusize(cfg, "max_window_layers").unwrap_or(0)
-            },
-        }),
-        _ => None,
-    };
+    let sliding_window = sliding_window_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
     Ok(DecoderConfig {
         hidden,
         layers: need("num_hidden_layers")?,

@@ -267,7 +267,12 @@ impl Skill for LlamaSkill {
                     }
                 };
                 let tokenizer = Tokenizer::from_gguf(&f)?;
-                let template = match f.get_str("tokenizer.chat_template") {
+                // A replaced template is not compiled: replacing one that
+                // does not compile is what the operator's template is for.
+                let own = f
+                    .get_str("tokenizer.chat_template")
+                    .filter(|_| ctx.chat_template.replace.is_none());
+                let template = match own {
                     Some(src) => {
                         let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
                         let bos = name(tokenizer.bos());
@@ -288,7 +293,10 @@ impl Skill for LlamaSkill {
                     }
                 };
                 let tokenizer = meta.tokenizer(None)?;
-                let template = meta.chat_template()?;
+                let template = match ctx.chat_template.replace {
+                    Some(_) => None,
+                    None => meta.chat_template()?,
+                };
                 (model, tokenizer, template)
             }
         };
