@@ -197,7 +197,7 @@ fn describe_folder(d: &mut ModelDescription) -> crate::Result<()> {
 }
 
 /// A quantisation tag from a GGUF file name: `model.Q4_K_M.gguf` → Q4_K_M.
-fn quant_tag(stem: &str) -> Option<String> {
+pub fn quant_tag(stem: &str) -> Option<String> {
     let last = stem.rsplit(['.', '-']).next()?;
     let up = last.to_ascii_uppercase();
     let looks = (up.starts_with('Q') || up.starts_with("IQ") || up.starts_with('F') || up.starts_with("BF"))
@@ -206,7 +206,7 @@ fn quant_tag(stem: &str) -> Option<String> {
     looks.then_some(up)
 }
 
-fn is_split_shard(name: &str) -> bool {
+pub fn is_split_shard(name: &str) -> bool {
     // llama.cpp's split naming: name-00002-of-00003.gguf
     let stem = name.trim_end_matches(".gguf");
     stem.rsplit_once("-of-")

@@ -285,7 +285,9 @@ struct Record {
 
 struct Inner {
     registry: Registry,
-    catalog: Vec<ModelDescription>,
+    /// Grows when a model is pulled from the Hub while serving; readers
+    /// take a snapshot.
+    catalog: std::sync::RwLock<Arc<Vec<ModelDescription>>>,
     aliases: BTreeMap<String, String>,
     records: Mutex<HashMap<String, Record>>,
     changed: Condvar,
@@ -457,7 +459,7 @@ impl ModelManager {
     ) -> Self {
         let inner = Arc::new(Inner {
             registry,
-            catalog,
+            catalog: std::sync::RwLock::new(Arc::new(catalog)),
             aliases,
             records: Mutex::new(HashMap::new()),
             changed: Condvar::new(),
@@ -499,14 +501,34 @@ impl ModelManager {
     }
 
     /// Every model known, servable or not.
-    pub fn catalog(&self) -> &[ModelDescription] {
-        &self.inner.catalog
+    pub fn catalog(&self) -> Arc<Vec<ModelDescription>> {
+        self.inner.catalog.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Add a model found after start (pulled from the Hub), or replace the
+    /// description of one with the same id that is not loaded.
+    pub fn add_model(&self, desc: ModelDescription) -> Result<()> {
+        let loaded = self.inner.lock().get(&desc.id).is_some_and(|r| r.slot.is_some());
+        let mut guard = self.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+        let mut next: Vec<ModelDescription> = guard.as_ref().clone();
+        match next.iter_mut().find(|d| d.id == desc.id) {
+            Some(_) if loaded => {
+                return Err(EngineError::InvalidRequest {
+                    message: format!("model {} is loaded; unload it before replacing it", desc.id),
+                    param: Some("model"),
+                });
+            }
+            Some(d) => *d = desc,
+            None => next.push(desc),
+        }
+        *guard = Arc::new(next);
+        Ok(())
     }
 
     /// A model by id or alias.
-    pub fn resolve(&self, name: &str) -> Option<&ModelDescription> {
+    pub fn resolve(&self, name: &str) -> Option<ModelDescription> {
         let id = self.inner.aliases.get(name).map(String::as_str).unwrap_or(name);
-        self.inner.catalog.iter().find(|d| d.id == id)
+        self.catalog().iter().find(|d| d.id == id).cloned()
     }
 
     /// Memory a model will take on its device: the weights (as the CPU
@@ -580,8 +602,7 @@ impl ModelManager {
     pub fn acquire(&self, name: &str, keep_alive: Option<KeepAlive>, device: Option<DeviceId>) -> Result<ModelLease> {
         let desc = self
             .resolve(name)
-            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?
-            .clone();
+            .ok_or_else(|| EngineError::ModelNotFound(name.to_string()))?;
         if let Some(err) = &desc.error {
             return Err(EngineError::Unservable {
                 model: desc.id.clone(),
@@ -799,8 +820,7 @@ impl ModelManager {
     pub fn status(&self) -> Vec<ModelStatus> {
         let records = self.inner.lock();
         let to_unix = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs());
-        self.inner
-            .catalog
+        self.catalog()
             .iter()
             .map(|d| {
                 let rec = records.get(&d.id);

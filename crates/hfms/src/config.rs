@@ -18,6 +18,7 @@ use hfms_engine::embed::batcher::BatcherConfig;
 use hfms_engine::generate::SchedulerConfig;
 use hfms_server::breaker::BreakerConfig;
 use hfms_server::cache::CacheConfig;
+use hfms_server::downloads::DownloadConfig;
 use hfms_server::state::{RequestLimits, ServerConfig};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
@@ -33,10 +34,9 @@ pub struct ModelArgs {
     )]
     pub models_dirs: Vec<PathBuf>,
 
-    /// The Hugging Face hub cache to scan [default: $HF_HUB_CACHE, else
-    /// $HF_HOME/hub, else ~/.cache/huggingface/hub].
-    #[arg(long, env = "HFMS_HF_CACHE")]
-    pub hf_cache: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub cache: HubCacheArgs,
 
     /// Do not scan the Hugging Face hub cache.
     #[arg(long, env = "HFMS_NO_HF_CACHE")]
@@ -55,6 +55,48 @@ pub struct ModelArgs {
     /// TOML configuration file.
     #[arg(long, env = "HFMS_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// The Hugging Face hub cache (shared by `serve`, `discover`, `pull`, `ls`
+/// and `rm`).
+#[derive(Debug, Clone, Args, Default, Serialize, Deserialize)]
+pub struct HubCacheArgs {
+    /// The Hugging Face hub cache to scan and pull into [default:
+    /// $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub].
+    #[arg(long, env = "HFMS_HF_CACHE")]
+    pub hf_cache: Option<PathBuf>,
+}
+
+impl HubCacheArgs {
+    pub fn dir(&self) -> Result<PathBuf> {
+        self.hf_cache
+            .clone()
+            .or_else(hfms_engine::discover::default_hf_cache)
+            .context("no hub cache folder: set --hf-cache, HF_HUB_CACHE or HF_HOME")
+    }
+}
+
+/// Limits on what pulls keep on disk (shared by `serve` and `pull`).
+#[derive(Debug, Clone, Args, Default, Serialize, Deserialize)]
+pub struct DownloadArgs {
+    /// Keep the hub cache under this many GB (10^9 bytes): before a pull,
+    /// the least recently used repos are removed (never one a running
+    /// server has loaded or pinned). No limit when not given.
+    #[arg(long, env = "HFMS_MAX_CACHE_GB", value_parser = parse_cache_gb)]
+    pub max_cache_gb: Option<f64>,
+}
+
+fn parse_cache_gb(s: &str) -> std::result::Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 && v <= 1e6 => Ok(v),
+        _ => Err(format!("{s:?}: a number of GB above 0 (at most 1000000)")),
+    }
+}
+
+impl DownloadArgs {
+    pub fn max_cache_bytes(&self) -> Option<u64> {
+        self.max_cache_gb.map(|g| (g * 1e9) as u64)
+    }
 }
 
 /// Where keys (and, later, usage) are kept (shared by `serve` and `keys`).
@@ -297,6 +339,23 @@ pub struct ServeArgs {
     /// that is many requests, and a quiet server adds no wait).
     #[arg(long, env = "HFMS_EMBED_MAX_WAIT_MS", default_value_t = BatcherConfig::DEFAULT.max_wait.as_millis() as u64)]
     pub embed_max_wait_ms: u64,
+
+    /// A request for a model that is not on disk, named `org/name` (or
+    /// `org/name:QUANT`), pulls it from the Hugging Face Hub into the hub
+    /// cache, then loads it. Off by default: anyone who may call the API
+    /// could otherwise fill the disk.
+    #[arg(long, env = "HFMS_ALLOW_DOWNLOAD")]
+    pub allow_download: bool,
+
+    /// Seconds a request waits for its model's download (--allow-download)
+    /// before a 503 with the progress; the download goes on.
+    #[arg(long, env = "HFMS_DOWNLOAD_TIMEOUT", default_value_t = DownloadConfig::DEFAULT.wait.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub download_timeout: u64,
+
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub download: DownloadArgs,
 
     /// Seconds a request may take before it is cancelled with 504.
     #[arg(long, env = "HFMS_REQUEST_TIMEOUT", default_value_t = ServerConfig::DEFAULT.request_timeout.as_secs(),
@@ -590,13 +649,18 @@ fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
 }
 
 impl ModelArgs {
-    /// What discovery needs.
-    pub fn discover_config(&self) -> Result<hfms_engine::discover::DiscoverConfig> {
-        let hf_cache = if self.no_hf_cache {
+    /// The hub cache to scan and pull into; None with --no-hf-cache.
+    pub fn hub_cache(&self) -> Option<PathBuf> {
+        if self.no_hf_cache {
             None
         } else {
-            self.hf_cache.clone().or_else(hfms_engine::discover::default_hf_cache)
-        };
+            self.cache.dir().ok()
+        }
+    }
+
+    /// What discovery needs.
+    pub fn discover_config(&self) -> Result<hfms_engine::discover::DiscoverConfig> {
+        let hf_cache = self.hub_cache();
         let mut extra: Vec<(Option<String>, PathBuf)> = Vec::new();
         for m in &self.models {
             let (id, path) = match m.split_once('=') {
@@ -764,6 +828,12 @@ impl ServeArgs {
             cors_allow_origins: self.cors_allow_origins.clone(),
             allowed_hosts,
             admin_assets_dir: self.admin_assets_dir.clone(),
+            downloads: DownloadConfig {
+                hub: self.models.hub_cache().map(hfms_hub::HubConfig::from_env),
+                on_demand: self.allow_download,
+                wait: Duration::from_secs(self.download_timeout),
+                max_cache_bytes: self.download.max_cache_bytes(),
+            },
             cache: CacheConfig {
                 enabled: !self.no_response_cache,
                 ttl: Duration::from_secs(self.cache_ttl),
@@ -784,6 +854,9 @@ impl ServeArgs {
     /// Check every setting that is parsed later, so a bad one fails at
     /// start-up with its flag named.
     pub fn validate(&self) -> Result<()> {
+        if self.allow_download && self.models.hub_cache().is_none() {
+            bail!("--allow-download pulls into the hub cache: it cannot go with --no-hf-cache (or name one with --hf-cache)");
+        }
         self.listen()?;
         self.keep_alive()?;
         self.memory_budget()?;

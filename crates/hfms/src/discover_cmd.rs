@@ -3,23 +3,9 @@
 
 use anyhow::Result;
 use hfms_engine::discover::{ModelDescription, discover};
+use hfms_hub::cache::human_bytes;
 
 use crate::config::ModelArgs;
-
-fn human_bytes(b: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
 
 fn human_count(n: u64) -> String {
     match n {

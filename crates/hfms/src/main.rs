@@ -6,6 +6,7 @@
 mod bench;
 mod config;
 mod discover_cmd;
+mod hub_cmd;
 mod keys_cmd;
 mod serve;
 mod skills_cmd;
@@ -45,6 +46,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Download a model from the Hugging Face Hub into the hub cache
+    /// (resumable, hash-checked), where `serve` and `discover` find it.
+    Pull(Box<hub_cmd::PullArgs>),
+    /// List the repos in the Hugging Face hub cache.
+    Ls(hub_cmd::LsArgs),
+    /// Delete a repo from the Hugging Face hub cache.
+    Rm(hub_cmd::RmArgs),
     /// Load-test an OpenAI-compatible server: chat, embeddings, model swaps.
     Bench(Box<bench::BenchArgs>),
     /// Manage API keys in the server's database.
@@ -124,6 +132,12 @@ fn main() -> Result<()> {
             discover_cmd::run(&models, json)
         }
         Command::Skills { json } => skills_cmd::run(json),
+        Command::Pull(args) => {
+            telemetry::init("text", None)?;
+            hub_cmd::pull(*args)
+        }
+        Command::Ls(args) => hub_cmd::ls(args),
+        Command::Rm(args) => hub_cmd::rm(args),
         Command::Bench(args) => bench::run(*args),
         Command::Usage(args) => {
             telemetry::init("text", None)?;

@@ -85,11 +85,12 @@ pub async fn ready(State(state): State<AppState>) -> Response {
 pub async fn status(State(state): State<AppState>) -> axum::Json<Value> {
     let m = state.manager();
     let loaded = m.loaded();
+    let catalog = m.catalog();
     let models: Vec<Value> = m
         .status()
         .into_iter()
         .map(|s| {
-            let desc = m.catalog().iter().find(|d| d.id == s.id);
+            let desc = catalog.iter().find(|d| d.id == s.id);
             let sched = loaded
                 .iter()
                 .find(|(id, _)| *id == s.id)

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod dashboard;
+pub mod downloads;
 pub mod error;
 pub mod extract;
 pub mod health;
@@ -58,6 +59,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/models/load", post(management::load))
         .route("/models/unload", post(management::unload))
+        .route("/models/pull", post(downloads::pull))
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/status", get(health::status))

@@ -22,6 +22,7 @@ use crate::{admin, dashboard, health, management, openai};
         openai::models::get,
         management::load,
         management::unload,
+        crate::downloads::pull,
         health::health,
         health::ready,
         health::status,
@@ -41,7 +42,7 @@ use crate::{admin, dashboard, health, management, openai};
     components(schemas(openai::types::ChatCompletionChunk)),
     tags(
         (name = "OpenAI", description = "OpenAI-compatible endpoints"),
-        (name = "Management", description = "Loading and unloading models"),
+        (name = "Management", description = "Loading, unloading and pulling models"),
         (name = "Health", description = "Liveness, readiness, status"),
         (name = "Admin", description = "API keys, usage, and the dashboard's sign-in session (scope `admin`)"),
     )

@@ -59,6 +59,7 @@ pub struct ServerConfig {
     pub allowed_hosts: Option<Vec<String>>,
     pub breaker: crate::breaker::BreakerConfig,
     pub cache: crate::cache::CacheConfig,
+    pub downloads: crate::downloads::DownloadConfig,
     /// Serve the dashboard's files from this folder instead of the copies
     /// in the binary (for working on the UI without rebuilding).
     pub admin_assets_dir: Option<std::path::PathBuf>,
@@ -74,6 +75,7 @@ impl ServerConfig {
         allowed_hosts: None,
         breaker: crate::breaker::BreakerConfig::DEFAULT,
         cache: crate::cache::CacheConfig::DEFAULT,
+        downloads: crate::downloads::DownloadConfig::DEFAULT,
         admin_assets_dir: None,
     };
 }
@@ -102,6 +104,7 @@ struct Inner {
     metrics: Arc<crate::metrics::Metrics>,
     breakers: crate::breaker::Breakers,
     cache: Arc<crate::cache::ResponseCache>,
+    downloads: crate::downloads::Downloads,
     access: Arc<crate::auth::Access>,
     hardware: Option<hfms_hardware::HardwareReport>,
     config: ServerConfig,
@@ -131,6 +134,7 @@ impl AppState {
         metrics.attach_cache(&cache);
         Ok(AppState {
             inner: Arc::new(Inner {
+                downloads: crate::downloads::Downloads::new(config.downloads.clone(), manager.clone()),
                 manager,
                 cache,
                 access,
@@ -157,6 +161,10 @@ impl AppState {
 
     pub fn cache(&self) -> &Arc<crate::cache::ResponseCache> {
         &self.inner.cache
+    }
+
+    pub fn downloads(&self) -> &crate::downloads::Downloads {
+        &self.inner.downloads
     }
 
     pub fn access(&self) -> &Arc<crate::auth::Access> {

@@ -50,8 +50,14 @@ pub async fn acquire(
 ) -> ApiResult<ModelLease> {
     let keep_alive = params::parse_keep_alive(keep_alive)?;
     let manager: Arc<ModelManager> = state.manager().clone();
-    let desc = manager.resolve(name);
-    allowed_model(name, desc)?;
+    let mut desc = manager.resolve(name);
+    allowed_model(name, desc.as_ref())?;
+    if desc.is_none()
+        && state.downloads().on_demand()
+        && let Some(id) = state.downloads().fetch_for_request(name).await?
+    {
+        desc = manager.resolve(&id);
+    }
     let desc = desc.ok_or_else(|| ApiError::model_not_found(name))?;
     let id = desc.id.clone();
     crate::middleware::metrics::note_model(&id);
@@ -500,12 +506,12 @@ pub async fn cache_lookup(
 ) -> ApiResult<crate::cache::Lookup> {
     let desc = state.manager().resolve(model);
     // A key must not read answers for a model it may not use.
-    allowed_model(model, desc)?;
-    if let Some(d) = desc {
+    allowed_model(model, desc.as_ref())?;
+    if let Some(d) = &desc {
         // A hit never reaches `acquire`: name the model for metrics and usage.
         crate::middleware::metrics::note_model(&d.id);
     }
-    let desc = desc.filter(|d| d.servable());
+    let desc = desc.as_ref().filter(|d| d.servable());
     let tenant = crate::auth::current()
         .and_then(|c| c.caller.key().map(|k| k.id.clone()))
         .unwrap_or_default();

@@ -77,5 +77,5 @@ pub async fn get(State(state): State<AppState>, Path(id): Path<String>) -> ApiRe
         .filter(|d| d.servable() && crate::auth::may_use(d))
         .ok_or_else(|| ApiError::model_not_found(&id))?;
     let status = m.status();
-    Ok(axum::Json(object(d, status.iter().find(|s| s.id == d.id))))
+    Ok(axum::Json(object(&d, status.iter().find(|s| s.id == d.id))))
 }

@@ -1,0 +1,306 @@
+//! Models pulled from the Hugging Face Hub while serving: `POST
+//! /models/pull` (progress as SSE) and, with `--allow-download`, a request
+//! for an unknown `org/name` that pulls, registers and then loads it.
+//!
+//! One pull per model at a time (single-flight, like loads): whoever asks
+//! while it runs watches the same download. Other models keep serving.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use hfms_engine::discover::{DiscoverConfig, discover};
+use hfms_engine::manager::ModelManager;
+use hfms_hub::cache::human_bytes;
+use hfms_hub::pull::PullOptions;
+use hfms_hub::{HubConfig, HubError, PullEvent, PullOutcome, RepoSpec};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::error::{ApiError, ApiResult, PostErrors};
+use crate::extract::ApiJson;
+use crate::state::AppState;
+
+/// How the server pulls.
+#[derive(Debug, Clone)]
+pub struct DownloadConfig {
+    /// The Hub and the cache; None when the server runs without a hub
+    /// cache (`--no-hf-cache`): pulls are refused.
+    pub hub: Option<HubConfig>,
+    /// `--allow-download`: a request for an unknown `org/name` pulls it.
+    pub on_demand: bool,
+    /// How long such a request waits for its download before a 503.
+    pub wait: Duration,
+    /// `--max-cache-gb`, in bytes.
+    pub max_cache_bytes: Option<u64>,
+}
+
+impl DownloadConfig {
+    pub const DEFAULT: DownloadConfig = DownloadConfig {
+        hub: None,
+        on_demand: false,
+        wait: Duration::from_secs(300),
+        max_cache_bytes: None,
+    };
+}
+
+/// One pull as its watchers see it.
+#[derive(Debug, Clone, Default)]
+pub struct DownloadState {
+    /// Every event but progress, in order (a few per file).
+    pub log: Vec<PullEvent>,
+    /// The latest progress event.
+    pub progress: Option<PullEvent>,
+    pub total_bytes: u64,
+    /// Bytes fetched so far, per file being downloaded.
+    pub completed: HashMap<String, u64>,
+    pub result: Option<Result<PullOutcome, ApiError>>,
+}
+
+impl DownloadState {
+    fn apply(&mut self, e: PullEvent) {
+        match &e {
+            PullEvent::Progress { file, completed, .. } => {
+                self.completed.insert(file.clone(), *completed);
+                self.progress = Some(e);
+                return;
+            }
+            PullEvent::Resolved { download_bytes, .. } => self.total_bytes = *download_bytes,
+            _ => {}
+        }
+        self.log.push(e);
+    }
+
+    /// `45% (12.0 MiB of 26.7 MiB)`.
+    pub fn summary(&self) -> String {
+        let done: u64 = self.completed.values().sum();
+        if self.total_bytes == 0 {
+            return "resolving the files".to_string();
+        }
+        format!(
+            "{:.0}% ({} of {})",
+            100.0 * done as f64 / self.total_bytes as f64,
+            human_bytes(done),
+            human_bytes(self.total_bytes)
+        )
+    }
+}
+
+pub struct Downloads {
+    config: DownloadConfig,
+    manager: Arc<ModelManager>,
+    /// Pulls in progress, by spec.
+    running: Arc<Mutex<HashMap<String, watch::Receiver<DownloadState>>>>,
+}
+
+/// A pull failure as an HTTP error: the Hub's refusals are not the
+/// caller's API key (no 401 here), an unreachable Hub is a bad gateway.
+fn api_error(e: HubError) -> ApiError {
+    let msg = e.to_string();
+    match e {
+        HubError::InvalidSpec(_) => ApiError::invalid(Some("model".to_string()), msg),
+        HubError::Unauthorized { .. } | HubError::Forbidden { .. } => {
+            ApiError::new(StatusCode::FORBIDDEN, "permission_error", msg).with_code("hub_access_denied")
+        }
+        HubError::NotFound(_) | HubError::NoMatchingFiles(_) | HubError::Offline(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", msg).with_code("model_not_found")
+        }
+        HubError::Http { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("hub_unreachable"),
+        HubError::Integrity { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("hub_integrity_error")
+        }
+        HubError::OverBudget(_) => {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "server_error", msg).with_code("cache_budget_exceeded")
+        }
+        HubError::Io { .. } => ApiError::internal(msg),
+    }
+}
+
+impl Downloads {
+    pub fn new(config: DownloadConfig, manager: Arc<ModelManager>) -> Self {
+        Downloads {
+            config,
+            manager,
+            running: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    pub fn on_demand(&self) -> bool {
+        self.config.on_demand && self.config.hub.is_some()
+    }
+
+    /// Start pulling `spec` (or join the pull already running).
+    pub fn start(&self, spec: &RepoSpec) -> ApiResult<watch::Receiver<DownloadState>> {
+        let Some(hub) = self.config.hub.clone() else {
+            return Err(ApiError::invalid(
+                Some("model".to_string()),
+                "this server has no hub cache to pull into (it runs with --no-hf-cache)",
+            ));
+        };
+        let key = format!("{}@{}", spec.model_id(), spec.revision);
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = running.get(&key) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(DownloadState::default());
+        running.insert(key.clone(), rx.clone());
+        drop(running);
+        let manager = self.manager.clone();
+        let opts = PullOptions {
+            max_cache_bytes: self.config.max_cache_bytes,
+            evictable: Some(evictable(manager.clone())),
+            ..PullOptions::default()
+        };
+        let spec = spec.clone();
+        let running = self.running.clone();
+        tokio::spawn(async move {
+            tracing::info!(model = %spec.model_id(), revision = %spec.revision, "pulling from the Hub");
+            let on_event = |e: PullEvent| tx.send_modify(|s| s.apply(e));
+            let result = match hfms_hub::pull(&hub, &spec, &opts, &on_event).await {
+                Ok(o) => register(&manager, &o).map(|()| o),
+                Err(e) => Err(api_error(e)),
+            };
+            match &result {
+                Ok(o) => tracing::info!(model = %o.model, path = %o.model_path.display(), bytes = o.downloaded_bytes, "pulled"),
+                Err(e) => tracing::warn!(model = %spec.model_id(), error = %e.message, "pull failed"),
+            }
+            tx.send_modify(|s| s.result = Some(result));
+            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
+        Ok(rx)
+    }
+
+    /// With `--allow-download`: pull an unknown `org/name` the request
+    /// names and return the id it is served under; None when the name is
+    /// not a Hub repo id. Waits up to `--download-timeout`, then answers 503
+    /// with the progress (the download goes on).
+    pub async fn fetch_for_request(&self, name: &str) -> ApiResult<Option<String>> {
+        let Ok(spec) = RepoSpec::parse(name) else {
+            return Ok(None);
+        };
+        let mut rx = self.start(&spec)?;
+        let wait = self.config.wait;
+        let done = tokio::time::timeout(wait, rx.wait_for(|s| s.result.is_some()))
+            .await
+            .map(|r| r.map(|s| s.result.clone()));
+        match done {
+            Ok(Ok(result)) => match result {
+                Some(Ok(o)) => Ok(Some(o.model)),
+                Some(Err(e)) => Err(e),
+                None => Err(ApiError::internal("the pull ended without a result")),
+            },
+            Ok(Err(_)) => Err(ApiError::internal("the pull task ended without a result")),
+            Err(_) => {
+                let summary = rx.borrow().summary();
+                Err(ApiError::unavailable(
+                    format!(
+                        "{} is being downloaded from the Hub: {summary}; retry shortly",
+                        spec.model_id()
+                    ),
+                    10,
+                )
+                .with_code("model_downloading"))
+            }
+        }
+    }
+}
+
+/// A repo may be evicted when no model served from it is loaded or pinned.
+fn evictable(manager: Arc<ModelManager>) -> hfms_hub::pull::Evictable {
+    Arc::new(move |repo: &str| {
+        let folder = hfms_hub::cache::repo_folder_name(repo);
+        let in_use = manager.status().into_iter().any(|s| {
+            let loaded = !matches!(s.state, hfms_engine::manager::ModelState::Unloaded);
+            (loaded || s.pinned)
+                && manager
+                    .resolve(&s.id)
+                    .is_some_and(|d| d.path.components().any(|c| c.as_os_str() == folder.as_str()))
+        });
+        !in_use
+    })
+}
+
+/// Describe the pulled files and add them to the catalog under the id the
+/// request asked for.
+fn register(manager: &ModelManager, o: &PullOutcome) -> Result<(), ApiError> {
+    if manager.resolve(&o.model).is_some_and(|d| d.path == o.model_path) {
+        return Ok(());
+    }
+    let cfg = DiscoverConfig {
+        extra: vec![(Some(o.model.clone()), o.model_path.clone())],
+        ..DiscoverConfig::default()
+    };
+    let desc = discover(manager.registry(), &cfg)
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal(format!("{} was pulled but could not be described", o.model)))?;
+    if let Some(err) = &desc.error {
+        tracing::warn!(model = %o.model, error = %err, "pulled a model hfms cannot serve");
+    }
+    manager.add_model(desc).map_err(ApiError::from)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct PullRequest {
+    /// `ORG/NAME[:QUANT][@REVISION]`
+    pub model: String,
+}
+
+/// Pull a model from the Hub into the cache and add it to the served
+/// models; progress as server-sent events (`resolved`, `progress`,
+/// `file_done`, `done`, or an error event), then `[DONE]`.
+#[utoipa::path(post, path = "/models/pull", tag = "Management",
+    request_body = PullRequest,
+    responses((status = 200, description = "Progress events (text/event-stream)", content_type = "text/event-stream", body = String), PostErrors))]
+pub async fn pull(
+    State(state): State<AppState>,
+    axum::Extension(rid): axum::Extension<crate::middleware::trace::RequestId>,
+    ApiJson(req, _): ApiJson<PullRequest>,
+) -> ApiResult<axum::response::Response> {
+    let spec = RepoSpec::parse(&req.model).map_err(api_error)?;
+    let mut rx = state.downloads().start(&spec)?;
+    Ok(crate::openai::sse_response(&state, &rid.0, move |sink| async move {
+        let mut sent = 0usize;
+        let mut last_progress = None;
+        loop {
+            let (news, progress, result) = {
+                let s = rx.borrow_and_update();
+                (s.log[sent.min(s.log.len())..].to_vec(), s.progress.clone(), s.result.clone())
+            };
+            sent += news.len();
+            for e in &news {
+                if sink.send_json(e).await.is_err() {
+                    return;
+                }
+            }
+            if let Some(p) = progress {
+                let text = serde_json::to_string(&p).unwrap_or_default();
+                if last_progress.as_ref() != Some(&text) {
+                    if sink.send_json(&p).await.is_err() {
+                        return;
+                    }
+                    last_progress = Some(text);
+                }
+            }
+            match result {
+                Some(Ok(_)) => {
+                    let _ = sink.send(crate::openai::sse_done()).await;
+                    return;
+                }
+                Some(Err(e)) => {
+                    sink.send_error(&e).await;
+                    return;
+                }
+                None => {}
+            }
+            // The task sets a result before it drops the sender, and the
+            // loop returns on a result: a closed channel means it died.
+            if rx.changed().await.is_err() {
+                sink.send_error(&ApiError::internal("the pull task ended without a result")).await;
+                return;
+            }
+        }
+    }))
+}
