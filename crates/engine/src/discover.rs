@@ -331,10 +331,11 @@ fn hub_snapshot(repo_dir: &Path) -> Option<PathBuf> {
             return Some(p);
         }
     }
+    // Hidden folders are snapshots still being built (hfms pull).
     std::fs::read_dir(&snaps)
         .ok()?
         .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
+        .filter(|e| e.path().is_dir() && !e.file_name().to_string_lossy().starts_with('.'))
         .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
         .map(|e| e.path())
 }

@@ -651,11 +651,7 @@ fn split_pair<'a>(s: &'a str, what: &str) -> Result<(&'a str, &'a str)> {
 impl ModelArgs {
     /// The hub cache to scan and pull into; None with --no-hf-cache.
     pub fn hub_cache(&self) -> Option<PathBuf> {
-        if self.no_hf_cache {
-            None
-        } else {
-            self.cache.dir().ok()
-        }
+        if self.no_hf_cache { None } else { self.cache.dir().ok() }
     }
 
     /// What discovery needs.
@@ -855,7 +851,9 @@ impl ServeArgs {
     /// start-up with its flag named.
     pub fn validate(&self) -> Result<()> {
         if self.allow_download && self.models.hub_cache().is_none() {
-            bail!("--allow-download pulls into the hub cache: it cannot go with --no-hf-cache (or name one with --hf-cache)");
+            bail!(
+                "--allow-download pulls into the hub cache: it cannot go with --no-hf-cache (or name one with --hf-cache)"
+            );
         }
         self.listen()?;
         self.keep_alive()?;

@@ -145,7 +145,8 @@ impl Reporter {
                     // get their one line when done.
                     let quarter = completed * 4 / total;
                     let (last, at) = st.printed.get(&file).copied().unwrap_or((u64::MAX, Instant::now()));
-                    if last != quarter && (last == u64::MAX || quarter > last || at.elapsed() > Duration::from_secs(10)) {
+                    if last != quarter && (last == u64::MAX || quarter > last || at.elapsed() > Duration::from_secs(10))
+                    {
                         eprintln!(
                             "  {file}: {}% ({} of {})",
                             completed * 100 / total,
@@ -224,14 +225,22 @@ pub fn ls(args: LsArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&repos)?);
         return Ok(());
     }
-    let mut rows = vec![["REPO", "SIZE", "FILES", "REFS", "LAST USED", "PATH"].map(String::from).to_vec()];
+    let mut rows = vec![
+        ["REPO", "SIZE", "FILES", "REFS", "LAST USED", "PATH"]
+            .map(String::from)
+            .to_vec(),
+    ];
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
     for r in &repos {
         let refs = if r.refs.is_empty() {
-            r.revisions.iter().map(|c| c[..c.len().min(12)].to_string()).collect::<Vec<_>>().join(",")
+            r.revisions
+                .iter()
+                .map(|c| c[..c.len().min(12)].to_string())
+                .collect::<Vec<_>>()
+                .join(",")
         } else {
             r.refs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")
         };
@@ -239,13 +248,18 @@ pub fn ls(args: LsArgs) -> Result<()> {
         if r.incomplete_bytes > 0 {
             size.push_str(&format!(" (+{} partial)", human_bytes(r.incomplete_bytes)));
         }
-        let ago = humantime::format_duration(Duration::from_secs(now.saturating_sub(r.last_used) / 60 * 60)).to_string();
+        let ago =
+            humantime::format_duration(Duration::from_secs(now.saturating_sub(r.last_used) / 60 * 60)).to_string();
         rows.push(vec![
             r.repo.clone(),
             size,
             r.files.to_string(),
             refs,
-            if r.last_used == 0 { "-".into() } else { format!("{ago} ago") },
+            if r.last_used == 0 {
+                "-".into()
+            } else {
+                format!("{ago} ago")
+            },
             r.path.display().to_string(),
         ]);
     }
@@ -264,6 +278,11 @@ pub fn rm(args: RmArgs) -> Result<()> {
     }
     let dir = args.cache.dir()?;
     let freed = hfms_hub::remove_repo(&dir, &spec.repo)?;
-    println!("removed {} from {} ({} freed)", spec.repo, dir.display(), human_bytes(freed));
+    println!(
+        "removed {} from {} ({} freed)",
+        spec.repo,
+        dir.display(),
+        human_bytes(freed)
+    );
     Ok(())
 }

@@ -116,7 +116,10 @@ pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, Strin
     let snap = paths.snapshot(commit);
     let building = !snap.exists();
     let dir = if building {
-        paths.root.join("snapshots").join(format!(".{commit}.partial-{}", std::process::id()))
+        paths
+            .root
+            .join("snapshots")
+            .join(format!(".{commit}.partial-{}", std::process::id()))
     } else {
         snap.clone()
     };
@@ -174,7 +177,9 @@ pub struct CachedRepo {
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn read_refs(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
@@ -184,7 +189,11 @@ fn read_refs(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
         if name.starts_with('.') {
             continue;
         }
-        let full = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let full = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if e.path().is_dir() {
             read_refs(&e.path(), &full, out);
         } else if let Ok(c) = std::fs::read_to_string(e.path()) {
@@ -258,7 +267,10 @@ pub fn scan_cache(cache: &Path) -> Vec<CachedRepo> {
 pub fn remove_repo(cache: &Path, repo: &str) -> Result<u64, HubError> {
     let paths = RepoPaths::new(cache, repo);
     if !paths.root.is_dir() {
-        return Err(HubError::NotFound(format!("{repo} is not in the cache at {}", cache.display())));
+        return Err(HubError::NotFound(format!(
+            "{repo} is not in the cache at {}",
+            cache.display()
+        )));
     }
     let d = describe(repo.to_string(), &paths.root);
     std::fs::remove_dir_all(&paths.root).map_err(io(&paths.root))?;
@@ -338,7 +350,10 @@ mod tests {
         assert_eq!(repo_folder_name("org/name"), "models--org--name");
         assert_eq!(repo_id_of_folder("models--org--na-me").as_deref(), Some("org/na-me"));
         assert_eq!(link_target("config.json", "e"), PathBuf::from("../../blobs/e"));
-        assert_eq!(link_target("1_Pooling/config.json", "e"), PathBuf::from("../../../blobs/e"));
+        assert_eq!(
+            link_target("1_Pooling/config.json", "e"),
+            PathBuf::from("../../../blobs/e")
+        );
     }
 
     #[test]
@@ -350,13 +365,22 @@ mod tests {
             std::fs::create_dir_all(p.root.join("blobs")).unwrap();
             std::fs::write(p.blob("e1"), vec![1u8; n]).unwrap();
             std::fs::write(p.blob("e2"), b"{}").unwrap();
-            let snap = publish_snapshot(&p, &"c".repeat(40), &[("m.bin".into(), "e1".into()), ("d/x.json".into(), "e2".into())]).unwrap();
+            let snap = publish_snapshot(
+                &p,
+                &"c".repeat(40),
+                &[("m.bin".into(), "e1".into()), ("d/x.json".into(), "e2".into())],
+            )
+            .unwrap();
             assert_eq!(std::fs::read(snap.join("d/x.json")).unwrap(), b"{}");
             assert_eq!(std::fs::read(snap.join("m.bin")).unwrap().len(), n);
             write_atomic(&p.reference("main"), "c".repeat(40).as_bytes()).unwrap();
             assert_eq!(p.cached_commit("main"), Some("c".repeat(40)));
             // No hidden build folder is left behind.
-            let names: Vec<_> = std::fs::read_dir(p.root.join("snapshots")).unwrap().flatten().map(|e| e.file_name()).collect();
+            let names: Vec<_> = std::fs::read_dir(p.root.join("snapshots"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .collect();
             assert_eq!(names.len(), 1);
             std::thread::sleep(std::time::Duration::from_millis(1100));
         }
@@ -367,7 +391,10 @@ mod tests {
         // Within budget: nothing removed.
         assert!(evict_to_budget(cache, 10_000, 100, &|_| true).unwrap().is_empty());
         // Over: the older one goes.
-        assert_eq!(evict_to_budget(cache, 900, 200, &|_| true).unwrap(), vec!["a/old".to_string()]);
+        assert_eq!(
+            evict_to_budget(cache, 900, 200, &|_| true).unwrap(),
+            vec!["a/old".to_string()]
+        );
         // Nothing evictable: refused.
         assert!(evict_to_budget(cache, 600, 200, &|_| false).is_err());
         assert_eq!(remove_repo(cache, "b/new").unwrap(), 502);

@@ -117,9 +117,20 @@ impl RepoSpec {
             return Err(bad("the repo must be ORG/NAME"));
         }
         for p in &parts {
-            let ok_chars = p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-            if p.is_empty() || p.len() > 96 || !ok_chars || p.starts_with(['-', '.']) || p.ends_with('.') || p.contains("--") || p.contains("..") {
-                return Err(bad("ORG and NAME are 1–96 characters of letters, digits, '-', '_', '.' (no '--' or '..', not starting with '-' or '.')"));
+            let ok_chars = p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if p.is_empty()
+                || p.len() > 96
+                || !ok_chars
+                || p.starts_with(['-', '.'])
+                || p.ends_with('.')
+                || p.contains("--")
+                || p.contains("..")
+            {
+                return Err(bad(
+                    "ORG and NAME are 1–96 characters of letters, digits, '-', '_', '.' (no '--' or '..', not starting with '-' or '.')",
+                ));
             }
         }
         if let Some(q) = &quant
@@ -131,9 +142,13 @@ impl RepoSpec {
             && revision.len() <= 200
             && !revision.contains("..")
             && !revision.starts_with('/')
-            && revision.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+            && revision
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
         if !rev_ok {
-            return Err(bad("a revision is a branch, tag or commit (letters, digits, '-', '_', '.', '/')"));
+            return Err(bad(
+                "a revision is a branch, tag or commit (letters, digits, '-', '_', '.', '/')",
+            ));
         }
         Ok(RepoSpec {
             repo: repo.to_string(),
@@ -162,7 +177,9 @@ pub fn is_commit_hash(s: &str) -> bool {
 pub enum HubError {
     #[error("invalid model spec {0}")]
     InvalidSpec(String),
-    #[error("{repo} needs a Hugging Face token (the repo is gated or private): set HF_TOKEN to a token that has access")]
+    #[error(
+        "{repo} needs a Hugging Face token (the repo is gated or private): set HF_TOKEN to a token that has access"
+    )]
     Unauthorized { repo: String },
     #[error("{repo}: the token in HF_TOKEN has no access (gated repo: request access on its Hub page)")]
     Forbidden { repo: String },
@@ -175,7 +192,11 @@ pub enum HubError {
     #[error("the Hub at {endpoint}: {message}")]
     Http { endpoint: String, message: String },
     #[error("{file}: downloaded {actual} but the Hub says {expected}; the download was discarded")]
-    Integrity { file: String, expected: String, actual: String },
+    Integrity {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("{0}")]
     OverBudget(String),
     #[error("{path}: {source}")]
@@ -202,15 +223,35 @@ mod tests {
     #[test]
     fn specs() {
         let s = RepoSpec::parse("org/name").unwrap();
-        assert_eq!((s.repo.as_str(), s.quant.as_deref(), s.revision.as_str()), ("org/name", None, "main"));
+        assert_eq!(
+            (s.repo.as_str(), s.quant.as_deref(), s.revision.as_str()),
+            ("org/name", None, "main")
+        );
         let s = RepoSpec::parse("Qwen/Qwen2.5-0.5B-Instruct-GGUF:q4_k_m@v1.0").unwrap();
         assert_eq!(s.quant.as_deref(), Some("Q4_K_M"));
         assert_eq!(s.revision, "v1.0");
         assert_eq!(s.model_id(), "Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M");
         assert_eq!(RepoSpec::parse("a/b@refs/pr/1").unwrap().revision, "refs/pr/1");
         for bad in [
-            "", " ", "name", "a/b/c", "/b", "a/", "../b", "a/..", "a/b:", "a/b@", "a/b@../x", "a/b:Q4 K",
-            "a--b/c", "-a/b", "a/b@/x", &"x".repeat(400), "a/b\0", "a/b c", "a/ä",
+            "",
+            " ",
+            "name",
+            "a/b/c",
+            "/b",
+            "a/",
+            "../b",
+            "a/..",
+            "a/b:",
+            "a/b@",
+            "a/b@../x",
+            "a/b:Q4 K",
+            "a--b/c",
+            "-a/b",
+            "a/b@/x",
+            &"x".repeat(400),
+            "a/b\0",
+            "a/b c",
+            "a/ä",
         ] {
             assert!(RepoSpec::parse(bad).is_err(), "{bad:?} accepted");
         }

@@ -113,7 +113,11 @@ pub async fn pull(
         Ok(i) => i,
         // The Hub cannot be reached but the cache has this revision: use
         // it, as huggingface_hub does.
-        Err(e @ HubError::Http { .. }) if paths.cached_commit(&spec.revision).is_some_and(|c| paths.snapshot(&c).is_dir()) => {
+        Err(e @ HubError::Http { .. })
+            if paths
+                .cached_commit(&spec.revision)
+                .is_some_and(|c| paths.snapshot(&c).is_dir()) =>
+        {
             tracing::warn!(error = %e, repo = %spec.repo, "the Hub is unreachable; using the cached snapshot");
             return from_cache(cfg, spec, &paths, include.as_ref(), exclude.as_ref(), started, on_event);
         }
@@ -124,8 +128,10 @@ pub async fn pull(
 
     // A sharded checkpoint: its index says which shards make the model.
     let mut metas: Vec<(String, FileMeta)> = Vec::new();
-    let wants_index =
-        include.is_none() && spec.quant.is_none() && select::has_safetensors(&files) && files.iter().any(|f| f == SAFETENSORS_INDEX);
+    let wants_index = include.is_none()
+        && spec.quant.is_none()
+        && select::has_safetensors(&files)
+        && files.iter().any(|f| f == SAFETENSORS_INDEX);
     let index = if wants_index {
         let meta = hub.file_meta(spec, &commit, SAFETENSORS_INDEX).await?;
         let blob = hub.download_blob(&paths, SAFETENSORS_INDEX, &meta, &|_| {}).await?;
@@ -137,7 +143,13 @@ pub async fn pull(
     } else {
         None
     };
-    let chosen = select::select(&files, spec.quant.as_deref(), include.as_ref(), exclude.as_ref(), index.as_ref())?;
+    let chosen = select::select(
+        &files,
+        spec.quant.as_deref(),
+        include.as_ref(),
+        exclude.as_ref(),
+        index.as_ref(),
+    )?;
     for f in &chosen {
         if !metas.iter().any(|(n, _)| n == f) {
             metas.push((f.clone(), hub.file_meta(spec, &commit, f).await?));
@@ -191,10 +203,23 @@ pub async fn pull(
     Ok(outcome)
 }
 
-fn outcome(spec: &RepoSpec, commit: String, snapshot: PathBuf, files: Vec<String>, downloaded: u64, offline: bool) -> PullOutcome {
+fn outcome(
+    spec: &RepoSpec,
+    commit: String,
+    snapshot: PathBuf,
+    files: Vec<String>,
+    downloaded: u64,
+    offline: bool,
+) -> PullOutcome {
     let first_gguf = files.iter().filter(|f| f.ends_with(".gguf")).min().cloned();
     let model_path = match first_gguf {
-        Some(g) if files.iter().all(|f| f.ends_with(".gguf") || !f.ends_with(".safetensors")) => snapshot.join(g),
+        Some(g)
+            if files
+                .iter()
+                .all(|f| f.ends_with(".gguf") || !f.ends_with(".safetensors")) =>
+        {
+            snapshot.join(g)
+        }
         _ => snapshot.clone(),
     };
     PullOutcome {
@@ -229,7 +254,11 @@ fn snapshot_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
         if name.starts_with('.') {
             continue;
         }
-        let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+        let rel = if prefix.is_empty() {
+            name
+        } else {
+            format!("{prefix}/{name}")
+        };
         if e.path().is_dir() {
             snapshot_files(&e.path(), &rel, out);
         } else if e.path().exists() {
@@ -267,8 +296,12 @@ fn from_cache(
         .then(|| std::fs::read(snapshot.join(SAFETENSORS_INDEX)).ok())
         .flatten()
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
-    let chosen = select::select(&files, spec.quant.as_deref(), include, exclude, index.as_ref())
-        .map_err(|e| HubError::Offline(format!("the cached snapshot of {} does not hold the model: {e}", spec.repo)))?;
+    let chosen = select::select(&files, spec.quant.as_deref(), include, exclude, index.as_ref()).map_err(|e| {
+        HubError::Offline(format!(
+            "the cached snapshot of {} does not hold the model: {e}",
+            spec.repo
+        ))
+    })?;
     let out = outcome(spec, commit, snapshot, chosen, 0, true);
     on_event(done_event(&out, started));
     Ok(out)
@@ -323,7 +356,8 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 /// `"abc"`, `W/"abc"` → `abc`; only names that are safe as a file name.
 fn normalize_etag(raw: &str) -> Option<String> {
     let e = raw.trim().trim_start_matches("W/").trim_matches('"');
-    (!e.is_empty() && e.len() <= 128 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')).then(|| e.to_string())
+    (!e.is_empty() && e.len() <= 128 && e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        .then(|| e.to_string())
 }
 
 enum Hasher {
@@ -371,9 +405,6 @@ struct Hub<'a> {
 
 impl<'a> Hub<'a> {
     fn new(cfg: &'a HubConfig, repo: &str) -> Result<Self, HubError> {
-        // reqwest is built without a default crypto provider (ring, not
-        // aws-lc); the first pull installs it.
-        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = Client::builder()
             .user_agent(concat!("hfms/", env!("CARGO_PKG_VERSION"), "; hf_hub-compatible"))
             .redirect(reqwest::redirect::Policy::none())
@@ -462,7 +493,8 @@ impl<'a> Hub<'a> {
         struct Sibling {
             rfilename: String,
         }
-        let info: Info = serde_json::from_slice(&body).map_err(|e| self.http_err(format!("unreadable repo listing: {e}")))?;
+        let info: Info =
+            serde_json::from_slice(&body).map_err(|e| self.http_err(format!("unreadable repo listing: {e}")))?;
         let sha = info
             .sha
             .filter(|s| is_commit_hash(s))
@@ -481,11 +513,19 @@ impl<'a> Hub<'a> {
             .collect();
         files.sort();
         files.dedup();
-        Ok(RepoInfo { sha: sha.to_lowercase(), files })
+        Ok(RepoInfo {
+            sha: sha.to_lowercase(),
+            files,
+        })
     }
 
     async fn file_meta(&self, spec: &RepoSpec, commit: &str, file: &str) -> Result<FileMeta, HubError> {
-        let mut url = format!("{}/{}/resolve/{commit}/{}", self.cfg.endpoint, spec.repo, encode_path(file));
+        let mut url = format!(
+            "{}/{}/resolve/{commit}/{}",
+            self.cfg.endpoint,
+            spec.repo,
+            encode_path(file)
+        );
         // Relative redirects (a renamed repo) are followed; absolute ones
         // point at the CDN and carry the LFS headers themselves.
         for _ in 0..5 {
@@ -499,7 +539,10 @@ impl<'a> Hub<'a> {
             let h = resp.headers();
             if status.is_redirection() {
                 let loc = header(h, LOCATION.as_str()).ok_or_else(|| self.http_err("a redirect without Location"))?;
-                let target = resp.url().join(loc).map_err(|e| self.http_err(format!("bad Location {loc:?}: {e}")))?;
+                let target = resp
+                    .url()
+                    .join(loc)
+                    .map_err(|e| self.http_err(format!("bad Location {loc:?}: {e}")))?;
                 if header(h, "x-linked-etag").is_none() && loc.starts_with('/') {
                     url = target.to_string();
                     continue;
@@ -596,7 +639,12 @@ impl<'a> Hub<'a> {
                     });
                 }
                 // Refusals do not get better by retrying.
-                Err(e @ (HubError::Unauthorized { .. } | HubError::Forbidden { .. } | HubError::NotFound(_) | HubError::Io { .. })) => {
+                Err(
+                    e @ (HubError::Unauthorized { .. }
+                    | HubError::Forbidden { .. }
+                    | HubError::NotFound(_)
+                    | HubError::Io { .. }),
+                ) => {
                     return Err(e);
                 }
                 Err(e) => {
@@ -634,7 +682,8 @@ impl<'a> Hub<'a> {
             let mut buf = vec![0u8; 1 << 20];
             let mut left = have;
             while left > 0 {
-                let n = std::io::Read::read(&mut f, &mut buf[..left.min(1 << 20) as usize]).map_err(|e| HubError::io(part, e))?;
+                let n = std::io::Read::read(&mut f, &mut buf[..left.min(1 << 20) as usize])
+                    .map_err(|e| HubError::io(part, e))?;
                 if n == 0 {
                     break;
                 }
@@ -720,7 +769,10 @@ impl<'a> Hub<'a> {
             total: meta.size,
         });
         if have < meta.size {
-            return Err(self.http_err(format!("{file}: the connection closed at {have} of {} bytes", meta.size)));
+            return Err(self.http_err(format!(
+                "{file}: the connection closed at {have} of {} bytes",
+                meta.size
+            )));
         }
         Ok(FetchEnd::Complete(hasher))
     }
@@ -756,6 +808,9 @@ mod tests {
         assert_eq!(h.finish().unwrap(), "ce013625030ba8dba906f756967f9e9ca394464a");
         let mut h = Hasher::for_etag(&"0".repeat(64), 0);
         h.update(b"");
-        assert_eq!(h.finish().unwrap(), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            h.finish().unwrap(),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

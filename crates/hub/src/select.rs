@@ -54,7 +54,9 @@ pub fn globset(patterns: &[String], flag: &str) -> Result<Option<GlobSet>, HubEr
     let mut b = GlobSetBuilder::new();
     for p in patterns {
         if p.is_empty() || p.len() > 500 {
-            return Err(HubError::InvalidSpec(format!("{flag} {p:?}: a glob of 1–500 characters")));
+            return Err(HubError::InvalidSpec(format!(
+                "{flag} {p:?}: a glob of 1–500 characters"
+            )));
         }
         let g = Glob::new(p).map_err(|e| HubError::InvalidSpec(format!("{flag} {p:?}: {e}")))?;
         b.add(g);
@@ -77,10 +79,12 @@ fn is_module_file(f: &str) -> bool {
     let Some((dir, file)) = f.split_once('/') else {
         return false;
     };
-    let numbered = dir.split_once('_').is_some_and(|(n, rest)| {
-        !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty()
-    });
-    numbered && !file.contains('/') && (file.ends_with(".json") || file.ends_with(".safetensors") || file.ends_with(".txt"))
+    let numbered = dir
+        .split_once('_')
+        .is_some_and(|(n, rest)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty());
+    numbered
+        && !file.contains('/')
+        && (file.ends_with(".json") || file.ends_with(".safetensors") || file.ends_with(".txt"))
 }
 
 /// The shard names an index's `weight_map` points at.
@@ -94,7 +98,11 @@ pub fn index_shards(index: &serde_json::Value) -> Result<BTreeSet<String>, HubEr
         let s = v
             .as_str()
             .filter(|s| !s.is_empty() && !s.contains("..") && !s.starts_with('/') && s.ends_with(".safetensors"))
-            .ok_or_else(|| HubError::NoMatchingFiles(format!("{SAFETENSORS_INDEX}: weight_map value {v} is not a .safetensors file name")))?;
+            .ok_or_else(|| {
+                HubError::NoMatchingFiles(format!(
+                    "{SAFETENSORS_INDEX}: weight_map value {v} is not a .safetensors file name"
+                ))
+            })?;
         out.insert(s.to_string());
     }
     Ok(out)
@@ -119,7 +127,12 @@ fn safetensors_files(files: &[String], index: Option<&serde_json::Value>) -> Res
     } else if files.iter().any(|f| f == "model.safetensors") {
         out.insert("model.safetensors".to_string());
     } else {
-        out.extend(files.iter().filter(|f| !f.contains('/') && f.ends_with(".safetensors")).cloned());
+        out.extend(
+            files
+                .iter()
+                .filter(|f| !f.contains('/') && f.ends_with(".safetensors"))
+                .cloned(),
+        );
     }
     Ok(out.into_iter().collect())
 }
@@ -210,7 +223,9 @@ pub fn select(
         chosen.retain(|f| !exc.is_match(f.as_str()));
     }
     if chosen.is_empty() {
-        return Err(HubError::NoMatchingFiles("no file of the repo matches --include/--exclude".into()));
+        return Err(HubError::NoMatchingFiles(
+            "no file of the repo matches --include/--exclude".into(),
+        ));
     }
     Ok(chosen)
 }
@@ -276,15 +291,25 @@ mod tests {
     #[test]
     fn gguf_by_tag() {
         let files = names(&["README.md", "m-Q4_K_M.gguf", "m-Q8_0.gguf", "mmproj-m-f16.gguf"]);
-        assert_eq!(select(&files, None, None, None, None).unwrap(), names(&["m-Q4_K_M.gguf"]));
-        assert_eq!(select(&files, Some("Q8_0"), None, None, None).unwrap(), names(&["m-Q8_0.gguf"]));
+        assert_eq!(
+            select(&files, None, None, None, None).unwrap(),
+            names(&["m-Q4_K_M.gguf"])
+        );
+        assert_eq!(
+            select(&files, Some("Q8_0"), None, None, None).unwrap(),
+            names(&["m-Q8_0.gguf"])
+        );
         let e = select(&files, Some("Q2_K"), None, None, None).unwrap_err().to_string();
         assert!(e.contains("Q4_K_M, Q8_0"), "{e}");
         // One file: no tag needed.
         let one = names(&["SmolLM2.Q4_1.gguf"]);
         assert_eq!(select(&one, None, None, None, None).unwrap(), one);
         // Split sets.
-        let split = names(&["big-Q4_K_M-00001-of-00002.gguf", "big-Q4_K_M-00002-of-00002.gguf", "big-Q8_0.gguf"]);
+        let split = names(&[
+            "big-Q4_K_M-00001-of-00002.gguf",
+            "big-Q4_K_M-00002-of-00002.gguf",
+            "big-Q8_0.gguf",
+        ]);
         assert_eq!(select(&split, None, None, None, None).unwrap().len(), 2);
         assert!(select(&names(&["a.txt"]), None, None, None, None).is_err());
     }
@@ -298,7 +323,10 @@ mod tests {
             names(&["config.json", "onnx/model.onnx"])
         );
         let exc = globset(&["*.safetensors".into()], "--exclude").unwrap();
-        assert_eq!(select(&files, None, None, exc.as_ref(), None).unwrap(), names(&["config.json"]));
+        assert_eq!(
+            select(&files, None, None, exc.as_ref(), None).unwrap(),
+            names(&["config.json"])
+        );
         let all = globset(&["*".into()], "--exclude").unwrap();
         assert!(select(&files, None, None, all.as_ref(), None).is_err());
         assert!(globset(&["[".into()], "--include").is_err());

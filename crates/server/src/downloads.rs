@@ -49,10 +49,11 @@ impl DownloadConfig {
 /// One pull as its watchers see it.
 #[derive(Debug, Clone, Default)]
 pub struct DownloadState {
-    /// Every event but progress, in order (a few per file).
-    pub log: Vec<PullEvent>,
-    /// The latest progress event.
-    pub progress: Option<PullEvent>,
+    /// The events so far, numbered, in order. A progress event replaces
+    /// the one before it when nothing came between (a new number), so the
+    /// log stays a few entries per file however long the download.
+    pub log: Vec<(u64, PullEvent)>,
+    seq: u64,
     pub total_bytes: u64,
     /// Bytes fetched so far, per file being downloaded.
     pub completed: HashMap<String, u64>,
@@ -61,16 +62,22 @@ pub struct DownloadState {
 
 impl DownloadState {
     fn apply(&mut self, e: PullEvent) {
+        self.seq += 1;
         match &e {
             PullEvent::Progress { file, completed, .. } => {
                 self.completed.insert(file.clone(), *completed);
-                self.progress = Some(e);
-                return;
+                if let Some((seq, last @ PullEvent::Progress { .. })) = self.log.last_mut()
+                    && matches!(last, PullEvent::Progress { file: f, .. } if f == file)
+                {
+                    *seq = self.seq;
+                    *last = e;
+                    return;
+                }
             }
             PullEvent::Resolved { download_bytes, .. } => self.total_bytes = *download_bytes,
             _ => {}
         }
-        self.log.push(e);
+        self.log.push((self.seq, e));
     }
 
     /// `45% (12.0 MiB of 26.7 MiB)`.
@@ -107,7 +114,9 @@ fn api_error(e: HubError) -> ApiError {
         HubError::NotFound(_) | HubError::NoMatchingFiles(_) | HubError::Offline(_) => {
             ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", msg).with_code("model_not_found")
         }
-        HubError::Http { .. } => ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("hub_unreachable"),
+        HubError::Http { .. } => {
+            ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("hub_unreachable")
+        }
         HubError::Integrity { .. } => {
             ApiError::new(StatusCode::BAD_GATEWAY, "server_error", msg).with_code("hub_integrity_error")
         }
@@ -163,7 +172,9 @@ impl Downloads {
                 Err(e) => Err(api_error(e)),
             };
             match &result {
-                Ok(o) => tracing::info!(model = %o.model, path = %o.model_path.display(), bytes = o.downloaded_bytes, "pulled"),
+                Ok(o) => {
+                    tracing::info!(model = %o.model, path = %o.model_path.display(), bytes = o.downloaded_bytes, "pulled")
+                }
                 Err(e) => tracing::warn!(model = %spec.model_id(), error = %e.message, "pull failed"),
             }
             tx.send_modify(|s| s.result = Some(result));
@@ -262,27 +273,19 @@ pub async fn pull(
     let spec = RepoSpec::parse(&req.model).map_err(api_error)?;
     let mut rx = state.downloads().start(&spec)?;
     Ok(crate::openai::sse_response(&state, &rid.0, move |sink| async move {
-        let mut sent = 0usize;
-        let mut last_progress = None;
+        // The number of the last event sent.
+        let mut sent = 0u64;
         loop {
-            let (news, progress, result) = {
+            let (news, result) = {
                 let s = rx.borrow_and_update();
-                (s.log[sent.min(s.log.len())..].to_vec(), s.progress.clone(), s.result.clone())
+                let news: Vec<(u64, PullEvent)> = s.log.iter().filter(|(n, _)| *n > sent).cloned().collect();
+                (news, s.result.clone())
             };
-            sent += news.len();
-            for e in &news {
+            for (n, e) in &news {
                 if sink.send_json(e).await.is_err() {
                     return;
                 }
-            }
-            if let Some(p) = progress {
-                let text = serde_json::to_string(&p).unwrap_or_default();
-                if last_progress.as_ref() != Some(&text) {
-                    if sink.send_json(&p).await.is_err() {
-                        return;
-                    }
-                    last_progress = Some(text);
-                }
+                sent = *n;
             }
             match result {
                 Some(Ok(_)) => {
@@ -298,7 +301,8 @@ pub async fn pull(
             // The task sets a result before it drops the sender, and the
             // loop returns on a result: a closed channel means it died.
             if rx.changed().await.is_err() {
-                sink.send_error(&ApiError::internal("the pull task ended without a result")).await;
+                sink.send_error(&ApiError::internal("the pull task ended without a result"))
+                    .await;
                 return;
             }
         }

@@ -56,15 +56,11 @@ impl Server {
             ))
         });
         let mut child = Command::new(env!("CARGO_BIN_EXE_hfms"))
-            .args([
-                "serve",
-                "--port",
-                "0",
-                "--no-hf-cache",
-                "--log-format",
-                "json",
-                "--exit-on-stdin-eof",
-            ])
+            .args(["serve", "--port", "0"])
+            // The machine's own hub cache is never scanned unless a test
+            // names a cache of its own.
+            .args((!extra.contains(&"--hf-cache")).then_some("--no-hf-cache"))
+            .args(["--log-format", "json", "--exit-on-stdin-eof"])
             .arg("--models-dir")
             .arg(&models)
             .args(extra)
