@@ -27,18 +27,24 @@ pub struct DiscoverConfig {
     pub aliases: BTreeMap<String, String>,
 }
 
+/// `HF_HOME` as `huggingface_hub` resolves it: the variable, else
+/// `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`.
+pub fn hf_home() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HF_HOME") {
+        return Some(PathBuf::from(p));
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("huggingface"))
+}
+
 /// The hub cache location as `huggingface_hub` resolves it.
 pub fn default_hf_cache() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("HF_HUB_CACHE") {
         return Some(PathBuf::from(p));
     }
-    if let Some(p) = std::env::var_os("HF_HOME") {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("huggingface").join("hub"))
+    hf_home().map(|h| h.join("hub"))
 }
 
 /// Aliases every hfms knows, for the two models its README serves.
@@ -206,6 +212,29 @@ pub fn quant_tag(stem: &str) -> Option<String> {
     looks.then_some(up)
 }
 
+/// The quantisation tag of a GGUF file name, split suffix ignored:
+/// `m-Q4_K_M-00001-of-00002.gguf` → Q4_K_M.
+pub fn gguf_file_tag(name: &str) -> Option<String> {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    let stem = base.strip_suffix(".gguf").unwrap_or(base);
+    let stem = if is_split_shard(base) {
+        stem.rsplitn(4, '-').nth(3).unwrap_or(stem)
+    } else {
+        stem
+    };
+    quant_tag(stem)
+}
+
+/// `org/name` → `models--org--name`, the hub cache's folder name.
+pub fn hub_repo_folder(repo: &str) -> String {
+    format!("models--{}", repo.replace('/', "--"))
+}
+
+/// `models--org--name` → `org/name`.
+pub fn hub_repo_id(folder: &str) -> Option<String> {
+    folder.strip_prefix("models--").map(|r| r.replacen("--", "/", 1))
+}
+
 pub fn is_split_shard(name: &str) -> bool {
     // llama.cpp's split naming: name-00002-of-00003.gguf
     let stem = name.trim_end_matches(".gguf");
@@ -242,8 +271,9 @@ fn gguf_ids(base: &str, files: &[PathBuf]) -> Vec<(String, PathBuf)> {
     files
         .iter()
         .map(|f| {
+            let name = f.file_name().and_then(|s| s.to_str()).unwrap_or("model");
             let stem = f.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-            let id = match quant_tag(stem) {
+            let id = match gguf_file_tag(name) {
                 Some(q) if !base.is_empty() => format!("{base}:{q}"),
                 _ if !base.is_empty() => format!("{base}/{stem}"),
                 _ => stem.to_string(),
@@ -350,10 +380,9 @@ fn scan_hf_cache(cache: &Path, out: &mut Vec<(String, ModelSource)>) {
         let Some(name) = repo.file_name().and_then(|n| n.to_str()) else {
             continue;
         };
-        let Some(rest) = name.strip_prefix("models--") else {
+        let Some(id) = hub_repo_id(name) else {
             continue;
         };
-        let id = rest.replacen("--", "/", 1);
         let Some(snap) = hub_snapshot(&repo) else {
             continue;
         };
@@ -366,7 +395,18 @@ fn scan_hf_cache(cache: &Path, out: &mut Vec<(String, ModelSource)>) {
                 },
             ));
         } else {
-            for (gid, path) in gguf_ids(&id, &gguf_files(&snap)) {
+            // Large quantisations often sit in a folder of their own.
+            let mut files = gguf_files(&snap);
+            if files.is_empty() {
+                let mut subdirs: Vec<PathBuf> = std::fs::read_dir(&snap)
+                    .map(|rd| rd.flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect())
+                    .unwrap_or_default();
+                subdirs.sort();
+                for d in subdirs {
+                    files.extend(gguf_files(&d));
+                }
+            }
+            for (gid, path) in gguf_ids(&id, &files) {
                 out.push((
                     gid,
                     ModelSource {
@@ -425,6 +465,7 @@ pub fn discover(registry: &Registry, cfg: &DiscoverConfig) -> Vec<ModelDescripti
         }
         out.push(describe(registry, id, source, origin));
     }
+    let ids: HashSet<String> = out.iter().map(|d| d.id.clone()).collect();
     for d in out.iter_mut() {
         d.aliases = cfg
             .aliases
@@ -432,6 +473,18 @@ pub fn discover(registry: &Registry, cfg: &DiscoverConfig) -> Vec<ModelDescripti
             .filter(|(_, target)| **target == d.id)
             .map(|(a, _)| a.clone())
             .collect();
+        // A folder's only GGUF file answers to `org/name:QUANT` too, so the
+        // name `hfms pull org/name:QUANT` gave keeps working.
+        let tag = d.path.file_name().and_then(|n| n.to_str()).and_then(gguf_file_tag);
+        if d.format == Format::Gguf
+            && !d.id.contains(':')
+            && let Some(tag) = tag
+        {
+            let alias = format!("{}:{tag}", d.id);
+            if !ids.contains(&alias) {
+                d.aliases.push(alias);
+            }
+        }
     }
     out
 }
@@ -457,6 +510,11 @@ mod tests {
         assert_eq!(ids, vec!["org/a:Q4_K_M", "org/a:Q8_0"]);
         let one = gguf_ids("org/a", &files[..1]);
         assert_eq!(one[0].0, "org/a");
+        assert_eq!(
+            gguf_file_tag("Q4_K_M/m-Q4_K_M-00001-of-00002.gguf").as_deref(),
+            Some("Q4_K_M")
+        );
+        assert_eq!(hub_repo_id(&hub_repo_folder("org/na-me")).as_deref(), Some("org/na-me"));
     }
 
     #[test]

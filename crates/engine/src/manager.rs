@@ -525,10 +525,28 @@ impl ModelManager {
         Ok(())
     }
 
+    /// Forget the models whose files were under `dir` (a hub cache repo
+    /// removed to keep the cache under its budget); loaded ones stay.
+    pub fn remove_models_under(&self, dir: &std::path::Path) -> Vec<String> {
+        let records = self.inner.lock();
+        let mut guard = self.inner.catalog.write().unwrap_or_else(|e| e.into_inner());
+        let (gone, kept): (Vec<ModelDescription>, Vec<ModelDescription>) = guard
+            .iter()
+            .cloned()
+            .partition(|d| d.path.starts_with(dir) && records.get(&d.id).is_none_or(|r| r.slot.is_none()));
+        *guard = Arc::new(kept);
+        gone.into_iter().map(|d| d.id).collect()
+    }
+
     /// A model by id or alias.
     pub fn resolve(&self, name: &str) -> Option<ModelDescription> {
         let id = self.inner.aliases.get(name).map(String::as_str).unwrap_or(name);
-        self.catalog().iter().find(|d| d.id == id).cloned()
+        let catalog = self.catalog();
+        catalog
+            .iter()
+            .find(|d| d.id == id)
+            .or_else(|| catalog.iter().find(|d| d.aliases.iter().any(|a| a == name)))
+            .cloned()
     }
 
     /// Memory a model will take on its device: the weights (as the CPU

@@ -80,8 +80,9 @@ impl HubCacheArgs {
 #[derive(Debug, Clone, Args, Default, Serialize, Deserialize)]
 pub struct DownloadArgs {
     /// Keep the hub cache under this many GB (10^9 bytes): before a pull,
-    /// the least recently used repos are removed (never one a running
-    /// server has loaded or pinned). No limit when not given.
+    /// the least recently used repos are removed (`serve` never removes one
+    /// it has loaded or pinned; `hfms pull` cannot know what a running
+    /// server has loaded). No limit when not given.
     #[arg(long, env = "HFMS_MAX_CACHE_GB", value_parser = parse_cache_gb)]
     pub max_cache_gb: Option<f64>,
 }

@@ -24,13 +24,13 @@ pub struct PullArgs {
     /// `-hf`).
     pub model: String,
 
-    /// Fetch only the files matching these globs (instead of the automatic
-    /// choice of config, tokenizer and weights).
-    #[arg(long, value_delimiter = ',')]
+    /// Fetch only the files matching this glob (instead of the automatic
+    /// choice of config, tokenizer and weights); repeatable.
+    #[arg(long)]
     pub include: Vec<String>,
 
-    /// Leave out the files matching these globs.
-    #[arg(long, value_delimiter = ',')]
+    /// Leave out the files matching this glob; repeatable.
+    #[arg(long)]
     pub exclude: Vec<String>,
 
     #[command(flatten)]
@@ -166,6 +166,15 @@ impl Reporter {
                     human_bytes(total),
                     if cached { "(cached)" } else { "(verified)" }
                 );
+                match &self.bars {
+                    Some(mp) => {
+                        let _ = mp.println(line);
+                    }
+                    None => eprintln!("{line}"),
+                }
+            }
+            PullEvent::Evicted { repo } => {
+                let line = format!("  evicted {repo} from the cache (--max-cache-gb)");
                 match &self.bars {
                     Some(mp) => {
                         let _ = mp.println(line);

@@ -27,6 +27,10 @@ impl Hub {
     fn start(dir: &Path, extra: &[&str]) -> Hub {
         let models = models_dir();
         let gguf = models.join(SMOLLM_GGUF);
+        // A small LFS file (by its extension) for the gated repo, so its
+        // pull goes through the CDN redirect.
+        let gated_weights = dir.join("gated-weights.bin");
+        std::fs::write(&gated_weights, (0..4096u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>()).unwrap();
         let log = dir.join(format!(
             "hub-{}.log",
             std::time::SystemTime::now()
@@ -50,6 +54,8 @@ impl Hub {
                 "hub-test/gated={}",
                 models.join(MINILM).join("config.json").display()
             ))
+            .arg("--file")
+            .arg(format!("hub-test/gated={}", gated_weights.display()))
             .args([
                 "--gated",
                 "hub-test/gated",
@@ -236,17 +242,27 @@ fn pull_safetensors_and_gguf_repos_then_serve_them() {
     );
     assert_eq!(s, 200, "{chat}");
 
-    // rm deletes the repo and its locks.
-    let rm = hfms(&["rm", "hub-test/MiniLM", "--hf-cache", cache.to_str().unwrap()], &[]);
-    assert!(rm.status.success(), "{}", stderr(&rm));
-    assert!(!cache.join("models--hub-test--MiniLM").exists());
-    let rm_again = hfms(&["rm", "hub-test/MiniLM", "--hf-cache", cache.to_str().unwrap()], &[]);
-    assert!(!rm_again.status.success());
+    // The pulled name keeps working after a restart (a folder's only GGUF
+    // answers to org/name:QUANT too).
+    let (s, chat) = server.post_json(
+        "/v1/chat/completions",
+        json!({"model": "hub-test/SmolLM2-GGUF:Q4_1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{chat}");
+
+    // rm takes a repo, not a revision; then deletes the repo and its locks.
     let rm_bad = hfms(
         &["rm", "hub-test/MiniLM@v1", "--hf-cache", cache.to_str().unwrap()],
         &[],
     );
     assert!(!rm_bad.status.success());
+    assert!(stderr(&rm_bad).contains("takes ORG/NAME"), "{}", stderr(&rm_bad));
+    assert!(cache.join("models--hub-test--MiniLM").exists());
+    let rm = hfms(&["rm", "hub-test/MiniLM", "--hf-cache", cache.to_str().unwrap()], &[]);
+    assert!(rm.status.success(), "{}", stderr(&rm));
+    assert!(!cache.join("models--hub-test--MiniLM").exists());
+    let rm_again = hfms(&["rm", "hub-test/MiniLM", "--hf-cache", cache.to_str().unwrap()], &[]);
+    assert!(!rm_again.status.success());
 }
 
 #[test]
@@ -315,13 +331,15 @@ fn tokens_offline_mode_and_bad_specs() {
     assert!(stderr(&denied).contains("HF_TOKEN"), "{}", stderr(&denied));
     let wrong = pull(&hub, &cache, "hub-test/gated", &[("HF_TOKEN", "hf_wrong")]);
     assert!(stderr(&wrong).contains("no access"), "{}", stderr(&wrong));
-    // (The gated repo holds only a config: --include names it.)
+    // (The gated repo holds a config and a .bin: --include names them.)
     let ok = hfms(
         &[
             "pull",
             "hub-test/gated",
             "--include",
             "*.json",
+            "--include",
+            "*.bin",
             "--hf-cache",
             cache.to_str().unwrap(),
             "--json",
@@ -332,11 +350,12 @@ fn tokens_offline_mode_and_bad_specs() {
     // The token reached the Hub, never the CDN.
     let reqs = hub.requests();
     assert!(reqs.iter().any(|r| r["auth"] == true));
-    assert!(
-        reqs.iter()
-            .filter(|r| r["path"].as_str().unwrap_or("").starts_with("/cdn/"))
-            .all(|r| r["auth"] == false)
-    );
+    let cdn: Vec<&Value> = reqs
+        .iter()
+        .filter(|r| r["path"].as_str().unwrap_or("").starts_with("/cdn/"))
+        .collect();
+    assert!(!cdn.is_empty(), "{reqs:?}");
+    assert!(cdn.iter().all(|r| r["auth"] == false), "{cdn:?}");
 
     let missing = pull(&hub, &cache, "hub-test/nope", &[]);
     assert!(stderr(&missing).contains("no such model repo"), "{}", stderr(&missing));
@@ -428,13 +447,6 @@ fn tokens_offline_mode_and_bad_specs() {
     assert_eq!(outcome(&unreachable)["offline"], true);
 }
 
-/// SSE `data:` payloads of a streamed response.
-fn sse_events(text: &str) -> Vec<String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("data: ").map(str::to_string))
-        .collect()
-}
-
 #[test]
 fn the_server_pulls_over_sse_and_on_demand() {
     let tmp = tempfile::tempdir().unwrap();
@@ -454,13 +466,7 @@ fn the_server_pulls_over_sse_and_on_demand() {
     );
 
     // POST /models/pull streams progress, then the model serves.
-    let r = client()
-        .post(server.url("/models/pull"))
-        .json(&json!({"model": "hub-test/SmolLM2-GGUF:Q4_1"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let events = sse_events(&r.text().unwrap());
+    let events = server.stream("/models/pull", json!({"model": "hub-test/SmolLM2-GGUF:Q4_1"}));
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{events:?}");
     let parsed: Vec<Value> = events[..events.len() - 1]
         .iter()
@@ -502,6 +508,12 @@ fn the_server_pulls_over_sse_and_on_demand() {
     let (_, _, _, code) = error_of(&body);
     assert_eq!(code, Some("model_downloading"), "{body}");
     assert!(body["error"]["message"].as_str().unwrap().contains('%'), "{body}");
+    // Other models keep serving while it downloads.
+    let (s, v) = server.post_json(
+        "/v1/chat/completions",
+        json!({"model": "smollm2", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
     let deadline = Instant::now() + Duration::from_secs(60);
     let served = loop {
         let (s, v) = server.post_json(
@@ -539,13 +551,23 @@ fn the_server_pulls_over_sse_and_on_demand() {
         let (s, v) = server.post_json("/models/pull", body.clone());
         assert_eq!(s, 400, "{body}: {v}");
     }
-    let r = client()
-        .post(server.url("/models/pull"))
-        .json(&json!({"model": "hub-test/nope"}))
-        .send()
-        .unwrap();
-    let events = sse_events(&r.text().unwrap());
-    assert!(events.last().unwrap().contains("no such model repo"), "{events:?}");
+    // A pull that fails before it starts answers with its own status.
+    let (s, v) = server.post_json("/models/pull", json!({"model": "hub-test/nope"}));
+    assert_eq!(s, 404, "{v}");
+    assert!(error_of(&v).0.contains("no such model repo"), "{v}");
+    let (s, v) = server.post_json("/models/pull", json!({"model": "hub-test/SmolLM2-GGUF:Q2_K"}));
+    assert_eq!(s, 404, "{v}");
+    // On demand: another spelling of a served model pulls nothing; a
+    // revision cannot be picked by a request.
+    let before = hub.requests().len();
+    let (s, v) = server.post_json(
+        "/v1/chat/completions",
+        json!({"model": "hub-test/SmolLM2-GGUF:q4_1", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(hub.requests().len(), before);
+    let (s, v) = server.post_json("/v1/embeddings", json!({"model": "hub-test/MiniLM@main", "input": "x"}));
+    assert_eq!(s, 400, "{v}");
 }
 
 #[test]
@@ -617,18 +639,23 @@ fn without_allow_download_an_unknown_repo_is_a_404_and_the_cache_budget_holds() 
         ],
         &[("HF_ENDPOINT", &hub.endpoint)],
     );
+    let (s, v) = server.post_json("/models/pull", json!({"model": "hub-test/MiniLM"}));
+    assert_eq!(s, 507, "{v}");
+    assert_eq!(error_of(&v).3, Some("cache_budget_exceeded"), "{v}");
+    assert!(cache.join("models--hub-test--SmolLM2-GGUF").exists());
+    // Without a hub cache the server refuses to pull; with keys, pulling
+    // takes the admin scope.
+    let admin = "hfms-test-admin-key-0123456789";
+    let plain = Server::start(&["--admin-key", admin]);
+    let (s, v) = plain.post_json("/models/pull", json!({"model": "hub-test/MiniLM"}));
+    assert_eq!(s, 401, "{v}");
     let r = client()
-        .post(server.url("/models/pull"))
+        .post(plain.url("/models/pull"))
+        .bearer_auth(admin)
         .json(&json!({"model": "hub-test/MiniLM"}))
         .send()
         .unwrap();
-    let events = sse_events(&r.text().unwrap());
-    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert_eq!(error_of(&last).3, Some("cache_budget_exceeded"), "{events:?}");
-    assert!(cache.join("models--hub-test--SmolLM2-GGUF").exists());
-    // Without a hub cache the server refuses to pull.
-    let plain = Server::start(&[]);
-    let (s, v) = plain.post_json("/models/pull", json!({"model": "hub-test/MiniLM"}));
-    assert_eq!(s, 400, "{v}");
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("--no-hf-cache"), "{v}");
 }

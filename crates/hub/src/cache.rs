@@ -15,15 +15,7 @@ use serde::Serialize;
 
 use crate::HubError;
 
-/// `org/name` → `models--org--name`.
-pub fn repo_folder_name(repo: &str) -> String {
-    format!("models--{}", repo.replace('/', "--"))
-}
-
-/// `models--org--name` → `org/name`.
-pub fn repo_id_of_folder(folder: &str) -> Option<String> {
-    folder.strip_prefix("models--").map(|r| r.replacen("--", "/", 1))
-}
+pub use hfms_engine::discover::{hub_repo_folder as repo_folder_name, hub_repo_id as repo_id_of_folder};
 
 /// The paths of one repo in the cache.
 #[derive(Debug, Clone)]
@@ -72,14 +64,21 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
     move |e| HubError::io(path, e)
 }
 
+/// A temporary name beside `name` no other writer uses (pid, and a count
+/// for pulls running side by side in one process).
+fn temp_name(name: &str, what: &str) -> String {
+    static COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.{what}-{}-{n}", std::process::id())
+}
+
 /// Write a small file atomically (temp file, then rename).
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), HubError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
+    let tmp = dir.join(temp_name(
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        "tmp",
     ));
     std::fs::write(&tmp, contents).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
@@ -108,25 +107,45 @@ fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
     std::fs::copy(blob, link).map(|_| ())
 }
 
-/// Link every `(file, etag)` into `snapshots/<commit>/`. A new snapshot is
-/// built under a hidden name and renamed into place, so discovery sees all
-/// of it or nothing; files added to an existing snapshot appear one by one,
-/// each link complete.
-pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, String)]) -> Result<PathBuf, HubError> {
+/// Link every `(file, etag, size)` into `snapshots/<commit>/`, once each
+/// blob is checked to be there whole (an eviction by another process must
+/// not leave a dangling link). A new snapshot is built under a hidden name
+/// and renamed into place, so discovery sees all of it or nothing; files
+/// added to an existing snapshot appear one by one, weights first and the
+/// config and index last, so what makes a folder a model comes last.
+pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, String, u64)]) -> Result<PathBuf, HubError> {
+    for (file, etag, size) in files {
+        let blob = paths.blob(etag);
+        match std::fs::metadata(&blob) {
+            Ok(m) if m.len() == *size => {}
+            _ => {
+                return Err(HubError::io(
+                    &blob,
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotFound,
+                        format!("the blob of {file} is gone or incomplete (removed while pulling?)"),
+                    ),
+                ));
+            }
+        }
+    }
+    let last = |f: &str| {
+        let name = f.rsplit('/').next().unwrap_or(f);
+        matches!(name, "config.json" | "model.safetensors.index.json" | "modules.json")
+    };
+    let mut ordered: Vec<&(String, String, u64)> = files.iter().collect();
+    ordered.sort_by_key(|(f, _, _)| (last(f), !(f.ends_with(".safetensors") || f.ends_with(".gguf"))));
     let snap = paths.snapshot(commit);
     let building = !snap.exists();
     let dir = if building {
-        paths
-            .root
-            .join("snapshots")
-            .join(format!(".{commit}.partial-{}", std::process::id()))
+        paths.root.join("snapshots").join(temp_name(commit, "partial"))
     } else {
         snap.clone()
     };
     if building {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    for (file, etag) in files {
+    for (file, etag, _) in ordered {
         let link = dir.join(file);
         let parent = link.parent().unwrap_or(&dir).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
@@ -134,10 +153,9 @@ pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, Strin
         if std::fs::read_link(&link).is_ok_and(|t| t == target) {
             continue;
         }
-        let tmp = parent.join(format!(
-            ".{}.link-{}",
+        let tmp = parent.join(temp_name(
             link.file_name().and_then(|n| n.to_str()).unwrap_or("f"),
-            std::process::id()
+            "link",
         ));
         let _ = std::fs::remove_file(&tmp);
         symlink(&target, &tmp).map_err(io(&tmp))?;
@@ -182,24 +200,32 @@ fn unix_secs(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-fn read_refs(dir: &Path, prefix: &str, out: &mut Vec<(String, String)>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let full = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if e.path().is_dir() {
-            read_refs(&e.path(), &full, out);
-        } else if let Ok(c) = std::fs::read_to_string(e.path()) {
-            out.push((full, c.trim().to_string()));
+/// Every file under `dir` (links followed, hidden names skipped), as
+/// `/`-separated relative names with their paths.
+pub fn walk_files(dir: &Path) -> Vec<(String, PathBuf)> {
+    fn walk(dir: &Path, prefix: &str, out: &mut Vec<(String, PathBuf)>) {
+        let Ok(rd) = std::fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let rel = if prefix.is_empty() {
+                name
+            } else {
+                format!("{prefix}/{name}")
+            };
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, &rel, out);
+            } else if path.exists() {
+                out.push((rel, path));
+            }
         }
     }
+    let mut out = Vec::new();
+    walk(dir, "", &mut out);
+    out
 }
 
 fn describe(repo: String, root: &Path) -> CachedRepo {
@@ -230,8 +256,10 @@ fn describe(repo: String, root: &Path) -> CachedRepo {
         })
         .unwrap_or_default();
     revisions.sort();
-    let mut refs = Vec::new();
-    read_refs(&root.join("refs"), "", &mut refs);
+    let mut refs: Vec<(String, String)> = walk_files(&root.join("refs"))
+        .into_iter()
+        .filter_map(|(name, path)| Some((name, std::fs::read_to_string(path).ok()?.trim().to_string())))
+        .collect();
     refs.sort();
     CachedRepo {
         repo,
@@ -368,7 +396,10 @@ mod tests {
             let snap = publish_snapshot(
                 &p,
                 &"c".repeat(40),
-                &[("m.bin".into(), "e1".into()), ("d/x.json".into(), "e2".into())],
+                &[
+                    ("m.bin".into(), "e1".into(), n as u64),
+                    ("d/x.json".into(), "e2".into(), 2),
+                ],
             )
             .unwrap();
             assert_eq!(std::fs::read(snap.join("d/x.json")).unwrap(), b"{}");

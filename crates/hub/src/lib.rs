@@ -8,9 +8,10 @@
 //! once every blob it links to is complete and verified: discovery never
 //! sees half a model.
 //!
-//! Why not the `hf-hub` crate: it neither resumes an interrupted download
-//! nor checks a file against the Hub's sha256 / git hash, and a server that
-//! pulls on demand needs both (and progress events it can stream).
+//! Why not the `hf-hub` crate: it does not check a downloaded file against
+//! the Hub's sha256 / git hash, and it links each file into the snapshot as
+//! it completes (discovery would see half a model); the server also needs
+//! pull events it can stream and a cache budget.
 
 pub mod cache;
 pub mod pull;
@@ -65,12 +66,9 @@ impl HubConfig {
         let token = std::env::var("HF_TOKEN")
             .ok()
             .or_else(|| {
-                let path = std::env::var_os("HF_TOKEN_PATH").map(PathBuf::from).or_else(|| {
-                    let home = std::env::var_os("HF_HOME").map(PathBuf::from).or_else(|| {
-                        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("huggingface"))
-                    })?;
-                    Some(home.join("token"))
-                })?;
+                let path = std::env::var_os("HF_TOKEN_PATH")
+                    .map(PathBuf::from)
+                    .or_else(|| hfms_engine::discover::hf_home().map(|h| h.join("token")))?;
                 std::fs::read_to_string(path).ok()
             })
             .map(|t| t.trim().to_string())
@@ -138,10 +136,10 @@ impl RepoSpec {
         {
             return Err(bad("a quantisation tag is letters, digits and '_' (e.g. Q4_K_M)"));
         }
-        let rev_ok = !revision.is_empty()
-            && revision.len() <= 200
-            && !revision.contains("..")
-            && !revision.starts_with('/')
+        let rev_ok = revision.len() <= 200
+            && revision
+                .split('/')
+                .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
             && revision
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
@@ -177,10 +175,8 @@ pub fn is_commit_hash(s: &str) -> bool {
 pub enum HubError {
     #[error("invalid model spec {0}")]
     InvalidSpec(String),
-    #[error(
-        "{repo} needs a Hugging Face token (the repo is gated or private): set HF_TOKEN to a token that has access"
-    )]
-    Unauthorized { repo: String },
+    #[error("{repo} needs a Hugging Face token (the repo is gated or private): {}", if *token_set { "the Hub refused the token in HF_TOKEN (expired or invalid?)" } else { "set HF_TOKEN to a token that has access" })]
+    Unauthorized { repo: String, token_set: bool },
     #[error("{repo}: the token in HF_TOKEN has no access (gated repo: request access on its Hub page)")]
     Forbidden { repo: String },
     #[error("{0}")]
@@ -248,6 +244,9 @@ mod tests {
             "a--b/c",
             "-a/b",
             "a/b@/x",
+            "a/b@main/",
+            "a/b@.",
+            "a/b@x//y",
             &"x".repeat(400),
             "a/b\0",
             "a/b c",

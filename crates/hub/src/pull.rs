@@ -46,6 +46,8 @@ pub enum PullEvent {
     Progress { file: String, completed: u64, total: u64 },
     /// One file complete and verified (or found in the cache).
     FileDone { file: String, total: u64, cached: bool },
+    /// A repo removed from the cache to keep it under `--max-cache-gb`.
+    Evicted { repo: String },
     /// Every file is in the cache and the snapshot is published.
     Done {
         repo: String,
@@ -133,8 +135,16 @@ pub async fn pull(
         && select::has_safetensors(&files)
         && files.iter().any(|f| f == SAFETENSORS_INDEX);
     let index = if wants_index {
-        let meta = hub.file_meta(spec, &commit, SAFETENSORS_INDEX).await?;
-        let blob = hub.download_blob(&paths, SAFETENSORS_INDEX, &meta, &|_| {}).await?;
+        let meta = hub.file_meta(&commit, SAFETENSORS_INDEX).await?;
+        if meta.size > MAX_API_BYTES as u64 {
+            return Err(HubError::NoMatchingFiles(format!(
+                "{SAFETENSORS_INDEX} is {} (more than an index can be)",
+                human_bytes(meta.size)
+            )));
+        }
+        let blob = hub
+            .download_blob(&paths, &commit, SAFETENSORS_INDEX, &meta, &|_| {})
+            .await?;
         let text = std::fs::read(&blob).map_err(|e| HubError::io(&blob, e))?;
         let v: serde_json::Value = serde_json::from_slice(&text)
             .map_err(|e| HubError::NoMatchingFiles(format!("{SAFETENSORS_INDEX} is not JSON: {e}")))?;
@@ -152,7 +162,7 @@ pub async fn pull(
     )?;
     for f in &chosen {
         if !metas.iter().any(|(n, _)| n == f) {
-            metas.push((f.clone(), hub.file_meta(spec, &commit, f).await?));
+            metas.push((f.clone(), hub.file_meta(&commit, f).await?));
         }
     }
     metas.retain(|(n, _)| chosen.contains(n));
@@ -176,15 +186,32 @@ pub async fn pull(
         download_bytes: to_download,
     });
     if let Some(budget) = opts.max_cache_bytes {
-        let this = spec.repo.clone();
-        let allowed = opts.evictable.clone();
-        let evictable = move |r: &str| r != this && allowed.as_ref().is_none_or(|f| f(r));
-        crate::cache::evict_to_budget(&cfg.cache_dir, budget, to_download, &evictable)?;
+        // What the disk still has to take: a resumed file's kept part is
+        // already counted in the cache's size.
+        let needed: u64 = metas
+            .iter()
+            .zip(&planned)
+            .filter(|(_, p)| !p.cached)
+            .map(|((_, m), _)| {
+                let kept = std::fs::metadata(paths.incomplete(&m.etag))
+                    .map(|md| md.len())
+                    .unwrap_or(0);
+                m.size.saturating_sub(kept)
+            })
+            .sum();
+        if needed > 0 {
+            let this = spec.repo.clone();
+            let allowed = opts.evictable.clone();
+            let evictable = move |r: &str| r != this && allowed.as_ref().is_none_or(|f| f(r));
+            for repo in crate::cache::evict_to_budget(&cfg.cache_dir, budget, needed, &evictable)? {
+                on_event(PullEvent::Evicted { repo });
+            }
+        }
     }
     let mut downloaded = 0u64;
     for ((name, meta), plan) in metas.iter().zip(&planned) {
         if !plan.cached {
-            hub.download_blob(&paths, name, meta, on_event).await?;
+            hub.download_blob(&paths, &commit, name, meta, on_event).await?;
             downloaded += meta.size;
         }
         on_event(PullEvent::FileDone {
@@ -193,7 +220,7 @@ pub async fn pull(
             cached: plan.cached,
         });
     }
-    let links: Vec<(String, String)> = metas.iter().map(|(n, m)| (n.clone(), m.etag.clone())).collect();
+    let links: Vec<(String, String, u64)> = metas.iter().map(|(n, m)| (n.clone(), m.etag.clone(), m.size)).collect();
     let snapshot = publish_snapshot(&paths, &commit, &links)?;
     if spec.revision != commit {
         write_atomic(&paths.reference(&spec.revision), commit.as_bytes())?;
@@ -246,27 +273,6 @@ fn done_event(o: &PullOutcome, started: Instant) -> PullEvent {
     }
 }
 
-/// Every file under a snapshot, as repo-relative names.
-fn snapshot_files(dir: &Path, prefix: &str, out: &mut Vec<String>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
-        }
-        let rel = if prefix.is_empty() {
-            name
-        } else {
-            format!("{prefix}/{name}")
-        };
-        if e.path().is_dir() {
-            snapshot_files(&e.path(), &rel, out);
-        } else if e.path().exists() {
-            out.push(rel);
-        }
-    }
-}
-
 /// The pull answered from the cache alone (offline, or the Hub
 /// unreachable).
 fn from_cache(
@@ -287,8 +293,10 @@ fn from_cache(
         )));
     };
     let snapshot = paths.snapshot(&commit);
-    let mut files = Vec::new();
-    snapshot_files(&snapshot, "", &mut files);
+    let mut files: Vec<String> = crate::cache::walk_files(&snapshot)
+        .into_iter()
+        .map(|(rel, _)| rel)
+        .collect();
     files.sort();
     let index = files
         .iter()
@@ -449,7 +457,10 @@ impl<'a> Hub<'a> {
         };
         match (status, code) {
             (StatusCode::UNAUTHORIZED, "RepoNotFound") => no_repo(),
-            (StatusCode::UNAUTHORIZED, _) => HubError::Unauthorized { repo: repo.to_string() },
+            (StatusCode::UNAUTHORIZED, _) => HubError::Unauthorized {
+                repo: repo.to_string(),
+                token_set: self.cfg.token.is_some(),
+            },
             (StatusCode::FORBIDDEN, _) => HubError::Forbidden { repo: repo.to_string() },
             (StatusCode::NOT_FOUND, "RevisionNotFound") => HubError::NotFound(format!("{repo}: no revision {what}")),
             (StatusCode::NOT_FOUND, "EntryNotFound") => HubError::NotFound(format!("{repo}: no file {what}")),
@@ -460,7 +471,7 @@ impl<'a> Hub<'a> {
 
     async fn repo_info(&self, spec: &RepoSpec) -> Result<RepoInfo, HubError> {
         let url = format!(
-            "{}/api/models/{}/revision/{}?blobs=true",
+            "{}/api/models/{}/revision/{}",
             self.cfg.endpoint,
             spec.repo,
             encode_segment(&spec.revision)
@@ -519,11 +530,11 @@ impl<'a> Hub<'a> {
         })
     }
 
-    async fn file_meta(&self, spec: &RepoSpec, commit: &str, file: &str) -> Result<FileMeta, HubError> {
+    async fn file_meta(&self, commit: &str, file: &str) -> Result<FileMeta, HubError> {
         let mut url = format!(
             "{}/{}/resolve/{commit}/{}",
             self.cfg.endpoint,
-            spec.repo,
+            self.repo,
             encode_path(file)
         );
         // Relative redirects (a renamed repo) are followed; absolute ones
@@ -550,7 +561,7 @@ impl<'a> Hub<'a> {
                 return self.meta_from(file, h, target.to_string());
             }
             if !status.is_success() {
-                return Err(self.refusal(&spec.repo, file, status, h));
+                return Err(self.refusal(&self.repo, file, status, h));
             }
             return self.meta_from(file, h, url.clone());
         }
@@ -574,6 +585,7 @@ impl<'a> Hub<'a> {
     async fn download_blob(
         &self,
         paths: &RepoPaths,
+        commit: &str,
         file: &str,
         meta: &FileMeta,
         on_event: &(dyn Fn(PullEvent) + Send + Sync),
@@ -592,7 +604,7 @@ impl<'a> Hub<'a> {
         while fs2::FileExt::try_lock_exclusive(&lock).is_err() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        let result = self.download_locked(paths, file, meta, &blob, on_event).await;
+        let result = self.download_locked(paths, commit, file, meta, &blob, on_event).await;
         let _ = fs2::FileExt::unlock(&lock);
         result.map(|()| blob)
     }
@@ -600,6 +612,7 @@ impl<'a> Hub<'a> {
     async fn download_locked(
         &self,
         paths: &RepoPaths,
+        commit: &str,
         file: &str,
         meta: &FileMeta,
         blob: &Path,
@@ -610,10 +623,24 @@ impl<'a> Hub<'a> {
         }
         let part = paths.incomplete(&meta.etag);
         let mut last_err = None;
+        let mut meta = meta.clone();
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
+                // A signed CDN address may have expired: ask again (the
+                // same blob, or the Hub changed under us and we stop).
+                match self.file_meta(commit, file).await {
+                    Ok(fresh) if fresh.etag == meta.etag && fresh.size == meta.size => meta = fresh,
+                    Ok(_) => {
+                        return Err(self.http_err(format!("{file} changed on the Hub during the pull; run it again")));
+                    }
+                    Err(e) => {
+                        last_err = Some(e);
+                        continue;
+                    }
+                }
             }
+            let meta = &meta;
             match self.fetch_into(file, meta, &part, on_event).await {
                 Ok(FetchEnd::Complete(hasher)) => {
                     let expected = meta.etag.to_ascii_lowercase();
@@ -706,7 +733,12 @@ impl<'a> Hub<'a> {
             return Err(self.http_err(format!("{file}: the server refused to resume; starting over")));
         }
         if !status.is_success() {
-            return Err(self.refusal(&self.repo, file, status, resp.headers()));
+            // The Hub's own refusals say what to do; a CDN's (an expired
+            // signed address, a hiccup) are worth another try.
+            if meta.url.starts_with(&format!("{}/", self.cfg.endpoint)) {
+                return Err(self.refusal(&self.repo, file, status, resp.headers()));
+            }
+            return Err(self.http_err(format!("{file}: the download server answered {status}")));
         }
         let resumed = status == StatusCode::PARTIAL_CONTENT;
         if resumed {

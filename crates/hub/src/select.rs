@@ -16,7 +16,7 @@
 use std::collections::BTreeSet;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use hfms_engine::discover::{is_split_shard, quant_tag};
+use hfms_engine::discover::{gguf_file_tag as gguf_tag, is_split_shard};
 
 use crate::HubError;
 
@@ -135,19 +135,6 @@ fn safetensors_files(files: &[String], index: Option<&serde_json::Value>) -> Res
         );
     }
     Ok(out.into_iter().collect())
-}
-
-/// The quantisation tag of a GGUF file name (split suffix ignored).
-fn gguf_tag(name: &str) -> Option<String> {
-    let base = name.rsplit('/').next().unwrap_or(name);
-    let stem = base.strip_suffix(".gguf").unwrap_or(base);
-    let stem = if is_split_shard(base) {
-        // name-Q4_K_M-00001-of-00002 → name-Q4_K_M
-        stem.rsplitn(4, '-').nth(3).unwrap_or(stem)
-    } else {
-        stem
-    };
-    quant_tag(stem)
 }
 
 fn gguf_files(files: &[String], quant: Option<&str>) -> Result<Vec<String>, HubError> {

@@ -140,8 +140,10 @@ impl Downloads {
         self.config.on_demand && self.config.hub.is_some()
     }
 
-    /// Start pulling `spec` (or join the pull already running).
-    pub fn start(&self, spec: &RepoSpec) -> ApiResult<watch::Receiver<DownloadState>> {
+    /// Start pulling `spec` (or join the pull already running). `replace`:
+    /// a model already served under the pulled id gets the new files (an
+    /// explicit pull); otherwise the catalog entry stays.
+    pub fn start(&self, spec: &RepoSpec, replace: bool) -> ApiResult<watch::Receiver<DownloadState>> {
         let Some(hub) = self.config.hub.clone() else {
             return Err(ApiError::invalid(
                 Some("model".to_string()),
@@ -159,50 +161,79 @@ impl Downloads {
         let manager = self.manager.clone();
         let opts = PullOptions {
             max_cache_bytes: self.config.max_cache_bytes,
-            evictable: Some(evictable(manager.clone())),
+            evictable: Some(evictable(manager.clone(), self.running.clone())),
             ..PullOptions::default()
         };
         let spec = spec.clone();
         let running = self.running.clone();
-        tokio::spawn(async move {
-            tracing::info!(model = %spec.model_id(), revision = %spec.revision, "pulling from the Hub");
-            let on_event = |e: PullEvent| tx.send_modify(|s| s.apply(e));
-            let result = match hfms_hub::pull(&hub, &spec, &opts, &on_event).await {
-                Ok(o) => register(&manager, &o).map(|()| o),
+        let task_key = key.clone();
+        // A thread of its own: hashing, re-reading a resumed file, evicting
+        // and describing the model are blocking work the server's async
+        // threads must not do.
+        let span = tracing::info_span!("pull", model = %spec.model_id(), revision = %spec.revision);
+        let spawned = std::thread::Builder::new().name("hfms-pull".into()).spawn(move || {
+            let _span = span.enter();
+            let finish = |result: Result<PullOutcome, ApiError>| {
+                tx.send_modify(|s| s.result = Some(result));
+                running.lock().unwrap_or_else(|p| p.into_inner()).remove(&task_key);
+            };
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return finish(Err(ApiError::internal(format!("no runtime for the pull: {e}")))),
+            };
+            tracing::info!("pulling from the Hub");
+            let on_event = |e: PullEvent| {
+                if let PullEvent::Evicted { repo } = &e {
+                    let dir = hub.cache_dir.join(hfms_hub::cache::repo_folder_name(repo));
+                    let gone = manager.remove_models_under(&dir);
+                    tracing::info!(repo = %repo, models = ?gone, "evicted from the hub cache");
+                }
+                tx.send_modify(|s| s.apply(e));
+            };
+            let result = match rt.block_on(hfms_hub::pull(&hub, &spec, &opts, &on_event)) {
+                Ok(o) => register(&manager, &o, replace).map(|()| o),
                 Err(e) => Err(api_error(e)),
             };
             match &result {
-                Ok(o) => {
-                    tracing::info!(model = %o.model, path = %o.model_path.display(), bytes = o.downloaded_bytes, "pulled")
-                }
-                Err(e) => tracing::warn!(model = %spec.model_id(), error = %e.message, "pull failed"),
+                Ok(o) => tracing::info!(model = %o.model, path = %o.model_path.display(), bytes = o.downloaded_bytes, "pulled"),
+                Err(e) => tracing::warn!(error = %e.message, "pull failed"),
             }
-            tx.send_modify(|s| s.result = Some(result));
-            running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            finish(result);
         });
+        if let Err(e) = spawned {
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            return Err(ApiError::internal(format!("could not start the pull: {e}")));
+        }
         Ok(rx)
     }
 
-    /// With `--allow-download`: pull an unknown `org/name` the request
-    /// names and return the id it is served under; None when the name is
-    /// not a Hub repo id. Waits up to `--download-timeout`, then answers 503
-    /// with the progress (the download goes on).
+    /// With `--allow-download`: pull an unknown `org/name[:QUANT]` the
+    /// request names and return the id it is served under; None when the
+    /// name is not a Hub repo id. Waits up to `--download-timeout`, then
+    /// answers 503 with the progress (the download goes on).
     pub async fn fetch_for_request(&self, name: &str) -> ApiResult<Option<String>> {
         let Ok(spec) = RepoSpec::parse(name) else {
             return Ok(None);
         };
-        let mut rx = self.start(&spec)?;
+        if name.contains('@') {
+            return Err(ApiError::invalid(
+                Some("model".to_string()),
+                "a request cannot pick a revision of a model; pull it with POST /models/pull, then name it without @REVISION",
+            ));
+        }
+        // `org/x:q4_k_m` for the served `org/x:Q4_K_M`.
+        if let Some(d) = self.manager.resolve(&spec.model_id()) {
+            return Ok(Some(d.id));
+        }
+        let mut rx = self.start(&spec, false)?;
         let wait = self.config.wait;
         let done = tokio::time::timeout(wait, rx.wait_for(|s| s.result.is_some()))
             .await
             .map(|r| r.map(|s| s.result.clone()));
         match done {
-            Ok(Ok(result)) => match result {
-                Some(Ok(o)) => Ok(Some(o.model)),
-                Some(Err(e)) => Err(e),
-                None => Err(ApiError::internal("the pull ended without a result")),
-            },
-            Ok(Err(_)) => Err(ApiError::internal("the pull task ended without a result")),
+            Ok(Ok(Some(Ok(o)))) => Ok(Some(self.manager.resolve(&o.model).map_or(o.model, |d| d.id))),
+            Ok(Ok(Some(Err(e)))) => Err(e),
+            Ok(_) => Err(ApiError::internal("the pull ended without a result")),
             Err(_) => {
                 let summary = rx.borrow().summary();
                 Err(ApiError::unavailable(
@@ -219,8 +250,20 @@ impl Downloads {
 }
 
 /// A repo may be evicted when no model served from it is loaded or pinned.
-fn evictable(manager: Arc<ModelManager>) -> hfms_hub::pull::Evictable {
+/// Nor one being pulled (its blobs would vanish under the pull).
+fn evictable(
+    manager: Arc<ModelManager>,
+    running: Arc<Mutex<HashMap<String, watch::Receiver<DownloadState>>>>,
+) -> hfms_hub::pull::Evictable {
     Arc::new(move |repo: &str| {
+        let pulling = running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .any(|k| k.split([':', '@']).next() == Some(repo));
+        if pulling {
+            return false;
+        }
         let folder = hfms_hub::cache::repo_folder_name(repo);
         let in_use = manager.status().into_iter().any(|s| {
             let loaded = !matches!(s.state, hfms_engine::manager::ModelState::Unloaded);
@@ -235,8 +278,11 @@ fn evictable(manager: Arc<ModelManager>) -> hfms_hub::pull::Evictable {
 
 /// Describe the pulled files and add them to the catalog under the id the
 /// request asked for.
-fn register(manager: &ModelManager, o: &PullOutcome) -> Result<(), ApiError> {
-    if manager.resolve(&o.model).is_some_and(|d| d.path == o.model_path) {
+fn register(manager: &ModelManager, o: &PullOutcome, replace: bool) -> Result<(), ApiError> {
+    if manager
+        .resolve(&o.model)
+        .is_some_and(|d| d.path == o.model_path || !replace)
+    {
         return Ok(());
     }
     let cfg = DiscoverConfig {
@@ -271,7 +317,22 @@ pub async fn pull(
     ApiJson(req, _): ApiJson<PullRequest>,
 ) -> ApiResult<axum::response::Response> {
     let spec = RepoSpec::parse(&req.model).map_err(api_error)?;
-    let mut rx = state.downloads().start(&spec)?;
+    let mut rx = state.downloads().start(&spec, true)?;
+    // A pull that fails before it has chosen its files (unknown repo, no
+    // access, no such quantisation, over the budget) answers with its own
+    // status, not an event in a 200 stream.
+    let early = state
+        .bounded(async {
+            rx.wait_for(|s| s.result.is_some() || !s.log.is_empty())
+                .await
+                .map(|s| s.result.clone())
+                .map_err(|_| ApiError::internal("the pull task ended without a result"))
+        })
+        .await?;
+    if let Some(Err(e)) = early {
+        return Err(e);
+    }
+    rx.mark_changed();
     Ok(crate::openai::sse_response(&state, &rid.0, move |sink| async move {
         // The number of the last event sent.
         let mut sent = 0u64;

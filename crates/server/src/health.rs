@@ -55,7 +55,11 @@ pub async fn ready(State(state): State<AppState>) -> Response {
     let reason = match state.readiness() {
         Readiness::Draining => Some("shutting down".to_string()),
         Readiness::Starting => Some("starting up".to_string()),
-        Readiness::Ready if servable == 0 => Some("no servable model was found".to_string()),
+        // With --allow-download an empty server is ready: requests bring
+        // their models.
+        Readiness::Ready if servable == 0 && !state.downloads().on_demand() => {
+            Some("no servable model was found".to_string())
+        }
         Readiness::Ready if !failures.is_empty() => Some(
             failures
                 .iter()

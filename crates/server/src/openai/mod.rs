@@ -54,7 +54,7 @@ pub async fn acquire(
     allowed_model(name, desc.as_ref())?;
     if desc.is_none()
         && state.downloads().on_demand()
-        && let Some(id) = state.downloads().fetch_for_request(name).await?
+        && let Some(id) = state.bounded(state.downloads().fetch_for_request(name)).await?
     {
         desc = manager.resolve(&id);
     }
