@@ -104,9 +104,10 @@ impl Reporter {
             } => {
                 let cached = files.iter().filter(|f| f.cached).count();
                 eprintln!(
-                    "pull {repo}@{revision} (commit {}): {} files, {} to download{}",
+                    "pull {repo}@{revision} (commit {}): {} file{}, {} to download{}",
                     &commit[..commit.len().min(12)],
                     files.len(),
+                    if files.len() == 1 { "" } else { "s" },
                     human_bytes(download_bytes),
                     if cached > 0 {
                         format!(", {cached} already cached ({} in all)", human_bytes(total_bytes))

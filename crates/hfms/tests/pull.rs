@@ -659,3 +659,144 @@ fn without_allow_download_an_unknown_repo_is_a_404_and_the_cache_budget_holds() 
     let v: Value = r.json().unwrap();
     assert!(v["error"]["message"].as_str().unwrap().contains("--no-hf-cache"), "{v}");
 }
+
+/// A sharded copy of MiniLM: the index names one shard; a stray
+/// `consolidated.safetensors` and `model.safetensors` must not be pulled.
+fn sharded_minilm(dir: &Path) -> Vec<String> {
+    let src = models_dir().join(MINILM);
+    let weights = std::fs::read(src.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(weights[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&weights[8..8 + header_len]).unwrap();
+    let map: serde_json::Map<String, Value> = header
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .map(|k| (k.clone(), json!("model-00001-of-00001.safetensors")))
+        .collect();
+    let index = dir.join("index.json");
+    std::fs::write(
+        &index,
+        serde_json::to_vec(&json!({"metadata": {}, "weight_map": map})).unwrap(),
+    )
+    .unwrap();
+    let stray = dir.join("stray.safetensors");
+    std::fs::write(&stray, b"not weights").unwrap();
+    let mut flags = Vec::new();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "modules.json",
+        "1_Pooling/config.json",
+    ] {
+        flags.push("--file".to_string());
+        flags.push(format!("hub-test/sharded={}:{f}", src.join(f).display()));
+    }
+    for (path, name) in [
+        (src.join("model.safetensors"), "model-00001-of-00001.safetensors"),
+        (index, "model.safetensors.index.json"),
+        (stray, "consolidated.safetensors"),
+    ] {
+        flags.push("--file".to_string());
+        flags.push(format!("hub-test/sharded={}:{name}", path.display()));
+    }
+    flags
+}
+
+#[test]
+fn a_sharded_checkpoint_follows_its_index_and_serves() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let flags = sharded_minilm(tmp.path());
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let hub = Hub::start(tmp.path(), &flags);
+    let got = outcome(&pull(&hub, &cache, "hub-test/sharded", &[]));
+    let files: Vec<&str> = got["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    assert!(
+        files.contains(&"model.safetensors.index.json") && files.contains(&"model-00001-of-00001.safetensors"),
+        "{files:?}"
+    );
+    assert!(!files.contains(&"consolidated.safetensors"), "{files:?}");
+    let server = Server::start(&["--hf-cache", cache.to_str().unwrap()]);
+    let (s, sharded) = server.post_json(
+        "/v1/embeddings",
+        json!({"model": "hub-test/sharded", "input": "shards"}),
+    );
+    assert_eq!(s, 200, "{sharded}");
+    let (_, local) = server.post_json("/v1/embeddings", json!({"model": "all-minilm", "input": "shards"}));
+    assert_eq!(sharded["data"][0]["embedding"], local["data"][0]["embedding"]);
+}
+
+#[test]
+fn two_pulls_at_once_share_the_blob_and_a_killed_pull_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // 30 MB/s per connection: the 94 MB GGUF takes about three seconds.
+    let hub = Hub::start(tmp.path(), &["--throttle", "30000000"]);
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_hfms"))
+            .args([
+                "pull",
+                "hub-test/SmolLM2-GGUF:Q4_1",
+                "--hf-cache",
+                cache.to_str().unwrap(),
+            ])
+            .env("HF_ENDPOINT", &hub.endpoint)
+            .env_remove("HF_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Killed mid-download (the client this time, not the hub).
+    let mut victim = spawn();
+    let part = cache.join("models--hub-test--SmolLM2-GGUF/blobs");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let incomplete = |p: &Path| -> u64 {
+        std::fs::read_dir(p)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".incomplete"))
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
+    };
+    while incomplete(&part) < 20_000_000 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    victim.kill().unwrap();
+    victim.wait().unwrap();
+    let kept = incomplete(&part);
+    assert!(kept >= 20_000_000, "{kept}");
+    assert!(snapshots(&cache, "hub-test/SmolLM2-GGUF").is_empty());
+
+    // Two pulls at once: one downloads (resuming), the other waits on the
+    // blob's lock and finds it done.
+    let (a, b) = (spawn(), spawn());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    let content_gets: Vec<Value> = hub
+        .requests()
+        .into_iter()
+        .filter(|r| r["method"] == "GET" && r["path"].as_str().unwrap_or("").starts_with("/cdn/"))
+        .collect();
+    // The killed one, then exactly one resumed download.
+    assert_eq!(content_gets.len(), 2, "{content_gets:?}");
+    let range = content_gets[1]["range"].as_str().unwrap_or("");
+    assert!(range.starts_with("bytes=") && range != "bytes=0-", "{range}");
+    let blobs = files_under(&part);
+    assert_eq!(blobs.len(), 1, "{blobs:?}");
+    let snap = &snapshots(&cache, "hub-test/SmolLM2-GGUF")[0];
+    assert_eq!(
+        std::fs::read(snap.join("SmolLM2-135M-Instruct.Q4_1.gguf")).unwrap(),
+        std::fs::read(models_dir().join(SMOLLM_GGUF)).unwrap()
+    );
+}
