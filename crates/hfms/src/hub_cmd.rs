@@ -105,7 +105,7 @@ impl Reporter {
                 let cached = files.iter().filter(|f| f.cached).count();
                 eprintln!(
                     "pull {repo}@{revision} (commit {}): {} file{}, {} to download{}",
-                    &commit[..commit.len().min(12)],
+                    commit.chars().take(12).collect::<String>(),
                     files.len(),
                     if files.len() == 1 { "" } else { "s" },
                     human_bytes(download_bytes),
@@ -158,14 +158,23 @@ impl Reporter {
                     }
                 }
             }
-            PullEvent::FileDone { file, total, cached } => {
+            PullEvent::FileDone {
+                file,
+                total,
+                cached,
+                verified,
+            } => {
                 if let Some(pb) = st.files.remove(&file) {
                     pb.finish_and_clear();
                 }
                 let line = format!(
                     "  {file}: {} {}",
                     human_bytes(total),
-                    if cached { "(cached)" } else { "(verified)" }
+                    match (cached, verified) {
+                        (true, _) => "(cached)",
+                        (false, true) => "(verified)",
+                        (false, false) => "(size checked only: the Hub's ETag is not a hash)",
+                    }
                 );
                 match &self.bars {
                     Some(mp) => {
@@ -218,6 +227,7 @@ pub fn pull(args: PullArgs) -> Result<()> {
         exclude: args.exclude,
         max_cache_bytes: args.download.max_cache_bytes(),
         evictable: None,
+        reserved: None,
     };
     let reporter = Reporter::new();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -248,7 +258,7 @@ pub fn ls(args: LsArgs) -> Result<()> {
         let refs = if r.refs.is_empty() {
             r.revisions
                 .iter()
-                .map(|c| c[..c.len().min(12)].to_string())
+                .map(|c| c.chars().take(12).collect::<String>())
                 .collect::<Vec<_>>()
                 .join(",")
         } else {

@@ -29,6 +29,10 @@ impl Hub {
         let gguf = models.join(SMOLLM_GGUF);
         // A small LFS file (by its extension) for the gated repo, so its
         // pull goes through the CDN redirect.
+        // An empty file, as real repos have (added_tokens.json is not read
+        // by hfms; its blob must still be made).
+        let empty = dir.join("empty.json");
+        std::fs::write(&empty, b"").unwrap();
         let gated_weights = dir.join("gated-weights.bin");
         std::fs::write(&gated_weights, (0..4096u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>()).unwrap();
         let log = dir.join(format!(
@@ -56,6 +60,8 @@ impl Hub {
             ))
             .arg("--file")
             .arg(format!("hub-test/gated={}", gated_weights.display()))
+            .arg("--file")
+            .arg(format!("hub-test/MiniLM={}:added_tokens.json", empty.display()))
             .args([
                 "--gated",
                 "hub-test/gated",
@@ -183,6 +189,7 @@ fn pull_safetensors_and_gguf_repos_then_serve_them() {
         "modules.json",
         "1_Pooling/config.json",
         "model.safetensors",
+        "added_tokens.json",
     ] {
         assert!(files.contains(&f), "{f} not pulled: {files:?}");
     }

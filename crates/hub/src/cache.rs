@@ -142,12 +142,34 @@ pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, Strin
     } else {
         snap.clone()
     };
-    if building {
+    let linked = link_all(&dir, &ordered);
+    if building && linked.is_err() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    for (file, etag, _) in ordered {
+    linked?;
+    if building {
+        match std::fs::rename(&dir, &snap) {
+            Ok(()) => {}
+            // Another process published the same commit first: same
+            // contents by construction; add ours into it.
+            Err(_) if snap.is_dir() => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return publish_snapshot(paths, commit, files);
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(HubError::io(&snap, e));
+            }
+        }
+    }
+    Ok(snap)
+}
+
+/// Make each link in `dir` (atomically: a temporary link renamed over).
+fn link_all(dir: &Path, ordered: &[&(String, String, u64)]) -> Result<(), HubError> {
+    for (file, etag, _) in ordered.iter().copied() {
         let link = dir.join(file);
-        let parent = link.parent().unwrap_or(&dir).to_path_buf();
+        let parent = link.parent().unwrap_or(dir).to_path_buf();
         std::fs::create_dir_all(&parent).map_err(io(&parent))?;
         let target = link_target(file, etag);
         if std::fs::read_link(&link).is_ok_and(|t| t == target) {
@@ -161,19 +183,7 @@ pub fn publish_snapshot(paths: &RepoPaths, commit: &str, files: &[(String, Strin
         symlink(&target, &tmp).map_err(io(&tmp))?;
         std::fs::rename(&tmp, &link).map_err(io(&link))?;
     }
-    if building {
-        match std::fs::rename(&dir, &snap) {
-            Ok(()) => {}
-            // Another process published the same commit first: same
-            // contents by construction; add ours into it.
-            Err(_) if snap.is_dir() => {
-                let _ = std::fs::remove_dir_all(&dir);
-                return publish_snapshot(paths, commit, files);
-            }
-            Err(e) => return Err(HubError::io(&snap, e)),
-        }
-    }
-    Ok(snap)
+    Ok(())
 }
 
 /// One repo of the cache, as `hfms ls` shows it.

@@ -25,6 +25,13 @@ use crate::{HubConfig, HubError, RepoSpec, is_commit_hash};
 
 /// The largest API answer read (a file listing); more is a broken Hub.
 const MAX_API_BYTES: usize = 32 << 20;
+/// No pull announces more than this (a Hub that does is broken or hostile).
+const MAX_PULL_BYTES: u64 = 1 << 50;
+/// A request for the listing or a file's metadata ends after this.
+const META_TIMEOUT: Duration = Duration::from_secs(60);
+/// A body that delivers less than `STALL_BYTES` in this long is a stall.
+const STALL_WINDOW: Duration = Duration::from_secs(60);
+const STALL_BYTES: u64 = 64 << 10;
 /// Attempts per file when the connection drops; each resumes.
 const ATTEMPTS: usize = 4;
 
@@ -44,8 +51,16 @@ pub enum PullEvent {
     },
     /// Bytes of one file so far (sent at most every 100 ms per file).
     Progress { file: String, completed: u64, total: u64 },
-    /// One file complete and verified (or found in the cache).
-    FileDone { file: String, total: u64, cached: bool },
+    /// One file complete and verified (or found in the cache). `verified`:
+    /// checked against the Hub's sha256 or git hash (always so on
+    /// huggingface.co); false when the ETag was neither and only the size
+    /// could be checked.
+    FileDone {
+        file: String,
+        total: u64,
+        cached: bool,
+        verified: bool,
+    },
     /// A repo removed from the cache to keep it under `--max-cache-gb`.
     Evicted { repo: String },
     /// Every file is in the cache and the snapshot is published.
@@ -94,6 +109,22 @@ pub struct PullOptions {
     /// least recently used repos that `evictable` allows.
     pub max_cache_bytes: Option<u64>,
     pub evictable: Option<Evictable>,
+    /// Bytes the running pulls of this process have yet to write (a
+    /// server's pulls share one, so together they stay under the budget).
+    pub reserved: Option<Arc<std::sync::Mutex<u64>>>,
+}
+
+/// A pull's share of `PullOptions::reserved`, given back when it ends.
+struct Reservation {
+    reserved: Arc<std::sync::Mutex<u64>>,
+    bytes: u64,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut taken = self.reserved.lock().unwrap_or_else(|p| p.into_inner());
+        *taken = taken.saturating_sub(self.bytes);
+    }
 }
 
 /// Pull `spec` into the cache. `on_event` sees progress.
@@ -166,6 +197,13 @@ pub async fn pull(
         }
     }
     metas.retain(|(n, _)| chosen.contains(n));
+    // A file and a folder of the same name cannot both be in a snapshot.
+    if let Some(f) = chosen
+        .iter()
+        .find(|f| chosen.iter().any(|g| g.starts_with(&format!("{f}/"))))
+    {
+        return Err(hub.http_err(format!("the repo has both a file and a folder named {f}")));
+    }
     let cached = |m: &FileMeta| std::fs::metadata(paths.blob(&m.etag)).is_ok_and(|md| md.len() == m.size);
     let planned: Vec<PlannedFile> = metas
         .iter()
@@ -175,8 +213,62 @@ pub async fn pull(
             cached: cached(m),
         })
         .collect();
-    let total: u64 = planned.iter().map(|p| p.size).sum();
+    // Sizes come from the Hub: summed without wrapping, and no pull is
+    // larger than any disk.
+    let total = planned
+        .iter()
+        .try_fold(0u64, |a, p| a.checked_add(p.size))
+        .filter(|t| *t <= MAX_PULL_BYTES)
+        .ok_or_else(|| hub.http_err("the Hub announced files larger than any disk (over 1 PB)"))?;
     let to_download: u64 = planned.iter().filter(|p| !p.cached).map(|p| p.size).sum();
+    // What the disk still has to take: a resumed file's kept part is
+    // already on it.
+    let needed: u64 = metas
+        .iter()
+        .zip(&planned)
+        .filter(|(_, p)| !p.cached)
+        .map(|((_, m), _)| {
+            let kept = std::fs::metadata(paths.incomplete(&m.etag))
+                .map(|md| md.len())
+                .unwrap_or(0);
+            m.size.saturating_sub(kept)
+        })
+        .sum();
+    if needed > 0 {
+        std::fs::create_dir_all(&cfg.cache_dir).map_err(|e| HubError::io(&cfg.cache_dir, e))?;
+        if let Ok(free) = fs2::available_space(&cfg.cache_dir)
+            && needed > free
+        {
+            return Err(HubError::OverBudget(format!(
+                "{} to download, but the disk of {} has {} free",
+                human_bytes(needed),
+                cfg.cache_dir.display(),
+                human_bytes(free)
+            )));
+        }
+    }
+    // Held until the pull ends: other pulls of this process count these
+    // bytes as taken.
+    let _reservation = match opts.max_cache_bytes {
+        Some(budget) if needed > 0 => {
+            let reserved = opts.reserved.clone().unwrap_or_default();
+            let mut taken = reserved.lock().unwrap_or_else(|p| p.into_inner());
+            let this = spec.repo.clone();
+            let allowed = opts.evictable.clone();
+            let evictable = move |r: &str| r != this && allowed.as_ref().is_none_or(|f| f(r));
+            let asked = needed.saturating_add(*taken);
+            for repo in crate::cache::evict_to_budget(&cfg.cache_dir, budget, asked, &evictable)? {
+                on_event(PullEvent::Evicted { repo });
+            }
+            *taken += needed;
+            drop(taken);
+            Some(Reservation {
+                reserved,
+                bytes: needed,
+            })
+        }
+        _ => None,
+    };
     on_event(PullEvent::Resolved {
         repo: spec.repo.clone(),
         revision: spec.revision.clone(),
@@ -185,29 +277,6 @@ pub async fn pull(
         total_bytes: total,
         download_bytes: to_download,
     });
-    if let Some(budget) = opts.max_cache_bytes {
-        // What the disk still has to take: a resumed file's kept part is
-        // already counted in the cache's size.
-        let needed: u64 = metas
-            .iter()
-            .zip(&planned)
-            .filter(|(_, p)| !p.cached)
-            .map(|((_, m), _)| {
-                let kept = std::fs::metadata(paths.incomplete(&m.etag))
-                    .map(|md| md.len())
-                    .unwrap_or(0);
-                m.size.saturating_sub(kept)
-            })
-            .sum();
-        if needed > 0 {
-            let this = spec.repo.clone();
-            let allowed = opts.evictable.clone();
-            let evictable = move |r: &str| r != this && allowed.as_ref().is_none_or(|f| f(r));
-            for repo in crate::cache::evict_to_budget(&cfg.cache_dir, budget, needed, &evictable)? {
-                on_event(PullEvent::Evicted { repo });
-            }
-        }
-    }
     let mut downloaded = 0u64;
     for ((name, meta), plan) in metas.iter().zip(&planned) {
         if !plan.cached {
@@ -218,6 +287,7 @@ pub async fn pull(
             file: name.clone(),
             total: meta.size,
             cached: plan.cached,
+            verified: !matches!(Hasher::for_etag(&meta.etag, meta.size), Hasher::None),
         });
     }
     let links: Vec<(String, String, u64)> = metas.iter().map(|(n, m)| (n.clone(), m.etag.clone(), m.size)).collect();
@@ -354,7 +424,8 @@ fn safe_file_name(f: &str) -> bool {
         && !f.starts_with('/')
         && !f.contains('\\')
         && !f.contains('\0')
-        && f.split('/').all(|p| !p.is_empty() && p != "." && p != "..")
+        && f.split('/')
+            .all(|p| !p.is_empty() && p != "." && p != ".." && p.len() <= 200)
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -437,6 +508,21 @@ impl<'a> Hub<'a> {
         }
     }
 
+    /// A transport error with its causes (reqwest's own message omits
+    /// them: "error sending request" says nothing of a timeout).
+    fn transport_err(&self, e: reqwest::Error) -> HubError {
+        let mut msg = e.to_string();
+        if e.is_timeout() {
+            msg.push_str(": timed out");
+        }
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            msg.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        self.http_err(msg)
+    }
+
     /// The token goes to the Hub only, never to a CDN it redirects to.
     fn authorize(&self, rb: reqwest::RequestBuilder, url: &str) -> reqwest::RequestBuilder {
         match &self.cfg.token {
@@ -477,10 +563,10 @@ impl<'a> Hub<'a> {
             encode_segment(&spec.revision)
         );
         let resp = self
-            .authorize(self.client.get(&url), &url)
+            .authorize(self.client.get(&url).timeout(META_TIMEOUT), &url)
             .send()
             .await
-            .map_err(|e| self.http_err(e))?;
+            .map_err(|e| self.transport_err(e))?;
         let status = resp.status();
         if !status.is_success() {
             return Err(self.refusal(&spec.repo, &spec.revision, status, resp.headers()));
@@ -488,7 +574,7 @@ impl<'a> Hub<'a> {
         let mut body = Vec::new();
         let mut stream = resp.bytes_stream();
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.http_err(e))?;
+            let chunk = chunk.map_err(|e| self.transport_err(e))?;
             if body.len() + chunk.len() > MAX_API_BYTES {
                 return Err(self.http_err("the repo listing is larger than 32 MiB"));
             }
@@ -510,6 +596,9 @@ impl<'a> Hub<'a> {
             .sha
             .filter(|s| is_commit_hash(s))
             .ok_or_else(|| self.http_err("the repo listing has no commit hash"))?;
+        if is_commit_hash(&spec.revision) && !sha.eq_ignore_ascii_case(&spec.revision) {
+            return Err(self.http_err(format!("asked for commit {} but the Hub answered {sha}", spec.revision)));
+        }
         let mut files: Vec<String> = info
             .siblings
             .into_iter()
@@ -541,11 +630,11 @@ impl<'a> Hub<'a> {
         // point at the CDN and carry the LFS headers themselves.
         for _ in 0..5 {
             let resp = self
-                .authorize(self.client.head(&url), &url)
+                .authorize(self.client.head(&url).timeout(META_TIMEOUT), &url)
                 .header(reqwest::header::ACCEPT_ENCODING, "identity")
                 .send()
                 .await
-                .map_err(|e| self.http_err(e))?;
+                .map_err(|e| self.transport_err(e))?;
             let status = resp.status();
             let h = resp.headers();
             if status.is_redirection() {
@@ -558,23 +647,25 @@ impl<'a> Hub<'a> {
                     url = target.to_string();
                     continue;
                 }
-                return self.meta_from(file, h, target.to_string());
+                return self.meta_from(file, h, target.to_string(), true);
             }
             if !status.is_success() {
                 return Err(self.refusal(&self.repo, file, status, h));
             }
-            return self.meta_from(file, h, url.clone());
+            return self.meta_from(file, h, url.clone(), false);
         }
         Err(self.http_err(format!("{file}: too many redirects")))
     }
 
-    fn meta_from(&self, file: &str, h: &HeaderMap, url: String) -> Result<FileMeta, HubError> {
+    /// `redirected`: the size must be `X-Linked-Size` (a redirect's own
+    /// Content-Length is of the redirect).
+    fn meta_from(&self, file: &str, h: &HeaderMap, url: String, redirected: bool) -> Result<FileMeta, HubError> {
         let etag = header(h, "x-linked-etag")
             .or_else(|| header(h, "etag"))
             .and_then(normalize_etag)
             .ok_or_else(|| self.http_err(format!("{file}: the Hub sent no usable ETag")))?;
         let size = header(h, "x-linked-size")
-            .or_else(|| header(h, "content-length"))
+            .or_else(|| if redirected { None } else { header(h, "content-length") })
             .and_then(|s| s.parse::<u64>().ok())
             .ok_or_else(|| self.http_err(format!("{file}: the Hub sent no size")))?;
         Ok(FileMeta { etag, size, url })
@@ -720,13 +811,17 @@ impl<'a> Hub<'a> {
             have -= left;
         }
         if have == meta.size {
+            if meta.size == 0 {
+                // An empty file: nothing to fetch, but a blob to make.
+                std::fs::File::create(part).map_err(|e| HubError::io(part, e))?;
+            }
             return Ok(FetchEnd::Complete(hasher));
         }
         let mut rb = self.authorize(self.client.get(&meta.url), &meta.url);
         if have > 0 {
             rb = rb.header(RANGE, format!("bytes={have}-"));
         }
-        let resp = rb.send().await.map_err(|e| self.http_err(e))?;
+        let resp = rb.send().await.map_err(|e| self.transport_err(e))?;
         let status = resp.status();
         if status == StatusCode::RANGE_NOT_SATISFIABLE {
             let _ = std::fs::remove_file(part);
@@ -765,6 +860,7 @@ impl<'a> Hub<'a> {
             .map_err(|e| HubError::io(part, e))?;
         let mut stream = resp.bytes_stream();
         let mut last_report = Instant::now();
+        let (mut window, mut window_bytes) = (Instant::now(), 0u64);
         on_event(PullEvent::Progress {
             file: file.to_string(),
             completed: have,
@@ -775,9 +871,20 @@ impl<'a> Hub<'a> {
                 Ok(c) => c,
                 Err(e) => {
                     out.flush().await.map_err(|e| HubError::io(part, e))?;
-                    return Err(self.http_err(e));
+                    return Err(self.transport_err(e));
                 }
             };
+            window_bytes += chunk.len() as u64;
+            if window.elapsed() >= STALL_WINDOW {
+                if window_bytes < STALL_BYTES {
+                    out.flush().await.map_err(|e| HubError::io(part, e))?;
+                    return Err(self.http_err(format!(
+                        "{file}: the download stalled ({window_bytes} bytes in {} s)",
+                        STALL_WINDOW.as_secs()
+                    )));
+                }
+                (window, window_bytes) = (Instant::now(), 0);
+            }
             if have + chunk.len() as u64 > meta.size {
                 return Ok(FetchEnd::TooLong(have + chunk.len() as u64));
             }

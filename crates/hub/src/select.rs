@@ -142,6 +142,11 @@ fn gguf_files(files: &[String], quant: Option<&str>) -> Result<Vec<String>, HubE
         .iter()
         .filter(|f| f.ends_with(".gguf") && !f.rsplit('/').next().unwrap_or(f).starts_with("mmproj"))
         .collect();
+    if ggufs.is_empty() && has_safetensors(files) {
+        return Err(HubError::NoMatchingFiles(
+            "the repo holds safetensors weights, not GGUF files: name it without :QUANT".into(),
+        ));
+    }
     if ggufs.is_empty() {
         return Err(HubError::NoMatchingFiles(
             "the repo has neither safetensors nor GGUF weights (hfms serves those two formats)".into(),

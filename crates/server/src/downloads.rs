@@ -100,6 +100,8 @@ pub struct Downloads {
     manager: Arc<ModelManager>,
     /// Pulls in progress, by spec.
     running: Arc<Mutex<HashMap<String, watch::Receiver<DownloadState>>>>,
+    /// Bytes the running pulls have yet to write, for the cache budget.
+    reserved: Arc<Mutex<u64>>,
 }
 
 /// A pull failure as an HTTP error: the Hub's refusals are not the
@@ -133,6 +135,7 @@ impl Downloads {
             config,
             manager,
             running: Arc::new(Mutex::new(HashMap::new())),
+            reserved: Arc::new(Mutex::new(0)),
         }
     }
 
@@ -162,6 +165,7 @@ impl Downloads {
         let opts = PullOptions {
             max_cache_bytes: self.config.max_cache_bytes,
             evictable: Some(evictable(manager.clone(), self.running.clone())),
+            reserved: Some(self.reserved.clone()),
             ..PullOptions::default()
         };
         let spec = spec.clone();
