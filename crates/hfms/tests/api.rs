@@ -43,7 +43,14 @@ fn models_list_and_lookup_by_id_and_alias() {
     }
     let (st, m) = s.get_json("/v1/models/HuggingFaceTB/SmolLM2-135M-Instruct");
     assert_eq!(st, 200);
-    assert_eq!(m["aliases"], json!(["smollm2"]));
+    // A folder's only GGUF also answers to id:QUANT.
+    assert_eq!(
+        m["aliases"],
+        json!(["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1"])
+    );
+    let (st, q) = s.get_json("/v1/models/HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1");
+    assert_eq!(st, 200);
+    assert_eq!(q["id"], "HuggingFaceTB/SmolLM2-135M-Instruct");
     assert_eq!(m["state"], "loaded");
     let (st, m) = s.get_json("/v1/models/all-minilm");
     assert_eq!(st, 200);

@@ -76,7 +76,10 @@ fn discover_lists_the_packaged_models_with_skills_and_reasons() {
     assert_eq!(smol["format"], "gguf");
     assert_eq!(smol["dtype"], "Q4_1");
     assert_eq!(smol["context_length"], 8192);
-    assert_eq!(smol["aliases"], serde_json::json!(["smollm2"]));
+    assert_eq!(
+        smol["aliases"],
+        serde_json::json!(["smollm2", "HuggingFaceTB/SmolLM2-135M-Instruct:Q4_1"])
+    );
     assert!(smol["parameters"].as_u64().unwrap() > 100_000_000);
     assert_eq!(smol["hardware"], serde_json::json!(["cpu"]));
     let mini = find("sentence-transformers/all-MiniLM-L6-v2");
