@@ -85,6 +85,16 @@ impl Reporter {
         }
     }
 
+    /// A finished line above the bars (they redraw below it).
+    fn say(&self, line: String) {
+        match &self.bars {
+            Some(mp) => {
+                let _ = mp.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+
     fn bytes_style(template: &str) -> ProgressStyle {
         ProgressStyle::with_template(template)
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -176,21 +186,11 @@ impl Reporter {
                         (false, false) => "(size checked only: the Hub's ETag is not a hash)",
                     }
                 );
-                match &self.bars {
-                    Some(mp) => {
-                        let _ = mp.println(line);
-                    }
-                    None => eprintln!("{line}"),
-                }
+                self.say(line)
             }
             PullEvent::Evicted { repo } => {
                 let line = format!("  evicted {repo} from the cache (--max-cache-gb)");
-                match &self.bars {
-                    Some(mp) => {
-                        let _ = mp.println(line);
-                    }
-                    None => eprintln!("{line}"),
-                }
+                self.say(line)
             }
             PullEvent::Done {
                 model,

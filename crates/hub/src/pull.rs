@@ -139,7 +139,7 @@ pub async fn pull(
     let exclude = select::globset(&opts.exclude, "--exclude")?;
     let paths = RepoPaths::new(&cfg.cache_dir, &spec.repo);
     if cfg.offline {
-        return from_cache(cfg, spec, &paths, include.as_ref(), exclude.as_ref(), started, on_event);
+        return from_cache(spec, &paths, include.as_ref(), exclude.as_ref(), started, on_event);
     }
     let hub = Hub::new(cfg, &spec.repo)?;
     let info = match hub.repo_info(spec).await {
@@ -152,7 +152,7 @@ pub async fn pull(
                 .is_some_and(|c| paths.snapshot(&c).is_dir()) =>
         {
             tracing::warn!(error = %e, repo = %spec.repo, "the Hub is unreachable; using the cached snapshot");
-            return from_cache(cfg, spec, &paths, include.as_ref(), exclude.as_ref(), started, on_event);
+            return from_cache(spec, &paths, include.as_ref(), exclude.as_ref(), started, on_event);
         }
         Err(e) => return Err(e),
     };
@@ -287,7 +287,7 @@ pub async fn pull(
             file: name.clone(),
             total: meta.size,
             cached: plan.cached,
-            verified: !matches!(Hasher::for_etag(&meta.etag, meta.size), Hasher::None),
+            verified: is_hash_etag(&meta.etag),
         });
     }
     let links: Vec<(String, String, u64)> = metas.iter().map(|(n, m)| (n.clone(), m.etag.clone(), m.size)).collect();
@@ -346,7 +346,6 @@ fn done_event(o: &PullOutcome, started: Instant) -> PullEvent {
 /// The pull answered from the cache alone (offline, or the Hub
 /// unreachable).
 fn from_cache(
-    _cfg: &HubConfig,
     spec: &RepoSpec,
     paths: &RepoPaths,
     include: Option<&globset::GlobSet>,
@@ -439,6 +438,12 @@ fn normalize_etag(raw: &str) -> Option<String> {
         .then(|| e.to_string())
 }
 
+/// An ETag the content can be checked against: a sha256 (LFS) or a git
+/// blob sha1, in hex.
+fn is_hash_etag(etag: &str) -> bool {
+    matches!(etag.len(), 40 | 64) && etag.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 enum Hasher {
     Sha256(Sha256),
     GitSha1(Sha1),
@@ -448,10 +453,10 @@ enum Hasher {
 
 impl Hasher {
     fn for_etag(etag: &str, size: u64) -> Hasher {
-        let hex = etag.bytes().all(|b| b.is_ascii_hexdigit());
         match etag.len() {
-            64 if hex => Hasher::Sha256(Sha256::new()),
-            40 if hex => {
+            _ if !is_hash_etag(etag) => Hasher::None,
+            64 => Hasher::Sha256(Sha256::new()),
+            40 => {
                 let mut h = Sha1::new();
                 h.update(format!("blob {size}\0").as_bytes());
                 Hasher::GitSha1(h)

@@ -269,11 +269,13 @@ fn evictable(
             return false;
         }
         let folder = hfms_hub::cache::repo_folder_name(repo);
+        let catalog = manager.catalog();
         let in_use = manager.status().into_iter().any(|s| {
             let loaded = !matches!(s.state, hfms_engine::manager::ModelState::Unloaded);
             (loaded || s.pinned)
-                && manager
-                    .resolve(&s.id)
+                && catalog
+                    .iter()
+                    .find(|d| d.id == s.id)
                     .is_some_and(|d| d.path.components().any(|c| c.as_os_str() == folder.as_str()))
         });
         !in_use
