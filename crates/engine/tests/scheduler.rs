@@ -40,7 +40,7 @@ fn request(prompt: Vec<u32>, max_tokens: usize) -> GenerateRequest {
         stop_token_ids: vec![],
         ignore_eos: true,
         prompt_logprobs: None,
-        json: false,
+        constraint: None,
         tag: "test".into(),
     }
 }

@@ -103,7 +103,7 @@ fn greedy_generation_reproduces_reference_where_margin_is_clear() {
             stop_token_ids: vec![],
             ignore_eos: false,
             prompt_logprobs: None,
-            json: false,
+            constraint: None,
             tag: "test".into(),
         })
         .unwrap();

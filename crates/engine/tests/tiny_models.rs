@@ -325,7 +325,7 @@ fn skills_load_tiny_models_with_their_chat_templates() {
         let msgs = [TemplateMessage {
             role: "user".into(),
             content: "Hello, world! How are you?".into(),
-            name: None,
+            ..Default::default()
         }];
         let prompt = gm.template.as_ref().unwrap().render(&msgs, true).unwrap();
         assert_eq!(prompt, g["prompt"].as_str().unwrap());

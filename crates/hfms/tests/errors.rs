@@ -108,9 +108,9 @@ fn messages_and_roles_are_checked() {
     );
     expect(
         "/v1/chat/completions",
-        chat(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})),
+        chat(json!({"tools": [{"type": "function", "function": {"name": "no spaces"}}]})),
         400,
-        "tools",
+        "function name",
     );
 }
 

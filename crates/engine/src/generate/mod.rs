@@ -1,6 +1,6 @@
 //! Generation: sampling, stop sequences, and the scheduler that steps all
 //! running sequences of a model together.
-pub mod json;
+pub mod grammar;
 pub mod prefix;
 pub mod sampling;
 pub mod scheduler;
@@ -8,6 +8,6 @@ pub mod stop;
 
 pub use sampling::SamplingParams;
 pub use scheduler::{
-    FinishReason, GenEvent, GenUsage, GenerateRequest, Generator, PromptToken, SchedulerConfig, TokenLogprob,
-    TopLogprob,
+    Constraint, FinishReason, GenEvent, GenUsage, GenerateRequest, Generator, PromptToken, SchedulerConfig,
+    TokenLogprob, TopLogprob,
 };

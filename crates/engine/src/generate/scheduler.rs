@@ -19,7 +19,7 @@ use std::time::Instant;
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::Span;
 
-use super::json::JsonPrefix;
+use super::grammar::{Grammar, GrammarVocab};
 use super::prefix::PrefixCache;
 use super::sampling::{Sampled, Sampler, SamplingParams};
 use super::stop::StopText;
@@ -42,8 +42,8 @@ pub struct GenerateRequest {
     /// Log-probabilities of the prompt tokens themselves (completions
     /// `echo` + `logprobs`): the number of alternatives per position.
     pub prompt_logprobs: Option<usize>,
-    /// Constrain the output to one JSON object (`response_format`).
-    pub json: bool,
+    /// Constrain the output to a grammar (`response_format`, tool calls).
+    pub constraint: Option<Constraint>,
     /// Label for log lines about this sequence (the request id).
     pub tag: String,
 }
@@ -110,6 +110,22 @@ pub enum GenEvent {
         time_to_first_token: f64,
     },
     Error(EngineError),
+}
+
+/// A grammar the output must follow: from the first token, or (`trigger`)
+/// from just after the output first contains the trigger text, the way a
+/// tool call is constrained once the model opens one.
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub grammar: Grammar,
+    pub trigger: Option<String>,
+}
+
+/// A sequence's constraint and whether it applies yet.
+struct SeqConstraint {
+    grammar: Grammar,
+    trigger: Option<String>,
+    active: bool,
 }
 
 /// Tunables of the scheduler.
@@ -188,6 +204,8 @@ pub struct Generator {
     stats: Arc<SchedulerStats>,
     model: Arc<dyn CausalLm>,
     tokenizer: Arc<Tokenizer>,
+    /// Built on the first constrained request (a trie of the vocabulary).
+    grammar_vocab: Arc<std::sync::OnceLock<std::result::Result<Arc<GrammarVocab>, String>>>,
 }
 
 impl Generator {
@@ -245,7 +263,21 @@ impl Generator {
             stats,
             model,
             tokenizer,
+            grammar_vocab: Arc::default(),
         })
+    }
+
+    /// The vocabulary for constrained decoding, built on first use (CPU
+    /// work: call it off the async runtime).
+    pub fn grammar_vocab(&self) -> Result<Arc<GrammarVocab>> {
+        self.grammar_vocab
+            .get_or_init(|| {
+                GrammarVocab::new(self.tokenizer.clone(), self.model.config().vocab)
+                    .map(Arc::new)
+                    .map_err(|e| e.to_string())
+            })
+            .clone()
+            .map_err(EngineError::internal)
     }
 
     /// Refuse `n` more sequences when the waiting queue would overflow.
@@ -314,8 +346,8 @@ struct Sequence {
     sent_end: usize,
     /// Text released by the final step, sent by `finish`.
     tail: String,
-    /// JSON mode: the document generated so far.
-    json: Option<JsonPrefix>,
+    /// The grammar the output follows, if any.
+    constraint: Option<SeqConstraint>,
     /// Chain hashes of the sequence's full blocks (prefix cache).
     hashes: Vec<u64>,
     /// Prompt tokens served from the prefix cache at first admission.
@@ -488,7 +520,11 @@ impl Scheduler {
             pending: VecDeque::new(),
             sent_end: 0,
             tail: String::new(),
-            json: job.req.json.then(JsonPrefix::new),
+            constraint: job.req.constraint.clone().map(|c| SeqConstraint {
+                active: c.trigger.is_none(),
+                grammar: c.grammar,
+                trigger: c.trigger,
+            }),
             hashes: Vec::new(),
             cached_tokens: None,
             first_token_at: None,
@@ -963,28 +999,27 @@ fn phase_span(request: &Span, phase: Phase) -> Span {
 /// Sample the next token of `s`, stream what can be shown, and say whether
 /// the sequence is done.
 fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: usize) -> Outcome {
-    let Sampled { id, logprob, top } = match &s.json {
+    let eos_token = |t: u32| tok.eos().contains(&t);
+    let Sampled { id, logprob, top } = match s.constraint.as_mut().filter(|c| c.active) {
         None => s.sampler.sample(logits),
-        Some(doc) => {
-            // Only tokens that keep the output a prefix of one JSON object;
-            // end of sequence only once the object is closed.
-            let allowed = |t: u32| {
-                if tok.eos().contains(&t) {
-                    doc.is_complete()
-                } else if tok.is_special(t) || doc.is_complete() {
-                    false
-                } else {
-                    doc.can_accept(&tok.token_bytes(t))
-                }
+        Some(c) => {
+            // Only tokens the grammar allows; end of sequence only where the
+            // output is complete.
+            let Some(allowed) = c.grammar.allowed() else {
+                tracing::warn!(parent: &s.job.span, request_id = %s.job.req.tag, "the output grammar failed; ending the sequence");
+                return Outcome::Finished(FinishReason::Stop);
             };
-            s.sampler.sample_where(logits, Some(&allowed))
+            let ok = |t: u32| allowed.allows(t, eos_token(t));
+            let sampled = s.sampler.sample_where(logits, Some(&ok));
+            if !ok(sampled.id) {
+                // Nothing the model can emit is allowed (a vocabulary that
+                // cannot spell what the grammar needs).
+                return Outcome::Finished(FinishReason::Stop);
+            }
+            c.grammar.accept(sampled.id, eos_token(sampled.id));
+            sampled
         }
     };
-    if let Some(doc) = s.json.as_mut()
-        && !tok.eos().contains(&id)
-    {
-        doc.accept(&tok.token_bytes(id));
-    }
     s.sampler.observe(id);
     s.generated += 1;
     if s.first_token_at.is_none() {
@@ -1010,9 +1045,20 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
         let end = s.text.text().len().max(released_before);
         s.pending.push_back((logprob_entry(tok, id, lp, &top), end));
     }
-    // A closed JSON object ends the output (no need to wait for EOS).
-    let json_done = s.json.as_ref().is_some_and(|d| d.is_complete());
-    let done = if s.text.stopped() || json_done {
+    // A grammar that can take nothing more ends the output (no need to wait
+    // for EOS); a triggered one starts applying once its trigger is out.
+    let mut grammar_done = false;
+    if let Some(c) = s.constraint.as_mut() {
+        if c.active {
+            grammar_done = c.grammar.is_finished();
+        } else if let Some(t) = c.trigger.as_deref() {
+            // Only the tail can hold a trigger that this token completed.
+            let text = s.text.text();
+            let from = text.floor_char_boundary(text.len().saturating_sub(delta.len() + t.len()));
+            c.active = text[from..].contains(t);
+        }
+    }
+    let done = if s.text.stopped() || grammar_done {
         Some(FinishReason::Stop)
     } else if s.generated >= req.max_tokens || s.tokens.len() >= context_length {
         Some(FinishReason::Length)

@@ -10,13 +10,19 @@ use serde::Serialize;
 
 use crate::error::{EngineError, Result};
 
-/// One message as the template sees it.
-#[derive(Debug, Clone, Serialize)]
+/// One message as the template sees it (and as transformers passes it:
+/// an assistant's `tool_calls` with `arguments` as an object, a tool
+/// result's `tool_call_id`).
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct TemplateMessage {
     pub role: String,
     pub content: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 pub struct ChatTemplate {
@@ -63,12 +69,31 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[TemplateMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template reads a `tools` variable (can present tools to
+    /// the model itself).
+    pub fn takes_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// Render with the request's tool definitions (`tools`, in OpenAI's
+    /// shape, as transformers' `apply_chat_template(tools=...)` passes them;
+    /// None when the request has none).
+    pub fn render_with_tools(
+        &self,
+        messages: &[TemplateMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| EngineError::Template(e.to_string()))?;
         let ctx = minijinja::context! {
             messages => Value::from(minijinja::value::Serde(messages)),
+            tools => Value::from(minijinja::value::Serde(tools)),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.clone(),
             eos_token => self.eos_token.clone(),
@@ -254,7 +279,7 @@ mod tests {
         TemplateMessage {
             role: role.into(),
             content: content.into(),
-            name: None,
+            ..Default::default()
         }
     }
 

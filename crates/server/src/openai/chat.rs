@@ -4,13 +4,14 @@ use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use hfms_engine::generate::{GenEvent, GenerateRequest};
+use hfms_engine::generate::{FinishReason, GenEvent, GenerateRequest};
 use hfms_engine::skills::{LoadedModel, Task};
 use hfms_engine::tokenizer::chat_template::TemplateMessage;
 use serde_json::Value;
 
 use super::params::{self, Common};
 use super::replay;
+use super::tools::{self, ToolChoice, ToolFormat, ToolParser};
 use super::types::*;
 use super::{
     ChoiceEvents, Collected, acquire, collect_all, fingerprint, finish_str, logprob_json, now_unix, off_async,
@@ -95,44 +96,151 @@ pub(crate) fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateM
             "messages must contain at least one message.",
         ));
     }
+    // Ids of the calls made so far: a tool result must answer one of them.
+    let mut call_ids: Vec<String> = Vec::new();
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
+            let param = |p: &str| Some(format!("messages[{i}].{p}"));
             let role = match m.role.as_str() {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
-                "tool" | "function" => {
+                "tool" => "tool",
+                "function" => {
                     return Err(ApiError::invalid(
-                        Some(format!("messages[{i}].role")),
-                        format!(
-                            "'{}' messages are not supported: this server does not do tool calling.",
-                            m.role
-                        ),
+                        param("role"),
+                        "'function' messages (the deprecated functions API) are not supported; use 'tool' messages.",
                     ));
                 }
                 other => {
                     return Err(ApiError::invalid(
-                        Some(format!("messages[{i}].role")),
+                        param("role"),
                         format!(
-                            "'{other}' is not a valid role; use one of 'system', 'developer', 'user', 'assistant'."
+                            "'{other}' is not a valid role; use one of 'system', 'developer', 'user', 'assistant', 'tool'."
                         ),
                     ));
                 }
             };
-            if m.tool_calls.as_ref().is_some_and(|t| !t.is_null()) {
-                return Err(ApiError::invalid(
-                    Some(format!("messages[{i}].tool_calls")),
-                    "tool calls are not supported by this server.",
-                ));
-            }
+            let tool_calls = match (&m.tool_calls, role) {
+                (None | Some(Value::Null), _) => None,
+                (Some(calls), "assistant") => Some(template_tool_calls(i, calls, &mut call_ids)?),
+                (Some(_), _) => {
+                    return Err(ApiError::invalid(
+                        param("tool_calls"),
+                        "only assistant messages may carry tool_calls.",
+                    ));
+                }
+            };
+            let tool_call_id = match (&m.tool_call_id, role) {
+                (Some(Value::String(id)), "tool") => {
+                    if !call_ids.contains(id) {
+                        return Err(ApiError::invalid(
+                            param("tool_call_id"),
+                            format!("tool_call_id '{id}' does not answer any tool call of an earlier assistant message."),
+                        ));
+                    }
+                    Some(id.clone())
+                }
+                (None | Some(Value::Null), "tool") => {
+                    return Err(ApiError::invalid(
+                        param("tool_call_id"),
+                        "a tool message needs the tool_call_id of the call it answers.",
+                    ));
+                }
+                (Some(_), "tool") => {
+                    return Err(ApiError::invalid(param("tool_call_id"), "tool_call_id must be a string."));
+                }
+                (None | Some(Value::Null), _) => None,
+                (Some(_), _) => {
+                    return Err(ApiError::invalid(
+                        param("tool_call_id"),
+                        "only tool messages carry a tool_call_id.",
+                    ));
+                }
+            };
+            // An assistant message that only calls tools has no content.
+            let content = if tool_calls.is_some() && matches!(m.content, None | Some(Value::Null)) {
+                String::new()
+            } else {
+                content_text(i, m)?
+            };
             Ok(TemplateMessage {
                 role: role.to_string(),
-                content: content_text(i, m)?,
+                content,
                 name: m.name.clone(),
+                tool_calls,
+                tool_call_id,
             })
         })
         .collect()
+}
+
+/// An assistant message's `tool_calls` as a template expects them:
+/// `arguments` as an object (transformers' convention; the API carries a
+/// JSON text). Each call's id is remembered for the tool results.
+fn template_tool_calls(i: usize, calls: &Value, ids: &mut Vec<String>) -> ApiResult<Value> {
+    let Value::Array(calls) = calls else {
+        return Err(ApiError::invalid(
+            Some(format!("messages[{i}].tool_calls")),
+            "tool_calls must be an array.",
+        ));
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for (j, c) in calls.iter().enumerate() {
+        let param = |p: &str| Some(format!("messages[{i}].tool_calls[{j}]{p}"));
+        let id = match c.get("id") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            _ => {
+                return Err(ApiError::invalid(
+                    param(".id"),
+                    "each tool call needs a non-empty string 'id'.",
+                ));
+            }
+        };
+        if c.get("type").is_some_and(|t| t != "function") {
+            return Err(ApiError::invalid(
+                param(".type"),
+                "tool calls must be of type 'function'.",
+            ));
+        }
+        let Some(Value::String(name)) = c.get("function").and_then(|f| f.get("name")) else {
+            return Err(ApiError::invalid(
+                param(".function.name"),
+                "each tool call needs function.name.",
+            ));
+        };
+        let arguments = match c.get("function").and_then(|f| f.get("arguments")) {
+            Some(Value::String(a)) => match serde_json::from_str::<Value>(a) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => {
+                    return Err(ApiError::invalid(
+                        param(".function.arguments"),
+                        "function.arguments must be a JSON object, written as a string.",
+                    ));
+                }
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    param(".function.arguments"),
+                    "each tool call needs function.arguments (a string).",
+                ));
+            }
+        };
+        ids.push(id.clone());
+        out.push(serde_json::json!({
+            "id": id, "type": "function", "function": {"name": name, "arguments": arguments}
+        }));
+    }
+    Ok(Value::Array(out))
+}
+
+/// `finish_reason`: a choice that ended by calling tools says so.
+fn finish_of(reason: FinishReason, called: bool) -> &'static str {
+    match reason {
+        FinishReason::Stop if called => "tool_calls",
+        other => finish_str(other),
+    }
 }
 
 /// Create a chat completion (OpenAI's API); with `stream: true`, server-sent
@@ -152,22 +260,23 @@ pub async fn create(
 ) -> ApiResult<Response> {
     // Everything that needs no model first: bad input fails fast.
     let messages = template_messages(&req.messages)?;
-    if req.tools.as_ref().is_some_and(|t| !t.is_empty()) || req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
+    if req.functions.as_ref().is_some_and(|f| !f.is_empty()) {
         return Err(ApiError::invalid(
-            Some("tools".into()),
-            "tools and functions are not supported by this server.",
+            Some("functions".into()),
+            "the deprecated functions API is not supported; use tools.",
         ));
     }
-    let json_mode = match req.response_format.as_ref().map(|f| f.kind.as_str()) {
-        None | Some("text") => false,
-        Some("json_object") => true,
-        Some(other) => {
-            return Err(ApiError::invalid(
-                Some("response_format.type".into()),
-                format!("response_format type '{other}' is not supported; use 'text' or 'json_object'."),
-            ));
-        }
-    };
+    let tool_defs = tools::parse_tools(req.tools.as_deref().unwrap_or_default())?;
+    let tool_choice = tools::parse_tool_choice(req.tool_choice.as_ref(), &tool_defs)?;
+    let parallel_calls = req.parallel_tool_calls.unwrap_or(true);
+    let response_grammar = tools::response_grammar(req.response_format.as_ref(), "response_format")?;
+    let use_tools = tool_choice != ToolChoice::None;
+    if use_tools && response_grammar.is_some() {
+        return Err(ApiError::invalid(
+            Some("response_format".into()),
+            "response_format json_object/json_schema cannot be combined with tools unless tool_choice is 'none'.",
+        ));
+    }
     let stream = req.stream.unwrap_or(false);
     if req.stream_options.is_some() && !stream {
         return Err(ApiError::invalid(
@@ -231,14 +340,26 @@ pub async fn create(
         ));
     };
     let tokenizer = gm.generator.tokenizer().clone();
+    let tool_format = ToolFormat::of_template(template.source());
+    // Tools are shown to the model only when it may call them.
+    let template_tools = use_tools.then(|| tools::template_tools(req.tools.as_deref().unwrap_or_default()));
     // Rendering and tokenizing up to a whole body of text is CPU work.
     let prompt = off_async(move || {
-        let text = template.render(&messages, true)?;
+        let text = template.render_with_tools(&messages, template_tools.as_ref(), true)?;
         // The template writes any BOS itself (add_special_tokens=False, as
         // transformers' apply_chat_template does).
         Ok(tokenizer.encode(&text, false)?)
     })
     .await?;
+    let grammar = match response_grammar {
+        Some(spec) => Some((spec, None, "response_format")),
+        None => tools::tool_grammar(&tool_defs, &tool_choice, parallel_calls, tool_format)
+            .map(|(spec, trigger)| (spec, trigger, "tools")),
+    };
+    let constraint = match grammar {
+        Some((spec, trigger, param)) => Some(tools::constraint(&gm.generator, spec, trigger, param).await?),
+        None => None,
+    };
     let max_tokens = params::max_tokens(
         requested_max.map(|(m, _)| m),
         requested_max.map(|(_, p)| p).unwrap_or("max_tokens"),
@@ -264,7 +385,7 @@ pub async fn create(
             stop_token_ids: Vec::new(),
             ignore_eos: req.ignore_eos.unwrap_or(false),
             prompt_logprobs: None,
-            json: json_mode,
+            constraint: constraint.clone(),
             tag: rid.0.clone(),
         })?);
     }
@@ -274,6 +395,7 @@ pub async fn create(
     // The non-streamed answer; a streamed one is stored as it.
     let answer_of = {
         let (id, model_id) = (id.clone(), model_id.clone());
+        let tool_defs = tool_defs.clone();
         move |results: Vec<Collected>| {
             let completion: usize = results.iter().map(|r| r.usage.completion_tokens).sum();
             // The prompt is counted once; the first choice says what it reused.
@@ -281,18 +403,28 @@ pub async fn create(
             let choices = results
                 .into_iter()
                 .enumerate()
-                .map(|(index, r): (usize, Collected)| ChatChoice {
-                    index,
-                    logprobs: want_logprobs.then(|| ChatLogprobs {
-                        content: Some(r.logprobs.iter().map(logprob_json).collect()),
-                        refusal: None,
-                    }),
-                    finish_reason: finish_str(r.finish.unwrap_or(hfms_engine::generate::FinishReason::Stop)),
-                    message: ResponseMessage {
-                        role: "assistant",
-                        content: Some(r.text),
-                        refusal: None,
-                    },
+                .map(|(index, r): (usize, Collected)| {
+                    let finish = r.finish.unwrap_or(FinishReason::Stop);
+                    let (content, calls) = if use_tools {
+                        let parsed = ToolParser::parse_all(tool_format, tool_defs.clone(), &r.text);
+                        (parsed.content, parsed.calls)
+                    } else {
+                        (r.text, Vec::new())
+                    };
+                    ChatChoice {
+                        index,
+                        logprobs: want_logprobs.then(|| ChatLogprobs {
+                            content: Some(r.logprobs.iter().map(logprob_json).collect()),
+                            refusal: None,
+                        }),
+                        finish_reason: finish_of(finish, !calls.is_empty()),
+                        message: ResponseMessage {
+                            role: "assistant",
+                            content: (calls.is_empty() || !content.trim().is_empty()).then_some(content),
+                            refusal: None,
+                            tool_calls: (!calls.is_empty()).then_some(calls),
+                        },
+                    }
                 })
                 .collect();
             let body = ChatCompletionResponse {
@@ -336,6 +468,7 @@ pub async fn create(
             let delta = ChunkDelta {
                 role: Some("assistant"),
                 content: Some(String::new()),
+                tool_calls: None,
             };
             let c = chunk(
                 vec![ChatChunkChoice {
@@ -352,31 +485,78 @@ pub async fn create(
             }
         }
         let usage_chunk = chunk.clone();
-        let chunk_of = move |index, ev| match ev {
-            GenEvent::Delta { text, logprobs, .. } => Some(chunk(
-                vec![ChatChunkChoice {
-                    index,
-                    delta: ChunkDelta {
-                        role: None,
-                        content: Some(text),
-                    },
-                    logprobs: want_logprobs.then(|| ChatLogprobs {
-                        content: Some(logprobs.iter().map(logprob_json).collect()),
-                        refusal: None,
-                    }),
-                    finish_reason: None,
-                }],
-                usage_field(),
-            )),
-            GenEvent::Done { finish_reason, .. } => Some(chunk(
-                vec![ChatChunkChoice {
-                    index,
-                    delta: ChunkDelta::default(),
-                    logprobs: None,
-                    finish_reason: Some(finish_str(finish_reason)),
-                }],
-                usage_field(),
-            )),
+        // With tools, each choice's text goes through its own parser: text
+        // that may open a call is held back, a call goes out once complete.
+        let mut parsers: Vec<(ToolParser, usize)> = (0..n)
+            .map(|_| (ToolParser::new(tool_format, tool_defs.clone()), 0))
+            .collect();
+        let mut delta_of = move |index: usize, text: String, last: bool| -> ChunkDelta {
+            let Some((parser, calls_sent)) = parsers.get_mut(index).filter(|_| use_tools) else {
+                return ChunkDelta {
+                    content: (!text.is_empty() || !last).then_some(text),
+                    ..Default::default()
+                };
+            };
+            let mut parsed = parser.push(&text);
+            if last {
+                let rest = parser.finish();
+                parsed.content.push_str(&rest.content);
+                parsed.calls.extend(rest.calls);
+            }
+            let calls: Vec<_> = parsed
+                .calls
+                .iter()
+                .enumerate()
+                .map(|(k, c)| c.delta(*calls_sent + k))
+                .collect();
+            *calls_sent += calls.len();
+            ChunkDelta {
+                role: None,
+                content: (!parsed.content.is_empty()).then_some(parsed.content),
+                tool_calls: (!calls.is_empty()).then_some(calls),
+            }
+        };
+        let mut called = vec![false; n];
+        let chunk_of = move |index: usize, ev| match ev {
+            GenEvent::Delta { text, logprobs, .. } => {
+                let delta = delta_of(index, text, false);
+                if delta.tool_calls.is_some() {
+                    called[index] = true;
+                }
+                let logprobs = want_logprobs.then(|| ChatLogprobs {
+                    content: Some(logprobs.iter().map(logprob_json).collect()),
+                    refusal: None,
+                });
+                // Held text and no logprobs to send: nothing to say yet.
+                if delta.content.is_none() && delta.tool_calls.is_none() && logprobs.is_none() {
+                    return None;
+                }
+                Some(chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta,
+                        logprobs,
+                        finish_reason: None,
+                    }],
+                    usage_field(),
+                ))
+            }
+            GenEvent::Done { finish_reason, .. } => {
+                // What the parser held goes out with the finish reason.
+                let delta = delta_of(index, String::new(), true);
+                if delta.tool_calls.is_some() {
+                    called[index] = true;
+                }
+                Some(chunk(
+                    vec![ChatChunkChoice {
+                        index,
+                        delta,
+                        logprobs: None,
+                        finish_reason: Some(finish_of(finish_reason, called[index])),
+                    }],
+                    usage_field(),
+                ))
+            }
             GenEvent::Prompt(_) | GenEvent::Error(_) => None,
         };
         let usage_of = include_usage.then_some(move |completion, cached| {
@@ -396,4 +576,111 @@ pub async fn create(
     } else {
         resp
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use hfms_engine::formats::gguf::GgufFile;
+    use hfms_engine::tokenizer::{ChatTemplate, Tokenizer};
+
+    use super::*;
+
+    fn workspace() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    }
+
+    /// The API's messages, with tools, tool calls and tool results, become
+    /// exactly the prompt transformers renders with Qwen2.5's own template
+    /// (tests/reference/qwen_tool_prompts.json, scripts/make-tool-goldens.py).
+    #[test]
+    fn tool_conversations_render_as_transformers_does() {
+        let gguf =
+            workspace().join("models-extra/Qwen/Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+        assert!(gguf.exists(), "{} is missing: run `make models-tools`", gguf.display());
+        let g = GgufFile::open(&gguf).unwrap();
+        let template = ChatTemplate::new(g.get_str("tokenizer.chat_template").unwrap(), "", "<|im_end|>").unwrap();
+        assert_eq!(ToolFormat::of_template(template.source()), ToolFormat::Hermes);
+        let tok = Tokenizer::from_gguf(&g).unwrap();
+        let golden: Value = serde_json::from_str(
+            &std::fs::read_to_string(workspace().join("tests/reference/qwen_tool_prompts.json")).unwrap(),
+        )
+        .unwrap();
+        let cases = golden["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 3);
+        for case in cases {
+            let messages: Vec<ChatMessage> = serde_json::from_value(case["messages"].clone()).unwrap();
+            let messages = template_messages(&messages).unwrap();
+            let tools = tools::template_tools(case["tools"].as_array().unwrap());
+            let text = template.render_with_tools(&messages, Some(&tools), true).unwrap();
+            assert_eq!(text, case["text"].as_str().unwrap(), "{}", case["name"]);
+            // The markers are single tokens, and the ids spell the text.
+            let ids = tok.encode(&text, false).unwrap();
+            assert_eq!(tok.decode(&ids, false).unwrap(), text);
+            for marker in ["<|im_start|>", "<tool_call>"] {
+                let id = tok.token_id(marker).unwrap();
+                assert!(ids.contains(&id) || !text.contains(marker), "{marker}");
+            }
+        }
+    }
+
+    #[test]
+    fn tool_messages_must_answer_earlier_calls() {
+        let msgs = |v: Value| -> Vec<ChatMessage> { serde_json::from_value(v).unwrap() };
+        let call = serde_json::json!({"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]});
+        let ok = msgs(serde_json::json!([{"role": "user", "content": "x"}, call,
+            {"role": "tool", "tool_call_id": "call_1", "content": "r"}]));
+        assert!(template_messages(&ok).is_ok());
+        for (bad, param) in [
+            (
+                serde_json::json!([{"role": "tool", "tool_call_id": "call_9", "content": "r"}]),
+                "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!([{"role": "tool", "content": "r"}]),
+                "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!([{"role": "tool", "tool_call_id": 5, "content": "r"}]),
+                "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": "x", "tool_call_id": "a"}]),
+                "messages[0].tool_call_id",
+            ),
+            (
+                serde_json::json!([{"role": "user", "content": "x", "tool_calls": []}]),
+                "messages[0].tool_calls",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": {}}]),
+                "messages[0].tool_calls",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+                "messages[0].tool_calls[0].id",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": "not json"}}]}]),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": [{"id": "a", "function": {"name": "f", "arguments": {}}}]}]),
+                "messages[0].tool_calls[0].function.arguments",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": [{"id": "a", "function": {"arguments": "{}"}}]}]),
+                "messages[0].tool_calls[0].function.name",
+            ),
+            (
+                serde_json::json!([{"role": "function", "content": "x"}]),
+                "messages[0].role",
+            ),
+        ] {
+            let e = template_messages(&msgs(bad.clone())).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{bad}: {}", e.message);
+        }
+    }
 }

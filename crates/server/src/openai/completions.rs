@@ -198,6 +198,7 @@ pub async fn create(
             "suffix (insertion) is not supported by this server.",
         ));
     }
+    let response_grammar = super::tools::response_grammar(req.response_format.as_ref(), "response_format")?;
     let stream = req.stream.unwrap_or(false);
     if req.stream_options.is_some() && !stream {
         return Err(ApiError::invalid(
@@ -281,6 +282,11 @@ pub async fn create(
         )?);
     }
 
+    let constraint = match response_grammar {
+        Some(spec) => Some(super::tools::constraint(&gm.generator, spec, None, "response_format").await?),
+        None => None,
+    };
+
     // All choices are admitted or none (a full queue answers 503).
     gm.generator.admit_check(prompts.len() * validated.n)?;
     // The key's token budget: the prompts now, the completions when they end.
@@ -302,7 +308,7 @@ pub async fn create(
                 stop_token_ids: Vec::new(),
                 ignore_eos: req.ignore_eos.unwrap_or(false),
                 prompt_logprobs: if echo { logprobs } else { None },
-                json: false,
+                constraint: constraint.clone(),
                 tag: rid.0.clone(),
             })?);
             echoes.push(if echo { p.text.clone() } else { String::new() });

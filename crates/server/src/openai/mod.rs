@@ -6,6 +6,7 @@ pub mod embeddings;
 pub mod models;
 pub mod params;
 pub mod replay;
+pub mod tools;
 pub mod types;
 
 use std::sync::Arc;

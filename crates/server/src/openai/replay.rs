@@ -83,8 +83,22 @@ pub fn chat_stream(bytes: &Bytes, include_usage: bool) -> ApiResult<Response> {
         ));
     }
     for c in &choices {
+        let mut delta = json!({"content": c["message"]["content"]});
+        if let Some(calls) = c["message"]["tool_calls"].as_array() {
+            // Streamed calls carry their position.
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    call["index"] = json!(i);
+                    call
+                })
+                .collect();
+            delta["tool_calls"] = Value::Array(calls);
+        }
         events.push(chunk(
-            json!([{"index": c["index"], "delta": {"content": c["message"]["content"]}, "logprobs": c["logprobs"], "finish_reason": null}]),
+            json!([{"index": c["index"], "delta": delta, "logprobs": c["logprobs"], "finish_reason": null}]),
             usage_null.clone(),
         ));
         events.push(chunk(

@@ -60,6 +60,32 @@ pub enum ChatRole {
 pub enum ResponseFormatType {
     Text,
     JsonObject,
+    JsonSchema,
+}
+
+/// `response_format.json_schema`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct JsonSchemaFormat {
+    /// 1 to 64 letters, digits, underscores or dashes.
+    name: String,
+    description: Option<String>,
+    /// The schema the output must validate against (absent: any object).
+    #[schema(value_type = Object)]
+    schema: Option<Value>,
+    /// Accepted; the schema is always enforced.
+    strict: Option<bool>,
+}
+
+/// `tool_choice`: `none`, `auto`, `required`, or
+/// `{"type": "function", "function": {"name": …}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum ToolChoiceValue {
+    Mode(String),
+    #[schema(value_type = Object)]
+    Named(Value),
 }
 
 /// `encoding_format` of embeddings: floats, or base64 of little-endian f32.
@@ -105,11 +131,14 @@ pub struct StreamOptions {
     pub include_usage: Option<bool>,
 }
 
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+/// `response_format`: text, any JSON object, or JSON valid against a schema
+/// (enforced by constrained decoding).
+#[derive(ToSchema)]
+#[allow(dead_code)]
 pub struct ResponseFormat {
-    #[serde(rename = "type")]
-    #[schema(value_type = ResponseFormatType)]
-    pub kind: String,
+    #[schema(rename = "type", value_type = ResponseFormatType)]
+    kind: String,
+    json_schema: Option<JsonSchemaFormat>,
 }
 
 /// A chat message as clients send it. `content` is a string or a list of
@@ -124,10 +153,15 @@ pub struct ChatMessage {
     pub content: Option<Value>,
     #[serde(default)]
     pub name: Option<String>,
-    /// Not supported (tool calling): must be absent or null.
+    /// An assistant message's calls: `[{"id", "type": "function",
+    /// "function": {"name", "arguments"}}]`.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tool_calls: Option<Value>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub tool_call_id: Option<Value>,
 }
 
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -181,12 +215,20 @@ pub struct ChatCompletionRequest {
     #[serde(default)]
     pub seed: Option<i64>,
     #[serde(default)]
-    pub response_format: Option<ResponseFormat>,
-    /// Not supported (no tool calling): must be absent or empty.
+    #[schema(value_type = Option<ResponseFormat>)]
+    pub response_format: Option<Value>,
+    /// Functions the model may call (`{"type": "function", "function":
+    /// {"name", "description", "parameters", "strict"}}`), at most 128.
     #[serde(default)]
-    #[schema(ignore)]
+    #[schema(value_type = Option<Vec<Object>>)]
     pub tools: Option<Vec<Value>>,
-    /// Not supported (no tool calling): must be absent or empty.
+    #[serde(default)]
+    #[schema(value_type = Option<ToolChoiceValue>)]
+    pub tool_choice: Option<Value>,
+    /// Whether the model may make several calls in one answer (default true).
+    #[serde(default)]
+    pub parallel_tool_calls: Option<bool>,
+    /// The deprecated `functions` API: not supported (use `tools`).
     #[serde(default)]
     #[schema(ignore)]
     pub functions: Option<Vec<Value>>,
@@ -258,6 +300,10 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     #[serde(default)]
     pub seed: Option<i64>,
+    /// vLLM's extension: constrain the text as chat's `response_format` does.
+    #[serde(default)]
+    #[schema(value_type = Option<ResponseFormat>)]
+    pub response_format: Option<Value>,
     #[serde(default)]
     pub user: Option<String>,
     #[serde(default)]
@@ -350,6 +396,8 @@ pub struct ResponseMessage {
     pub role: &'static str,
     pub content: Option<String>,
     pub refusal: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<super::tools::ToolCall>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -377,6 +425,8 @@ pub struct ChunkDelta {
     pub role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<super::tools::ToolCallDelta>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
