@@ -123,37 +123,22 @@ impl Sampler {
             }
         }
 
-        let id = match allowed {
-            None if self.greedy() => argmax(&l),
-            None => self.sample_from(&mut l),
-            Some(ok) => self.sample_allowed(&mut l, ok),
-        };
+        // A constraint (a grammar's mask) removes what it refuses before
+        // the choice, so the choice is over what remains: one pass over the
+        // vocabulary instead of sorting it whenever the best is refused.
+        if let Some(ok) = allowed {
+            for (id, v) in l.iter_mut().enumerate() {
+                if !ok(id as u32) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let id = if self.greedy() { argmax(&l) } else { self.sample_from(&mut l) };
         Sampled {
             id,
             logprob: logprob_of.as_ref().map(|lp| lp[id as usize]),
             top,
         }
-    }
-
-    /// Draw (or take the best), reject what `ok` refuses, repeat: cheap,
-    /// because the likely tokens are checked first and usually pass.
-    fn sample_allowed(&mut self, l: &mut [f32], ok: &dyn Fn(u32) -> bool) -> u32 {
-        if !self.greedy() {
-            for _ in 0..64 {
-                let id = self.sample_from(l);
-                if !l[id as usize].is_finite() {
-                    break;
-                }
-                if ok(id) {
-                    return id;
-                }
-                l[id as usize] = f32::NEG_INFINITY;
-            }
-        }
-        // Greedy over the rest, best first.
-        let mut order: Vec<u32> = (0..l.len() as u32).filter(|&i| l[i as usize].is_finite()).collect();
-        order.sort_unstable_by(|a, b| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b)));
-        order.into_iter().find(|&id| ok(id)).unwrap_or_else(|| argmax(l))
     }
 
     /// Temperatures below `GREEDY_BELOW` (and NaN) pick the best token.
