@@ -91,6 +91,50 @@ fn json_schema_output_validates_at_temperature_one() {
 }
 
 #[test]
+fn characters_spelled_by_several_byte_tokens_complete() {
+    // SmolLM2 spells these with tokens that are not UTF-8 on their own.
+    let s = Server::shared();
+    for text in ["😀", "漢字", "🎉 ok"] {
+        let (st, v) = s.post_json(
+            "/v1/chat/completions",
+            chat(json!({"max_tokens": 20, "response_format": {"type": "json_schema",
+                        "json_schema": {"name": "x", "schema": {"const": text}}}})),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(content).unwrap(),
+            json!(text),
+            "{content}"
+        );
+    }
+}
+
+#[test]
+fn tool_parameters_with_local_refs_are_enforced() {
+    // As pydantic writes nested models (openai.pydantic_function_tool).
+    let s = Server::shared();
+    let tools = json!([{"type": "function", "function": {"name": "save_person", "parameters": {
+        "$defs": {"Addr": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}},
+                           "required": ["city"], "additionalProperties": false}},
+        "type": "object", "properties": {"name": {"type": "string", "maxLength": 20}, "home": {"$ref": "#/$defs/Addr"}},
+        "required": ["name", "home"], "additionalProperties": false}}}]);
+    let (st, v) = s.post_json(
+        "/v1/chat/completions",
+        chat(
+            json!({"max_tokens": 120, "temperature": 1, "seed": 1, "tools": tools, "tool_choice": "required",
+                    "messages": [{"role": "user", "content": "Save Ann from Rome."}]}),
+        ),
+    );
+    assert_eq!(st, 200, "{v}");
+    let calls = calls_of(&v);
+    let args = calls[0].1.as_object().unwrap();
+    assert!(args["name"].is_string() && args["home"]["city"].is_string(), "{v}");
+    assert_eq!(args["home"].as_object().unwrap().len(), 1, "{v}");
+}
+
+#[test]
 fn completions_take_response_format_too() {
     let s = Server::shared();
     let (st, v) = s.post_json(
@@ -220,6 +264,11 @@ fn hostile_schemas_and_tools_are_400() {
             json!({"messages": [{"role": "tool", "tool_call_id": "call_x", "content": "r"}]}),
             "messages[0].tool_call_id",
         ),
+        (
+            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#"}}}}),
+            "response_format",
+        ),
+        (json!({"tool_choice": "auto"}), "tool_choice"),
     ];
     for (extra, param) in cases {
         let (st, v) = s.post_json("/v1/chat/completions", chat(extra.clone()));
@@ -365,6 +414,20 @@ fn qwen_calls_a_tool_through_its_template() {
     assert_eq!(calls.len(), 1, "{v}");
     assert_eq!(calls[0].0, "get_weather");
     assert_eq!(calls[0].1["city"], "Paris");
+    // One call only, when parallel calls are off (required and named).
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_time"}}),
+    ] {
+        let (st, v) = s.post_json(
+            "/v1/chat/completions",
+            json!({"model": QWEN, "temperature": 0, "max_tokens": 120, "tools": weather_tools(),
+                   "tool_choice": choice, "parallel_tool_calls": false,
+                   "messages": [{"role": "user", "content": "Weather in Paris, and the time in Tokyo?"}]}),
+        );
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(calls_of(&v).len(), 1, "{v}");
+    }
     // With tool_choice none the tools are not offered: a text answer.
     let (st, v) = s.post_json(
         "/v1/chat/completions",

@@ -89,10 +89,14 @@ impl TokenizerEnv for VocabEnv {
         &self.trie
     }
 
+    /// llguidance tokenizes the bytes a grammar forces, which may start or
+    /// end inside a UTF-8 character (a constant "😀" after its first byte
+    /// token): text runs go through the tokenizer, stray bytes through the
+    /// trie. (A lossy conversion turned them into U+FFFD, and the mask then
+    /// allowed the token spelling "�".)
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<toktrie::TokenId> {
-        self.tokenizer
-            .encode(&String::from_utf8_lossy(s), false)
-            .unwrap_or_default()
+        self.trie
+            .tokenize_with_greedy_fallback(s, |text| self.tokenizer.encode(text, false).unwrap_or_default())
     }
 }
 
@@ -143,22 +147,44 @@ impl GrammarVocab {
     /// Compile a request's constraint; a grammar the engine cannot build or
     /// enforce is the client's error.
     pub fn compile(self: &Arc<Self>, spec: &GrammarSpec, param: &'static str) -> Result<Grammar> {
+        let refused = |why: String| {
+            EngineError::invalid(
+                format!("cannot enforce this {}: {}", spec.what(), brief(&why)),
+                Some(param),
+            )
+        };
         let parser = self
             .factory
             .create_parser(spec.top_level())
-            .map_err(|e| EngineError::invalid(format!("cannot enforce this {}: {e}", spec.what()), Some(param)))?;
+            .map_err(|e| refused(e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
-            return Err(EngineError::invalid(
-                format!("cannot enforce this {}: {e}", spec.what()),
-                Some(param),
-            ));
+            return Err(refused(e));
+        }
+        // A grammar whose language is empty (`{"$ref": "#"}`: a value
+        // that must contain itself), or only the empty output, would end
+        // every output at once.
+        match matcher.clone().compute_mask() {
+            Ok(mask) if !mask.is_zero() && !(mask.num_set() == 1 && mask.is_allowed(self.eos)) => {}
+            Ok(_) => return Err(refused("no non-empty output satisfies it".into())),
+            Err(e) => return Err(refused(e.to_string())),
         }
         Ok(Grammar {
             matcher,
             vocab: self.clone(),
         })
     }
+}
+
+/// llguidance's errors can quote the whole grammar: the first line, cut.
+fn brief(error: &str) -> String {
+    const MAX: usize = 300;
+    let line = error.lines().next().unwrap_or_default();
+    if line.len() <= MAX {
+        return line.to_string();
+    }
+    let cut = line.floor_char_boundary(MAX);
+    format!("{}…", &line[..cut])
 }
 
 impl GrammarSpec {
@@ -322,6 +348,28 @@ mod tests {
     }
 
     #[test]
+    fn characters_split_across_byte_tokens_are_followed() {
+        // One token per byte: every character of these is spelled by
+        // tokens that are not UTF-8 on their own.
+        let tok = toy_tokenizer();
+        let vocab = Arc::new(GrammarVocab::new(tok.clone(), tok.vocab_size()).unwrap());
+        for text in ["😀", "漢字", "é"] {
+            for spec in [
+                GrammarSpec::JsonSchema(serde_json::json!({"const": text})),
+                GrammarSpec::Lark(format!("start: {}", serde_json::to_string(text).unwrap())),
+            ] {
+                let mut g = vocab.compile(&spec, "response_format").unwrap();
+                let want = match spec {
+                    GrammarSpec::Lark(_) => text.to_string(),
+                    _ => format!("\"{text}\""),
+                };
+                assert!(run(&mut g, &tok, &want), "{spec:?}");
+                assert!(g.is_accepting(), "{spec:?}");
+            }
+        }
+    }
+
+    #[test]
     fn unsupported_schemas_are_client_errors() {
         let tok = toy_tokenizer();
         let vocab = Arc::new(GrammarVocab::new(tok.clone(), tok.vocab_size()).unwrap());
@@ -330,6 +378,9 @@ mod tests {
             serde_json::json!({"type": "string", "pattern": "("}),
             serde_json::json!({"$ref": "#/definitions/missing"}),
             serde_json::json!({"type": "integer", "minimum": 5, "maximum": 1}),
+            // Its language is empty. (One that only infinite documents
+            // satisfy is not detected: such an output ends at max_tokens.)
+            serde_json::json!({"$ref": "#"}),
         ] {
             let e = vocab
                 .compile(

@@ -133,7 +133,11 @@ impl Sampler {
                 }
             }
         }
-        let id = if self.greedy() { argmax(&l) } else { self.sample_from(&mut l) };
+        let id = if self.greedy() {
+            argmax(&l)
+        } else {
+            self.sample_from(&mut l)
+        };
         Sampled {
             id,
             logprob: logprob_of.as_ref().map(|lp| lp[id as usize]),

@@ -427,6 +427,9 @@ struct Scheduler {
 enum Outcome {
     Continue,
     Finished(FinishReason),
+    /// The sequence cannot go on (its grammar failed): an error, never an
+    /// output that claims to be complete.
+    Failed(EngineError),
 }
 
 impl Scheduler {
@@ -810,7 +813,7 @@ impl Scheduler {
         };
         let vocab = self.model.config().vocab;
         let mut offset = 0;
-        let mut finished: Vec<(usize, FinishReason)> = Vec::new();
+        let mut finished: Vec<(usize, std::result::Result<FinishReason, EngineError>)> = Vec::new();
         for (&(i, n), want) in plan.iter().zip(&wanted) {
             let s = &mut self.running[i];
             let start = s.kv.len;
@@ -835,7 +838,8 @@ impl Scheduler {
                 let last = &block[(rows - 1) * vocab..rows * vocab];
                 match emit_next(s, &self.tokenizer, last, self.model.config().context_length) {
                     Outcome::Continue => {}
-                    Outcome::Finished(r) => finished.push((i, r)),
+                    Outcome::Finished(r) => finished.push((i, Ok(r))),
+                    Outcome::Failed(e) => finished.push((i, Err(e))),
                 }
                 self.stats.generated_tokens.fetch_add(1, Ordering::Relaxed);
                 let now = Instant::now();
@@ -854,6 +858,16 @@ impl Scheduler {
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let mut s = self.running.swap_remove(i);
+            let reason = match reason {
+                Ok(r) => r,
+                Err(e) => {
+                    self.observer.finished(&s.ended(Finish::Error));
+                    tracing::error!(parent: &s.job.span, request_id = %s.job.req.tag, error = %e, "sequence failed");
+                    let _ = s.job.events.send(GenEvent::Error(e));
+                    s.kv.free(&mut self.kv);
+                    continue;
+                }
+            };
             self.observer.finished(&s.ended(match reason {
                 FinishReason::Stop => Finish::Stop,
                 FinishReason::Length => Finish::Length,
@@ -1005,18 +1019,21 @@ fn emit_next(s: &mut Sequence, tok: &Tokenizer, logits: &[f32], context_length: 
         Some(c) => {
             // Only tokens the grammar allows; end of sequence only where the
             // output is complete.
+            let failed =
+                |what: &str| Outcome::Failed(EngineError::internal(format!("constrained decoding failed: {what}")));
             let Some(allowed) = c.grammar.allowed() else {
-                tracing::warn!(parent: &s.job.span, request_id = %s.job.req.tag, "the output grammar failed; ending the sequence");
-                return Outcome::Finished(FinishReason::Stop);
+                return failed("the grammar has no next token");
             };
             let ok = |t: u32| allowed.allows(t, eos_token(t));
             let sampled = s.sampler.sample_where(logits, Some(&ok));
             if !ok(sampled.id) {
                 // Nothing the model can emit is allowed (a vocabulary that
                 // cannot spell what the grammar needs).
-                return Outcome::Finished(FinishReason::Stop);
+                return failed("no token of the vocabulary is allowed");
             }
-            c.grammar.accept(sampled.id, eos_token(sampled.id));
+            if !c.grammar.accept(sampled.id, eos_token(sampled.id)) {
+                return failed("the grammar refused the token its own mask allowed");
+            }
             sampled
         }
     };

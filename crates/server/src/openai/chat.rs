@@ -227,6 +227,12 @@ fn template_tool_calls(i: usize, calls: &Value, ids: &mut Vec<String>) -> ApiRes
                 ));
             }
         };
+        if ids.contains(&id) {
+            return Err(ApiError::invalid(
+                param(".id"),
+                format!("the tool call id '{id}' is used twice in the conversation."),
+            ));
+        }
         ids.push(id.clone());
         out.push(serde_json::json!({
             "id": id, "type": "function", "function": {"name": name, "arguments": arguments}
@@ -677,6 +683,12 @@ mod tests {
             (
                 serde_json::json!([{"role": "function", "content": "x"}]),
                 "messages[0].role",
+            ),
+            (
+                serde_json::json!([{"role": "assistant", "tool_calls": [
+                    {"id": "a", "function": {"name": "f", "arguments": "{}"}},
+                    {"id": "a", "function": {"name": "g", "arguments": "{}"}}]}]),
+                "messages[0].tool_calls[1].id",
             ),
         ] {
             let e = template_messages(&msgs(bad.clone())).unwrap_err();

@@ -221,6 +221,9 @@ pub fn parse_tool_choice(choice: Option<&Value>, tools: &[ToolDef]) -> ApiResult
         }
     };
     match &choice {
+        ToolChoice::Auto if tools.is_empty() => {
+            Err(invalid("tool_choice", "tool_choice 'auto' needs tools in 'tools'."))
+        }
         ToolChoice::Required if tools.is_empty() => Err(invalid(
             "tool_choice",
             "tool_choice 'required' needs at least one tool in 'tools'.",
@@ -239,20 +242,47 @@ pub fn template_tools(tools: &[Value]) -> Value {
     Value::Array(tools.to_vec())
 }
 
-/// JSON schema of one call to any of `tools`.
+/// JSON schema of one call to any of `tools`. Each function's parameters
+/// move under the root's `$defs` (their own `#…` references rebased onto
+/// that place), so local `$ref`s, as pydantic writes them, still resolve.
 fn call_schema(tools: &[&ToolDef], format: ToolFormat) -> Value {
     let key = format.arguments_key();
-    let one = |t: &ToolDef| {
-        json!({
+    let mut defs = Map::new();
+    let mut calls = Vec::with_capacity(tools.len());
+    for (i, t) in tools.iter().enumerate() {
+        let name = format!("hfms_arguments_{i}");
+        let mut parameters = t.parameters.clone();
+        rebase_refs(&mut parameters, &format!("#/$defs/{name}"));
+        defs.insert(name.clone(), parameters);
+        calls.push(json!({
             "type": "object",
-            "properties": {"name": {"const": t.name}, key: t.parameters},
+            "properties": {"name": {"const": t.name}, key: {"$ref": format!("#/$defs/{name}")}},
             "required": ["name", key],
             "additionalProperties": false,
-        })
+        }));
+    }
+    let mut schema = match calls.len() {
+        1 => calls.remove(0),
+        _ => json!({"anyOf": calls}),
     };
-    match tools {
-        [t] => one(t),
-        _ => json!({"anyOf": tools.iter().map(|t| one(t)).collect::<Vec<_>>()}),
+    schema["$defs"] = Value::Object(defs);
+    schema
+}
+
+/// Point a schema's local references (`#`, `#/$defs/x`) at `base`, where
+/// the schema now sits inside a larger document.
+fn rebase_refs(v: &mut Value, base: &str) {
+    match v {
+        Value::Object(map) => {
+            for (k, x) in map.iter_mut() {
+                match x {
+                    Value::String(r) if k == "$ref" && r.starts_with('#') => *r = format!("{base}{}", &r[1..]),
+                    _ => rebase_refs(x, base),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|x| rebase_refs(x, base)),
+        _ => {}
     }
 }
 
@@ -282,7 +312,6 @@ pub fn tool_grammar(
         ToolChoice::Auto | ToolChoice::Required => tools.iter().collect(),
     };
     let call = lark_json(&call_schema(&allowed, format));
-    let repeat = if parallel { "*" } else { "" };
     match (choice, format) {
         (ToolChoice::Auto, ToolFormat::Hermes) => {
             // The model has written `<tool_call>`: the rest of this call,
@@ -303,8 +332,9 @@ pub fn tool_grammar(
                 lark_str(HERMES_OPEN),
                 lark_str(&format!("\n{HERMES_CLOSE}"))
             );
+            let start = if parallel { "one (\"\\n\" one)*" } else { "one" };
             Some((
-                GrammarSpec::Lark(format!("start: one (\"\\n\" one){repeat}\none: {one}\ncall: {call}\n")),
+                GrammarSpec::Lark(format!("start: {start}\none: {one}\ncall: {call}\n")),
                 None,
             ))
         }
@@ -453,6 +483,9 @@ pub struct ToolParser {
     /// The output began with `{`, `[` or a code fence: held until the end,
     /// then taken as calls if it is one.
     bare_json: bool,
+    /// A call has been parsed: whitespace after it (the separator between
+    /// calls) is not content.
+    seen_call: bool,
 }
 
 impl ToolParser {
@@ -464,6 +497,7 @@ impl ToolParser {
             in_call: false,
             at_start: true,
             bare_json: false,
+            seen_call: false,
         }
     }
 
@@ -514,14 +548,20 @@ impl ToolParser {
                 self.buf.drain(..end + HERMES_CLOSE.len());
                 self.in_call = false;
                 match calls_of_json(&body, &self.tools) {
-                    Some(calls) => out.calls.extend(calls),
+                    Some(calls) => {
+                        self.seen_call = true;
+                        out.calls.extend(calls);
+                    }
                     // Not a call to a known tool: show it as it was written.
                     None => out.content.push_str(&format!("{open}{body}{HERMES_CLOSE}")),
                 }
                 continue;
             }
             if let Some(at) = self.buf.find(open) {
-                out.content.push_str(&self.buf[..at]);
+                let before = &self.buf[..at];
+                if !(self.seen_call && before.trim().is_empty()) {
+                    out.content.push_str(before);
+                }
                 self.buf.drain(..at + open.len());
                 self.in_call = true;
                 continue;
@@ -532,6 +572,10 @@ impl ToolParser {
                 .find(|&k| self.buf.ends_with(&open[..k]))
                 .unwrap_or(0);
             let upto = self.buf.len() - hold;
+            if self.seen_call && self.buf[..upto].trim().is_empty() {
+                // Perhaps only the separator before another call.
+                return out;
+            }
             out.content.push_str(&self.buf[..upto]);
             self.buf.drain(..upto);
             return out;
@@ -556,7 +600,9 @@ impl ToolParser {
             }
             return out;
         }
-        out.content = rest;
+        if !(self.seen_call && rest.trim().is_empty()) {
+            out.content = rest;
+        }
         out
     }
 }
@@ -673,6 +719,36 @@ mod tests {
             assert_eq!(a.calls[0].function.arguments, r#"{"city":"Paris"}"#);
             assert!(a.calls[0].id.starts_with("call_"));
         }
+    }
+
+    #[test]
+    fn separators_between_calls_are_not_content() {
+        let text = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"A\"}}\n</tool_call>\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"B\"}}\n</tool_call>\n";
+        let mut p = ToolParser::new(ToolFormat::Hermes, weather());
+        let mut content = String::new();
+        let mut calls = 0;
+        for ch in text.chars() {
+            let out = p.push(&ch.to_string());
+            content.push_str(&out.content);
+            calls += out.calls.len();
+        }
+        let out = p.finish();
+        content.push_str(&out.content);
+        calls += out.calls.len();
+        assert_eq!((content.as_str(), calls), ("", 2));
+    }
+
+    #[test]
+    fn local_refs_in_parameters_resolve_in_the_call_schema() {
+        let tools = parse_tools(&[json!({"type": "function", "function": {"name": "f", "parameters": {
+            "type": "object", "$defs": {"u": {"type": "string"}},
+            "properties": {"v": {"$ref": "#/$defs/u"}, "me": {"$ref": "#"}}}}})])
+        .unwrap();
+        let schema = call_schema(&tools.iter().collect::<Vec<_>>(), ToolFormat::Hermes);
+        let args = &schema["$defs"]["hfms_arguments_0"];
+        assert_eq!(args["properties"]["v"]["$ref"], "#/$defs/hfms_arguments_0/$defs/u");
+        assert_eq!(args["properties"]["me"]["$ref"], "#/$defs/hfms_arguments_0");
+        assert_eq!(schema["properties"]["arguments"]["$ref"], "#/$defs/hfms_arguments_0");
     }
 
     #[test]
