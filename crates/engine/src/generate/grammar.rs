@@ -165,7 +165,7 @@ impl GrammarVocab {
         // that must contain itself), or only the empty output, would end
         // every output at once.
         match matcher.clone().compute_mask() {
-            Ok(mask) if !mask.is_zero() && !(mask.num_set() == 1 && mask.is_allowed(self.eos)) => {}
+            Ok(mask) if !(mask.is_zero() || mask.num_set() == 1 && mask.is_allowed(self.eos)) => {}
             Ok(_) => return Err(refused("no non-empty output satisfies it".into())),
             Err(e) => return Err(refused(e.to_string())),
         }
