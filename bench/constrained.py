@@ -54,8 +54,9 @@ def phase(base: str, model: str, n: int, max_tokens: int, constrained: int) -> d
     bodies = []
     for i in range(n):
         b = {"model": model, "stream": True, "stream_options": {"include_usage": True},
-             "max_tokens": max_tokens, "ignore_eos": True, "temperature": 1, "seed": i,
-             "messages": [{"role": "user", "content": f"List some words ({i})."}]}
+             # No seed: a seeded request could be answered from the response cache.
+             "max_tokens": max_tokens, "ignore_eos": True, "temperature": 1,
+             "messages": [{"role": "user", "content": f"List some words ({i}, {time.time()})."}]}
         if i < constrained:
             b["response_format"] = {"type": "json_schema", "json_schema": {"name": "words", "schema": LONG_SCHEMA}}
         bodies.append(b)
