@@ -137,8 +137,14 @@ impl GrammarVocab {
         factory.quiet();
         *factory.limits_mut() = ParserLimits {
             // A request's grammar is compiled on a blocking thread before it
-            // is admitted; these bound what a hostile schema can cost there.
+            // is admitted; these bound what a hostile schema can cost there
+            // and, per step, on the scheduler thread every sequence shares:
+            // the grammar's size, the lexer's states (1-2 kB each: ~100 MB
+            // at most, not llguidance's default 250,000) and the lexer work
+            // for one mask (half the default: ~7 ms).
             max_grammar_size: 200_000,
+            max_lexer_states: 50_000,
+            step_lexer_fuel: 100_000,
             ..ParserLimits::default()
         };
         Ok(GrammarVocab { factory, eos })

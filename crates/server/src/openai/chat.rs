@@ -97,7 +97,7 @@ pub(crate) fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateM
         ));
     }
     // Ids of the calls made so far: a tool result must answer one of them.
-    let mut call_ids: Vec<String> = Vec::new();
+    let mut call_ids: std::collections::HashSet<String> = std::collections::HashSet::new();
     msgs.iter()
         .enumerate()
         .map(|(i, m)| {
@@ -179,7 +179,7 @@ pub(crate) fn template_messages(msgs: &[ChatMessage]) -> ApiResult<Vec<TemplateM
 /// An assistant message's `tool_calls` as a template expects them:
 /// `arguments` as an object (transformers' convention; the API carries a
 /// JSON text). Each call's id is remembered for the tool results.
-fn template_tool_calls(i: usize, calls: &Value, ids: &mut Vec<String>) -> ApiResult<Value> {
+fn template_tool_calls(i: usize, calls: &Value, ids: &mut std::collections::HashSet<String>) -> ApiResult<Value> {
     let Value::Array(calls) = calls else {
         return Err(ApiError::invalid(
             Some(format!("messages[{i}].tool_calls")),
@@ -227,13 +227,12 @@ fn template_tool_calls(i: usize, calls: &Value, ids: &mut Vec<String>) -> ApiRes
                 ));
             }
         };
-        if ids.contains(&id) {
+        if !ids.insert(id.clone()) {
             return Err(ApiError::invalid(
                 param(".id"),
                 format!("the tool call id '{id}' is used twice in the conversation."),
             ));
         }
-        ids.push(id.clone());
         out.push(serde_json::json!({
             "id": id, "type": "function", "function": {"name": name, "arguments": arguments}
         }));
@@ -277,6 +276,8 @@ pub async fn create(
     let parallel_calls = req.parallel_tool_calls.unwrap_or(true);
     let response_grammar = tools::response_grammar(req.response_format.as_ref(), "response_format")?;
     let use_tools = tool_choice != ToolChoice::None;
+    // OpenAI ends a call it was told to make by name with "stop".
+    let calls_finish = !matches!(tool_choice, ToolChoice::Named(_));
     if use_tools && response_grammar.is_some() {
         return Err(ApiError::invalid(
             Some("response_format".into()),
@@ -423,7 +424,7 @@ pub async fn create(
                             content: Some(r.logprobs.iter().map(logprob_json).collect()),
                             refusal: None,
                         }),
-                        finish_reason: finish_of(finish, !calls.is_empty()),
+                        finish_reason: finish_of(finish, calls_finish && !calls.is_empty()),
                         message: ResponseMessage {
                             role: "assistant",
                             content: (calls.is_empty() || !content.trim().is_empty()).then_some(content),
@@ -558,7 +559,7 @@ pub async fn create(
                         index,
                         delta,
                         logprobs: None,
-                        finish_reason: Some(finish_of(finish_reason, called[index])),
+                        finish_reason: Some(finish_of(finish_reason, calls_finish && called[index])),
                     }],
                     usage_field(),
                 ))

@@ -276,7 +276,13 @@ fn rebase_refs(v: &mut Value, base: &str) {
         Value::Object(map) => {
             for (k, x) in map.iter_mut() {
                 match x {
-                    Value::String(r) if k == "$ref" && r.starts_with('#') => *r = format!("{base}{}", &r[1..]),
+                    // `#` and JSON pointers (`#/…`); anchors (`#name`) are
+                    // left to fail to resolve.
+                    Value::String(r) if k == "$ref" && (r == "#" || r.starts_with("#/")) => {
+                        *r = format!("{base}{}", &r[1..])
+                    }
+                    // Values, not schemas: never rewritten.
+                    _ if matches!(k.as_str(), "const" | "enum" | "default" | "examples") => {}
                     _ => rebase_refs(x, base),
                 }
             }
@@ -339,25 +345,24 @@ pub fn tool_grammar(
             ))
         }
         (_, ToolFormat::Mistral) => {
-            let list = json!({"type": "array", "items": call_schema(&allowed, format), "minItems": 1,
-                              "maxItems": if parallel { Value::Null } else { json!(1) }});
-            let list = strip_nulls(list);
-            Some((
-                GrammarSpec::Lark(format!("start: {} {}\n", lark_str(MISTRAL_OPEN), lark_json(&list))),
-                None,
-            ))
+            // The list alone: `[TOOL_CALLS]` is a special token, which no
+            // text spells and the output does not show; a bare list of
+            // calls is parsed as calls.
+            let mut call = call_schema(&allowed, format);
+            let defs = call
+                .as_object_mut()
+                .and_then(|c| c.remove("$defs"))
+                .unwrap_or(json!({}));
+            let mut list = json!({"type": "array", "items": call, "minItems": 1, "$defs": defs});
+            if !parallel {
+                list["maxItems"] = json!(1);
+            }
+            Some((GrammarSpec::JsonSchema(list), None))
         }
         (_, ToolFormat::Llama3 | ToolFormat::Json) => {
             Some((GrammarSpec::JsonSchema(call_schema(&allowed, format)), None))
         }
     }
-}
-
-fn strip_nulls(mut v: Value) -> Value {
-    if let Value::Object(m) = &mut v {
-        m.retain(|_, x| !x.is_null());
-    }
-    v
 }
 
 /// A parsed call, as OpenAI returns it.
@@ -451,7 +456,9 @@ fn calls_of_json(text: &str, tools: &[ToolDef]) -> Option<Vec<ToolCall>> {
         .and_then(|t| t.trim_end().strip_suffix("```"))
         .unwrap_or(text)
         .trim();
+    // Markers that are plain text in some vocabularies.
     let text = text.strip_prefix("<|python_tag|>").unwrap_or(text);
+    let text = text.strip_prefix(MISTRAL_OPEN).unwrap_or(text);
     let v: Value = serde_json::from_str(text).ok()?;
     match &v {
         Value::Array(items) if !items.is_empty() => items.iter().map(|i| call_of(i, tools)).collect(),
@@ -521,7 +528,7 @@ impl ToolParser {
             }
             self.at_start = false;
             if trimmed.starts_with('{')
-                || trimmed.starts_with('[') && self.format != ToolFormat::Mistral
+                || trimmed.starts_with('[')
                 || trimmed.starts_with("```")
                 || trimmed.starts_with("<|python_tag|>")
             {
@@ -541,7 +548,20 @@ impl ToolParser {
                     // The list runs to the end of the output.
                     return out;
                 }
-                let Some(end) = self.buf.find(HERMES_CLOSE) else {
+                // The first closing tag after a whole JSON value: the tag
+                // may also appear inside one of the arguments' strings.
+                let mut from = 0;
+                let end = loop {
+                    let Some(at) = self.buf[from..].find(HERMES_CLOSE) else {
+                        break None;
+                    };
+                    let end = from + at;
+                    if serde_json::from_str::<Value>(self.buf[..end].trim()).is_ok() {
+                        break Some(end);
+                    }
+                    from = end + HERMES_CLOSE.len();
+                };
+                let Some(end) = end else {
                     return out;
                 };
                 let body = self.buf[..end].to_string();
@@ -752,6 +772,59 @@ mod tests {
     }
 
     #[test]
+    fn a_closing_tag_inside_arguments_does_not_end_the_call() {
+        let text =
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"</tool_call>\"}}\n</tool_call>";
+        let p = ToolParser::parse_all(ToolFormat::Hermes, weather(), text);
+        assert_eq!(p.content, "");
+        assert_eq!(p.calls[0].function.arguments, r#"{"city":"</tool_call>"}"#);
+    }
+
+    /// Every format's grammar compiles for every choice, on a real
+    /// vocabulary (SmolLM2's, from `scripts/fetch-models.sh`).
+    #[test]
+    fn every_tool_grammar_compiles() {
+        use std::sync::Arc;
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../models/HuggingFaceTB/SmolLM2-135M-Instruct/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let g = hfms_engine::formats::gguf::GgufFile::open(&path).unwrap();
+        let tok = hfms_engine::tokenizer::Tokenizer::from_gguf(&g)
+            .unwrap()
+            .with_specials(None, vec![2], false);
+        let n = tok.vocab_size();
+        let vocab = Arc::new(hfms_engine::generate::grammar::GrammarVocab::new(Arc::new(tok), n).unwrap());
+        let mut tools = weather();
+        tools.extend(
+            parse_tools(&[
+                json!({"type": "function", "function": {"name": "nested", "parameters": {
+            "$defs": {"A": {"type": "object", "properties": {"x": {"type": "integer"}}}},
+            "type": "object", "properties": {"a": {"$ref": "#/$defs/A"}, "c": {"const": {"$ref": "#/not/a/ref"}}}}}}),
+            ])
+            .unwrap(),
+        );
+        for format in [
+            ToolFormat::Hermes,
+            ToolFormat::Mistral,
+            ToolFormat::Llama3,
+            ToolFormat::Json,
+        ] {
+            for choice in [
+                ToolChoice::Auto,
+                ToolChoice::Required,
+                ToolChoice::Named("nested".into()),
+            ] {
+                for parallel in [true, false] {
+                    if let Some((spec, _)) = tool_grammar(&tools, &choice, parallel, format) {
+                        vocab
+                            .compile(&spec, "tools")
+                            .unwrap_or_else(|e| panic!("{format:?} {choice:?} {parallel}: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn bare_json_and_lists_are_calls() {
         for text in [
             r#"{"name": "get_weather", "arguments": {"city": "Oslo"}}"#,
@@ -773,6 +846,20 @@ mod tests {
         );
         assert_eq!(p.calls.len(), 1);
         assert_eq!(p.content, "");
+        let p = ToolParser::parse_all(
+            ToolFormat::Mistral,
+            weather(),
+            r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "X"}}]"#,
+        );
+        assert_eq!(p.calls.len(), 1);
+        assert_eq!(p.content, "");
+        // The marker is a special token, which the output does not show.
+        let p = ToolParser::parse_all(
+            ToolFormat::Mistral,
+            weather(),
+            r#"[{"name": "get_weather", "arguments": {"city": "X"}}]"#,
+        );
+        assert_eq!((p.calls.len(), p.content.as_str()), (1, ""));
     }
 
     #[test]
