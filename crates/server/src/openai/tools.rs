@@ -839,27 +839,15 @@ mod tests {
         let p = ToolParser::parse_all(ToolFormat::Json, weather(), r#"{"name": "other", "arguments": {}}"#);
         assert!(p.calls.is_empty());
         assert_eq!(p.content, r#"{"name": "other", "arguments": {}}"#);
-        let p = ToolParser::parse_all(
-            ToolFormat::Mistral,
-            weather(),
+        // Mistral's list, with its marker or without it (a special token,
+        // which the output does not show).
+        for text in [
             r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "X"}}]"#,
-        );
-        assert_eq!(p.calls.len(), 1);
-        assert_eq!(p.content, "");
-        let p = ToolParser::parse_all(
-            ToolFormat::Mistral,
-            weather(),
-            r#"[TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "X"}}]"#,
-        );
-        assert_eq!(p.calls.len(), 1);
-        assert_eq!(p.content, "");
-        // The marker is a special token, which the output does not show.
-        let p = ToolParser::parse_all(
-            ToolFormat::Mistral,
-            weather(),
             r#"[{"name": "get_weather", "arguments": {"city": "X"}}]"#,
-        );
-        assert_eq!((p.calls.len(), p.content.as_str()), (1, ""));
+        ] {
+            let p = ToolParser::parse_all(ToolFormat::Mistral, weather(), text);
+            assert_eq!((p.calls.len(), p.content.as_str()), (1, ""), "{text}");
+        }
     }
 
     #[test]
