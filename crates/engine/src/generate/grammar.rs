@@ -35,6 +35,13 @@ pub enum GrammarSpec {
 }
 
 impl GrammarSpec {
+    fn what(&self) -> &'static str {
+        match self {
+            GrammarSpec::JsonObject | GrammarSpec::JsonSchema(_) => "JSON schema",
+            GrammarSpec::Lark(_) => "grammar",
+        }
+    }
+
     fn top_level(&self) -> TopLevelGrammar {
         match self {
             GrammarSpec::JsonObject => TopLevelGrammar::from_json_schema(json_options(serde_json::json!({
@@ -191,15 +198,6 @@ fn brief(error: &str) -> String {
     }
     let cut = line.floor_char_boundary(MAX);
     format!("{}…", &line[..cut])
-}
-
-impl GrammarSpec {
-    fn what(&self) -> &'static str {
-        match self {
-            GrammarSpec::JsonObject | GrammarSpec::JsonSchema(_) => "JSON schema",
-            GrammarSpec::Lark(_) => "grammar",
-        }
-    }
 }
 
 /// A compiled constraint, ready to follow one sequence (clone it per

@@ -497,12 +497,14 @@ pub async fn create(
         let mut parsers: Vec<(ToolParser, usize)> = (0..n)
             .map(|_| (ToolParser::new(tool_format, tool_defs.clone()), 0))
             .collect();
-        let mut delta_of = move |index: usize, text: String, last: bool| -> ChunkDelta {
+        // The choice's next delta, and how many calls it has sent so far.
+        let mut delta_of = move |index: usize, text: String, last: bool| -> (ChunkDelta, usize) {
             let Some((parser, calls_sent)) = parsers.get_mut(index).filter(|_| use_tools) else {
-                return ChunkDelta {
+                let delta = ChunkDelta {
                     content: (!text.is_empty() || !last).then_some(text),
                     ..Default::default()
                 };
+                return (delta, 0);
             };
             let mut parsed = parser.push(&text);
             if last {
@@ -517,19 +519,16 @@ pub async fn create(
                 .map(|(k, c)| c.delta(*calls_sent + k))
                 .collect();
             *calls_sent += calls.len();
-            ChunkDelta {
+            let delta = ChunkDelta {
                 role: None,
                 content: (!parsed.content.is_empty()).then_some(parsed.content),
                 tool_calls: (!calls.is_empty()).then_some(calls),
-            }
+            };
+            (delta, *calls_sent)
         };
-        let mut called = vec![false; n];
         let chunk_of = move |index: usize, ev| match ev {
             GenEvent::Delta { text, logprobs, .. } => {
-                let delta = delta_of(index, text, false);
-                if delta.tool_calls.is_some() {
-                    called[index] = true;
-                }
+                let (delta, _) = delta_of(index, text, false);
                 let logprobs = want_logprobs.then(|| ChatLogprobs {
                     content: Some(logprobs.iter().map(logprob_json).collect()),
                     refusal: None,
@@ -550,16 +549,13 @@ pub async fn create(
             }
             GenEvent::Done { finish_reason, .. } => {
                 // What the parser held goes out with the finish reason.
-                let delta = delta_of(index, String::new(), true);
-                if delta.tool_calls.is_some() {
-                    called[index] = true;
-                }
+                let (delta, calls_sent) = delta_of(index, String::new(), true);
                 Some(chunk(
                     vec![ChatChunkChoice {
                         index,
                         delta,
                         logprobs: None,
-                        finish_reason: Some(finish_of(finish_reason, calls_finish && called[index])),
+                        finish_reason: Some(finish_of(finish_reason, calls_finish && calls_sent > 0)),
                     }],
                     usage_field(),
                 ))
