@@ -7,15 +7,17 @@ VENV   ?= .venv
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: run test models models-tools deps build test-rust test-python lint miri check-cuda gpu-bundle
+.PHONY: run test models models-extra deps build test-rust test-python lint miri check-cuda gpu-bundle
 
 models:
 	scripts/fetch-models.sh
 
-# Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 470 MB): the real model of the
-# tool-calling tests, which find it in models-extra/.
-models-tools:
-	scripts/fetch-models.sh --extra models-extra qwen
+# The real models beyond the defaults that tests use, into models-extra/:
+# Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 470 MB) for the tool-calling tests,
+# gemma-3-270m (GGUF Q4_K_M, 242 MB) and all-mpnet-base-v2 (safetensors, 419 MB)
+# for the Gemma 3 and MPNet fidelity tests.
+models-extra:
+	scripts/fetch-models.sh --extra models-extra qwen gemma mpnet
 
 # Services and tools the tests run for real (Prometheus, Redis, PostgreSQL,
 # HAProxy, Chromium, kubectl), from Debian's packages.
@@ -30,7 +32,7 @@ run: models build
 
 # Tests build once, with the optimised-but-incremental `fast` profile
 # (model maths in a debug build is tens of times slower).
-test-rust: models models-tools deps
+test-rust: models models-extra deps
 	cargo test --profile fast --workspace
 
 $(VENV)/.installed: tests/python/requirements.txt
@@ -40,7 +42,7 @@ $(VENV)/.installed: tests/python/requirements.txt
 
 # `--no-run` builds the binary with the same features `cargo test` uses, so
 # after test-rust nothing is rebuilt.
-test-python: models models-tools deps $(VENV)/.installed
+test-python: models models-extra deps $(VENV)/.installed
 	cargo test --profile fast -p hfms --no-run
 	HFMS_BIN=target/fast/hfms $(VENV)/bin/python -m pytest -q tests/python
 

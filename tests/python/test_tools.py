@@ -40,7 +40,7 @@ WEATHER = {
 @pytest.fixture(scope="module")
 def qwen_client():
     if not (QWEN_DIR / "Qwen").is_dir():
-        pytest.fail(f"{QWEN_DIR}/Qwen is missing: run `make models-tools`")
+        pytest.fail(f"{QWEN_DIR}/Qwen is missing: run `make models-extra`")
     srv = start_server(["--models-dir", str(QWEN_DIR)])
     c = openai.OpenAI(base_url=f"{srv.base_url}/v1", api_key="unused", max_retries=0, timeout=300)
     yield c

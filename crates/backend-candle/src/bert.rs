@@ -4,7 +4,7 @@
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use hfms_engine::compute::ComputePool;
-use hfms_engine::skills::bert::{Encoder, EncoderConfig, config_from_hf};
+use hfms_engine::skills::bert::{Encoder, EncoderConfig, EncoderInput, config_from_hf};
 use hfms_engine::skills::hf::HfFolder;
 use hfms_engine::skills::{Format, ModelSource};
 use hfms_engine::{EngineError, Result};
@@ -129,8 +129,8 @@ impl CandleBert {
         let word = load("embeddings.word_embeddings.weight".into(), false)?;
         let position = load("embeddings.position_embeddings.weight".into(), false)?;
         let token_type = match load("embeddings.token_type_embeddings.weight".into(), false) {
-            Ok(t) => t.narrow(0, 0, 1).map_err(err)?,
-            Err(_) => Tensor::zeros((1, cfg.hidden), DType::F32, &device).map_err(err)?,
+            Ok(t) => t.narrow(0, 0, cfg.token_types).map_err(err)?,
+            Err(_) => Tensor::zeros((cfg.token_types, cfg.hidden), DType::F32, &device).map_err(err)?,
         };
         let ln = Norm {
             w: load("embeddings.LayerNorm.weight".into(), false)?,
@@ -153,12 +153,17 @@ impl CandleBert {
         candle_nn::ops::layer_norm(x, &n.w, &n.b, self.cfg.layer_norm_eps)
     }
 
-    fn run(&self, inputs: &[&[u32]]) -> candle_core::Result<Vec<f32>> {
+    fn run(&self, inputs: &[&EncoderInput]) -> candle_core::Result<Vec<f32>> {
         let c = &self.cfg;
         let (h, heads) = (c.hidden, c.heads);
         let hd = h / heads;
         let dev = &self.device;
-        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.iter().copied()).collect();
+        let ids: Vec<u32> = inputs.iter().flat_map(|i| i.ids.iter().copied()).collect();
+        // Models with one token type give the second segment type 0.
+        let types: Vec<u32> = inputs
+            .iter()
+            .flat_map(|i| (0..i.len()).map(|p| i.token_type(p).min(c.token_types - 1) as u32))
+            .collect();
         let pos: Vec<u32> = inputs
             .iter()
             .flat_map(|i| (0..i.len()).map(|p| (p + c.position_offset) as u32))
@@ -166,8 +171,9 @@ impl CandleBert {
         let t = ids.len();
         let ids = Tensor::from_vec(ids, t, dev)?;
         let pos = Tensor::from_vec(pos, t, dev)?;
-        let x = (self.word.index_select(&ids, 0)? + self.position.index_select(&pos, 0)?)?
-            .broadcast_add(&self.token_type)?;
+        let types = Tensor::from_vec(types, t, dev)?;
+        let x = ((self.word.index_select(&ids, 0)? + self.position.index_select(&pos, 0)?)?
+            + self.token_type.index_select(&types, 0)?)?;
         let mut x = self.layer_norm(&x, &self.ln)?;
         let scale = 1.0 / (hd as f64).sqrt();
         for l in &self.layers {
@@ -208,7 +214,7 @@ impl Encoder for CandleBert {
         self.weight_bytes
     }
 
-    fn encode(&self, inputs: &[&[u32]], _pool: &ComputePool) -> Result<Vec<f32>> {
+    fn encode(&self, inputs: &[&EncoderInput], _pool: &ComputePool) -> Result<Vec<f32>> {
         for inp in inputs {
             if inp.len() > self.cfg.max_positions {
                 return Err(EngineError::invalid(
@@ -220,7 +226,7 @@ impl Encoder for CandleBert {
                     Some("input"),
                 ));
             }
-            if let Some(&bad) = inp.iter().find(|&&t| t as usize >= self.cfg.vocab) {
+            if let Some(&bad) = inp.ids.iter().find(|&&t| t as usize >= self.cfg.vocab) {
                 return Err(EngineError::invalid(
                     format!("token id {bad} is outside the vocabulary (size {})", self.cfg.vocab),
                     Some("input"),
@@ -230,7 +236,7 @@ impl Encoder for CandleBert {
         if inputs.iter().all(|i| i.is_empty()) {
             return Ok(Vec::new());
         }
-        let non_empty: Vec<&[u32]> = inputs.iter().copied().filter(|i| !i.is_empty()).collect();
+        let non_empty: Vec<&EncoderInput> = inputs.iter().copied().filter(|i| !i.is_empty()).collect();
         self.run(&non_empty).map_err(err)
     }
 }

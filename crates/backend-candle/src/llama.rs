@@ -147,7 +147,15 @@ impl CandleLlama {
                     cfg.rope_freq_factors =
                         Some(src.vector("rope_freqs.weight", &Device::Cpu)?.to_vec1().map_err(err)?);
                 }
-                (cfg, src, Names { gguf: true }, true)
+                (
+                    cfg,
+                    src,
+                    Names {
+                        gguf: true,
+                        gemma: false,
+                    },
+                    true,
+                )
             }
             Format::Safetensors => {
                 let meta = HfFolder::read(&source.path)?;
@@ -172,7 +180,15 @@ impl CandleLlama {
                     .get("tie_word_embeddings")
                     .and_then(|v| v.as_bool())
                     .unwrap_or(false);
-                (cfg, Source::St(st), Names { gguf: false }, tied)
+                (
+                    cfg,
+                    Source::St(st),
+                    Names {
+                        gguf: false,
+                        gemma: false,
+                    },
+                    tied,
+                )
             }
         };
         // The embedding table says how the checkpoint is stored, which

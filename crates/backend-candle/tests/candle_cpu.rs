@@ -371,6 +371,7 @@ fn minilm_matches(dir: &std::path::Path, r: &Value, encoder: Arc<dyn Encoder>, m
         tokenizer: Arc::new(Tokenizer::from_file(&dir.join("tokenizer.json"), Some(256)).unwrap()),
         pooling: Pooling::from_model_dir(dir).unwrap(),
         normalize: true,
+        head: None,
         max_tokens: 256,
     };
     let inputs: Vec<EmbedInput> = r["sentences"]

@@ -8,7 +8,7 @@
 //! tokenizer splits it, through a freshly cloned grammar; the time per
 //! iteration divided by the document's tokens is the cost per step.
 //! `vocab_build/*` is the one-time cost of a model's first constrained
-//! request (the token trie). Qwen's file comes from `make models-tools`.
+//! request (the token trie). Qwen's file comes from `make models-extra`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -26,6 +26,7 @@ fn main() {
         tokenizer: Arc::new(meta.tokenizer(Some(256)).unwrap()),
         pooling: Pooling::from_model_dir(&dir).unwrap(),
         normalize: true,
+        head: None,
         max_tokens: 256,
     };
     let pool = ComputePool::new(threads).unwrap();

@@ -146,7 +146,7 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
         return d;
     }
     let arch = d.architecture.clone().unwrap_or_default();
-    match registry.find(&arch, source.format) {
+    match registry.find(&arch, source.format, crate::skills::is_classifier(&source)) {
         Ok(skill) => {
             let info = skill.info();
             d.skill = Some(info.name.to_string());

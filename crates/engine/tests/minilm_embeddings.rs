@@ -4,12 +4,14 @@
 
 mod common;
 
+use common::cosine;
+
 use std::sync::Arc;
 
 use hfms_engine::compute::ComputePool;
 use hfms_engine::embed::batcher::{BatcherConfig, EmbedBatcher};
 use hfms_engine::embed::{EmbedInput, EmbeddingModel, Pooling};
-use hfms_engine::skills::bert::BertModel;
+use hfms_engine::skills::bert::{BertModel, EncoderInput};
 use hfms_engine::tokenizer::Tokenizer;
 
 fn model() -> EmbeddingModel {
@@ -27,15 +29,9 @@ fn model_with(weights: impl FnOnce(BertModel) -> BertModel) -> EmbeddingModel {
         tokenizer: Arc::new(tok),
         pooling: Pooling::from_model_dir(&dir).unwrap(),
         normalize: true,
+        head: None,
         max_tokens: 256,
     }
-}
-
-fn cosine(a: &[f32], b: &[f64]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
-    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
-    let nb: f64 = b.iter().map(|x| x.powi(2)).sum::<f64>().sqrt();
-    dot / (na * nb)
 }
 
 #[test]
@@ -91,7 +87,7 @@ fn check_against_reference(m: &EmbeddingModel, min_cosine: f64) -> f64 {
             .iter()
             .map(|v| v.as_u64().unwrap() as u32)
             .collect();
-        assert_eq!(ids[i], want_ids, "token ids of {s:?}");
+        assert_eq!(ids[i].ids, want_ids, "token ids of {s:?}");
         assert_eq!(ids[i].len() as u64, r["token_counts"][i].as_u64().unwrap());
         let want: Vec<f64> = r["embeddings"][i]
             .as_array()
@@ -184,7 +180,7 @@ fn concurrent_requests_are_batched_and_answered_in_order() {
     assert!(batches < 8, "8 concurrent requests ran in {batches} batches");
     assert_eq!(b.stats().requests.load(Ordering::Relaxed), 8);
     assert!(
-        b.submit(vec![vec![101, 102]], Some(999)).is_err(),
+        b.submit(vec![EncoderInput::single(vec![101, 102])], Some(999)).is_err(),
         "dimensions are checked up front"
     );
 }
@@ -204,7 +200,7 @@ fn a_large_request_is_split_into_batches_and_can_be_cancelled() {
         .map(|i| EmbedInput::Text(format!("sentence {i}: {}", "lorem ipsum dolor ".repeat(1 + i % 7))))
         .collect();
     let ids = m.tokenize(&texts).unwrap();
-    let total: usize = ids.iter().map(Vec::len).sum();
+    let total: usize = ids.iter().map(EncoderInput::len).sum();
     assert!(total > 4 * 256, "{total} tokens");
     let big = b.submit(ids.clone(), None).unwrap();
     let small_ids = m.tokenize(&[EmbedInput::Text("a small request".into())]).unwrap();
@@ -229,7 +225,7 @@ fn a_large_request_is_split_into_batches_and_can_be_cancelled() {
 
     // Cancelled: submit a large request and drop its receiver at once.
     let before = b.stats().inputs.load(Ordering::Relaxed);
-    let many: Vec<Vec<u32>> = (0..20).flat_map(|_| ids.clone()).collect();
+    let many: Vec<EncoderInput> = (0..20).flat_map(|_| ids.clone()).collect();
     drop(b.submit(many.clone(), None).unwrap());
     let after_cancel = b.submit(small_ids.clone(), None).unwrap();
     after_cancel.blocking_recv().unwrap().unwrap();

@@ -11,7 +11,7 @@ use hfms_engine::formats::gguf::GgufFile;
 use hfms_engine::generate::sampling::argmax;
 use hfms_engine::kv::{KvPool, SeqKv};
 use hfms_engine::quant::{GgmlType, dequantize_row};
-use hfms_engine::skills::bert::{BertModel, Encoder};
+use hfms_engine::skills::bert::{BertModel, Encoder, EncoderInput};
 use hfms_engine::skills::hf::HfFolder;
 use hfms_engine::skills::llama::{CausalLm, LlamaModel, LogitsWanted, StepItem};
 use hfms_engine::skills::{Format, ModelSource, Registry};
@@ -257,8 +257,13 @@ fn xlm_roberta_encoder_matches_transformers() {
     let meta = HfFolder::read(&path).unwrap();
     let m = BertModel::from_safetensors(&path, &meta.config).unwrap();
     assert_eq!(m.config().position_offset, 2);
-    let inputs: Vec<Vec<u32>> = g["encoder"]["inputs"].as_array().unwrap().iter().map(ids).collect();
-    let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+    let inputs: Vec<EncoderInput> = g["encoder"]["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| EncoderInput::single(ids(v)))
+        .collect();
+    let refs: Vec<&EncoderInput> = inputs.iter().collect();
     let pool = ComputePool::new(2).unwrap();
     let states = m.encode(&refs, &pool).unwrap();
     let mut row = 0;
@@ -374,5 +379,40 @@ fn shapes_that_disagree_with_the_config_fail_to_load() {
             "{model} {key}: {err}"
         );
         let _ = std::fs::remove_dir_all(&tmp);
+    }
+}
+
+/// The tiny random-weight decoders beyond the Llama family
+/// (`scripts/make-tiny-decoders.py`), loaded as their skills load them:
+/// Gemma 3 as transformers saves it (`(1 + w)` norms, Gemma's names, a query
+/// scalar unlike the head size, per-layer-type rotary bases, a window shorter
+/// than the prompt) and GPT-2 (Conv1D weights, learned positions, LayerNorm,
+/// biases): last-position logits within 1e-3 and 8 greedy tokens equal.
+#[test]
+fn tiny_decoders_beyond_llama_match_transformers() {
+    let g: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("decoder_goldens.json")).unwrap()).unwrap();
+    let registry = Registry::builtin();
+    let ctx = hfms_engine::skills::LoadContext::cpu(ComputePool::new(2).unwrap(), "tiny");
+    for (name, skill_name) in [("gemma3-f32", "gemma3"), ("gpt2-f32", "gpt2")] {
+        let source = ModelSource {
+            format: Format::Safetensors,
+            path: dir().join(name),
+        };
+        let skill = registry.for_source(&source).unwrap();
+        assert_eq!(skill.info().name, skill_name);
+        skill.check(&source).unwrap();
+        let hfms_engine::skills::LoadedModel::Generation(gm) = skill.load(&source, &ctx).unwrap() else {
+            panic!("not a generation model");
+        };
+        let m = gm.generator.model();
+        if name == "gemma3-f32" {
+            assert_eq!(m.config().window(0), Some(8));
+            assert_eq!(m.config().window(2), None);
+        }
+        let (logits, greedy) = run(m.as_ref(), &ids(&g["prompt_ids"]));
+        let want = floats(&g[name]["last_logits"]);
+        let d = max_abs_diff(&logits, &want);
+        assert!(d < 1e-3, "{name}: last-position logits differ by {d}");
+        assert_eq!(greedy, ids(&g[name]["greedy"]), "{name}: greedy tokens");
     }
 }

@@ -230,6 +230,23 @@ fn skills_lists_the_registry() {
     let bert = skills.iter().find(|s| s["name"] == "bert").expect("bert skill");
     assert_eq!(bert["task"], "embed");
     assert_eq!(bert["formats"], serde_json::json!(["safetensors"]));
+    for (name, task, family) in [
+        ("bert_classifier", "classify", "bert"),
+        ("mpnet", "embed", "mpnet"),
+        ("mpnet_classifier", "classify", "mpnet"),
+        ("gemma3", "generate", "gemma"),
+        ("gpt2", "generate", "gpt2"),
+    ] {
+        let s = skills
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("{name} skill"));
+        assert_eq!(
+            (s["task"].as_str(), s["family"].as_str()),
+            (Some(task), Some(family)),
+            "{s}"
+        );
+    }
     for s in &skills {
         assert!(s["platforms"].as_array().unwrap().iter().any(|p| p == "cpu"), "{s}");
     }

@@ -13,12 +13,12 @@ use serde_json::{Value, json};
 
 const QWEN: &str = "Qwen/Qwen2.5-Coder-0.5B-Instruct";
 
-/// A server that also serves Qwen2.5-Coder-0.5B-Instruct (`make models-tools`).
+/// A server that also serves Qwen2.5-Coder-0.5B-Instruct (`make models-extra`).
 fn qwen() -> &'static Server {
     static S: OnceLock<Server> = OnceLock::new();
     S.get_or_init(|| {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models-extra");
-        assert!(dir.exists(), "{} is missing: run `make models-tools`", dir.display());
+        assert!(dir.exists(), "{} is missing: run `make models-extra`", dir.display());
         let dir = dir.to_str().unwrap().to_string();
         Server::start(&["--models-dir", &dir, "--preload", QWEN])
     })

@@ -320,11 +320,11 @@ impl Access {
         self.keyless_admin
     }
 
-    /// The caller of a request: its key, or — outside `/v1/`, when it
-    /// sends none — its dashboard session cookie (state-changing methods
-    /// must then carry the session's CSRF token).
+    /// The caller of a request: its key, or — outside the inference API,
+    /// when it sends none — its dashboard session cookie (state-changing
+    /// methods must then carry the session's CSRF token).
     pub async fn identify(&self, headers: &HeaderMap, method: &axum::http::Method, path: &str) -> ApiResult<Caller> {
-        if !path.starts_with("/v1/")
+        if !inference_path(path)
             && presented_key(headers).is_none()
             && !crate::dashboard::session_tokens(headers).is_empty()
             && self.refresh_required().await
@@ -1078,6 +1078,11 @@ impl TokenMeter {
         // its usage's drop instead.
         self.request.note(|u| u.settled = true);
     }
+}
+
+/// The inference API: the OpenAI paths, and TEI's `/rerank` beside them.
+pub fn inference_path(path: &str) -> bool {
+    path.starts_with("/v1/") || path == "/rerank"
 }
 
 /// Note a request's prompt tokens and charge them to its key's token

@@ -64,6 +64,11 @@ pub(crate) fn is_json(content_type: &str) -> bool {
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
+/// `query` from serde's "missing field `query` at line 1 column 9".
+fn missing_field(message: &str) -> Option<&str> {
+    message.strip_prefix("missing field `")?.split('`').next()
+}
+
 /// Parse with the failing field's path in the error (`param`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.iter().all(|b| b.is_ascii_whitespace()) {
@@ -86,6 +91,47 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 None => format!("Invalid request: {inner}"),
             },
         };
+        // serde names a missing field only in its message: name it as the
+        // `param` too, under the object it is missing from.
+        let param = match (missing_field(&inner.to_string()), param) {
+            (Some(field), Some(p)) => Some(format!("{p}.{field}")),
+            (Some(field), None) => Some(field.to_string()),
+            (None, param) => param,
+        };
         ApiError::invalid(param, message)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Inner {
+        text: String,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[allow(dead_code)]
+    struct Body {
+        query: String,
+        #[serde(default)]
+        doc: Option<Inner>,
+    }
+
+    #[test]
+    fn a_missing_field_is_the_param() {
+        let e = parse_json::<Body>(br#"{"doc": null}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("query"), "{}", e.message);
+        assert!(
+            e.message.starts_with("Invalid request: missing field `query`"),
+            "{}",
+            e.message
+        );
+        let e = parse_json::<Body>(br#"{"query": "q", "doc": {}}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("doc.text"), "{}", e.message);
+        let e = parse_json::<Body>(br#"{"query": 1}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("query"), "{}", e.message);
+    }
 }

@@ -26,6 +26,7 @@ use super::EmbeddingModel;
 use crate::compute::ComputePool;
 use crate::error::{EngineError, Result};
 use crate::observe::EmbeddingObserver;
+use crate::skills::bert::EncoderInput;
 
 #[derive(Debug, Clone)]
 pub struct BatcherConfig {
@@ -73,7 +74,7 @@ pub struct BatcherStats {
 type Reply = tokio::sync::oneshot::Sender<Result<Vec<Vec<f32>>>>;
 
 struct Job {
-    inputs: Vec<Vec<u32>>,
+    inputs: Vec<EncoderInput>,
     dimensions: Option<usize>,
     tokens: usize,
     reply: Reply,
@@ -139,7 +140,7 @@ impl EmbedBatcher {
     /// Queue tokenized inputs; the vectors arrive on the returned channel.
     pub fn submit(
         &self,
-        inputs: Vec<Vec<u32>>,
+        inputs: Vec<EncoderInput>,
         dimensions: Option<usize>,
     ) -> Result<tokio::sync::oneshot::Receiver<Result<Vec<Vec<f32>>>>> {
         self.model.check_dimensions(dimensions)?;
@@ -340,7 +341,7 @@ impl Worker {
             })
             .collect();
         order.sort_by_key(|&(j, i)| queue[j].job.inputs[i].len());
-        let inputs: Vec<&[u32]> = order.iter().map(|&(j, i)| queue[j].job.inputs[i].as_slice()).collect();
+        let inputs: Vec<&EncoderInput> = order.iter().map(|&(j, i)| &queue[j].job.inputs[i]).collect();
         let tokens: usize = inputs.iter().map(|i| i.len()).sum();
         let started = Instant::now();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.model.pooled(&inputs, &self.pool)))

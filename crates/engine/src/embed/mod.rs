@@ -2,6 +2,10 @@
 //! (mean, CLS, max or last token, as the model's sentence-transformers
 //! config says), L2-normalised like sentence-transformers' Normalize, and
 //! optionally cut to fewer `dimensions` (then normalised again).
+//!
+//! The same model type serves sequence classifiers (and so cross-encoder
+//! rerankers): there a classification head turns each input's first token
+//! state into one logit per label, and inputs may be (query, document) pairs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -12,7 +16,7 @@ pub mod batcher;
 
 use crate::compute::ComputePool;
 use crate::error::{EngineError, Result};
-use crate::skills::bert::Encoder;
+use crate::skills::bert::{ClassifierHead, Encoder, EncoderInput};
 use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -99,19 +103,26 @@ pub fn l2_normalize(v: &mut [f32]) {
     }
 }
 
-/// One input to embed: text, or token ids given by the client.
+/// One input to embed or classify: text, token ids given by the client, or
+/// a (query, document) pair for a cross-encoder (the query shared by all
+/// of a request's pairs).
 #[derive(Debug, Clone)]
 pub enum EmbedInput {
     Text(String),
     Tokens(Vec<u32>),
+    Pair(Arc<str>, String),
 }
 
-/// A loaded embedding model: encoder + tokenizer + pooling.
+/// A loaded encoder model: encoder + tokenizer + pooling, or + a
+/// classification head.
 pub struct EmbeddingModel {
     pub encoder: Arc<dyn Encoder>,
     pub tokenizer: Arc<Tokenizer>,
     pub pooling: Pooling,
     pub normalize: bool,
+    /// A sequence classifier's head: the model's outputs are its logits,
+    /// not pooled vectors.
+    pub head: Option<ClassifierHead>,
     /// Inputs are truncated to this many tokens (sentence-transformers'
     /// `max_seq_length`, else the model's positions).
     pub max_tokens: usize,
@@ -122,15 +133,31 @@ impl EmbeddingModel {
         self.encoder.config().hidden
     }
 
-    /// Tokenize (truncating) every input; returns the ids.
-    pub fn tokenize(&self, inputs: &[EmbedInput]) -> Result<Vec<Vec<u32>>> {
+    /// Tokenize (truncating) every input.
+    pub fn tokenize(&self, inputs: &[EmbedInput]) -> Result<Vec<EncoderInput>> {
         inputs
             .iter()
             .map(|i| match i {
                 EmbedInput::Text(t) => {
                     let mut ids = self.tokenizer.encode(t, true)?;
                     ids.truncate(self.max_tokens);
-                    Ok(ids)
+                    Ok(EncoderInput::single(ids))
+                }
+                // The tokenizer truncates the longer text first, as
+                // transformers' `truncation=True` does.
+                EmbedInput::Pair(a, b) => {
+                    let (ids, second_segment) = self.tokenizer.encode_pair(a, b)?;
+                    if ids.len() > self.max_tokens {
+                        return Err(EngineError::invalid(
+                            format!(
+                                "the pair is {} tokens after truncation; the model takes {}",
+                                ids.len(),
+                                self.max_tokens
+                            ),
+                            Some("documents"),
+                        ));
+                    }
+                    Ok(EncoderInput { ids, second_segment })
                 }
                 EmbedInput::Tokens(ids) => {
                     let vocab = self.encoder.config().vocab;
@@ -142,15 +169,39 @@ impl EmbeddingModel {
                     }
                     let mut ids = ids.clone();
                     ids.truncate(self.max_tokens);
-                    Ok(ids)
+                    Ok(EncoderInput::single(ids))
                 }
             })
             .collect()
     }
 
+    /// Tokens of a cross-encoder's query, which must leave room for a
+    /// document: a query the model cannot take whole is refused (before it
+    /// is paired with every document, which would tokenize it once per
+    /// document).
+    pub fn check_query(&self, query: &str) -> Result<()> {
+        let (_, n) = self.tokenizer.encode_with_overflow(query, false)?;
+        if n >= self.max_tokens {
+            return Err(EngineError::invalid(
+                format!(
+                    "the query is {n} tokens; this model takes {} tokens for the query and a document together",
+                    self.max_tokens
+                ),
+                Some("query"),
+            ));
+        }
+        Ok(())
+    }
+
     /// An error unless `d` features can be kept.
     pub fn check_dimensions(&self, dimensions: Option<usize>) -> Result<()> {
         let h = self.encoder.config().hidden;
+        if self.head.is_some() && dimensions.is_some() {
+            return Err(EngineError::invalid(
+                "dimensions does not apply to a classifier's scores",
+                Some("dimensions"),
+            ));
+        }
         match dimensions {
             Some(d) if d == 0 || d > h => Err(EngineError::invalid(
                 format!("dimensions must be between 1 and {h} for this model, got {d}"),
@@ -161,10 +212,23 @@ impl EmbeddingModel {
     }
 
     /// Pooled (and normalised, when the model does) vectors of several
-    /// tokenized inputs, encoded as one flattened batch.
-    pub fn pooled(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<Vec<f32>>> {
+    /// tokenized inputs, encoded as one flattened batch; a classifier's
+    /// logits instead where the model has a head.
+    pub fn pooled(&self, inputs: &[&EncoderInput], pool: &ComputePool) -> Result<Vec<Vec<f32>>> {
         let h = self.encoder.config().hidden;
         let states = self.encoder.encode(inputs, pool)?;
+        if let Some(head) = &self.head {
+            // Each input's first token ([CLS], <s>); zeros for an empty one.
+            let mut first = vec![0f32; inputs.len() * h];
+            let mut row = 0;
+            for (i, inp) in inputs.iter().enumerate() {
+                if !inp.is_empty() {
+                    first[i * h..(i + 1) * h].copy_from_slice(&states[row * h..(row + 1) * h]);
+                }
+                row += inp.len();
+            }
+            return Ok(head.logits(&first, pool));
+        }
         let mut out = Vec::with_capacity(inputs.len());
         let mut row = 0;
         for inp in inputs {
@@ -193,12 +257,12 @@ impl EmbeddingModel {
     /// features (then renormalise).
     pub fn embed_tokens(
         &self,
-        inputs: &[Vec<u32>],
+        inputs: &[EncoderInput],
         dimensions: Option<usize>,
         pool: &ComputePool,
     ) -> Result<Vec<Vec<f32>>> {
         self.check_dimensions(dimensions)?;
-        let refs: Vec<&[u32]> = inputs.iter().map(|v| v.as_slice()).collect();
+        let refs: Vec<&EncoderInput> = inputs.iter().collect();
         let mut out = self.pooled(&refs, pool)?;
         for e in out.iter_mut() {
             self.apply_dimensions(e, dimensions);

@@ -1,5 +1,5 @@
-//! BERT-family encoders (bert, roberta, xlm-roberta) from a safetensors
-//! folder. `encode` takes many inputs at once as one flattened
+//! BERT-family encoders (bert, roberta, xlm-roberta, mpnet) from a
+//! safetensors folder. `encode` takes many inputs at once as one flattened
 //! `[tokens, hidden]` matrix: every linear layer runs once over all tokens of
 //! the batch, attention runs per input, and nothing is padded.
 
@@ -15,6 +15,10 @@ use crate::formats::safetensors::Checkpoint;
 use crate::quant::kernels;
 
 pub const ARCHITECTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camembert"];
+
+/// MPNet runs on the same code with a relative position bias; a skill of
+/// its own, since the device backends do not run it.
+pub const MPNET_ARCHITECTURES: &[&str] = &["mpnet"];
 
 /// How a CPU encoder holds its f32 layer weights (`--encoder-weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +60,39 @@ pub struct EncoderConfig {
     pub layer_norm_eps: f32,
     /// RoBERTa numbers positions from `padding_idx + 1`.
     pub position_offset: usize,
+    /// Rows of the token type table (2 for BERT, 1 for RoBERTa and XLM-R,
+    /// whose second segments are type 0 too).
+    pub token_types: usize,
+}
+
+/// One input to an encoder: its token ids, and where its second segment
+/// starts (a cross-encoder's document: token type 1 from there on, in
+/// models that have token types); `ids.len()` when there is one segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncoderInput {
+    pub ids: Vec<u32>,
+    pub second_segment: usize,
+}
+
+impl EncoderInput {
+    /// One segment.
+    pub fn single(ids: Vec<u32>) -> Self {
+        let second_segment = ids.len();
+        EncoderInput { ids, second_segment }
+    }
+
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The token type of position `p`.
+    pub fn token_type(&self, p: usize) -> usize {
+        usize::from(p >= self.second_segment)
+    }
 }
 
 /// An encoder that embeds a batch of token sequences at once. The seam where
@@ -64,7 +101,7 @@ pub trait Encoder: Send + Sync {
     fn config(&self) -> &EncoderConfig;
     /// Last hidden states of every token of every input, concatenated:
     /// `[sum(len), hidden]`.
-    fn encode(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<f32>>;
+    fn encode(&self, inputs: &[&EncoderInput], pool: &ComputePool) -> Result<Vec<f32>>;
     fn weight_bytes(&self) -> usize;
 }
 
@@ -90,11 +127,61 @@ pub struct BertModel {
     cfg: EncoderConfig,
     word: Matrix,
     position: Matrix,
+    /// `[token_types, hidden]`: zeros where the checkpoint has no table.
     token_type: Vec<f32>,
     ln_w: Vec<f32>,
     ln_b: Vec<f32>,
     layers: Vec<Layer>,
     act: Activation,
+    /// MPNet's relative position bias, shared by every layer.
+    relative: Option<RelativeBias>,
+}
+
+/// T5-style bucketed relative position bias (MPNet): a learned value per
+/// (bucket, head) added to each attention score, the bucket a function of
+/// the key's position less the query's.
+struct RelativeBias {
+    /// `[buckets, heads]`.
+    table: Vec<f32>,
+    buckets: usize,
+    heads: usize,
+}
+
+impl RelativeBias {
+    /// Longest distance with buckets of its own (transformers' default).
+    const MAX_DISTANCE: i64 = 128;
+
+    /// transformers' `relative_position_bucket` for `rel = key - query`:
+    /// half the buckets for each direction, exact up to a quarter of them,
+    /// then logarithmic up to `MAX_DISTANCE` (in f32, as torch computes it).
+    fn bucket(&self, rel: i64) -> usize {
+        let half = (self.buckets / 2) as i64;
+        let n = -rel;
+        let mut ret = if n < 0 { half } else { 0 };
+        let n = n.abs();
+        let max_exact = half / 2;
+        ret += if n < max_exact {
+            n
+        } else {
+            let ratio = (n as f32 / max_exact as f32).ln() / (Self::MAX_DISTANCE as f32 / max_exact as f32).ln();
+            (max_exact + (ratio * (half - max_exact) as f32) as i64).min(half - 1)
+        };
+        ret as usize
+    }
+
+    /// Per head, the bias of every relative position `-(len-1)..=len-1`
+    /// (index `rel + len - 1`): `[heads, 2 len - 1]`.
+    fn by_distance(&self, len: usize) -> Vec<f32> {
+        let w = 2 * len.max(1) - 1;
+        let mut out = vec![0f32; self.heads * w];
+        for r in 0..w {
+            let b = self.bucket(r as i64 - (len.max(1) as i64 - 1));
+            for head in 0..self.heads {
+                out[head * w + r] = self.table[b * self.heads + head];
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -130,6 +217,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         max_positions: positions.saturating_sub(position_offset),
         layer_norm_eps: cfg.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
         position_offset,
+        token_types: jusize(cfg, "type_vocab_size").unwrap_or(2).max(1),
         arch,
     })
 }
@@ -149,7 +237,7 @@ impl BertModel {
         };
         let ck = Checkpoint::open(dir)?;
         // Checkpoints saved from a task head prefix the encoder's names.
-        let prefix = ["", "bert.", "roberta.", "model."]
+        let prefix = ["", "bert.", "roberta.", "mpnet.", "model."]
             .into_iter()
             .find(|p| ck.has(&format!("{p}embeddings.word_embeddings.weight")))
             .ok_or_else(|| EngineError::format("no embeddings.word_embeddings.weight in the checkpoint"))?;
@@ -161,44 +249,64 @@ impl BertModel {
                 cfg.heads
             )));
         }
+        // MPNet names the attention's parts differently.
+        let mpnet = cfg.arch == "mpnet";
+        let (q, k, v, o, ln1) = if mpnet {
+            (
+                "attention.attn.q",
+                "attention.attn.k",
+                "attention.attn.v",
+                "attention.attn.o",
+                "attention.LayerNorm",
+            )
+        } else {
+            (
+                "attention.self.query",
+                "attention.self.key",
+                "attention.self.value",
+                "attention.output.dense",
+                "attention.output.LayerNorm",
+            )
+        };
         let mut layers = Vec::new();
         for i in 0..cfg.layers {
-            let l = |s: &str| n(&format!("encoder.layer.{i}.{s}"));
+            let l = |part: &str, s: &str| n(&format!("encoder.layer.{i}.{part}.{s}"));
             layers.push(Layer {
                 qkv: Projections::new(vec![
-                    ck.matrix_shaped(&l("attention.self.query.weight"), h, h)?,
-                    ck.matrix_shaped(&l("attention.self.key.weight"), h, h)?,
-                    ck.matrix_shaped(&l("attention.self.value.weight"), h, h)?,
+                    ck.matrix_shaped(&l(q, "weight"), h, h)?,
+                    ck.matrix_shaped(&l(k, "weight"), h, h)?,
+                    ck.matrix_shaped(&l(v, "weight"), h, h)?,
                 ]),
-                bq: ck.vector_len(&l("attention.self.query.bias"), h)?,
-                bk: ck.vector_len(&l("attention.self.key.bias"), h)?,
-                bv: ck.vector_len(&l("attention.self.value.bias"), h)?,
-                o: ck.matrix_shaped(&l("attention.output.dense.weight"), h, h)?,
-                bo: ck.vector_len(&l("attention.output.dense.bias"), h)?,
-                ln1_w: ck.vector_len(&l("attention.output.LayerNorm.weight"), h)?,
-                ln1_b: ck.vector_len(&l("attention.output.LayerNorm.bias"), h)?,
-                inter: ck.matrix_shaped(&l("intermediate.dense.weight"), ffn, h)?,
-                b_inter: ck.vector_len(&l("intermediate.dense.bias"), ffn)?,
-                out: ck.matrix_shaped(&l("output.dense.weight"), h, ffn)?,
-                b_out: ck.vector_len(&l("output.dense.bias"), h)?,
-                ln2_w: ck.vector_len(&l("output.LayerNorm.weight"), h)?,
-                ln2_b: ck.vector_len(&l("output.LayerNorm.bias"), h)?,
+                bq: ck.vector_len(&l(q, "bias"), h)?,
+                bk: ck.vector_len(&l(k, "bias"), h)?,
+                bv: ck.vector_len(&l(v, "bias"), h)?,
+                o: ck.matrix_shaped(&l(o, "weight"), h, h)?,
+                bo: ck.vector_len(&l(o, "bias"), h)?,
+                ln1_w: ck.vector_len(&l(ln1, "weight"), h)?,
+                ln1_b: ck.vector_len(&l(ln1, "bias"), h)?,
+                inter: ck.matrix_shaped(&l("intermediate.dense", "weight"), ffn, h)?,
+                b_inter: ck.vector_len(&l("intermediate.dense", "bias"), ffn)?,
+                out: ck.matrix_shaped(&l("output.dense", "weight"), h, ffn)?,
+                b_out: ck.vector_len(&l("output.dense", "bias"), h)?,
+                ln2_w: ck.vector_len(&l("output.LayerNorm", "weight"), h)?,
+                ln2_b: ck.vector_len(&l("output.LayerNorm", "bias"), h)?,
             });
         }
-        let token_type = if ck.has(&n("embeddings.token_type_embeddings.weight")) {
+        let mut token_type = vec![0f32; cfg.token_types * h];
+        if ck.has(&n("embeddings.token_type_embeddings.weight")) {
             let m = ck.matrix(&n("embeddings.token_type_embeddings.weight"))?;
-            if m.cols() != h {
+            if m.cols() != h || m.rows() < cfg.token_types {
                 return Err(EngineError::format(format!(
-                    "token type embeddings are {} wide; hidden_size is {h}",
-                    m.cols()
+                    "token type embeddings are {}x{}; the config says at least {}x{h}",
+                    m.rows(),
+                    m.cols(),
+                    cfg.token_types
                 )));
             }
-            let mut row = vec![0f32; h];
-            m.row_f32(0, &mut row);
-            row
-        } else {
-            vec![0f32; h]
-        };
+            for (t, row) in token_type.chunks_exact_mut(h).enumerate() {
+                m.row_f32(t, row);
+            }
+        }
         let word = ck.matrix(&n("embeddings.word_embeddings.weight"))?;
         // Token ids are checked against `vocab`: every one must have a row.
         if word.cols() != h || word.rows() < cfg.vocab {
@@ -218,7 +326,33 @@ impl BertModel {
                 cfg.max_positions + cfg.position_offset
             )));
         }
+        let relative = if mpnet {
+            let name = n("encoder.relative_attention_bias.weight");
+            let m = ck.matrix(&name)?;
+            let buckets = jusize(cfg_json, "relative_attention_num_buckets").unwrap_or(32);
+            // Buckets past 2 × MAX_DISTANCE would leave the logarithmic
+            // range empty (transformers divides by log(1) there).
+            if m.rows() != buckets
+                || m.cols() != cfg.heads
+                || !(4..2 * RelativeBias::MAX_DISTANCE as usize).contains(&buckets)
+            {
+                return Err(EngineError::format(format!(
+                    "{name} is {}x{}; expected {buckets} buckets x {} heads",
+                    m.rows(),
+                    m.cols(),
+                    cfg.heads
+                )));
+            }
+            Some(RelativeBias {
+                table: m.to_f32(),
+                buckets,
+                heads: cfg.heads,
+            })
+        } else {
+            None
+        };
         let model = BertModel {
+            relative,
             word,
             position,
             token_type,
@@ -278,7 +412,7 @@ impl Encoder for BertModel {
         n
     }
 
-    fn encode(&self, inputs: &[&[u32]], pool: &ComputePool) -> Result<Vec<f32>> {
+    fn encode(&self, inputs: &[&EncoderInput], pool: &ComputePool) -> Result<Vec<f32>> {
         let c = &self.cfg;
         let h = c.hidden;
         let t: usize = inputs.iter().map(|i| i.len()).sum();
@@ -299,7 +433,7 @@ impl Encoder for BertModel {
                     Some("input"),
                 ));
             }
-            for (p, &id) in inp.iter().enumerate() {
+            for (p, &id) in inp.ids.iter().enumerate() {
                 if id as usize >= self.word.rows() {
                     return Err(EngineError::invalid(
                         format!("token id {id} is outside the vocabulary (size {})", self.word.rows()),
@@ -309,7 +443,10 @@ impl Encoder for BertModel {
                 let xr = &mut x[row * h..(row + 1) * h];
                 self.word.row_f32(id as usize, xr);
                 self.position.row_f32(p + c.position_offset, &mut pos_row);
-                for ((a, b), tt) in xr.iter_mut().zip(&pos_row).zip(&self.token_type) {
+                // Models with one token type give the second segment type 0.
+                let ty = inp.token_type(p).min(c.token_types - 1);
+                let tt = &self.token_type[ty * h..(ty + 1) * h];
+                for ((a, b), tt) in xr.iter_mut().zip(&pos_row).zip(tt) {
                     *a += b + tt;
                 }
                 row += 1;
@@ -325,6 +462,8 @@ impl Encoder for BertModel {
                 Some((s, i.len()))
             })
             .collect();
+        let longest = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
+        let relative = self.relative.as_ref().map(|r| r.by_distance(longest));
         let mut q = vec![0f32; t * h];
         let mut k = vec![0f32; t * h];
         let mut v = vec![0f32; t * h];
@@ -336,7 +475,7 @@ impl Encoder for BertModel {
             ops::add_bias(&mut q, &l.bq);
             ops::add_bias(&mut k, &l.bk);
             ops::add_bias(&mut v, &l.bv);
-            self_attention(&spans, &q, &k, &v, c.heads, h, &mut ctx, pool);
+            self_attention(&spans, &q, &k, &v, c.heads, h, relative.as_deref(), &mut ctx, pool);
             l.o.matmul(&ctx, t, &mut tmp, pool);
             ops::add_bias(&mut tmp, &l.bo);
             ops::add_in_place(&mut x, &tmp);
@@ -361,6 +500,102 @@ impl Encoder for BertModel {
     }
 }
 
+/// A sequence-classification head: the first token's last state through a
+/// dense layer and tanh, then a linear map to one logit per label. BERT's
+/// pooler + `classifier` and RoBERTa's `classifier.dense` +
+/// `classifier.out_proj` are both this (their dropout is off at inference).
+pub struct ClassifierHead {
+    dense: Matrix,
+    dense_b: Vec<f32>,
+    out: Matrix,
+    out_b: Vec<f32>,
+    /// `id2label`, one name per logit (`LABEL_i` where the config has none).
+    pub labels: Vec<String>,
+}
+
+/// Is a checkpoint a sequence classifier (`BertForSequenceClassification`,
+/// `XLMRobertaForSequenceClassification`…), as its config's `architectures` say?
+pub fn is_sequence_classifier(cfg: &Value) -> bool {
+    cfg.get("architectures")
+        .and_then(|a| a.as_array())
+        .and_then(|a| a.first())
+        .and_then(|c| c.as_str())
+        .is_some_and(|c| c.ends_with("ForSequenceClassification"))
+}
+
+impl ClassifierHead {
+    /// Read the head of a `*ForSequenceClassification` checkpoint.
+    pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
+        let cfg = config_from_hf(cfg_json)?;
+        let h = cfg.hidden;
+        let ck = Checkpoint::open(dir)?;
+        let (dense, out) = if ck.has("classifier.out_proj.weight") {
+            ("classifier.dense", "classifier.out_proj")
+        } else if let Some(p) = ["bert.", ""]
+            .into_iter()
+            .find(|p| ck.has(&format!("{p}pooler.dense.weight")))
+        {
+            (
+                if p.is_empty() {
+                    "pooler.dense"
+                } else {
+                    "bert.pooler.dense"
+                },
+                "classifier",
+            )
+        } else {
+            return Err(EngineError::format(
+                "a sequence classifier without a classification head (no classifier.out_proj or pooler.dense weights)",
+            ));
+        };
+        let out_w = ck.matrix(&format!("{out}.weight"))?;
+        let n = out_w.rows();
+        if out_w.cols() != h || n == 0 {
+            return Err(EngineError::format(format!(
+                "{out}.weight is {}x{}; expected labels x {h}",
+                n,
+                out_w.cols()
+            )));
+        }
+        let names = cfg_json.get("id2label").and_then(|v| v.as_object());
+        let labels = (0..n)
+            .map(|i| {
+                names
+                    .and_then(|m| m.get(&i.to_string()))
+                    .and_then(|v| v.as_str())
+                    .map_or_else(|| format!("LABEL_{i}"), str::to_string)
+            })
+            .collect();
+        Ok(ClassifierHead {
+            dense: ck.matrix_shaped(&format!("{dense}.weight"), h, h)?,
+            dense_b: ck.vector_len(&format!("{dense}.bias"), h)?,
+            out_b: ck.vector_len(&format!("{out}.bias"), n)?,
+            out: out_w,
+            labels,
+        })
+    }
+
+    /// The logits of each input from its first token's state, given those
+    /// states as rows of `[inputs, hidden]`.
+    pub fn logits(&self, first_states: &[f32], pool: &ComputePool) -> Vec<Vec<f32>> {
+        let h = self.dense.cols();
+        let n = first_states.len() / h;
+        let mut x = vec![0f32; n * h];
+        self.dense.matmul(first_states, n, &mut x, pool);
+        ops::add_bias(&mut x, &self.dense_b);
+        x.iter_mut().for_each(|v| *v = v.tanh());
+        let labels = self.labels.len();
+        let mut out = vec![0f32; n * labels];
+        self.out.matmul(&x, n, &mut out, pool);
+        ops::add_bias(&mut out, &self.out_b);
+        out.chunks_exact(labels).map(<[f32]>::to_vec).collect()
+    }
+
+    pub fn weight_bytes(&self) -> usize {
+        self.dense.byte_len() + self.out.byte_len()
+    }
+}
+
 /// Tokens per pass of the feed-forward block. Its intermediate activations
 /// (4× the hidden width) would be a batch's largest buffer — 11 MiB for 128
 /// short sentences through all-MiniLM-L6-v2, 50 MiB at the 8192-token batch
@@ -369,6 +604,8 @@ impl Encoder for BertModel {
 const FFN_CHUNK_TOKENS: usize = 256;
 
 /// Bidirectional attention within each input span, one task per (input, head).
+/// `relative`: per head, a bias by key-less-query distance (from
+/// [`RelativeBias::by_distance`] for the longest span).
 #[allow(clippy::too_many_arguments)]
 fn self_attention(
     spans: &[(usize, usize)],
@@ -377,9 +614,12 @@ fn self_attention(
     v: &[f32],
     heads: usize,
     h: usize,
+    relative: Option<&[f32]>,
     out: &mut [f32],
     pool: &ComputePool,
 ) {
+    let longest = spans.iter().map(|s| s.1).max().unwrap_or(0).max(1);
+    let width = 2 * longest - 1;
     let hd = h / heads;
     let scale = 1.0 / (hd as f32).sqrt();
     let dot = kernels().f32_dot;
@@ -403,6 +643,13 @@ fn self_attention(
             let qi = &q[(start + i) * h + col..(start + i) * h + col + hd];
             for (j, s) in scores.iter_mut().enumerate() {
                 *s = dot(qi, &k[(start + j) * h + col..(start + j) * h + col + hd]) * scale;
+            }
+            if let Some(rel) = relative {
+                // Key j less query i, offset by longest - 1.
+                let row = &rel[head * width + longest - 1 - i..];
+                for (s, b) in scores.iter_mut().zip(row) {
+                    *s += b;
+                }
             }
             ops::softmax_in_place(&mut scores);
             // SAFETY: row `start + i` is below `end`, and columns

@@ -53,6 +53,9 @@ fn arch_from_class(class: &str) -> Option<String> {
         ("Roberta", "roberta"),
         ("Camembert", "camembert"),
         ("Bert", "bert"),
+        ("MPNet", "mpnet"),
+        ("GPT2", "gpt2"),
+        ("Gemma3", "gemma3"),
     ];
     known
         .iter()
@@ -185,9 +188,10 @@ impl HfFolder {
     /// Context length from the config, for discovery.
     pub fn context_length(&self) -> Option<usize> {
         self.max_seq_length().or_else(|| {
-            self.config
-                .get("max_position_embeddings")
-                .and_then(|v| v.as_u64())
+            // GPT-2 calls it `n_positions`.
+            ["max_position_embeddings", "n_positions"]
+                .iter()
+                .find_map(|k| self.config.get(*k).and_then(|v| v.as_u64()))
                 .map(|v| v as usize)
         })
     }

@@ -44,6 +44,31 @@ pub struct DecoderConfig {
     /// Sliding-window attention: in the layers marked, a query attends to the
     /// last `window` keys (itself included).
     pub sliding_window: Option<SlidingWindow>,
+    /// Rotary base of the sliding layers where it differs (Gemma 3: 10000
+    /// locally, 1e6 globally; linear scaling applies to global layers only).
+    pub rope_theta_local: Option<f32>,
+    /// Token embeddings are multiplied by this (Gemma: sqrt(hidden)).
+    pub embed_scale: f32,
+    /// Queries are multiplied by this before attention's 1/sqrt(head_dim)
+    /// (Gemma's `query_pre_attn_scalar`: sqrt(head_dim / scalar)).
+    pub query_scale: f32,
+    /// The gated feed-forward's activation.
+    pub ffn_act: FfnActivation,
+    /// Added to every RMSNorm weight at load (Gemma's checkpoints store
+    /// `w` for `(1 + w)`; its GGUF files have the 1 added already).
+    #[serde(skip)]
+    pub norm_offset: f32,
+}
+
+/// The activation of the gate in `act(gate) * up`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FfnActivation {
+    /// SwiGLU (Llama, Mistral, Qwen).
+    #[default]
+    Silu,
+    /// GeGLU with tanh-approximated GELU (Gemma).
+    GeluTanh,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -97,7 +122,8 @@ impl DecoderConfig {
 /// ("sliding_attention") when present; else Mistral slides in every layer
 /// with `sliding_window` (4096 when the key is absent, none when null);
 /// Qwen2/Qwen3 only with `use_sliding_window`, in the layers from
-/// `max_window_layers` (default 28) on.
+/// `max_window_layers` (default 28) on; Gemma 3 configs of transformers 4
+/// give `sliding_window_pattern` (every n-th layer global; 6 when absent).
 fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<SlidingWindow>> {
     let window = match cfg.get("sliding_window") {
         None if arch == "mistral" => Some(4096),
@@ -111,6 +137,14 @@ fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Opti
     let sliding = match cfg.get("layer_types").and_then(Value::as_array) {
         Some(types) => SlidingLayers::Listed(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()),
         None if arch == "mistral" => SlidingLayers::From(0),
+        None if is_gemma3(arch) => {
+            let every = ["sliding_window_pattern", "_sliding_window_pattern"]
+                .iter()
+                .find_map(|k| jusize(cfg, k))
+                .unwrap_or(6)
+                .max(1);
+            SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| (i + 1) % every != 0).collect())
+        }
         None if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
             SlidingLayers::From(jusize(cfg, "max_window_layers").unwrap_or(28))
         }
@@ -198,11 +232,17 @@ struct Layer {
     /// gate and up.
     gate_up: Projections,
     down: Matrix,
+    /// Gemma's norms of the attention and feed-forward outputs, before each
+    /// joins the residual stream.
+    post_attn_norm: Option<Vec<f32>>,
+    post_ffn_norm: Option<Vec<f32>>,
 }
 
 pub struct LlamaModel {
     cfg: DecoderConfig,
     rope: Rope,
+    /// The sliding layers' rotary where its base differs (Gemma 3).
+    rope_local: Option<Rope>,
     embed: Matrix,
     layers: Vec<Layer>,
     norm: Vec<f32>,
@@ -214,6 +254,9 @@ pub struct LlamaModel {
 #[derive(Debug, Clone, Copy)]
 pub struct Names {
     pub gguf: bool,
+    /// Gemma's Hugging Face names: its `post_attention_layernorm` is the
+    /// attention output's norm, `pre_feedforward_layernorm` the FFN's input.
+    pub gemma: bool,
 }
 
 impl Names {
@@ -235,7 +278,8 @@ impl Names {
         if self.gguf { "output.weight" } else { "lm_head.weight" }
     }
     /// Layer `i`'s tensor: `part` is one of attn_norm, q, k, v, o, q_bias,
-    /// k_bias, v_bias, q_norm, k_norm, ffn_norm, gate, up, down.
+    /// k_bias, v_bias, q_norm, k_norm, ffn_norm, gate, up, down,
+    /// post_attn_norm, post_ffn_norm.
     pub fn layer(&self, i: usize, part: &str) -> String {
         if self.gguf {
             let p = match part {
@@ -250,6 +294,8 @@ impl Names {
                 "q_norm" => "attn_q_norm.weight",
                 "k_norm" => "attn_k_norm.weight",
                 "ffn_norm" => "ffn_norm.weight",
+                "post_attn_norm" => "post_attention_norm.weight",
+                "post_ffn_norm" => "post_ffw_norm.weight",
                 "gate" => "ffn_gate.weight",
                 "up" => "ffn_up.weight",
                 _ => "ffn_down.weight",
@@ -267,7 +313,10 @@ impl Names {
                 "v_bias" => "self_attn.v_proj.bias",
                 "q_norm" => "self_attn.q_norm.weight",
                 "k_norm" => "self_attn.k_norm.weight",
+                "ffn_norm" if self.gemma => "pre_feedforward_layernorm.weight",
                 "ffn_norm" => "post_attention_layernorm.weight",
+                "post_attn_norm" => "post_attention_layernorm.weight",
+                "post_ffn_norm" => "post_feedforward_layernorm.weight",
                 "gate" => "mlp.gate_proj.weight",
                 "up" => "mlp.up_proj.weight",
                 _ => "mlp.down_proj.weight",
@@ -280,6 +329,26 @@ impl Names {
 /// Architectures this skill serves (GGUF `general.architecture` and HF
 /// `model_type` share these names).
 pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
+
+/// Gemma 3 runs on the same code (its differences are settings of
+/// [`DecoderConfig`] and optional norms); a skill of its own, since the
+/// device backends do not run it.
+pub const GEMMA_ARCHITECTURES: &[&str] = &["gemma3", "gemma3_text"];
+
+/// Is `arch` Gemma 3?
+fn is_gemma3(arch: &str) -> bool {
+    GEMMA_ARCHITECTURES.contains(&arch)
+}
+
+/// What Gemma does the same in every checkpoint format: embeddings scaled
+/// by sqrt(hidden), GeGLU.
+fn gemma_settings(cfg: DecoderConfig) -> DecoderConfig {
+    DecoderConfig {
+        embed_scale: (cfg.hidden as f32).sqrt(),
+        ffn_act: FfnActivation::GeluTanh,
+        ..cfg
+    }
+}
 
 fn gguf_u(f: &GgufFile, arch: &str, key: &str) -> Option<usize> {
     f.get_u64(&format!("{arch}.{key}")).map(|v| v as usize)
@@ -311,18 +380,40 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         Some("linear") => f.get_f64(&format!("{arch}.rope.scaling.factor")).unwrap_or(1.0) as f32,
         _ => 1.0,
     };
-    Ok(DecoderConfig {
+    let layers = need("block_count")?;
+    let gemma = is_gemma3(&arch);
+    // llama.cpp's Gemma 3: every sixth layer global, the others sliding
+    // with a rotary base of 10000; queries scaled by 1/sqrt(hidden/heads)
+    // in the 27B model, by 1/sqrt(head_dim) in the others.
+    let sliding_window = match gguf_u(f, &arch, "attention.sliding_window") {
+        Some(window) if gemma && window > 0 => Some(SlidingWindow {
+            window,
+            layers: SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| (i + 1) % 6 != 0).collect()),
+        }),
+        // llama.cpp's Llama/Qwen2 GGUF keys carry no window (it runs
+        // Mistral GGUFs with full attention too).
+        _ => None,
+    };
+    let query_scale = if gemma && layers == 62 && heads > 0 {
+        (head_dim as f32 / (hidden / heads) as f32).sqrt()
+    } else {
+        1.0
+    };
+    let cfg = DecoderConfig {
         hidden,
-        layers: need("block_count")?,
+        layers,
         heads,
         kv_heads,
         head_dim,
         ffn: need("feed_forward_length")?,
         vocab,
         context_length: gguf_u(f, &arch, "context_length").unwrap_or(2048),
-        // llama.cpp's Llama/Qwen2 GGUF keys carry no window (it runs
-        // Mistral GGUFs with full attention too).
-        sliding_window: None,
+        sliding_window,
+        rope_theta_local: gemma.then_some(10000.0),
+        embed_scale: 1.0,
+        query_scale,
+        ffn_act: FfnActivation::Silu,
+        norm_offset: 0.0,
         rms_eps: f
             .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32,
@@ -332,7 +423,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         rope_linear_scale,
         rope_freq_factors: None,
         arch,
-    })
+    };
+    Ok(if gemma { gemma_settings(cfg) } else { cfg })
 }
 
 fn jusize(v: &Value, key: &str) -> Option<usize> {
@@ -361,9 +453,18 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         .filter(|v| !v.is_null())
         .cloned()
         .unwrap_or_else(|| rope_params.clone());
+    // Gemma 3 in transformers 5 nests rope settings per layer type.
+    let full = rope_params.get("full_attention").cloned().unwrap_or(Value::Null);
+    let local = rope_params.get("sliding_attention").cloned().unwrap_or(Value::Null);
     let rope_theta = jf32(cfg, "rope_theta")
         .or_else(|| jf32(&rope_params, "rope_theta"))
+        .or_else(|| jf32(&full, "rope_theta"))
         .unwrap_or(10000.0);
+    let scaling = if full.is_null() || cfg.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+        scaling
+    } else {
+        full.clone()
+    };
     let rope_dims = (head_dim as f32 * jf32(cfg, "partial_rotary_factor").unwrap_or(1.0)) as usize;
     let rope_type = scaling
         .get("rope_type")
@@ -394,7 +495,27 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
     }
     let context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
     let sliding_window = sliding_window_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
-    Ok(DecoderConfig {
+    let gemma = is_gemma3(&arch);
+    if gemma {
+        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
+            if cfg.get(key).is_some_and(|v| !v.is_null()) {
+                return Err(EngineError::format(format!("{key} is not supported")));
+            }
+        }
+        match cfg.get("hidden_activation").and_then(Value::as_str) {
+            None | Some("gelu_pytorch_tanh") => {}
+            Some(other) => {
+                return Err(EngineError::format(format!(
+                    "hidden_activation '{other}' is not supported (supported: gelu_pytorch_tanh)"
+                )));
+            }
+        }
+    }
+    let query_scale = match jf32(cfg, "query_pre_attn_scalar") {
+        Some(s) if gemma && s > 0.0 => (head_dim as f32 / s).sqrt(),
+        _ => 1.0,
+    };
+    let cfg = DecoderConfig {
         hidden,
         layers: need("num_hidden_layers")?,
         heads,
@@ -404,6 +525,19 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         vocab: need("vocab_size")?,
         context_length,
         sliding_window,
+        rope_theta_local: if gemma {
+            Some(
+                jf32(cfg, "rope_local_base_freq")
+                    .or_else(|| jf32(&local, "rope_theta"))
+                    .unwrap_or(10000.0),
+            )
+        } else {
+            None
+        },
+        embed_scale: 1.0,
+        query_scale,
+        ffn_act: FfnActivation::Silu,
+        norm_offset: if gemma { 1.0 } else { 0.0 },
         rms_eps: jf32(cfg, "rms_norm_eps").unwrap_or(1e-6),
         rope_theta,
         rope_style: RopeStyle::Halves,
@@ -411,7 +545,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         rope_linear_scale,
         rope_freq_factors,
         arch,
-    })
+    };
+    Ok(if gemma { gemma_settings(cfg) } else { cfg })
 }
 
 impl LlamaModel {
@@ -420,7 +555,15 @@ impl LlamaModel {
         if f.has("rope_freqs.weight") {
             cfg.rope_freq_factors = Some(f.vector("rope_freqs.weight")?);
         }
-        Self::load(cfg, f, Names { gguf: true }, true)
+        Self::load(
+            cfg,
+            f,
+            Names {
+                gguf: true,
+                gemma: false,
+            },
+            true,
+        )
     }
 
     pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
@@ -430,7 +573,13 @@ impl LlamaModel {
             .get("tie_word_embeddings")
             .and_then(|v| v.as_bool())
             .unwrap_or(false);
-        Self::load(cfg, &ckpt, Names { gguf: false }, tied)
+        let names = Names {
+            gguf: false,
+            gemma: is_gemma3(&cfg.arch),
+        };
+        // Gemma ties its head unless the config says otherwise.
+        let tied = tied || (names.gemma && cfg_json.get("tie_word_embeddings").is_none());
+        Self::load(cfg, &ckpt, names, tied)
     }
 
     fn load(cfg: DecoderConfig, src: &dyn WeightSource, n: Names, may_tie: bool) -> Result<Self> {
@@ -447,6 +596,13 @@ impl LlamaModel {
                 Ok(None)
             }
         };
+        let norm_offset = cfg.norm_offset;
+        let offset = move |mut w: Vec<f32>| {
+            w.iter_mut().for_each(|v| *v += norm_offset);
+            w
+        };
+        let norm = |name: String, len: usize| src.vector_len(&name, len).map(offset);
+        let opt_norm = |name: String, len: usize| opt_vec(name, len).map(|w| w.map(offset));
         // Grown as layers load: a huge layer count in the metadata fails on
         // its first missing tensor, never in one allocation.
         let mut layers = Vec::new();
@@ -480,20 +636,36 @@ impl LlamaModel {
                 }
             }
             let l = Layer {
-                attn_norm: src.vector_len(&n.layer(i, "attn_norm"), cfg.hidden)?,
+                attn_norm: norm(n.layer(i, "attn_norm"), cfg.hidden)?,
                 qkv: Projections::new(vec![wq, wk, wv]),
                 wo,
                 bq: opt_vec(n.layer(i, "q_bias"), q_out)?,
                 bk: opt_vec(n.layer(i, "k_bias"), kv_out)?,
                 bv: opt_vec(n.layer(i, "v_bias"), kv_out)?,
                 // Per-head norms (Qwen3): one weight per head dimension.
-                q_norm: opt_vec(n.layer(i, "q_norm"), cfg.head_dim)?,
-                k_norm: opt_vec(n.layer(i, "k_norm"), cfg.head_dim)?,
-                ffn_norm: src.vector_len(&n.layer(i, "ffn_norm"), cfg.hidden)?,
+                q_norm: opt_norm(n.layer(i, "q_norm"), cfg.head_dim)?,
+                k_norm: opt_norm(n.layer(i, "k_norm"), cfg.head_dim)?,
+                ffn_norm: norm(n.layer(i, "ffn_norm"), cfg.hidden)?,
                 gate_up: Projections::new(vec![gate, up]),
                 down,
+                // Llama's HF names reuse `post_attention_layernorm` for the
+                // FFN's input norm: only Gemma has these two.
+                post_attn_norm: match n.gguf || n.gemma {
+                    true => opt_norm(n.layer(i, "post_attn_norm"), cfg.hidden)?,
+                    false => None,
+                },
+                post_ffn_norm: opt_norm(n.layer(i, "post_ffn_norm"), cfg.hidden)?,
             };
             layers.push(l);
+        }
+        if is_gemma3(&cfg.arch)
+            && let Some(i) = layers
+                .iter()
+                .position(|l: &Layer| l.post_attn_norm.is_none() || l.post_ffn_norm.is_none())
+        {
+            return Err(EngineError::format(format!(
+                "layer {i} lacks Gemma's post-attention or post-feed-forward norm"
+            )));
         }
         let embed = src.matrix(n.embed())?;
         if embed.cols() != cfg.hidden {
@@ -514,6 +686,7 @@ impl LlamaModel {
         } else {
             return Err(EngineError::format("output projection is missing"));
         };
+        let final_norm = norm(n.norm().to_string(), cfg.hidden)?;
         let mut cfg = cfg;
         // The real vocabulary is the output projection's height.
         cfg.vocab = output.as_ref().map(|m| m.rows()).unwrap_or(embed.rows());
@@ -524,9 +697,13 @@ impl LlamaModel {
             cfg.rope_freq_factors.as_deref(),
             cfg.rope_linear_scale,
         );
+        let rope_local = cfg
+            .rope_theta_local
+            .map(|theta| Rope::new(cfg.rope_style, cfg.rope_dims, theta, None, 1.0));
         Ok(LlamaModel {
-            norm: src.vector_len(n.norm(), cfg.hidden)?,
+            norm: final_norm,
             rope,
+            rope_local,
             embed,
             layers,
             output,
@@ -537,6 +714,53 @@ impl LlamaModel {
     fn output_matrix(&self) -> &Matrix {
         self.output.as_ref().unwrap_or(&self.embed)
     }
+}
+
+/// A step's items flattened, one row per new token: where each row's
+/// key and value go, and its token (checked against a vocabulary of
+/// `vocab` rows; `bs`: the cache's block size).
+pub(crate) fn flatten_step<'a>(
+    items: &'a [StepItem<'a>],
+    bs: usize,
+    vocab: usize,
+) -> Result<(Vec<RowPlace<'a>>, Vec<u32>)> {
+    let mut places = Vec::new();
+    let mut tokens = Vec::new();
+    for it in items {
+        if it.kv.blocks.len() * bs < it.start + it.tokens.len() {
+            return Err(EngineError::internal("KV blocks were not reserved for a step"));
+        }
+        for (i, &t) in it.tokens.iter().enumerate() {
+            if t as usize >= vocab {
+                return Err(EngineError::invalid(
+                    format!("token id {t} is outside the vocabulary (size {vocab})"),
+                    Some("prompt"),
+                ));
+            }
+            places.push(RowPlace {
+                kv: it.kv,
+                pos: it.start + i,
+            });
+            tokens.push(t);
+        }
+    }
+    Ok((places, tokens))
+}
+
+/// The flattened rows whose logits the items asked for, in order.
+pub(crate) fn logit_rows(items: &[StepItem<'_>]) -> Vec<usize> {
+    let mut rows = Vec::new();
+    let mut base = 0;
+    for it in items {
+        let n = it.tokens.len();
+        match it.logits {
+            LogitsWanted::None => {}
+            LogitsWanted::Last => rows.push(base + n - 1),
+            LogitsWanted::All => rows.extend(base..base + n),
+        }
+        base += n;
+    }
+    rows
 }
 
 impl CausalLm for LlamaModel {
@@ -562,27 +786,7 @@ impl CausalLm for LlamaModel {
             .cpu_mut()
             .ok_or_else(|| EngineError::internal("the CPU decoder was given a KV cache that is not in CPU memory"))?;
 
-        // Flatten the batch: one row per new token.
-        let mut places: Vec<RowPlace<'_>> = Vec::new();
-        let mut tokens: Vec<u32> = Vec::new();
-        for it in items {
-            if it.kv.blocks.len() * bs < it.start + it.tokens.len() {
-                return Err(EngineError::internal("KV blocks were not reserved for a step"));
-            }
-            for (i, &t) in it.tokens.iter().enumerate() {
-                if t as usize >= self.embed.rows() {
-                    return Err(EngineError::invalid(
-                        format!("token id {t} is outside the vocabulary (size {})", self.embed.rows()),
-                        Some("prompt"),
-                    ));
-                }
-                places.push(RowPlace {
-                    kv: it.kv,
-                    pos: it.start + i,
-                });
-                tokens.push(t);
-            }
-        }
+        let (places, tokens) = flatten_step(items, bs, self.embed.rows())?;
         let t = tokens.len();
         if t == 0 {
             return Ok(Vec::new());
@@ -592,11 +796,19 @@ impl CausalLm for LlamaModel {
         for (i, &tok) in tokens.iter().enumerate() {
             self.embed.row_f32(tok as usize, &mut x[i * h..(i + 1) * h]);
         }
-        let half = self.rope.dims / 2;
-        let mut cs = vec![0f32; t * 2 * half];
-        for (i, p) in places.iter().enumerate() {
-            self.rope.angles(p.pos, &mut cs[i * 2 * half..(i + 1) * 2 * half]);
+        if c.embed_scale != 1.0 {
+            x.iter_mut().for_each(|v| *v *= c.embed_scale);
         }
+        let half = self.rope.dims / 2;
+        let angles_of = |rope: &Rope| {
+            let mut cs = vec![0f32; t * 2 * half];
+            for (i, p) in places.iter().enumerate() {
+                rope.angles(p.pos, &mut cs[i * 2 * half..(i + 1) * 2 * half]);
+            }
+            cs
+        };
+        let cs_global = angles_of(&self.rope);
+        let cs_local = self.rope_local.as_ref().map(angles_of);
 
         let mut hbuf = vec![0f32; t * h];
         let mut q = vec![0f32; t * q_dim];
@@ -625,6 +837,13 @@ impl CausalLm for LlamaModel {
             if let Some(w) = &l.k_norm {
                 ops::rms_norm_in_place(&mut k, w, c.rms_eps);
             }
+            if c.query_scale != 1.0 {
+                q.iter_mut().for_each(|v| *v *= c.query_scale);
+            }
+            let cs = match &cs_local {
+                Some(local) if c.window(li).is_some() => local,
+                _ => &cs_global,
+            };
             for i in 0..t {
                 let angles = &cs[i * 2 * half..(i + 1) * 2 * half];
                 self.rope.apply(&mut q[i * q_dim..(i + 1) * q_dim], hd, angles);
@@ -640,27 +859,26 @@ impl CausalLm for LlamaModel {
             }
             attention(&places, &q, c.heads, li, c.window(li), kv, &mut attn, pool);
             l.wo.matmul(&attn, t, &mut o, pool);
+            if let Some(w) = &l.post_attn_norm {
+                ops::rms_norm_in_place(&mut o, w, c.rms_eps);
+            }
             ops::add_in_place(&mut x, &o);
 
             ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut hbuf);
             l.gate_up.apply(&hbuf, t, &mut [&mut gate, &mut up], pool);
-            ops::silu_mul(&mut gate, &up);
+            match c.ffn_act {
+                FfnActivation::Silu => ops::silu_mul(&mut gate, &up),
+                FfnActivation::GeluTanh => ops::gelu_tanh_mul(&mut gate, &up),
+            }
             l.down.matmul(&gate, t, &mut o, pool);
+            if let Some(w) = &l.post_ffn_norm {
+                ops::rms_norm_in_place(&mut o, w, c.rms_eps);
+            }
             ops::add_in_place(&mut x, &o);
         }
 
         // Only the rows whose logits were asked for go through the head.
-        let mut rows: Vec<usize> = Vec::new();
-        let mut base = 0;
-        for it in items {
-            let n = it.tokens.len();
-            match it.logits {
-                LogitsWanted::None => {}
-                LogitsWanted::Last => rows.push(base + n - 1),
-                LogitsWanted::All => rows.extend(base..base + n),
-            }
-            base += n;
-        }
+        let rows = logit_rows(items);
         let mut sel = vec![0f32; rows.len() * h];
         for (j, &r) in rows.iter().enumerate() {
             ops::rms_norm(

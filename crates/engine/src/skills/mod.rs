@@ -5,6 +5,7 @@
 //! the skill that serves it.
 
 pub mod bert;
+pub mod gpt2;
 pub mod hf;
 pub mod llama;
 
@@ -30,6 +31,8 @@ pub enum Task {
     Generate,
     /// Embeddings.
     Embed,
+    /// Sequence classification, and so reranking with a cross-encoder.
+    Classify,
 }
 
 impl Task {
@@ -37,6 +40,7 @@ impl Task {
         match self {
             Task::Generate => "generate",
             Task::Embed => "embed",
+            Task::Classify => "classify",
         }
     }
 }
@@ -80,6 +84,14 @@ pub struct ModelSource {
 pub enum Family {
     /// Llama-style decoders (`llama::CausalLm`).
     Llama,
+    /// Gemma 3 decoders: the Llama code with Gemma's settings; no device
+    /// backend runs them yet.
+    Gemma,
+    /// GPT-2 decoders (`gpt2::Gpt2Model`); CPU only.
+    Gpt2,
+    /// MPNet encoders (`bert::BertModel` with a relative position bias);
+    /// CPU only.
+    Mpnet,
     /// BERT-style encoders (`bert::Encoder`).
     Bert,
 }
@@ -173,6 +185,7 @@ impl LoadedModel {
     pub fn task(&self) -> Task {
         match self {
             LoadedModel::Generation(_) => Task::Generate,
+            LoadedModel::Embedding(e) if e.model().head.is_some() => Task::Classify,
             LoadedModel::Embedding(_) => Task::Embed,
         }
     }
@@ -181,7 +194,10 @@ impl LoadedModel {
     pub fn weight_bytes(&self) -> usize {
         match self {
             LoadedModel::Generation(g) => g.generator.model().weight_bytes(),
-            LoadedModel::Embedding(e) => e.model().encoder.weight_bytes(),
+            LoadedModel::Embedding(e) => {
+                let head = e.model().head.as_ref().map_or(0, |h| h.weight_bytes());
+                e.model().encoder.weight_bytes() + head
+            }
         }
     }
 }
@@ -289,7 +305,11 @@ impl Skill for LlamaSkill {
                     Some(b) => b.load_causal_lm(source, ctx.device)?,
                     None => {
                         check_decoder_hf(&source.path, &meta.config)?;
-                        Arc::new(llama::LlamaModel::from_safetensors(&source.path, &meta.config)?)
+                        if gpt2::ARCHITECTURES.contains(&meta.arch.as_str()) {
+                            Arc::new(gpt2::Gpt2Model::from_safetensors(&source.path, &meta.config)?)
+                        } else {
+                            Arc::new(llama::LlamaModel::from_safetensors(&source.path, &meta.config)?)
+                        }
                     }
                 };
                 let tokenizer = meta.tokenizer(None)?;
@@ -353,11 +373,16 @@ impl Skill for BertSkill {
             .unwrap_or(model.config().max_positions)
             .min(model.config().max_positions);
         let tokenizer = meta.tokenizer(Some(max_tokens))?;
+        let head = match self.info.task {
+            Task::Classify => Some(bert::ClassifierHead::from_safetensors(&source.path, &meta.config)?),
+            _ => None,
+        };
         let model = Arc::new(EmbeddingModel {
             encoder: model,
             tokenizer: Arc::new(tokenizer),
             pooling: Pooling::from_model_dir(&source.path)?,
             normalize: meta.normalizes(),
+            head,
             max_tokens,
         });
         Ok(LoadedModel::Embedding(EmbedBatcher::spawn_observed(
@@ -441,7 +466,10 @@ fn check_decoder_gguf(f: &GgufFile) -> Result<()> {
 }
 
 fn check_decoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
-    let cfg = llama::config_from_hf(config)?;
+    let cfg = match config.get("model_type").and_then(|v| v.as_str()) {
+        Some(arch) if gpt2::ARCHITECTURES.contains(&arch) => gpt2::config_from_hf(config)?,
+        _ => llama::config_from_hf(config)?,
+    };
     let ck = Checkpoint::open(dir)?;
     check_decoder(dir, &cfg, ck.parameter_count(), ck.names().count())
 }
@@ -456,6 +484,7 @@ fn check_encoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
             ("head count", Some(cfg.heads)),
             ("intermediate size", Some(cfg.intermediate)),
             ("vocabulary size", Some(cfg.vocab)),
+            ("token type table", cfg.token_types.checked_mul(cfg.hidden)),
         ],
         cfg.layers,
         ck.parameter_count(),
@@ -488,6 +517,24 @@ impl Registry {
                         architectures: llama::ARCHITECTURES,
                     },
                 }),
+                Box::new(LlamaSkill {
+                    info: SkillInfo {
+                        name: "gpt2",
+                        task: Task::Generate,
+                        family: Family::Gpt2,
+                        formats: &[Format::Safetensors],
+                        architectures: gpt2::ARCHITECTURES,
+                    },
+                }),
+                Box::new(LlamaSkill {
+                    info: SkillInfo {
+                        name: "gemma3",
+                        task: Task::Generate,
+                        family: Family::Gemma,
+                        formats: &[Format::Gguf, Format::Safetensors],
+                        architectures: llama::GEMMA_ARCHITECTURES,
+                    },
+                }),
                 Box::new(BertSkill {
                     info: SkillInfo {
                         name: "bert",
@@ -495,6 +542,35 @@ impl Registry {
                         family: Family::Bert,
                         formats: &[Format::Safetensors],
                         architectures: bert::ARCHITECTURES,
+                    },
+                }),
+                Box::new(BertSkill {
+                    info: SkillInfo {
+                        name: "mpnet",
+                        task: Task::Embed,
+                        family: Family::Mpnet,
+                        formats: &[Format::Safetensors],
+                        architectures: bert::MPNET_ARCHITECTURES,
+                    },
+                }),
+                // The same encoders with a `*ForSequenceClassification` head:
+                // classifiers and cross-encoder rerankers.
+                Box::new(BertSkill {
+                    info: SkillInfo {
+                        name: "bert_classifier",
+                        task: Task::Classify,
+                        family: Family::Bert,
+                        formats: &[Format::Safetensors],
+                        architectures: bert::ARCHITECTURES,
+                    },
+                }),
+                Box::new(BertSkill {
+                    info: SkillInfo {
+                        name: "mpnet_classifier",
+                        task: Task::Classify,
+                        family: Family::Mpnet,
+                        formats: &[Format::Safetensors],
+                        architectures: bert::MPNET_ARCHITECTURES,
                     },
                 }),
             ],
@@ -544,21 +620,37 @@ impl Registry {
             .map(|s| {
                 let i = s.info();
                 let formats: Vec<&str> = i.formats.iter().map(|f| f.as_str()).collect();
-                format!("{} ({})", i.architectures.join(", "), formats.join(", "))
+                let head = if i.task == Task::Classify {
+                    " sequence classifiers"
+                } else {
+                    ""
+                };
+                format!("{}{head} ({})", i.architectures.join(", "), formats.join(", "))
             })
             .collect::<Vec<_>>()
             .join("; ")
     }
 
     /// The skill for an architecture in a format, or a clear error.
-    pub fn find(&self, arch: &str, format: Format) -> Result<&dyn Skill> {
+    /// `classifier`: the checkpoint ends in a sequence-classification head,
+    /// which only a classifying skill serves.
+    pub fn find(&self, arch: &str, format: Format, classifier: bool) -> Result<&dyn Skill> {
         let arch_l = arch.to_ascii_lowercase();
         self.skills
             .iter()
-            .find(|s| s.info().formats.contains(&format) && s.info().architectures.contains(&arch_l.as_str()))
+            .find(|s| {
+                let i = s.info();
+                i.formats.contains(&format)
+                    && i.architectures.contains(&arch_l.as_str())
+                    && (i.task == Task::Classify) == classifier
+            })
             .map(|s| s.as_ref())
             .ok_or_else(|| EngineError::UnsupportedArchitecture {
-                arch: format!("{arch} ({})", format.as_str()),
+                arch: format!(
+                    "{arch}{} ({})",
+                    if classifier { " sequence classifier" } else { "" },
+                    format.as_str()
+                ),
                 supported: self.supported(),
             })
     }
@@ -566,8 +658,15 @@ impl Registry {
     /// Identify a source's architecture and find its skill.
     pub fn for_source(&self, source: &ModelSource) -> Result<&dyn Skill> {
         let arch = architecture_of(source)?;
-        self.find(&arch, source.format)
+        self.find(&arch, source.format, is_classifier(source))
     }
+}
+
+/// Does a source end in a sequence-classification head (config.json's
+/// `architectures`)? GGUF files served here never do.
+pub fn is_classifier(source: &ModelSource) -> bool {
+    source.format == Format::Safetensors
+        && hf::HfFolder::read_config(&source.path).is_ok_and(|(_, cfg)| bert::is_sequence_classifier(&cfg))
 }
 
 /// The architecture name of a model without loading it.
@@ -598,6 +697,23 @@ mod tests {
             "intermediate_size": 128, "vocab_size": 384
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn gemma3_configs_without_layer_types_slide_five_layers_in_six() {
+        let cfg = llama::config_from_hf(&serde_json::json!({
+            "model_type": "gemma3_text", "hidden_size": 64, "num_attention_heads": 4,
+            "num_hidden_layers": 7, "intermediate_size": 128, "vocab_size": 384, "head_dim": 16,
+            "sliding_window": 512, "sliding_window_pattern": 6,
+            "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0, "query_pre_attn_scalar": 16
+        }))
+        .unwrap();
+        let windows: Vec<_> = (0..7).map(|l| cfg.window(l)).collect();
+        let s = Some(512);
+        assert_eq!(windows, vec![s, s, s, s, s, None, s]);
+        assert_eq!((cfg.rope_theta, cfg.rope_theta_local), (1e6, Some(1e4)));
+        assert_eq!((cfg.query_scale, cfg.ffn_act), (1.0, llama::FfnActivation::GeluTanh));
+        assert_eq!((cfg.norm_offset, cfg.embed_scale), (1.0, 8.0));
     }
 
     #[test]

@@ -163,6 +163,17 @@ impl Tokenizer {
         texts.iter().map(|t| self.encode(t, add_special)).collect()
     }
 
+    /// Encode a (query, document) pair with the special tokens of the
+    /// tokenizer's pair template (BERT: `[CLS] a [SEP] b [SEP]`); returns the
+    /// ids and where the second segment (token type 1) starts. Truncation
+    /// takes from the longer text first.
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<(Vec<u32>, usize)> {
+        let enc = guarded(|| self.inner.encode((a, b), true))?;
+        let ids = enc.get_ids().to_vec();
+        let second = enc.get_type_ids().iter().position(|&t| t != 0).unwrap_or(ids.len());
+        Ok((ids, second))
+    }
+
     /// Encode and also return the untruncated length, for usage reporting
     /// and for errors that say how long an input was.
     pub fn encode_with_overflow(&self, text: &str, add_special: bool) -> Result<(Vec<u32>, usize)> {

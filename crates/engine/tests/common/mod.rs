@@ -35,3 +35,11 @@ pub fn reference(name: &str) -> serde_json::Value {
     let s = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     serde_json::from_str(&s).unwrap()
 }
+
+/// Cosine similarity of our f32 vector and a reference's f64 one.
+pub fn cosine(a: &[f32], b: &[f64]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * y).sum();
+    let na: f64 = a.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| x.powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}

@@ -31,7 +31,11 @@ fn open_path(path: &str) -> bool {
 
 /// The requests that get a usage record.
 fn metered(method: &Method, path: &str) -> bool {
-    method == Method::POST && matches!(path, "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings")
+    method == Method::POST
+        && matches!(
+            path,
+            "/v1/chat/completions" | "/v1/completions" | "/v1/embeddings" | "/v1/classify" | "/v1/rerank" | "/rerank"
+        )
 }
 
 pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -43,7 +47,7 @@ pub async fn layer(State(state): State<AppState>, req: Request, next: Next) -> R
         return next.run(req).await;
     }
     let access = state.access().clone();
-    let scope = if path.starts_with("/v1/") {
+    let scope = if auth::inference_path(path) {
         Scope::Inference
     } else {
         Scope::Admin

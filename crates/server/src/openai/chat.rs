@@ -601,7 +601,7 @@ mod tests {
     fn tool_conversations_render_as_transformers_does() {
         let gguf =
             workspace().join("models-extra/Qwen/Qwen2.5-Coder-0.5B-Instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
-        assert!(gguf.exists(), "{} is missing: run `make models-tools`", gguf.display());
+        assert!(gguf.exists(), "{} is missing: run `make models-extra`", gguf.display());
         let g = GgufFile::open(&gguf).unwrap();
         let template = ChatTemplate::new(g.get_str("tokenizer.chat_template").unwrap(), "", "<|im_end|>").unwrap();
         assert_eq!(ToolFormat::of_template(template.source()), ToolFormat::Hermes);

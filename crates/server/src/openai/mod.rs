@@ -1,6 +1,7 @@
 //! The OpenAI-compatible endpoints.
 
 pub mod chat;
+pub mod classify;
 pub mod completions;
 pub mod embeddings;
 pub mod models;
@@ -67,6 +68,7 @@ pub async fn acquire(
     {
         let (what, endpoint) = match t {
             Task::Embed => ("an embedding model", "/v1/embeddings"),
+            Task::Classify => ("a classification model", "/v1/classify or /v1/rerank"),
             Task::Generate => ("a text generation model", "/v1/chat/completions or /v1/completions"),
         };
         return Err(ApiError::invalid(

@@ -337,6 +337,61 @@ pub struct EmbeddingRequest {
     pub keep_alive: Option<Value>,
 }
 
+/// `POST /v1/rerank` (Jina, Cohere and vLLM's shape).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct RerankRequest {
+    /// A cross-encoder (a `*ForSequenceClassification` model with one label).
+    pub model: String,
+    pub query: String,
+    /// Strings, or objects with a `text`; at most `--max-embedding-inputs`.
+    /// Each (query, document) pair is truncated to the model's length,
+    /// the longer text first.
+    #[schema(value_type = Vec<String>)]
+    pub documents: Value,
+    /// Return the best N (0 or absent: all).
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub top_n: Option<i64>,
+    /// Echo each document's text (default true).
+    #[serde(default)]
+    pub return_documents: Option<bool>,
+    #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
+    pub keep_alive: Option<Value>,
+}
+
+/// TEI's `POST /rerank`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct TeiRerankRequest {
+    /// May be left out when this server has exactly one classifier.
+    #[serde(default)]
+    pub model: Option<String>,
+    pub query: String,
+    pub texts: Vec<String>,
+    /// Logits instead of sigmoid scores.
+    #[serde(default)]
+    pub raw_scores: bool,
+    /// Echo each text.
+    #[serde(default)]
+    pub return_text: bool,
+    #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
+    pub keep_alive: Option<Value>,
+}
+
+/// `POST /v1/classify` (vLLM's shape).
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+pub struct ClassifyRequest {
+    /// A `*ForSequenceClassification` model.
+    pub model: String,
+    /// As `/v1/embeddings`' `input`, with its limits.
+    #[schema(value_type = TextOrTokens)]
+    pub input: Value,
+    #[serde(default)]
+    #[schema(value_type = Option<KeepAliveValue>)]
+    pub keep_alive: Option<Value>,
+}
+
 // ---- responses -------------------------------------------------------------
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, ToSchema)]
@@ -500,6 +555,64 @@ pub struct EmbeddingResponse {
     pub object: &'static str,
     pub data: Vec<EmbeddingData>,
     pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RerankDocument {
+    pub text: String,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RerankResult {
+    /// The document's position in the request.
+    pub index: usize,
+    /// Sigmoid of the cross-encoder's logit.
+    pub relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<RerankDocument>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RerankUsage {
+    pub total_tokens: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RerankResponse {
+    pub id: String,
+    pub model: String,
+    /// Best first.
+    pub results: Vec<RerankResult>,
+    pub usage: RerankUsage,
+}
+
+/// One entry of TEI's rerank answer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TeiRank {
+    pub index: usize,
+    pub score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClassifyData {
+    pub index: usize,
+    /// The most probable label (`id2label`).
+    pub label: String,
+    /// Per label: softmax of the logits (sigmoid for a one-label model).
+    pub probs: Vec<f32>,
+    pub num_classes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ClassifyResponse {
+    pub id: String,
+    pub object: &'static str,
+    pub created: u64,
+    pub model: String,
+    pub data: Vec<ClassifyData>,
     pub usage: EmbeddingUsage,
 }
 
