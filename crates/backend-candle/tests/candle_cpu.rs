@@ -373,6 +373,7 @@ fn minilm_matches(dir: &std::path::Path, r: &Value, encoder: Arc<dyn Encoder>, m
         normalize: true,
         head: None,
         max_tokens: 256,
+        shortening: Default::default(),
     };
     let inputs: Vec<EmbedInput> = r["sentences"]
         .as_array()

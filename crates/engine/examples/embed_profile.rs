@@ -28,6 +28,7 @@ fn main() {
         normalize: true,
         head: None,
         max_tokens: 256,
+        shortening: Default::default(),
     };
     let pool = ComputePool::new(threads).unwrap();
     let inputs: Vec<EmbedInput> = (0..batch)

@@ -31,6 +31,7 @@ fn model_with(weights: impl FnOnce(BertModel) -> BertModel) -> EmbeddingModel {
         normalize: true,
         head: None,
         max_tokens: 256,
+        shortening: Default::default(),
     }
 }
 

@@ -234,6 +234,7 @@ fn skills_lists_the_registry() {
         ("bert_classifier", "classify", "bert"),
         ("mpnet", "embed", "mpnet"),
         ("mpnet_classifier", "classify", "mpnet"),
+        ("nomic_bert", "embed", "nomic_bert"),
         ("gemma3", "generate", "gemma"),
         ("gpt2", "generate", "gpt2"),
     ] {

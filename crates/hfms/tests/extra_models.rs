@@ -1,6 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
-//! gemma-3-270m (GGUF Q4_K_M) and all-mpnet-base-v2 (`make models-extra`),
-//! and the tiny GPT-2 of `tests/fixtures/tiny`.
+//! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 of
+//! `tests/fixtures/tiny`.
 
 mod common;
 
@@ -16,7 +17,8 @@ fn server() -> &'static Server {
         let extra = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models-extra");
         let gguf = extra.join("google/gemma-3-270m/gemma-3-270m-q4_k_m.gguf");
         let mpnet = extra.join("sentence-transformers/all-mpnet-base-v2");
-        for p in [&gguf, &mpnet] {
+        let nomic = extra.join("nomic-ai/nomic-embed-text-v1.5/nomic-embed-text-v1.5.f16.gguf");
+        for p in [&gguf, &mpnet, &nomic] {
             assert!(p.exists(), "{} is missing: run `make models-extra`", p.display());
         }
         let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
@@ -27,6 +29,8 @@ fn server() -> &'static Server {
             &format!("gemma={}", gguf.display()),
             "--model",
             &format!("mpnet={}", mpnet.display()),
+            "--model",
+            &format!("nomic={}", nomic.display()),
         ])
     })
 }
@@ -68,16 +72,23 @@ fn gemma3_completes_and_asks_for_a_template_to_chat() {
     assert!(error_of(&e).0.contains("template"), "{e}");
 }
 
-#[test]
-fn mpnet_embeds_as_sentence_transformers_does() {
+fn reference(name: &str) -> serde_json::Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/reference")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// Every input of a committed reference in one request: the same token
+/// count and vectors within cosine 0.9999; the model's card says `arch`.
+fn embeds_as_reference(model: &str, reference_file: &str, arch: &str) {
     let s = server();
-    let r: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/reference/mpnet_st.json"))
-            .unwrap(),
-    )
-    .unwrap();
-    let sentences = &r["sentences"];
-    let (code, v) = s.post_json("/v1/embeddings", json!({"model": "mpnet", "input": sentences}));
+    let r = reference(reference_file);
+    let (code, v) = s.post_json("/v1/embeddings", json!({"model": model, "input": r["sentences"]}));
     assert_eq!(code, 200, "{v}");
     let tokens: usize = r["token_ids"]
         .as_array()
@@ -87,28 +98,63 @@ fn mpnet_embeds_as_sentence_transformers_does() {
         .sum();
     assert_eq!(v["usage"]["prompt_tokens"], tokens);
     for (i, d) in v["data"].as_array().unwrap().iter().enumerate() {
-        let got: Vec<f64> = d["embedding"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
-        assert_eq!(got.len(), 768);
-        let want: Vec<f64> = r["embeddings"][i]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect();
+        let (got, want) = (floats(&d["embedding"]), floats(&r["embeddings"][i]));
+        assert_eq!(got.len(), want.len());
         let cos: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
-        assert!(cos >= 0.9999, "sentence {i}: cosine {cos}");
+        assert!(cos >= 0.9999, "{model} input {i}: cosine {cos}");
     }
-    let (code, v) = s.get_json("/v1/models/mpnet");
+    let (code, v) = s.get_json(&format!("/v1/models/{model}"));
     assert_eq!(code, 200);
     assert_eq!(
         (v["architecture"].as_str(), v["task"].as_str()),
-        (Some("mpnet"), Some("embed"))
+        (Some(arch), Some("embed"))
     );
+}
+
+#[test]
+fn mpnet_embeds_as_sentence_transformers_does() {
+    embeds_as_reference("mpnet", "mpnet_st.json", "mpnet");
+}
+
+#[test]
+fn nomic_bert_gguf_embeds_as_transformers_does() {
+    embeds_as_reference("nomic", "nomic_hf.json", "nomic-bert");
+    // Matryoshka dimensions by the model card's recipe.
+    let s = server();
+    let r = reference("nomic_hf.json");
+    let (code, v) = s.post_json(
+        "/v1/embeddings",
+        json!({"model": "nomic", "input": r["sentences"][0], "dimensions": r["dimensions"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    let (got, want) = (floats(&v["data"][0]["embedding"]), floats(&r["shortened"][0]));
+    assert_eq!(got.len(), 256);
+    let cos: f64 = got.iter().zip(&want).map(|(a, b)| a * b).sum();
+    assert!(cos >= 0.9999, "cosine {cos}");
+    // Hostile: dimensions out of range, wrong type; an input past 2048
+    // tokens is cut (as sentence-transformers does), not refused.
+    for (dims, what) in [(json!(0), "at least 1"), (json!(769), "768")] {
+        let (code, e) = s.post_json(
+            "/v1/embeddings",
+            json!({"model": "nomic", "input": "x", "dimensions": dims}),
+        );
+        assert_eq!(code, 400, "{e}");
+        assert!(error_of(&e).0.contains(what), "{e}");
+    }
+    for dims in [json!(-1), json!(1.5), json!("256"), json!(1e30)] {
+        let (code, e) = s.post_json(
+            "/v1/embeddings",
+            json!({"model": "nomic", "input": "x", "dimensions": dims}),
+        );
+        assert_eq!(code, 400, "{dims}: {e}");
+    }
+    let long = "word ".repeat(5000);
+    let (code, v) = s.post_json("/v1/embeddings", json!({"model": "nomic", "input": long}));
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 768);
+    let (code, e) = s.post_json("/v1/embeddings", json!({"model": "nomic", "input": [[0, 30522]]}));
+    assert_eq!(code, 400, "{e}");
+    assert!(error_of(&e).0.contains("vocabulary"), "{e}");
 }
 
 #[test]
@@ -146,4 +192,50 @@ fn gpt2_completes_as_transformers_does() {
         (v["architecture"].as_str(), v["context_length"].as_u64()),
         (Some("gpt2"), Some(128))
     );
+}
+
+/// `hfms discover` on the extra models: each new family is servable, with
+/// its skill, task and context length.
+#[test]
+fn discover_lists_the_extra_models_as_servable() {
+    let extra = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models-extra");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hfms"))
+        .args(["discover", "--json", "--no-hf-cache", "--models-dir"])
+        .arg(&extra)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let find = |id: &str| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["id"] == id)
+            .cloned()
+            .unwrap_or_else(|| panic!("{id} missing: {v}"))
+    };
+    for (id, skill, task, format, context) in [
+        ("google/gemma-3-270m", "gemma3", "generate", "gguf", 32768),
+        (
+            "sentence-transformers/all-mpnet-base-v2",
+            "mpnet",
+            "embed",
+            "safetensors",
+            384,
+        ),
+        ("nomic-ai/nomic-embed-text-v1.5", "nomic_bert", "embed", "gguf", 2048),
+    ] {
+        let m = find(id);
+        assert!(m["error"].is_null(), "{m}");
+        assert_eq!(
+            (
+                m["skill"].as_str(),
+                m["task"].as_str(),
+                m["format"].as_str(),
+                m["context_length"].as_u64()
+            ),
+            (Some(skill), Some(task), Some(format), Some(context)),
+            "{m}"
+        );
+    }
 }

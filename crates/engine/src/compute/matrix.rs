@@ -581,6 +581,22 @@ impl Projections {
         }
     }
 
+    /// Projections a checkpoint stores as one matrix (a fused QKV): its rows
+    /// are the outputs of each projection in turn, `widths` rows each.
+    pub fn from_fused(m: Matrix, widths: Vec<usize>) -> Result<Self> {
+        if widths.iter().sum::<usize>() != m.rows() {
+            return Err(EngineError::format(format!(
+                "a fused projection of {} rows split as {widths:?}",
+                m.rows()
+            )));
+        }
+        Ok(Projections {
+            widths,
+            fused: Some(m),
+            parts: Vec::new(),
+        })
+    }
+
     /// The same projections with f32 weights narrowed to half panels.
     pub fn into_f16(self) -> Result<Self> {
         self.map(Matrix::into_f16)

@@ -113,6 +113,17 @@ pub enum EmbedInput {
     Pair(Arc<str>, String),
 }
 
+/// How a request's `dimensions` shortens a vector (Matryoshka models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shortening {
+    /// Keep the first features.
+    #[default]
+    Truncate,
+    /// Layer-normalise (no weights) the whole vector, then keep the first
+    /// features: nomic-embed-text-v1.5's model card recipe.
+    LayerNormThenTruncate,
+}
+
 /// A loaded encoder model: encoder + tokenizer + pooling, or + a
 /// classification head.
 pub struct EmbeddingModel {
@@ -126,6 +137,7 @@ pub struct EmbeddingModel {
     /// Inputs are truncated to this many tokens (sentence-transformers'
     /// `max_seq_length`, else the model's positions).
     pub max_tokens: usize,
+    pub shortening: Shortening,
 }
 
 impl EmbeddingModel {
@@ -246,6 +258,13 @@ impl EmbeddingModel {
     /// Keep the first `d` features (and renormalise, when the model does).
     pub fn apply_dimensions(&self, e: &mut Vec<f32>, dimensions: Option<usize>) {
         if let Some(d) = dimensions {
+            if self.shortening == Shortening::LayerNormThenTruncate {
+                let ones = vec![1f32; e.len()];
+                let zeros = vec![0f32; e.len()];
+                // torch's default eps; it scales every feature alike, which
+                // the normalisation below undoes.
+                crate::compute::ops::layer_norm_in_place(e, &ones, &zeros, 1e-5);
+            }
             e.truncate(d);
             if self.normalize {
                 l2_normalize(e);

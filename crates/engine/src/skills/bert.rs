@@ -1,5 +1,6 @@
-//! BERT-family encoders (bert, roberta, xlm-roberta, mpnet) from a
-//! safetensors folder. `encode` takes many inputs at once as one flattened
+//! BERT-family encoders: bert, roberta, xlm-roberta and mpnet from a
+//! safetensors folder, nomic-bert (rotary positions, SwiGLU, no biases) from
+//! a GGUF file. `encode` takes many inputs at once as one flattened
 //! `[tokens, hidden]` matrix: every linear layer runs once over all tokens of
 //! the batch, attention runs per input, and nothing is padded.
 
@@ -7,10 +8,11 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::compute::ops;
+use crate::compute::ops::{self, Rope, RopeStyle};
 use crate::compute::{ComputePool, Matrix, Projections, SharedMut};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
+use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Checkpoint;
 use crate::quant::kernels;
 
@@ -19,6 +21,11 @@ pub const ARCHITECTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camember
 /// MPNet runs on the same code with a relative position bias; a skill of
 /// its own, since the device backends do not run it.
 pub const MPNET_ARCHITECTURES: &[&str] = &["mpnet"];
+
+/// Nomic's BERT (nomic-embed-text) as llama.cpp converts it to GGUF: BERT's
+/// post-norm layers with rotary positions, a fused QKV projection, SwiGLU
+/// and no biases in the layers.
+pub const NOMIC_ARCHITECTURES: &[&str] = &["nomic-bert"];
 
 /// How a CPU encoder holds its f32 layer weights (`--encoder-weights`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -105,6 +112,7 @@ pub trait Encoder: Send + Sync {
     fn weight_bytes(&self) -> usize;
 }
 
+/// One encoder layer. Bias vectors are empty in models without biases.
 struct Layer {
     /// Query, key and value projections (one fused product where they stack).
     qkv: Projections,
@@ -115,8 +123,12 @@ struct Layer {
     bo: Vec<f32>,
     ln1_w: Vec<f32>,
     ln1_b: Vec<f32>,
+    /// The feed-forward's first projection (the "up" half of a GLU).
     inter: Matrix,
     b_inter: Vec<f32>,
+    /// A gated unit's gate: the feed-forward is `act(gate x) * (inter x)`
+    /// (SwiGLU when the activation is SiLU).
+    gate: Option<Matrix>,
     out: Matrix,
     b_out: Vec<f32>,
     ln2_w: Vec<f32>,
@@ -126,7 +138,7 @@ struct Layer {
 pub struct BertModel {
     cfg: EncoderConfig,
     word: Matrix,
-    position: Matrix,
+    position: Positions,
     /// `[token_types, hidden]`: zeros where the checkpoint has no table.
     token_type: Vec<f32>,
     ln_w: Vec<f32>,
@@ -184,11 +196,50 @@ impl RelativeBias {
     }
 }
 
+/// How tokens know where they are.
+enum Positions {
+    /// A learned table added to the embeddings (BERT).
+    Learned(Matrix),
+    /// Rotary embeddings on queries and keys (nomic-bert).
+    Rotary(Rope),
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Activation {
     Gelu,
     GeluTanh,
     Relu,
+    Silu,
+}
+
+impl Activation {
+    fn apply(self, x: &mut [f32]) {
+        match self {
+            Activation::Gelu => ops::gelu_in_place(x),
+            Activation::GeluTanh => ops::gelu_tanh_in_place(x),
+            Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Activation::Silu => x.iter_mut().for_each(|v| *v /= 1.0 + (-*v).exp()),
+        }
+    }
+
+    /// A gated linear unit: `gate = act(gate) * up`.
+    fn glu(self, gate: &mut [f32], up: &[f32]) {
+        match self {
+            Activation::Silu => ops::silu_mul(gate, up),
+            Activation::GeluTanh => ops::gelu_tanh_mul(gate, up),
+            other => {
+                other.apply(gate);
+                gate.iter_mut().zip(up).for_each(|(g, u)| *g *= u);
+            }
+        }
+    }
+}
+
+/// `ops::add_bias` for layers that may have no bias.
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    if !bias.is_empty() {
+        ops::add_bias(x, bias);
+    }
 }
 
 fn jusize(v: &Value, key: &str) -> Option<usize> {
@@ -218,6 +269,53 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         layer_norm_eps: cfg.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
         position_offset,
         token_types: jusize(cfg, "type_vocab_size").unwrap_or(2).max(1),
+        arch,
+    })
+}
+
+/// A GGUF encoder's sizes (`{arch}.*` metadata, as llama.cpp writes them).
+pub fn config_from_gguf(f: &GgufFile) -> Result<EncoderConfig> {
+    let arch = f
+        .architecture()
+        .ok_or_else(|| EngineError::format("GGUF has no general.architecture"))?
+        .to_string();
+    if !NOMIC_ARCHITECTURES.contains(&arch.as_str()) {
+        return Err(EngineError::format(format!(
+            "GGUF architecture {arch} is not an encoder served here"
+        )));
+    }
+    let need = |key: &str| {
+        f.get_u64(&format!("{arch}.{key}"))
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| EngineError::format(format!("GGUF has no {arch}.{key}")))
+    };
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    if heads == 0 || !hidden.is_multiple_of(heads) || !(hidden / heads).is_multiple_of(2) {
+        return Err(EngineError::format(format!(
+            "embedding length {hidden} does not split into {heads} heads of an even size"
+        )));
+    }
+    let vocab = f
+        .tensor("token_embd.weight")
+        .and_then(|t| t.dims.get(1).copied())
+        .ok_or_else(|| EngineError::format("GGUF has no 2-D token_embd.weight"))? as usize;
+    Ok(EncoderConfig {
+        hidden,
+        layers: need("block_count")?,
+        heads,
+        intermediate: need("feed_forward_length")?,
+        vocab,
+        max_positions: need("context_length")?,
+        layer_norm_eps: f
+            .get_f64(&format!("{arch}.attention.layer_norm_epsilon"))
+            .unwrap_or(1e-12) as f32,
+        position_offset: 0,
+        token_types: f
+            .tensor("token_types.weight")
+            .and_then(|t| t.dims.get(1).copied())
+            .unwrap_or(1)
+            .max(1) as usize,
         arch,
     })
 }
@@ -286,6 +384,7 @@ impl BertModel {
                 ln1_b: ck.vector_len(&l(ln1, "bias"), h)?,
                 inter: ck.matrix_shaped(&l("intermediate.dense", "weight"), ffn, h)?,
                 b_inter: ck.vector_len(&l("intermediate.dense", "bias"), ffn)?,
+                gate: None,
                 out: ck.matrix_shaped(&l("output.dense", "weight"), h, ffn)?,
                 b_out: ck.vector_len(&l("output.dense", "bias"), h)?,
                 ln2_w: ck.vector_len(&l("output.LayerNorm", "weight"), h)?,
@@ -354,7 +453,7 @@ impl BertModel {
         let model = BertModel {
             relative,
             word,
-            position,
+            position: Positions::Learned(position),
             token_type,
             ln_w: ck.vector_len(&n("embeddings.LayerNorm.weight"), h)?,
             ln_b: ck.vector_len(&n("embeddings.LayerNorm.bias"), h)?,
@@ -363,6 +462,67 @@ impl BertModel {
             cfg,
         };
         Ok(model)
+    }
+
+    /// A nomic-bert encoder from a GGUF file (llama.cpp's tensor names).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let cfg = config_from_gguf(f)?;
+        let (h, ffn) = (cfg.hidden, cfg.intermediate);
+        let arch = cfg.arch.clone();
+        let rope_theta = f.get_f64(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0) as f32;
+        let mut layers = Vec::new();
+        for i in 0..cfg.layers {
+            let l = |s: &str| format!("blk.{i}.{s}");
+            let qkv = f.matrix_shaped(&l("attn_qkv.weight"), 3 * h, h)?;
+            layers.push(Layer {
+                qkv: Projections::from_fused(qkv, vec![h, h, h])?,
+                bq: Vec::new(),
+                bk: Vec::new(),
+                bv: Vec::new(),
+                o: f.matrix_shaped(&l("attn_output.weight"), h, h)?,
+                bo: Vec::new(),
+                ln1_w: f.vector_len(&l("attn_output_norm.weight"), h)?,
+                ln1_b: f.vector_len(&l("attn_output_norm.bias"), h)?,
+                inter: f.matrix_shaped(&l("ffn_up.weight"), ffn, h)?,
+                b_inter: Vec::new(),
+                gate: Some(f.matrix_shaped(&l("ffn_gate.weight"), ffn, h)?),
+                out: f.matrix_shaped(&l("ffn_down.weight"), h, ffn)?,
+                b_out: Vec::new(),
+                ln2_w: f.vector_len(&l("layer_output_norm.weight"), h)?,
+                ln2_b: f.vector_len(&l("layer_output_norm.bias"), h)?,
+            });
+        }
+        let word = f.matrix("token_embd.weight")?;
+        if word.cols() != h || word.rows() < cfg.vocab {
+            return Err(EngineError::format(format!(
+                "token_embd.weight is {}x{}; the metadata says at least {}x{h}",
+                word.rows(),
+                word.cols(),
+                cfg.vocab
+            )));
+        }
+        let types = f.matrix("token_types.weight")?;
+        if types.cols() != h || types.rows() != cfg.token_types {
+            return Err(EngineError::format(format!(
+                "token_types.weight is {}x{}; expected {}x{h}",
+                types.rows(),
+                types.cols(),
+                cfg.token_types
+            )));
+        }
+        let token_type = types.to_f32();
+        let head_dim = h / cfg.heads;
+        Ok(BertModel {
+            word,
+            position: Positions::Rotary(Rope::new(RopeStyle::Halves, head_dim, rope_theta, None, 1.0)),
+            token_type,
+            ln_w: f.vector_len("token_embd_norm.weight", h)?,
+            ln_b: f.vector_len("token_embd_norm.bias", h)?,
+            layers,
+            act: Activation::Silu,
+            relative: None,
+            cfg,
+        })
     }
 
     /// The same model with its f32 layer weights held as half precision:
@@ -389,7 +549,7 @@ impl BertModel {
                 EncoderWeights::F16 => qkv.into_f16()?,
                 EncoderWeights::Bf16 => qkv.into_bf16()?,
             };
-            for m in [&mut l.o, &mut l.inter, &mut l.out] {
+            for m in [&mut l.o, &mut l.inter, &mut l.out].into_iter().chain(l.gate.as_mut()) {
                 let owned = std::mem::replace(m, Matrix::from_f32(0, 0, Vec::new())?);
                 *m = narrow(owned)?;
             }
@@ -404,10 +564,17 @@ impl Encoder for BertModel {
     }
 
     fn weight_bytes(&self) -> usize {
-        let mut n = self.word.byte_len() + self.position.byte_len();
+        let mut n = self.word.byte_len();
+        if let Positions::Learned(m) = &self.position {
+            n += m.byte_len();
+        }
         for l in &self.layers {
             n += l.qkv.byte_len();
-            n += [&l.o, &l.inter, &l.out].iter().map(|m| m.byte_len()).sum::<usize>();
+            n += [&l.o, &l.inter, &l.out]
+                .into_iter()
+                .chain(&l.gate)
+                .map(|m| m.byte_len())
+                .sum::<usize>();
         }
         n
     }
@@ -442,13 +609,13 @@ impl Encoder for BertModel {
                 }
                 let xr = &mut x[row * h..(row + 1) * h];
                 self.word.row_f32(id as usize, xr);
-                self.position.row_f32(p + c.position_offset, &mut pos_row);
+                if let Positions::Learned(table) = &self.position {
+                    table.row_f32(p + c.position_offset, &mut pos_row);
+                    ops::add_in_place(xr, &pos_row);
+                }
                 // Models with one token type give the second segment type 0.
                 let ty = inp.token_type(p).min(c.token_types - 1);
-                let tt = &self.token_type[ty * h..(ty + 1) * h];
-                for ((a, b), tt) in xr.iter_mut().zip(&pos_row).zip(tt) {
-                    *a += b + tt;
-                }
+                ops::add_in_place(xr, &self.token_type[ty * h..(ty + 1) * h]);
                 row += 1;
             }
         }
@@ -464,35 +631,63 @@ impl Encoder for BertModel {
             .collect();
         let longest = inputs.iter().map(|i| i.len()).max().unwrap_or(0);
         let relative = self.relative.as_ref().map(|r| r.by_distance(longest));
+        // Rotary cos/sin of every position up to the longest input, computed
+        // once for all layers (`head_dim` values per position: cos then sin).
+        let mut angles = Vec::new();
+        if let Positions::Rotary(rope) = &self.position {
+            angles = vec![0f32; longest * h];
+            for (p, cs) in angles.chunks_exact_mut(h).enumerate() {
+                rope.angles(p, &mut cs[..h / c.heads]);
+            }
+        }
         let mut q = vec![0f32; t * h];
         let mut k = vec![0f32; t * h];
         let mut v = vec![0f32; t * h];
         let mut ctx = vec![0f32; t * h];
         let mut tmp = vec![0f32; t * h];
         let mut inter = vec![0f32; t.min(FFN_CHUNK_TOKENS) * c.intermediate];
+        let gated = self.layers.iter().any(|l| l.gate.is_some());
+        let mut gate = vec![0f32; if gated { inter.len() } else { 0 }];
         for l in &self.layers {
             l.qkv.apply(&x, t, &mut [&mut q, &mut k, &mut v], pool);
-            ops::add_bias(&mut q, &l.bq);
-            ops::add_bias(&mut k, &l.bk);
-            ops::add_bias(&mut v, &l.bv);
+            add_bias(&mut q, &l.bq);
+            add_bias(&mut k, &l.bk);
+            add_bias(&mut v, &l.bv);
+            if let Positions::Rotary(rope) = &self.position {
+                for &(start, len) in &spans {
+                    for p in 0..len {
+                        let rows = (start + p) * h..(start + p + 1) * h;
+                        rope.apply(&mut q[rows.clone()], h / c.heads, &angles[p * h..(p + 1) * h]);
+                        rope.apply(&mut k[rows], h / c.heads, &angles[p * h..(p + 1) * h]);
+                    }
+                }
+            }
             self_attention(&spans, &q, &k, &v, c.heads, h, relative.as_deref(), &mut ctx, pool);
             l.o.matmul(&ctx, t, &mut tmp, pool);
-            ops::add_bias(&mut tmp, &l.bo);
+            add_bias(&mut tmp, &l.bo);
             ops::add_in_place(&mut x, &tmp);
             ops::layer_norm_in_place(&mut x, &l.ln1_w, &l.ln1_b, c.layer_norm_eps);
             for start in (0..t).step_by(FFN_CHUNK_TOKENS) {
                 let n = (t - start).min(FFN_CHUNK_TOKENS);
+                let xs = &x[start * h..(start + n) * h];
                 let inter = &mut inter[..n * c.intermediate];
-                l.inter.matmul(&x[start * h..(start + n) * h], n, inter, pool);
-                ops::add_bias(inter, &l.b_inter);
-                match self.act {
-                    Activation::Gelu => ops::gelu_in_place(inter),
-                    Activation::GeluTanh => ops::gelu_tanh_in_place(inter),
-                    Activation::Relu => inter.iter_mut().for_each(|v| *v = v.max(0.0)),
-                }
-                l.out.matmul(inter, n, &mut tmp[start * h..(start + n) * h], pool);
+                l.inter.matmul(xs, n, inter, pool);
+                add_bias(inter, &l.b_inter);
+                let activated: &[f32] = match &l.gate {
+                    Some(g) => {
+                        let gate = &mut gate[..n * c.intermediate];
+                        g.matmul(xs, n, gate, pool);
+                        self.act.glu(gate, inter);
+                        gate
+                    }
+                    None => {
+                        self.act.apply(inter);
+                        inter
+                    }
+                };
+                l.out.matmul(activated, n, &mut tmp[start * h..(start + n) * h], pool);
             }
-            ops::add_bias(&mut tmp, &l.b_out);
+            add_bias(&mut tmp, &l.b_out);
             ops::add_in_place(&mut x, &tmp);
             ops::layer_norm_in_place(&mut x, &l.ln2_w, &l.ln2_b, c.layer_norm_eps);
         }

@@ -16,7 +16,7 @@ use hfms_hardware::{DeviceId, Platform};
 
 use crate::compute::ComputePool;
 use crate::embed::batcher::{BatcherConfig, EmbedBatcher};
-use crate::embed::{EmbeddingModel, Pooling};
+use crate::embed::{EmbeddingModel, Pooling, Shortening};
 use crate::error::{EngineError, Result};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Checkpoint;
@@ -94,6 +94,9 @@ pub enum Family {
     Mpnet,
     /// BERT-style encoders (`bert::Encoder`).
     Bert,
+    /// nomic-bert encoders (`bert::BertModel` with rotary positions and
+    /// SwiGLU) from GGUF; CPU only.
+    NomicBert,
 }
 
 /// What a skill declares about itself.
@@ -350,6 +353,16 @@ impl Skill for BertSkill {
     }
 
     fn check(&self, source: &ModelSource) -> Result<()> {
+        if source.format == Format::Gguf {
+            let f = GgufFile::open(&source.path)?;
+            check_encoder_gguf(&f)?;
+            if f.get("tokenizer.ggml.tokens").is_none() {
+                return Err(EngineError::Tokenizer(
+                    "GGUF carries no tokenizer (tokenizer.ggml.tokens)".into(),
+                ));
+            }
+            return Ok(());
+        }
         let meta = hf::HfFolder::read(&source.path)?;
         check_encoder_hf(&source.path, &meta.config)?;
         if !source.path.join("tokenizer.json").exists() {
@@ -359,6 +372,57 @@ impl Skill for BertSkill {
     }
 
     fn load(&self, source: &ModelSource, ctx: &LoadContext) -> Result<LoadedModel> {
+        let model = match source.format {
+            Format::Gguf => self.load_gguf(source, ctx)?,
+            Format::Safetensors => self.load_safetensors(source, ctx)?,
+        };
+        Ok(LoadedModel::Embedding(EmbedBatcher::spawn_observed(
+            Arc::new(model),
+            ctx.pool.clone(),
+            ctx.batcher.clone(),
+            &ctx.name,
+            ctx.observers.embedding(&ctx.model_id),
+        )?))
+    }
+}
+
+impl BertSkill {
+    /// A GGUF embedder (CPU): llama.cpp's metadata says the pooling
+    /// (`{arch}.pooling_type`); vectors are normalised, as llama-server's
+    /// embeddings are.
+    fn load_gguf(&self, source: &ModelSource, ctx: &LoadContext) -> Result<EmbeddingModel> {
+        if ctx.device_backend()?.is_some() {
+            return Err(EngineError::internal("GGUF encoders run on the CPU only"));
+        }
+        let f = GgufFile::open(&source.path)?;
+        check_encoder_gguf(&f)?;
+        let encoder: Arc<dyn bert::Encoder> =
+            Arc::new(bert::BertModel::from_gguf(&f)?.with_layer_weights(ctx.encoder_weights)?);
+        let max_tokens = encoder.config().max_positions;
+        let arch = encoder.config().arch.clone();
+        let pooling = match f.get_u64(&format!("{arch}.pooling_type")) {
+            None | Some(1) => Pooling::Mean,
+            Some(2) => Pooling::Cls,
+            Some(3) => Pooling::LastToken,
+            Some(other) => {
+                return Err(EngineError::format(format!(
+                    "{arch}.pooling_type {other} is not supported (1 mean, 2 cls, 3 last)"
+                )));
+            }
+        };
+        let tokenizer = Tokenizer::from_gguf(&f)?.with_max_length(max_tokens)?;
+        Ok(EmbeddingModel {
+            encoder,
+            tokenizer: Arc::new(tokenizer),
+            pooling,
+            normalize: true,
+            head: None,
+            max_tokens,
+            shortening: Shortening::LayerNormThenTruncate,
+        })
+    }
+
+    fn load_safetensors(&self, source: &ModelSource, ctx: &LoadContext) -> Result<EmbeddingModel> {
         let meta = hf::HfFolder::read(&source.path)?;
         let model: Arc<dyn bert::Encoder> = match ctx.device_backend()? {
             Some(b) => b.load_encoder(source, ctx.device)?,
@@ -377,21 +441,15 @@ impl Skill for BertSkill {
             Task::Classify => Some(bert::ClassifierHead::from_safetensors(&source.path, &meta.config)?),
             _ => None,
         };
-        let model = Arc::new(EmbeddingModel {
+        Ok(EmbeddingModel {
             encoder: model,
             tokenizer: Arc::new(tokenizer),
             pooling: Pooling::from_model_dir(&source.path)?,
             normalize: meta.normalizes(),
             head,
             max_tokens,
-        });
-        Ok(LoadedModel::Embedding(EmbedBatcher::spawn_observed(
-            model,
-            ctx.pool.clone(),
-            ctx.batcher.clone(),
-            &ctx.name,
-            ctx.observers.embedding(&ctx.model_id),
-        )?))
+            shortening: Shortening::Truncate,
+        })
     }
 }
 
@@ -492,6 +550,23 @@ fn check_encoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
     )
 }
 
+fn check_encoder_gguf(f: &GgufFile) -> Result<()> {
+    let cfg = bert::config_from_gguf(f)?;
+    check_sizes(
+        &f.path,
+        &[
+            ("hidden size", Some(cfg.hidden)),
+            ("head count", Some(cfg.heads)),
+            ("feed-forward size", Some(cfg.intermediate)),
+            ("vocabulary size", Some(cfg.vocab)),
+            ("token type table", cfg.token_types.checked_mul(cfg.hidden)),
+        ],
+        cfg.layers,
+        f.parameter_count(),
+        f.tensors.len(),
+    )
+}
+
 /// All skills of this build, and the device backends beside the CPU.
 pub struct Registry {
     skills: Vec<Box<dyn Skill>>,
@@ -551,6 +626,15 @@ impl Registry {
                         family: Family::Mpnet,
                         formats: &[Format::Safetensors],
                         architectures: bert::MPNET_ARCHITECTURES,
+                    },
+                }),
+                Box::new(BertSkill {
+                    info: SkillInfo {
+                        name: "nomic_bert",
+                        task: Task::Embed,
+                        family: Family::NomicBert,
+                        formats: &[Format::Gguf],
+                        architectures: bert::NOMIC_ARCHITECTURES,
                     },
                 }),
                 // The same encoders with a `*ForSequenceClassification` head:

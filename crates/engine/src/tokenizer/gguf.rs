@@ -9,6 +9,10 @@
 //!   the vocabulary and scores (a pair merges into a token that exists, ranked
 //!   by that token's score), the way HF's converter does for Llama.
 //!
+//! - `bert`: WordPiece with BERT's lower-casing normaliser and `[CLS] … [SEP]`
+//!   template. llama.cpp's converter marks word starts with `▁` and drops
+//!   the `##` of continuations; both are turned back into WordPiece's form.
+//!
 //! Tokens of type CONTROL (3) and USER_DEFINED (4) become added tokens, so
 //! text like `<|im_start|>` in a rendered chat template maps to its id.
 
@@ -19,11 +23,16 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::fuse::Fuse;
 use tokenizers::decoders::sequence::Sequence as DecoderSequence;
 use tokenizers::decoders::strip::Strip;
+use tokenizers::decoders::wordpiece::WordPiece as WordPieceDecoder;
 use tokenizers::models::bpe::BPE;
+use tokenizers::models::wordpiece::WordPiece;
+use tokenizers::normalizers::BertNormalizer;
 use tokenizers::normalizers::{Prepend, Replace};
+use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::bert::BertProcessing;
 use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
     Tokenizer as HfTokenizer,
@@ -168,9 +177,10 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
             t.with_decoder(Some(DecoderSequence::new(decs)));
             (t, VocabKind::SentencePiece)
         }
+        "bert" => (wordpiece(file, &tokens)?, VocabKind::WordPiece),
         other => {
             return Err(EngineError::Tokenizer(format!(
-                "GGUF tokenizer model '{other}' is not supported (supported: gpt2, llama)"
+                "GGUF tokenizer model '{other}' is not supported (supported: gpt2, llama, bert)"
             )));
         }
     };
@@ -219,6 +229,55 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
         special,
         vocab_size,
     })
+}
+
+/// WordPiece from a converted BERT vocabulary: `▁word` starts a word,
+/// `piece` continues one (`##piece` in the original), `[X]` is special.
+fn wordpiece(file: &GgufFile, tokens: &[String]) -> Result<HfTokenizer> {
+    let vocab: HashMap<String, u32> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let original = if t.starts_with('[') && t.ends_with(']') {
+                t.clone()
+            } else if let Some(word) = t.strip_prefix('\u{2581}') {
+                word.to_string()
+            } else {
+                format!("##{t}")
+            };
+            (original, i as u32)
+        })
+        .collect();
+    let name = |key: &str, default: &str| {
+        special_id(file, key, tokens.len())
+            .map(|i| tokens[i as usize].clone())
+            .unwrap_or_else(|| default.to_string())
+    };
+    let unk = name("tokenizer.ggml.unknown_token_id", "[UNK]");
+    let cls = name("tokenizer.ggml.cls_token_id", "[CLS]");
+    let sep = name("tokenizer.ggml.seperator_token_id", "[SEP]");
+    let id = |t: &str| {
+        vocab
+            .get(t)
+            .copied()
+            .ok_or_else(|| EngineError::Tokenizer(format!("the BERT vocabulary has no {t} token")))
+    };
+    let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
+    let model = WordPiece::builder()
+        .vocab(vocab.into_iter().collect::<ahash::AHashMap<_, _>>())
+        .unk_token(unk)
+        .continuing_subword_prefix("##".into())
+        .build()
+        .map_err(err)?;
+    let mut t = HfTokenizer::new(model);
+    // llama.cpp lower-cases and strips accents for every BERT vocabulary
+    // (uncased, as the GGUF BERT embedders are).
+    t.with_normalizer(Some(BertNormalizer::new(true, true, None, true)))
+        .map_err(err)?;
+    t.with_pre_tokenizer(Some(BertPreTokenizer));
+    t.with_post_processor(Some(BertProcessing::new((sep, sep_id), (cls, cls_id))));
+    t.with_decoder(Some(WordPieceDecoder::default()));
+    Ok(t)
 }
 
 /// A special token id from the metadata. One outside the vocabulary is
@@ -300,6 +359,71 @@ mod tests {
         assert_eq!(t.bos(), None);
         assert_eq!(t.eos(), &[2]);
         assert_eq!(t.encode("ab", true).unwrap(), vec![2]);
+    }
+
+    /// The payload of an array of i32.
+    fn i32s(items: &[i32]) -> (u32, Vec<u8>) {
+        let mut b = Vec::new();
+        b.extend_from_slice(&5u32.to_le_bytes());
+        b.extend_from_slice(&(items.len() as u64).to_le_bytes());
+        for v in items {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        (9, b)
+    }
+
+    #[test]
+    fn bert_vocabularies_become_wordpiece_again() {
+        let tokens = [
+            "[PAD]",
+            "[UNK]",
+            "[CLS]",
+            "[SEP]",
+            "\u{2581}hello",
+            "\u{2581}play",
+            "ing",
+            "\u{2581}world",
+            "\u{2581}!",
+            "\u{2581}cafe",
+        ];
+        let bytes = gguf(
+            &[
+                ("tokenizer.ggml.model", string("bert")),
+                ("tokenizer.ggml.tokens", strings(&tokens)),
+                ("tokenizer.ggml.token_type", i32s(&[3, 3, 3, 3, 1, 1, 1, 1, 1, 1])),
+                ("tokenizer.ggml.unknown_token_id", u64v(1)),
+                ("tokenizer.ggml.cls_token_id", u64v(2)),
+                ("tokenizer.ggml.seperator_token_id", u64v(3)),
+            ],
+            &[],
+            &[],
+        );
+        let f = GgufFile::open(&write("wordpiece.gguf", &bytes)).unwrap();
+        let t = build(&f).unwrap();
+        assert_eq!(t.kind(), VocabKind::WordPiece);
+        // Lower-cased, accents stripped, `##ing` continues `play`.
+        let ids = t.encode("Hello PLAYING Café world!", true).unwrap();
+        assert_eq!(ids, vec![2, 4, 5, 6, 9, 7, 8, 3]);
+        assert_eq!(t.decode(&ids, true).unwrap(), "hello playing cafe world!");
+        assert_eq!(t.encode("xyz", false).unwrap(), vec![1]);
+        let (pair, second) = t.encode_pair("hello", "world").unwrap();
+        assert_eq!((pair, second), (vec![2, 4, 3, 7, 3], 3));
+        assert_eq!(t.encode("", true).unwrap(), vec![2, 3]);
+        // No [CLS] or [SEP] in the vocabulary: a clear error, not a panic.
+        let bytes = gguf(
+            &[
+                ("tokenizer.ggml.model", string("bert")),
+                ("tokenizer.ggml.tokens", strings(&["[UNK]", "\u{2581}a"])),
+            ],
+            &[],
+            &[],
+        );
+        let f = GgufFile::open(&write("wordpiece-bad.gguf", &bytes)).unwrap();
+        let Err(e) = build(&f) else {
+            panic!("built without a [CLS]")
+        };
+        let e = e.to_string();
+        assert!(e.contains("[CLS]"), "{e}");
     }
 
     #[test]

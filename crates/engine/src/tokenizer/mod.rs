@@ -99,6 +99,17 @@ impl Tokenizer {
         })
     }
 
+    /// Truncate inputs at `max_length` tokens, special tokens included
+    /// (an encoder's positions; `from_file` takes it as an argument).
+    pub fn with_max_length(mut self, max_length: usize) -> Result<Self> {
+        let trunc = tokenizers::TruncationParams {
+            max_length,
+            ..Default::default()
+        };
+        self.inner.with_truncation(Some(trunc)).map_err(tok_err)?;
+        Ok(self)
+    }
+
     /// Set the special ids from a model's configuration.
     pub fn with_specials(mut self, bos: Option<u32>, eos: Vec<u32>, add_bos: bool) -> Self {
         self.bos = bos;
