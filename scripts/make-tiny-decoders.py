@@ -13,6 +13,13 @@ What it writes:
                         tests/fixtures/tiny/tokenizer
   gpt2-f32/             GPT2LMHeadModel: learned positions, LayerNorm, fused Conv1D c_attn, GELU MLP,
                         biases everywhere, tied head; the same tokenizer
+  phi3-f32/             Phi3ForCausalLM: fused qkv_proj and gate_up_proj, half the head rotated
+                        (partial_rotary_factor 0.5), LongRoPE short factors and attention factor,
+                        a window of 8 in every layer
+  mixtral-f32/          MixtralForCausalLM (saved as the hub's w1/w2/w3 experts): 4 experts, top 2,
+                        weights renormalised over the chosen
+  qwen3moe-f32/         Qwen3MoeForCausalLM: 4 experts of their own width, top 2 without
+                        renormalising, QK-norm, and layer 1 a dense MLP (mlp_only_layers)
   decoder_goldens.json  per model: the last-position logits of the prompt of goldens.json and 8
                         greedy tokens
 """
@@ -24,7 +31,18 @@ import sys
 
 import torch
 from safetensors.torch import save_file
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GPT2Config, GPT2LMHeadModel
+from transformers import (
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    MixtralConfig,
+    MixtralForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
+)
 
 out = sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures/tiny"
 prompt_ids = json.load(open(f"{out}/goldens.json"))["prompt_ids"]
@@ -32,12 +50,20 @@ vocab = json.load(open(f"{out}/tokenizer/tokenizer.json"))["model"]["vocab"]
 goldens = {}
 
 
-def save(name, cfg, m):
+def save(name, cfg, m, hub_layout=False):
+    """hub_layout: save_pretrained's names (MoE experts one tensor each, as
+    checkpoints on the hub are), else the state dict as it is."""
     d = f"{out}/{name}"
     os.makedirs(d, exist_ok=True)
-    cfg.save_pretrained(d)
-    sd = {k: v.contiguous() for k, v in m.state_dict().items() if k != "lm_head.weight" and not k.endswith(".attn.bias")}
-    save_file(sd, f"{d}/model.safetensors", metadata={"format": "pt"})
+    if hub_layout:
+        m.save_pretrained(d)
+        for f in os.listdir(d):
+            if f not in ("config.json", "model.safetensors"):
+                os.remove(f"{d}/{f}")
+    else:
+        cfg.save_pretrained(d)
+        sd = {k: v.contiguous() for k, v in m.state_dict().items() if k != "lm_head.weight" and not k.endswith(".attn.bias")}
+        save_file(sd, f"{d}/model.safetensors", metadata={"format": "pt"})
     shutil.copy(f"{out}/tokenizer/tokenizer.json", f"{d}/tokenizer.json")
     with torch.no_grad():
         x = torch.tensor([prompt_ids])
@@ -100,4 +126,80 @@ with torch.no_grad():
         else:
             p.normal_(0.0, 0.05 if "wte" in name or "wpe" in name else 0.2)
 save("gpt2-f32", gcfg, g)
+
+def randomise(m, seed):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if "norm" in name:
+                p.normal_(1.0, 0.1)
+            else:
+                p.normal_(0.0, 0.05 if "embed" in name else 0.2)
+
+
+common = dict(vocab_size=max(vocab.values()) + 1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+pcfg = Phi3Config(
+    **common,
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    original_max_position_embeddings=128,
+    sliding_window=8,
+    tie_word_embeddings=False,
+    rope_parameters={
+        "rope_type": "longrope",
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "short_factor": [1.0, 1.3, 1.7, 2.5],
+        "long_factor": [1.5, 3.0, 6.0, 12.0],
+        "original_max_position_embeddings": 128,
+    },
+)
+pcfg.architectures = ["Phi3ForCausalLM"]
+p3 = Phi3ForCausalLM(pcfg).eval()
+randomise(p3, 5)
+save("phi3-f32", pcfg, p3, hub_layout=True)
+
+mcfg = MixtralConfig(
+    **common,
+    hidden_size=64,
+    intermediate_size=48,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_local_experts=4,
+    num_experts_per_tok=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+mcfg.architectures = ["MixtralForCausalLM"]
+mx = MixtralForCausalLM(mcfg).eval()
+randomise(mx, 6)
+save("mixtral-f32", mcfg, mx, hub_layout=True)
+
+qcfg = Qwen3MoeConfig(
+    **common,
+    hidden_size=64,
+    intermediate_size=80,
+    moe_intermediate_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    num_experts=4,
+    num_experts_per_tok=2,
+    norm_topk_prob=False,
+    decoder_sparse_step=1,
+    mlp_only_layers=[1],
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+qcfg.architectures = ["Qwen3MoeForCausalLM"]
+qm = Qwen3MoeForCausalLM(qcfg).eval()
+randomise(qm, 7)
+save("qwen3moe-f32", qcfg, qm, hub_layout=True)
+
 json.dump({"prompt_ids": prompt_ids, **goldens}, open(f"{out}/decoder_goldens.json", "w"))

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Checkpoint;
 use crate::quant::GgmlType;
-use crate::skills::{Format, ModelSource, Registry, Task, hf::HfFolder, is_safetensors_model};
+use crate::skills::{Format, ModelSource, Registry, Task, hf::HfFolder, is_safetensors_model, llama};
 
 /// Where to look.
 #[derive(Debug, Clone, Default)]
@@ -196,6 +196,19 @@ fn describe_folder(d: &mut ModelDescription) -> crate::Result<()> {
     let meta = HfFolder::read(&d.path)?;
     d.architecture = Some(meta.arch.clone());
     d.context_length = meta.context_length();
+    // A decoder of the Llama code serves the context its settings resolve
+    // to (LongRoPE: the pretraining length).
+    let llama_code = [
+        llama::ARCHITECTURES,
+        llama::GEMMA_ARCHITECTURES,
+        llama::PHI3_ARCHITECTURES,
+        llama::MOE_ARCHITECTURES,
+    ];
+    if llama_code.iter().any(|a| a.contains(&meta.arch.as_str()))
+        && let Ok(cfg) = llama::config_from_hf(&meta.config)
+    {
+        d.context_length = Some(cfg.context_length);
+    }
     let ck = Checkpoint::open(&d.path)?;
     d.parameters = Some(ck.parameter_count());
     d.dtype = ck.main_dtype().map(|t: GgmlType| t.name().to_string());

@@ -393,7 +393,13 @@ fn tiny_decoders_beyond_llama_match_transformers() {
     let g: Value = serde_json::from_str(&std::fs::read_to_string(dir().join("decoder_goldens.json")).unwrap()).unwrap();
     let registry = Registry::builtin();
     let ctx = hfms_engine::skills::LoadContext::cpu(ComputePool::new(2).unwrap(), "tiny");
-    for (name, skill_name) in [("gemma3-f32", "gemma3"), ("gpt2-f32", "gpt2")] {
+    for (name, skill_name) in [
+        ("gemma3-f32", "gemma3"),
+        ("gpt2-f32", "gpt2"),
+        ("phi3-f32", "phi3"),
+        ("mixtral-f32", "moe"),
+        ("qwen3moe-f32", "moe"),
+    ] {
         let source = ModelSource {
             format: Format::Safetensors,
             path: dir().join(name),
@@ -405,9 +411,21 @@ fn tiny_decoders_beyond_llama_match_transformers() {
             panic!("not a generation model");
         };
         let m = gm.generator.model();
-        if name == "gemma3-f32" {
-            assert_eq!(m.config().window(0), Some(8));
-            assert_eq!(m.config().window(2), None);
+        let c = m.config();
+        match name {
+            "gemma3-f32" => {
+                assert_eq!(c.window(0), Some(8));
+                assert_eq!(c.window(2), None);
+            }
+            // LongRoPE: the pretraining length, half of each head rotated.
+            "phi3-f32" => assert_eq!((c.context_length, c.rope_dims, c.window(1)), (128, 8, Some(8))),
+            "qwen3moe-f32" => {
+                let moe = c.moe.as_ref().unwrap();
+                assert_eq!((moe.experts, moe.top_k, moe.renormalize), (4, 2, false));
+                assert!(moe.is_sparse(0) && !moe.is_sparse(1));
+            }
+            "mixtral-f32" => assert!(c.moe.as_ref().unwrap().renormalize),
+            _ => {}
         }
         let (logits, greedy) = run(m.as_ref(), &ids(&g["prompt_ids"]));
         let want = floats(&g[name]["last_logits"]);

@@ -237,6 +237,8 @@ fn skills_lists_the_registry() {
         ("nomic_bert", "embed", "nomic_bert"),
         ("gemma3", "generate", "gemma"),
         ("gpt2", "generate", "gpt2"),
+        ("phi3", "generate", "phi3"),
+        ("moe", "generate", "moe"),
     ] {
         let s = skills
             .iter()

@@ -1,7 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 of
-//! `tests/fixtures/tiny`.
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Phi-3, Mixtral and
+//! Qwen3-MoE of `tests/fixtures/tiny`.
 
 mod common;
 
@@ -25,6 +25,12 @@ fn server() -> &'static Server {
         Server::start(&[
             "--model",
             &format!("tiny-gpt2={}", tiny.join("gpt2-f32").display()),
+            "--model",
+            &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
+            "--model",
+            &format!("tiny-mixtral={}", tiny.join("mixtral-f32").display()),
+            "--model",
+            &format!("tiny-qwen3moe={}", tiny.join("qwen3moe-f32").display()),
             "--model",
             &format!("gemma={}", gguf.display()),
             "--model",
@@ -157,8 +163,11 @@ fn nomic_bert_gguf_embeds_as_transformers_does() {
     assert!(error_of(&e).0.contains("vocabulary"), "{e}");
 }
 
+/// The tiny decoders of `tests/fixtures/tiny` (GPT-2, Phi-3, Mixtral,
+/// Qwen3-MoE) complete the golden prompt with transformers' greedy tokens,
+/// and refuse a prompt past their context.
 #[test]
-fn gpt2_completes_as_transformers_does() {
+fn tiny_decoders_complete_as_transformers_does() {
     let s = server();
     let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
     let g: serde_json::Value =
@@ -171,27 +180,36 @@ fn gpt2_completes_as_transformers_does() {
             .collect()
     };
     let tok = hfms_engine::tokenizer::Tokenizer::from_file(&tiny.join("gpt2-f32/tokenizer.json"), None).unwrap();
-    let want = tok.decode(&ids(&g["gpt2-f32"]["greedy"]), false).unwrap();
-    let (code, v) = s.post_json(
-        "/v1/completions",
-        json!({"model": "tiny-gpt2", "prompt": g["prompt_ids"], "max_tokens": 8, "temperature": 0}),
-    );
-    assert_eq!(code, 200, "{v}");
-    assert_eq!(v["choices"][0]["text"], want.as_str());
-    assert_eq!(v["usage"]["completion_tokens"], 8);
-    // Past its 128 learned positions: refused up front, not run.
-    let long: Vec<u32> = std::iter::repeat_n(5u32, 200).collect();
-    let (code, e) = s.post_json(
-        "/v1/completions",
-        json!({"model": "tiny-gpt2", "prompt": long, "max_tokens": 1}),
-    );
-    assert_eq!(code, 400, "{e}");
-    let (code, v) = s.get_json("/v1/models/tiny-gpt2");
-    assert_eq!(code, 200);
-    assert_eq!(
-        (v["architecture"].as_str(), v["context_length"].as_u64()),
-        (Some("gpt2"), Some(128))
-    );
+    for (model, fixture, arch, context) in [
+        ("tiny-gpt2", "gpt2-f32", "gpt2", 128),
+        // LongRoPE's short factors serve the pretraining length.
+        ("tiny-phi3", "phi3-f32", "phi3", 128),
+        ("tiny-mixtral", "mixtral-f32", "mixtral", 256),
+        ("tiny-qwen3moe", "qwen3moe-f32", "qwen3_moe", 256),
+    ] {
+        let want = tok.decode(&ids(&g[fixture]["greedy"]), false).unwrap();
+        let (code, v) = s.post_json(
+            "/v1/completions",
+            json!({"model": model, "prompt": g["prompt_ids"], "max_tokens": 8, "temperature": 0}),
+        );
+        assert_eq!(code, 200, "{model}: {v}");
+        assert_eq!(v["choices"][0]["text"], want.as_str(), "{model}");
+        assert_eq!(v["usage"]["completion_tokens"], 8);
+        // Past the context: refused up front, not run.
+        let long: Vec<u32> = std::iter::repeat_n(5u32, context + 1).collect();
+        let (code, e) = s.post_json(
+            "/v1/completions",
+            json!({"model": model, "prompt": long, "max_tokens": 1}),
+        );
+        assert_eq!(code, 400, "{model}: {e}");
+        let (code, v) = s.get_json(&format!("/v1/models/{model}"));
+        assert_eq!(code, 200);
+        assert_eq!(
+            (v["architecture"].as_str(), v["context_length"].as_u64()),
+            (Some(arch), Some(context as u64)),
+            "{model}"
+        );
+    }
 }
 
 /// `hfms discover` on the extra models: each new family is servable, with

@@ -296,6 +296,8 @@ pub struct Rope {
     inv_freq: Vec<f32>,
     /// Linear position scaling (`rope_scaling.type = linear`).
     pub position_scale: f32,
+    /// cos and sin are multiplied by this (LongRoPE's attention factor).
+    pub attention_factor: f32,
 }
 
 impl Rope {
@@ -315,6 +317,15 @@ impl Rope {
             dims,
             inv_freq,
             position_scale,
+            attention_factor: 1.0,
+        }
+    }
+
+    /// The same rotary with cos and sin scaled by `factor`.
+    pub fn with_attention_factor(self, factor: f32) -> Self {
+        Rope {
+            attention_factor: factor,
+            ..self
         }
     }
 
@@ -347,8 +358,8 @@ impl Rope {
         let p = pos as f32 / self.position_scale;
         for (i, f) in self.inv_freq.iter().enumerate() {
             let (s, c) = (p * f).sin_cos();
-            cs[i] = c;
-            cs[half + i] = s;
+            cs[i] = c * self.attention_factor;
+            cs[half + i] = s * self.attention_factor;
         }
     }
 

@@ -114,6 +114,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         query_scale: 1.0,
         ffn_act,
         norm_offset: 0.0,
+        rope_attention_factor: 1.0,
+        moe: None,
     })
 }
 

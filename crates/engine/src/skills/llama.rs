@@ -1,6 +1,8 @@
 //! The Llama family of decoders (llama, mistral, qwen2, qwen3): RMSNorm,
 //! rotary attention with grouped KV heads, SwiGLU MLP. Loaded from GGUF (any
-//! ggml type in `quant`) or a safetensors folder (f32/f16/bf16).
+//! ggml type in `quant`) or a safetensors folder (f32/f16/bf16). The same code
+//! runs Gemma 3, Phi-3 (fused projections, LongRoPE) and mixture-of-experts
+//! decoders (Mixtral, Qwen3-MoE) through settings of [`DecoderConfig`].
 //!
 //! `forward` runs one step over a flattened batch: the new tokens of every
 //! sequence (prefill chunks and decode tokens alike) go through each linear
@@ -58,6 +60,32 @@ pub struct DecoderConfig {
     /// `w` for `(1 + w)`; its GGUF files have the 1 added already).
     #[serde(skip)]
     pub norm_offset: f32,
+    /// Rotary cos/sin are multiplied by this (LongRoPE's attention factor).
+    pub rope_attention_factor: f32,
+    /// Routed experts in place of the dense feed-forward (Mixtral, Qwen3-MoE).
+    pub moe: Option<MoeConfig>,
+}
+
+/// A sparse mixture-of-experts feed-forward: a router scores every expert
+/// per token, the `top_k` best run, their outputs summed by weight.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MoeConfig {
+    pub experts: usize,
+    pub top_k: usize,
+    /// Each expert's feed-forward width.
+    pub expert_ffn: usize,
+    /// The chosen experts' softmax weights rescaled to sum to 1 (Mixtral,
+    /// Qwen3-MoE's `norm_topk_prob`); else kept as over all experts.
+    pub renormalize: bool,
+    /// Layers with a dense feed-forward instead (Qwen3-MoE's
+    /// `mlp_only_layers` and `decoder_sparse_step`).
+    pub dense_layers: Vec<usize>,
+}
+
+impl MoeConfig {
+    pub fn is_sparse(&self, layer: usize) -> bool {
+        !self.dense_layers.contains(&layer)
+    }
 }
 
 /// The activation of the gate in `act(gate) * up`.
@@ -119,7 +147,7 @@ impl DecoderConfig {
 }
 
 /// Which layers slide, as transformers reads a config: `layer_types`
-/// ("sliding_attention") when present; else Mistral slides in every layer
+/// ("sliding_attention") when present; else Mistral and Phi-3 slide in every layer
 /// with `sliding_window` (4096 when the key is absent, none when null);
 /// Qwen2/Qwen3 only with `use_sliding_window`, in the layers from
 /// `max_window_layers` (default 28) on; Gemma 3 configs of transformers 4
@@ -136,7 +164,7 @@ fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Opti
     };
     let sliding = match cfg.get("layer_types").and_then(Value::as_array) {
         Some(types) => SlidingLayers::Listed(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()),
-        None if arch == "mistral" => SlidingLayers::From(0),
+        None if arch == "mistral" || arch == "phi3" => SlidingLayers::From(0),
         None if is_gemma3(arch) => {
             let every = ["sliding_window_pattern", "_sliding_window_pattern"]
                 .iter()
@@ -229,13 +257,114 @@ struct Layer {
     q_norm: Option<Vec<f32>>,
     k_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    /// gate and up.
-    gate_up: Projections,
-    down: Matrix,
+    ffn: FeedForward,
     /// Gemma's norms of the attention and feed-forward outputs, before each
     /// joins the residual stream.
     post_attn_norm: Option<Vec<f32>>,
     post_ffn_norm: Option<Vec<f32>>,
+}
+
+/// A gated feed-forward: `down(act(gate x) * up x)`.
+struct Mlp {
+    /// gate and up.
+    gate_up: Projections,
+    down: Matrix,
+}
+
+impl Mlp {
+    fn byte_len(&self) -> usize {
+        self.gate_up.byte_len() + self.down.byte_len()
+    }
+
+    /// `out[t, hidden] = down(act(gate x) * up x)`.
+    fn apply(&self, x: &[f32], t: usize, act: FfnActivation, out: &mut [f32], pool: &ComputePool) {
+        let ffn = self.down.cols();
+        let mut gate = vec![0f32; t * ffn];
+        let mut up = vec![0f32; t * ffn];
+        self.gate_up.apply(x, t, &mut [&mut gate, &mut up], pool);
+        match act {
+            FfnActivation::Silu => ops::silu_mul(&mut gate, &up),
+            FfnActivation::GeluTanh => ops::gelu_tanh_mul(&mut gate, &up),
+        }
+        self.down.matmul(&gate, t, out, pool);
+    }
+}
+
+enum FeedForward {
+    Dense(Mlp),
+    Experts(Experts),
+}
+
+/// A router (`[experts, hidden]`) and the experts it routes to.
+struct Experts {
+    router: Matrix,
+    experts: Vec<Mlp>,
+    top_k: usize,
+    renormalize: bool,
+}
+
+impl FeedForward {
+    fn byte_len(&self) -> usize {
+        match self {
+            FeedForward::Dense(m) => m.byte_len(),
+            FeedForward::Experts(e) => e.router.byte_len() + e.experts.iter().map(Mlp::byte_len).sum::<usize>(),
+        }
+    }
+
+    fn apply(&self, x: &[f32], t: usize, act: FfnActivation, out: &mut [f32], pool: &ComputePool) {
+        match self {
+            FeedForward::Dense(m) => m.apply(x, t, act, out, pool),
+            FeedForward::Experts(e) => e.apply(x, t, act, out, pool),
+        }
+    }
+}
+
+impl Experts {
+    /// Route every token of `x` (`[t, hidden]`) to its `top_k` experts and
+    /// sum their outputs by weight into `out`. Tokens are grouped by expert,
+    /// so each expert's weights are read once per step for all the tokens
+    /// it serves.
+    fn apply(&self, x: &[f32], t: usize, act: FfnActivation, out: &mut [f32], pool: &ComputePool) {
+        let Experts {
+            router,
+            experts,
+            top_k,
+            renormalize,
+        } = self;
+        let (h, e) = (router.cols(), experts.len());
+        let mut scores = vec![0f32; t * e];
+        router.matmul(x, t, &mut scores, pool);
+        // Per expert: (token, weight) of the tokens routed to it.
+        let mut routed: Vec<Vec<(usize, f32)>> = vec![Vec::new(); e];
+        for (tok, row) in scores.chunks_exact_mut(e).enumerate() {
+            ops::softmax_in_place(row);
+            let mut order: Vec<usize> = (0..e).collect();
+            // Highest first; ties to the lower index, as torch.topk picks.
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            let chosen = &order[..*top_k];
+            let sum: f32 = chosen.iter().map(|&i| row[i]).sum();
+            for &i in chosen {
+                let w = if *renormalize { row[i] / sum } else { row[i] };
+                routed[i].push((tok, w));
+            }
+        }
+        out.fill(0.0);
+        for (expert, tokens) in experts.iter().zip(&routed) {
+            if tokens.is_empty() {
+                continue;
+            }
+            let n = tokens.len();
+            let mut xs = vec![0f32; n * h];
+            for (j, &(tok, _)) in tokens.iter().enumerate() {
+                xs[j * h..(j + 1) * h].copy_from_slice(&x[tok * h..(tok + 1) * h]);
+            }
+            let mut ys = vec![0f32; n * h];
+            expert.apply(&xs, n, act, &mut ys, pool);
+            for (j, &(tok, w)) in tokens.iter().enumerate() {
+                ops::axpy(w, &ys[j * h..(j + 1) * h], &mut out[tok * h..(tok + 1) * h]);
+            }
+        }
+    }
 }
 
 pub struct LlamaModel {
@@ -279,7 +408,8 @@ impl Names {
     }
     /// Layer `i`'s tensor: `part` is one of attn_norm, q, k, v, o, q_bias,
     /// k_bias, v_bias, q_norm, k_norm, ffn_norm, gate, up, down,
-    /// post_attn_norm, post_ffn_norm.
+    /// post_attn_norm, post_ffn_norm, and the fused qkv and (safetensors
+    /// only) gate_up.
     pub fn layer(&self, i: usize, part: &str) -> String {
         if self.gguf {
             let p = match part {
@@ -298,6 +428,7 @@ impl Names {
                 "post_ffn_norm" => "post_ffw_norm.weight",
                 "gate" => "ffn_gate.weight",
                 "up" => "ffn_up.weight",
+                "qkv" => "attn_qkv.weight",
                 _ => "ffn_down.weight",
             };
             format!("blk.{i}.{p}")
@@ -319,10 +450,38 @@ impl Names {
                 "post_ffn_norm" => "post_feedforward_layernorm.weight",
                 "gate" => "mlp.gate_proj.weight",
                 "up" => "mlp.up_proj.weight",
+                "qkv" => "self_attn.qkv_proj.weight",
+                "gate_up" => "mlp.gate_up_proj.weight",
                 _ => "mlp.down_proj.weight",
             };
             format!("model.layers.{i}.{p}")
         }
+    }
+
+    /// Layer `i`'s router and, by expert and part (gate, up, down), its
+    /// experts' tensors: Mixtral's `block_sparse_moe` (w1, w3, w2) or
+    /// Qwen3-MoE's `mlp` names, whichever the checkpoint has.
+    pub fn experts(&self, i: usize, src: &dyn WeightSource) -> (String, impl Fn(usize, &str) -> String) {
+        let mixtral = src.has(&format!("model.layers.{i}.block_sparse_moe.gate.weight"));
+        let router = if mixtral {
+            format!("model.layers.{i}.block_sparse_moe.gate.weight")
+        } else {
+            format!("model.layers.{i}.mlp.gate.weight")
+        };
+        let expert = move |e: usize, part: &str| {
+            let (m, g, u, d) = if mixtral {
+                ("block_sparse_moe", "w1", "w3", "w2")
+            } else {
+                ("mlp", "gate_proj", "up_proj", "down_proj")
+            };
+            let p = match part {
+                "gate" => g,
+                "up" => u,
+                _ => d,
+            };
+            format!("model.layers.{i}.{m}.experts.{e}.{p}.weight")
+        };
+        (router, expert)
     }
 }
 
@@ -334,6 +493,14 @@ pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 /// [`DecoderConfig`] and optional norms); a skill of its own, since the
 /// device backends do not run it.
 pub const GEMMA_ARCHITECTURES: &[&str] = &["gemma3", "gemma3_text"];
+
+/// Phi-3 (fused projections, partial rotary, LongRoPE): settings of the
+/// same code; CPU only, safetensors.
+pub const PHI3_ARCHITECTURES: &[&str] = &["phi3"];
+
+/// Mixture-of-experts decoders: Llama-style attention, routed SwiGLU
+/// experts; CPU only, safetensors.
+pub const MOE_ARCHITECTURES: &[&str] = &["mixtral", "qwen3_moe"];
 
 /// Is `arch` Gemma 3?
 fn is_gemma3(arch: &str) -> bool {
@@ -381,6 +548,11 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         _ => 1.0,
     };
     let layers = need("block_count")?;
+    if gguf_u(f, &arch, "expert_count").is_some_and(|n| n > 0) {
+        return Err(EngineError::format(
+            "GGUF mixture-of-experts models are not supported yet (their safetensors folders are)",
+        ));
+    }
     let gemma = is_gemma3(&arch);
     // llama.cpp's Gemma 3: every sixth layer global, the others sliding
     // with a rotary base of 10000; queries scaled by 1/sqrt(hidden/heads)
@@ -414,6 +586,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         query_scale,
         ffn_act: FfnActivation::Silu,
         norm_offset: 0.0,
+        rope_attention_factor: 1.0,
+        moe: None,
         rms_eps: f
             .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32,
@@ -425,6 +599,45 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         arch,
     };
     Ok(if gemma { gemma_settings(cfg) } else { cfg })
+}
+
+/// Mixture-of-experts settings of a Hugging Face config: `num_local_experts`
+/// (Qwen3-MoE's configs before transformers 5: `num_experts`, with its own
+/// `moe_intermediate_size` and dense layers); None for a dense model.
+fn moe_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<MoeConfig>> {
+    let Some(experts) = jusize(cfg, "num_local_experts").or_else(|| jusize(cfg, "num_experts")) else {
+        return Ok(None);
+    };
+    if experts == 0 {
+        return Ok(None);
+    }
+    let top_k = jusize(cfg, "num_experts_per_tok").unwrap_or(2);
+    if top_k == 0 || top_k > experts {
+        return Err(EngineError::format(format!(
+            "num_experts_per_tok {top_k} with {experts} experts"
+        )));
+    }
+    let expert_ffn = jusize(cfg, "moe_intermediate_size")
+        .or_else(|| jusize(cfg, "intermediate_size"))
+        .ok_or_else(|| EngineError::format("config.json has no intermediate_size"))?;
+    // Mixtral always renormalises; Qwen3-MoE as `norm_topk_prob` says.
+    let renormalize = arch == "mixtral" || cfg.get("norm_topk_prob").and_then(Value::as_bool).unwrap_or(false);
+    let mut dense_layers: Vec<usize> = cfg
+        .get("mlp_only_layers")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(|v| v.as_u64().map(|x| x as usize)).collect())
+        .unwrap_or_default();
+    let step = jusize(cfg, "decoder_sparse_step").unwrap_or(1).max(1);
+    dense_layers.extend((0..layers.min(1 << 16)).filter(|l| (l + 1) % step != 0));
+    dense_layers.sort_unstable();
+    dense_layers.dedup();
+    Ok(Some(MoeConfig {
+        experts,
+        top_k,
+        expert_ffn,
+        renormalize,
+        dense_layers,
+    }))
 }
 
 fn jusize(v: &Value, key: &str) -> Option<usize> {
@@ -465,7 +678,15 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
     } else {
         full.clone()
     };
-    let rope_dims = (head_dim as f32 * jf32(cfg, "partial_rotary_factor").unwrap_or(1.0)) as usize;
+    let partial = jf32(cfg, "partial_rotary_factor")
+        .or_else(|| jf32(&rope_params, "partial_rotary_factor"))
+        .unwrap_or(1.0);
+    if !(partial > 0.0 && partial <= 1.0) {
+        return Err(EngineError::format(format!(
+            "partial_rotary_factor {partial} is not in (0, 1]"
+        )));
+    }
+    let rope_dims = (head_dim as f32 * partial) as usize;
     let rope_type = scaling
         .get("rope_type")
         .or_else(|| scaling.get("type"))
@@ -474,6 +695,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         .to_string();
     let mut rope_linear_scale = 1.0;
     let mut rope_freq_factors = None;
+    let mut rope_attention_factor = 1.0;
+    let mut context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
     match rope_type.as_str() {
         "default" => {}
         "linear" => rope_linear_scale = jf32(&scaling, "factor").unwrap_or(1.0),
@@ -487,13 +710,42 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
                 jf32(&scaling, "original_max_position_embeddings").unwrap_or(8192.0),
             ))
         }
+        // Phi-3's LongRoPE: per-frequency divisors, the short ones up to the
+        // pretraining length, the long ones past it. transformers switches
+        // when a sequence grows past it, recomputing every position; a
+        // cache of rotated keys cannot, so this serves the pretraining
+        // length with the short factors (llama.cpp chooses by its context
+        // size the same way).
+        "longrope" => {
+            let original = jusize(&scaling, "original_max_position_embeddings")
+                .or_else(|| jusize(cfg, "original_max_position_embeddings"))
+                .ok_or_else(|| EngineError::format("longrope without original_max_position_embeddings"))?;
+            let short: Vec<f32> = scaling
+                .get("short_factor")
+                .and_then(Value::as_array)
+                .map(|a| a.iter().filter_map(|v| v.as_f64().map(|x| x as f32)).collect())
+                .unwrap_or_default();
+            if short.len() != rope_dims / 2 || short.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+                return Err(EngineError::format(format!(
+                    "longrope short_factor must hold {} positive numbers",
+                    rope_dims / 2
+                )));
+            }
+            let factor = jf32(&scaling, "factor").unwrap_or(context_length as f32 / original.max(1) as f32);
+            rope_attention_factor = match jf32(&scaling, "attention_factor") {
+                Some(a) => a,
+                None if factor <= 1.0 => 1.0,
+                None => (1.0 + factor.ln() / (original as f32).ln()).sqrt(),
+            };
+            rope_freq_factors = Some(short);
+            context_length = context_length.min(original);
+        }
         other => {
             return Err(EngineError::format(format!(
-                "rope scaling '{other}' is not supported (supported: default, linear, llama3)"
+                "rope scaling '{other}' is not supported (supported: default, linear, llama3, longrope)"
             )));
         }
     }
-    let context_length = jusize(cfg, "max_position_embeddings").unwrap_or(2048);
     let sliding_window = sliding_window_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
     let gemma = is_gemma3(&arch);
     if gemma {
@@ -511,6 +763,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
             }
         }
     }
+    let moe = moe_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
     let query_scale = match jf32(cfg, "query_pre_attn_scalar") {
         Some(s) if gemma && s > 0.0 => (head_dim as f32 / s).sqrt(),
         _ => 1.0,
@@ -538,6 +791,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         query_scale,
         ffn_act: FfnActivation::Silu,
         norm_offset: if gemma { 1.0 } else { 0.0 },
+        rope_attention_factor,
+        moe,
         rms_eps: jf32(cfg, "rms_norm_eps").unwrap_or(1e-6),
         rope_theta,
         rope_style: RopeStyle::Halves,
@@ -607,37 +862,62 @@ impl LlamaModel {
         // its first missing tensor, never in one allocation.
         let mut layers = Vec::new();
         for i in 0..cfg.layers {
-            let (wq, wk, wv) = (
-                src.matrix(&n.layer(i, "q"))?,
-                src.matrix(&n.layer(i, "k"))?,
-                src.matrix(&n.layer(i, "v"))?,
-            );
-            let wo = src.matrix(&n.layer(i, "o"))?;
-            let (gate, up) = (src.matrix(&n.layer(i, "gate"))?, src.matrix(&n.layer(i, "up"))?);
-            let down = src.matrix(&n.layer(i, "down"))?;
             let q_out = cfg.heads * cfg.head_dim;
             let kv_out = cfg.kv_heads * cfg.head_dim;
-            let shapes = [
-                (&wq, q_out, cfg.hidden, "q"),
-                (&wk, kv_out, cfg.hidden, "k"),
-                (&wv, kv_out, cfg.hidden, "v"),
-                (&wo, cfg.hidden, q_out, "o"),
-                (&gate, cfg.ffn, cfg.hidden, "gate"),
-                (&up, cfg.ffn, cfg.hidden, "up"),
-                (&down, cfg.hidden, cfg.ffn, "down"),
-            ];
-            for (m, rows, cols, what) in shapes {
-                if m.rows() != rows || m.cols() != cols {
-                    return Err(EngineError::format(format!(
-                        "layer {i} {what}: shape {}x{}, config says {rows}x{cols}",
-                        m.rows(),
-                        m.cols()
-                    )));
+            let h = cfg.hidden;
+            // Phi-3 stores Q, K and V as one matrix.
+            let qkv = if src.has(&n.layer(i, "qkv")) {
+                let m = src.matrix_shaped(&n.layer(i, "qkv"), q_out + 2 * kv_out, h)?;
+                Projections::from_fused(m, vec![q_out, kv_out, kv_out])?
+            } else {
+                Projections::new(vec![
+                    src.matrix_shaped(&n.layer(i, "q"), q_out, h)?,
+                    src.matrix_shaped(&n.layer(i, "k"), kv_out, h)?,
+                    src.matrix_shaped(&n.layer(i, "v"), kv_out, h)?,
+                ])
+            };
+            let wo = src.matrix_shaped(&n.layer(i, "o"), h, q_out)?;
+            let ffn = match &cfg.moe {
+                Some(moe) if moe.is_sparse(i) => {
+                    let (router, expert) = n.experts(i, src);
+                    let mut experts = Vec::new();
+                    for e in 0..moe.experts {
+                        experts.push(Mlp {
+                            gate_up: Projections::new(vec![
+                                src.matrix_shaped(&expert(e, "gate"), moe.expert_ffn, h)?,
+                                src.matrix_shaped(&expert(e, "up"), moe.expert_ffn, h)?,
+                            ]),
+                            down: src.matrix_shaped(&expert(e, "down"), h, moe.expert_ffn)?,
+                        });
+                    }
+                    FeedForward::Experts(Experts {
+                        router: src.matrix_shaped(&router, moe.experts, h)?,
+                        experts,
+                        top_k: moe.top_k,
+                        renormalize: moe.renormalize,
+                    })
                 }
-            }
+                _ => {
+                    // Phi-3 stores gate and up as one matrix, gate first
+                    // (GGUF files here have them apart).
+                    let gate_up = if !n.gguf && src.has(&n.layer(i, "gate_up")) {
+                        let m = src.matrix_shaped(&n.layer(i, "gate_up"), 2 * cfg.ffn, h)?;
+                        Projections::from_fused(m, vec![cfg.ffn, cfg.ffn])?
+                    } else {
+                        Projections::new(vec![
+                            src.matrix_shaped(&n.layer(i, "gate"), cfg.ffn, h)?,
+                            src.matrix_shaped(&n.layer(i, "up"), cfg.ffn, h)?,
+                        ])
+                    };
+                    FeedForward::Dense(Mlp {
+                        gate_up,
+                        down: src.matrix_shaped(&n.layer(i, "down"), h, cfg.ffn)?,
+                    })
+                }
+            };
             let l = Layer {
                 attn_norm: norm(n.layer(i, "attn_norm"), cfg.hidden)?,
-                qkv: Projections::new(vec![wq, wk, wv]),
+                qkv,
                 wo,
                 bq: opt_vec(n.layer(i, "q_bias"), q_out)?,
                 bk: opt_vec(n.layer(i, "k_bias"), kv_out)?,
@@ -646,8 +926,7 @@ impl LlamaModel {
                 q_norm: opt_norm(n.layer(i, "q_norm"), cfg.head_dim)?,
                 k_norm: opt_norm(n.layer(i, "k_norm"), cfg.head_dim)?,
                 ffn_norm: norm(n.layer(i, "ffn_norm"), cfg.hidden)?,
-                gate_up: Projections::new(vec![gate, up]),
-                down,
+                ffn,
                 // Llama's HF names reuse `post_attention_layernorm` for the
                 // FFN's input norm: only Gemma has these two.
                 post_attn_norm: match n.gguf || n.gemma {
@@ -696,7 +975,8 @@ impl LlamaModel {
             cfg.rope_theta,
             cfg.rope_freq_factors.as_deref(),
             cfg.rope_linear_scale,
-        );
+        )
+        .with_attention_factor(cfg.rope_attention_factor);
         let rope_local = cfg
             .rope_theta_local
             .map(|theta| Rope::new(cfg.rope_style, cfg.rope_dims, theta, None, 1.0));
@@ -771,7 +1051,7 @@ impl CausalLm for LlamaModel {
     fn weight_bytes(&self) -> usize {
         let mut n = self.embed.byte_len() + self.output.as_ref().map_or(0, |m| m.byte_len());
         for l in &self.layers {
-            n += l.qkv.byte_len() + l.gate_up.byte_len() + l.wo.byte_len() + l.down.byte_len();
+            n += l.qkv.byte_len() + l.ffn.byte_len() + l.wo.byte_len();
         }
         n
     }
@@ -816,8 +1096,6 @@ impl CausalLm for LlamaModel {
         let mut v = vec![0f32; t * kv_dim];
         let mut attn = vec![0f32; t * q_dim];
         let mut o = vec![0f32; t * h];
-        let mut gate = vec![0f32; t * c.ffn];
-        let mut up = vec![0f32; t * c.ffn];
 
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut hbuf);
@@ -865,12 +1143,7 @@ impl CausalLm for LlamaModel {
             ops::add_in_place(&mut x, &o);
 
             ops::rms_norm(&x, &l.ffn_norm, c.rms_eps, &mut hbuf);
-            l.gate_up.apply(&hbuf, t, &mut [&mut gate, &mut up], pool);
-            match c.ffn_act {
-                FfnActivation::Silu => ops::silu_mul(&mut gate, &up),
-                FfnActivation::GeluTanh => ops::gelu_tanh_mul(&mut gate, &up),
-            }
-            l.down.matmul(&gate, t, &mut o, pool);
+            l.ffn.apply(&hbuf, t, c.ffn_act, &mut o, pool);
             if let Some(w) = &l.post_ffn_norm {
                 ops::rms_norm_in_place(&mut o, w, c.rms_eps);
             }

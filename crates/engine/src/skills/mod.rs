@@ -89,6 +89,12 @@ pub enum Family {
     Gemma,
     /// GPT-2 decoders (`gpt2::Gpt2Model`); CPU only.
     Gpt2,
+    /// Phi-3 decoders: the Llama code with fused projections and LongRoPE;
+    /// CPU only.
+    Phi3,
+    /// Mixture-of-experts decoders (Mixtral, Qwen3-MoE): the Llama code
+    /// with routed experts; CPU only.
+    Moe,
     /// MPNet encoders (`bert::BertModel` with a relative position bias);
     /// CPU only.
     Mpnet,
@@ -498,6 +504,8 @@ fn check_decoder(file: &Path, cfg: &llama::DecoderConfig, weights: u64, tensors:
             ("KV width", cfg.kv_heads.checked_mul(cfg.head_dim)),
             ("feed-forward size", Some(cfg.ffn)),
             ("vocabulary size", Some(cfg.vocab)),
+            ("expert count", Some(cfg.moe.as_ref().map_or(0, |m| m.experts))),
+            ("expert width", Some(cfg.moe.as_ref().map_or(0, |m| m.expert_ffn))),
         ],
         cfg.layers,
         weights,
@@ -608,6 +616,24 @@ impl Registry {
                         family: Family::Gemma,
                         formats: &[Format::Gguf, Format::Safetensors],
                         architectures: llama::GEMMA_ARCHITECTURES,
+                    },
+                }),
+                Box::new(LlamaSkill {
+                    info: SkillInfo {
+                        name: "phi3",
+                        task: Task::Generate,
+                        family: Family::Phi3,
+                        formats: &[Format::Safetensors],
+                        architectures: llama::PHI3_ARCHITECTURES,
+                    },
+                }),
+                Box::new(LlamaSkill {
+                    info: SkillInfo {
+                        name: "moe",
+                        task: Task::Generate,
+                        family: Family::Moe,
+                        formats: &[Format::Safetensors],
+                        architectures: llama::MOE_ARCHITECTURES,
                     },
                 }),
                 Box::new(BertSkill {
@@ -798,6 +824,54 @@ mod tests {
         assert_eq!((cfg.rope_theta, cfg.rope_theta_local), (1e6, Some(1e4)));
         assert_eq!((cfg.query_scale, cfg.ffn_act), (1.0, llama::FfnActivation::GeluTanh));
         assert_eq!((cfg.norm_offset, cfg.embed_scale), (1.0, 8.0));
+    }
+
+    #[test]
+    fn hostile_phi3_and_moe_settings_are_refused_at_load() {
+        let base = serde_json::json!({
+            "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+            "intermediate_size": 128, "vocab_size": 384
+        });
+        let with = |extra: serde_json::Value| {
+            let mut c = base.clone();
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            llama::config_from_hf(&c).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let longrope = |short: serde_json::Value| {
+            serde_json::json!({"max_position_embeddings": 512, "rope_parameters": {
+                "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short,
+                "long_factor": [1, 1, 1, 1, 1, 1, 1, 1], "original_max_position_embeddings": 128}})
+        };
+        assert!(with(longrope(serde_json::json!([1, 1, 1, 1, 1, 1, 1, 1]))).is_ok());
+        for short in [
+            serde_json::json!([1, 1]),
+            serde_json::json!([1, 1, 1, 1, 1, 1, 1, -1]),
+            serde_json::json!([1, 1, 1, 1, 1, 1, 1, 0]),
+            serde_json::json!("x"),
+            serde_json::json!(null),
+        ] {
+            let e = with(longrope(short.clone())).unwrap_err();
+            assert!(e.contains("short_factor"), "{short}: {e}");
+        }
+        let e = with(serde_json::json!({"max_position_embeddings": 512, "rope_parameters": {
+            "rope_type": "longrope", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1]}}))
+        .unwrap_err();
+        assert!(e.contains("original_max_position_embeddings"), "{e}");
+        for f in [0.0, -0.5, 1.5] {
+            let e = with(serde_json::json!({"partial_rotary_factor": f})).unwrap_err();
+            assert!(e.contains("partial_rotary_factor"), "{f}: {e}");
+        }
+        for (experts, k) in [(4, 0), (4, 5)] {
+            let e = with(serde_json::json!({"num_local_experts": experts, "num_experts_per_tok": k})).unwrap_err();
+            assert!(e.contains("num_experts_per_tok"), "{e}");
+        }
+        // A huge expert count fails against the weights, before any allocation.
+        let mut c = base.clone();
+        c["num_local_experts"] = serde_json::json!(1u64 << 40);
+        c["num_experts_per_tok"] = serde_json::json!(2);
+        let cfg = llama::config_from_hf(&c).unwrap();
+        let e = check_decoder(Path::new("m"), &cfg, 1_000_000, 20).unwrap_err().to_string();
+        assert!(e.contains("expert count"), "{e}");
     }
 
     #[test]
