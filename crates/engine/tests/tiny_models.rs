@@ -276,6 +276,51 @@ fn xlm_roberta_encoder_matches_transformers() {
     }
 }
 
+/// ModernBERT (`scripts/make-tiny-modernbert.py`): pre-norm, local windows
+/// of ±4 with their own rotary base, GeGLU, no biases; one input longer
+/// than the window. Hidden states within 1e-4, pooled embeddings too.
+#[test]
+fn modernbert_encoder_matches_transformers() {
+    let g: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir().join("modernbert_goldens.json")).unwrap()).unwrap();
+    let source = ModelSource {
+        format: Format::Safetensors,
+        path: dir().join("modernbert-f32"),
+    };
+    let registry = Registry::builtin();
+    let skill = registry.for_source(&source).unwrap();
+    assert_eq!(skill.info().name, "modernbert");
+    skill.check(&source).unwrap();
+    let ctx = hfms_engine::skills::LoadContext::cpu(ComputePool::new(2).unwrap(), "tiny");
+    let hfms_engine::skills::LoadedModel::Embedding(b) = skill.load(&source, &ctx).unwrap() else {
+        panic!("not an embedding model");
+    };
+    let m = b.model();
+    assert_eq!(m.encoder.config().max_positions, 256);
+    let inputs: Vec<EncoderInput> = g["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| EncoderInput::single(ids(v)))
+        .collect();
+    let refs: Vec<&EncoderInput> = inputs.iter().collect();
+    let pool = ComputePool::new(2).unwrap();
+    let states = m.encoder.encode(&refs, &pool).unwrap();
+    let mut row = 0;
+    for (i, inp) in inputs.iter().enumerate() {
+        let want = floats(&g["last_hidden"][i]);
+        let got = &states[row * 64..(row + inp.len()) * 64];
+        row += inp.len();
+        let d = max_abs_diff(got, &want);
+        assert!(d < 1e-4, "input {i}: hidden states differ by {d}");
+    }
+    let embs = m.embed_tokens(&inputs, None, &pool).unwrap();
+    for (i, e) in embs.iter().enumerate() {
+        let d = max_abs_diff(e, &floats(&g["embeddings"][i]));
+        assert!(d < 1e-5, "input {i}: embedding differs by {d}");
+    }
+}
+
 #[test]
 fn dequantisation_matches_gguf_py() {
     let g = goldens();

@@ -235,6 +235,7 @@ fn skills_lists_the_registry() {
         ("mpnet", "embed", "mpnet"),
         ("mpnet_classifier", "classify", "mpnet"),
         ("nomic_bert", "embed", "nomic_bert"),
+        ("modernbert", "embed", "modern_bert"),
         ("gemma3", "generate", "gemma"),
         ("gpt2", "generate", "gpt2"),
         ("phi3", "generate", "phi3"),

@@ -1,7 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Phi-3, Mixtral and
-//! Qwen3-MoE of `tests/fixtures/tiny`.
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Phi-3, Mixtral,
+//! Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
 
@@ -27,6 +27,8 @@ fn server() -> &'static Server {
             &format!("tiny-gpt2={}", tiny.join("gpt2-f32").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
+            "--model",
+            &format!("tiny-modernbert={}", tiny.join("modernbert-f32").display()),
             "--model",
             &format!("tiny-mixtral={}", tiny.join("mixtral-f32").display()),
             "--model",
@@ -209,6 +211,36 @@ fn tiny_decoders_complete_as_transformers_does() {
             (Some(arch), Some(context as u64)),
             "{model}"
         );
+    }
+}
+
+/// The tiny ModernBERT embeds token ids as transformers does (mean pooled,
+/// normalised); ids outside its vocabulary are a 400.
+#[test]
+fn tiny_modernbert_embeds_as_transformers_does() {
+    let s = server();
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/tiny");
+    let g: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny.join("modernbert_goldens.json")).unwrap()).unwrap();
+    let (code, v) = s.post_json(
+        "/v1/embeddings",
+        json!({"model": "tiny-modernbert", "input": g["inputs"]}),
+    );
+    assert_eq!(code, 200, "{v}");
+    for (i, d) in v["data"].as_array().unwrap().iter().enumerate() {
+        let (got, want) = (floats(&d["embedding"]), floats(&g["embeddings"][i]));
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-5, "input {i}: differs by {worst}");
+    }
+    let (code, v) = s.get_json("/v1/models/tiny-modernbert");
+    assert_eq!(code, 200);
+    assert_eq!(
+        (v["architecture"].as_str(), v["task"].as_str()),
+        (Some("modernbert"), Some("embed"))
+    );
+    for bad in [json!([[0, 1000]]), json!([[]]), json!([]), json!([[-1]])] {
+        let (code, e) = s.post_json("/v1/embeddings", json!({"model": "tiny-modernbert", "input": bad}));
+        assert_eq!(code, 400, "{bad}: {e}");
     }
 }
 

@@ -22,6 +22,10 @@ pub const ARCHITECTURES: &[&str] = &["bert", "roberta", "xlm-roberta", "camember
 /// its own, since the device backends do not run it.
 pub const MPNET_ARCHITECTURES: &[&str] = &["mpnet"];
 
+/// ModernBERT: pre-norm layers without biases, rotary positions with a
+/// local base in its windowed layers, GeGLU; a skill of its own (CPU only).
+pub const MODERNBERT_ARCHITECTURES: &[&str] = &["modernbert"];
+
 /// Nomic's BERT (nomic-embed-text) as llama.cpp converts it to GGUF: BERT's
 /// post-norm layers with rotary positions, a fused QKV projection, SwiGLU
 /// and no biases in the layers.
@@ -147,6 +151,14 @@ pub struct BertModel {
     act: Activation,
     /// MPNet's relative position bias, shared by every layer.
     relative: Option<RelativeBias>,
+    /// Norms before attention and feed-forward, and a final one
+    /// (ModernBERT), instead of BERT's after each residual sum.
+    pre_norm: bool,
+    /// The final norm's weight and bias (pre-norm models).
+    final_norm: Option<(Vec<f32>, Vec<f32>)>,
+    /// Per layer, how far a query sees (ModernBERT's local layers); empty
+    /// when every layer sees the whole input.
+    windows: Vec<Option<usize>>,
 }
 
 /// T5-style bucketed relative position bias (MPNet): a learned value per
@@ -200,8 +212,9 @@ impl RelativeBias {
 enum Positions {
     /// A learned table added to the embeddings (BERT).
     Learned(Matrix),
-    /// Rotary embeddings on queries and keys (nomic-bert).
-    Rotary(Rope),
+    /// Rotary embeddings on queries and keys (nomic-bert, ModernBERT); the
+    /// windowed layers' own where their base differs (ModernBERT).
+    Rotary { global: Rope, local: Option<Rope> },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,7 +267,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         .to_string();
     let need = |key: &str| jusize(cfg, key).ok_or_else(|| EngineError::format(format!("config.json has no {key}")));
     let positions = need("max_position_embeddings")?;
-    let position_offset = if arch == "bert" {
+    let position_offset = if arch == "bert" || arch == "modernbert" {
         0
     } else {
         jusize(cfg, "pad_token_id").unwrap_or(1) + 1
@@ -266,9 +279,17 @@ pub fn config_from_hf(cfg: &Value) -> Result<EncoderConfig> {
         intermediate: need("intermediate_size")?,
         vocab: need("vocab_size")?,
         max_positions: positions.saturating_sub(position_offset),
-        layer_norm_eps: cfg.get("layer_norm_eps").and_then(|v| v.as_f64()).unwrap_or(1e-12) as f32,
+        layer_norm_eps: ["layer_norm_eps", "norm_eps"]
+            .iter()
+            .find_map(|k| cfg.get(*k).and_then(|v| v.as_f64()))
+            .unwrap_or(1e-12) as f32,
         position_offset,
-        token_types: jusize(cfg, "type_vocab_size").unwrap_or(2).max(1),
+        // ModernBERT has no token types.
+        token_types: if arch == "modernbert" {
+            1
+        } else {
+            jusize(cfg, "type_vocab_size").unwrap_or(2).max(1)
+        },
         arch,
     })
 }
@@ -320,9 +341,161 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<EncoderConfig> {
     })
 }
 
+/// The first `at` rows of `m` and the rest, as two matrices (f32).
+fn split_rows(m: &Matrix, at: usize) -> Result<(Matrix, Matrix)> {
+    let (rows, cols) = (m.rows(), m.cols());
+    let mut all = m.to_f32();
+    let rest = all.split_off(at * cols);
+    Ok((
+        Matrix::from_f32(at, cols, all)?,
+        Matrix::from_f32(rows - at, cols, rest)?,
+    ))
+}
+
 impl BertModel {
+    /// A ModernBERT checkpoint (`ModernBertModel`, or the encoder of a
+    /// task model under `model.`).
+    fn modernbert_from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
+        let cfg = config_from_hf(cfg_json)?;
+        let (h, ffn) = (cfg.hidden, cfg.intermediate);
+        if cfg.heads == 0 || !h.is_multiple_of(cfg.heads) || !(h / cfg.heads).is_multiple_of(2) {
+            return Err(EngineError::format(format!(
+                "hidden_size {h} does not split into {} heads of an even size",
+                cfg.heads
+            )));
+        }
+        for flag in ["attention_bias", "mlp_bias", "norm_bias"] {
+            if cfg_json.get(flag).and_then(Value::as_bool) == Some(true) {
+                return Err(EngineError::format(format!("ModernBERT with {flag} is not supported")));
+            }
+        }
+        let act = match cfg_json
+            .get("hidden_activation")
+            .and_then(Value::as_str)
+            .unwrap_or("gelu")
+        {
+            "gelu" => Activation::Gelu,
+            "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,
+            "silu" => Activation::Silu,
+            "relu" => Activation::Relu,
+            other => {
+                return Err(EngineError::format(format!(
+                    "hidden_activation '{other}' is not supported (supported: gelu, gelu_pytorch_tanh, silu, relu)"
+                )));
+            }
+        };
+        // Which layers are local: `layer_types`, else every layer but each
+        // `global_attn_every_n_layers`-th.
+        let local: Vec<bool> = match cfg_json.get("layer_types").and_then(Value::as_array) {
+            Some(types) => types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect(),
+            None => {
+                let every = jusize(cfg_json, "global_attn_every_n_layers").unwrap_or(3).max(1);
+                (0..cfg.layers.min(1 << 16)).map(|i| i % every != 0).collect()
+            }
+        };
+        let half_window = jusize(cfg_json, "local_attention").unwrap_or(128) / 2;
+        let rope = cfg_json.get("rope_parameters").cloned().unwrap_or(Value::Null);
+        let theta = |kind: &str, legacy: &str, default: f64| -> Result<f32> {
+            let p = &rope[kind];
+            if let Some(t) = p.get("rope_type").and_then(Value::as_str)
+                && t != "default"
+            {
+                return Err(EngineError::format(format!(
+                    "ModernBERT rope type '{t}' is not supported"
+                )));
+            }
+            Ok(p.get("rope_theta")
+                .or_else(|| cfg_json.get(legacy))
+                .and_then(Value::as_f64)
+                .unwrap_or(default) as f32)
+        };
+        let head_dim = h / cfg.heads;
+        let global = Rope::new(
+            RopeStyle::Halves,
+            head_dim,
+            theta("full_attention", "global_rope_theta", 160000.0)?,
+            None,
+            1.0,
+        );
+        let local_rope = Rope::new(
+            RopeStyle::Halves,
+            head_dim,
+            theta("sliding_attention", "local_rope_theta", 10000.0)?,
+            None,
+            1.0,
+        );
+
+        let ck = Checkpoint::open(dir)?;
+        let prefix = ["", "model."]
+            .into_iter()
+            .find(|p| ck.has(&format!("{p}embeddings.tok_embeddings.weight")))
+            .ok_or_else(|| EngineError::format("no embeddings.tok_embeddings.weight in the checkpoint"))?;
+        let n = |s: &str| format!("{prefix}{s}");
+        let zeros = vec![0f32; h];
+        let mut layers = Vec::new();
+        for i in 0..cfg.layers {
+            let l = |s: &str| n(&format!("layers.{i}.{s}"));
+            let qkv = ck.matrix_shaped(&l("attn.Wqkv.weight"), 3 * h, h)?;
+            // Wi holds the activated half first, then the multiplier.
+            let (gate, up) = split_rows(&ck.matrix_shaped(&l("mlp.Wi.weight"), 2 * ffn, h)?, ffn)?;
+            let ln1_w = if ck.has(&l("attn_norm.weight")) {
+                ck.vector_len(&l("attn_norm.weight"), h)?
+            } else {
+                Vec::new()
+            };
+            layers.push(Layer {
+                qkv: Projections::from_fused(qkv, vec![h, h, h])?,
+                bq: Vec::new(),
+                bk: Vec::new(),
+                bv: Vec::new(),
+                o: ck.matrix_shaped(&l("attn.Wo.weight"), h, h)?,
+                bo: Vec::new(),
+                ln1_b: if ln1_w.is_empty() { Vec::new() } else { zeros.clone() },
+                ln1_w,
+                inter: up,
+                b_inter: Vec::new(),
+                gate: Some(gate),
+                out: ck.matrix_shaped(&l("mlp.Wo.weight"), h, ffn)?,
+                b_out: Vec::new(),
+                ln2_w: ck.vector_len(&l("mlp_norm.weight"), h)?,
+                ln2_b: zeros.clone(),
+            });
+        }
+        let word = ck.matrix(&n("embeddings.tok_embeddings.weight"))?;
+        if word.cols() != h || word.rows() < cfg.vocab {
+            return Err(EngineError::format(format!(
+                "token embeddings are {}x{}; the config says at least {}x{h}",
+                word.rows(),
+                word.cols(),
+                cfg.vocab
+            )));
+        }
+        Ok(BertModel {
+            word,
+            position: Positions::Rotary {
+                global,
+                local: Some(local_rope),
+            },
+            token_type: vec![0f32; h],
+            ln_w: ck.vector_len(&n("embeddings.norm.weight"), h)?,
+            ln_b: zeros.clone(),
+            layers,
+            act,
+            relative: None,
+            pre_norm: true,
+            final_norm: Some((ck.vector_len(&n("final_norm.weight"), h)?, zeros)),
+            windows: (0..cfg.layers)
+                .map(|i| local.get(i).copied().unwrap_or(false).then_some(half_window))
+                .collect(),
+            cfg,
+        })
+    }
+
     pub fn from_safetensors(dir: &Path, cfg_json: &Value) -> Result<Self> {
         let cfg = config_from_hf(cfg_json)?;
+        if cfg.arch == "modernbert" {
+            return Self::modernbert_from_safetensors(dir, cfg_json);
+        }
         let act = match cfg_json.get("hidden_act").and_then(|v| v.as_str()).unwrap_or("gelu") {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
@@ -459,6 +632,9 @@ impl BertModel {
             ln_b: ck.vector_len(&n("embeddings.LayerNorm.bias"), h)?,
             layers,
             act,
+            pre_norm: false,
+            final_norm: None,
+            windows: Vec::new(),
             cfg,
         };
         Ok(model)
@@ -514,13 +690,19 @@ impl BertModel {
         let head_dim = h / cfg.heads;
         Ok(BertModel {
             word,
-            position: Positions::Rotary(Rope::new(RopeStyle::Halves, head_dim, rope_theta, None, 1.0)),
+            position: Positions::Rotary {
+                global: Rope::new(RopeStyle::Halves, head_dim, rope_theta, None, 1.0),
+                local: None,
+            },
             token_type,
             ln_w: f.vector_len("token_embd_norm.weight", h)?,
             ln_b: f.vector_len("token_embd_norm.bias", h)?,
             layers,
             act: Activation::Silu,
             relative: None,
+            pre_norm: false,
+            final_norm: None,
+            windows: Vec::new(),
             cfg,
         })
     }
@@ -633,13 +815,17 @@ impl Encoder for BertModel {
         let relative = self.relative.as_ref().map(|r| r.by_distance(longest));
         // Rotary cos/sin of every position up to the longest input, computed
         // once for all layers (`head_dim` values per position: cos then sin).
-        let mut angles = Vec::new();
-        if let Positions::Rotary(rope) = &self.position {
-            angles = vec![0f32; longest * h];
+        let angles_of = |rope: &Rope| {
+            let mut angles = vec![0f32; longest * h];
             for (p, cs) in angles.chunks_exact_mut(h).enumerate() {
                 rope.angles(p, &mut cs[..h / c.heads]);
             }
-        }
+            angles
+        };
+        let (angles, angles_local) = match &self.position {
+            Positions::Rotary { global, local } => (angles_of(global), local.as_ref().map(angles_of)),
+            Positions::Learned(_) => (Vec::new(), None),
+        };
         let mut q = vec![0f32; t * h];
         let mut k = vec![0f32; t * h];
         let mut v = vec![0f32; t * h];
@@ -648,12 +834,29 @@ impl Encoder for BertModel {
         let mut inter = vec![0f32; t.min(FFN_CHUNK_TOKENS) * c.intermediate];
         let gated = self.layers.iter().any(|l| l.gate.is_some());
         let mut gate = vec![0f32; if gated { inter.len() } else { 0 }];
-        for l in &self.layers {
-            l.qkv.apply(&x, t, &mut [&mut q, &mut k, &mut v], pool);
+        // A pre-norm layer's normed input (the residual stream stays in x).
+        let mut normed = vec![0f32; if self.pre_norm { t * h } else { 0 }];
+        for (li, l) in self.layers.iter().enumerate() {
+            let window = self.windows.get(li).copied().flatten();
+            let attn_in: &[f32] = if self.pre_norm {
+                normed.copy_from_slice(&x);
+                // ModernBERT's first layer has no attention norm.
+                if !l.ln1_w.is_empty() {
+                    ops::layer_norm_in_place(&mut normed, &l.ln1_w, &l.ln1_b, c.layer_norm_eps);
+                }
+                &normed
+            } else {
+                &x
+            };
+            l.qkv.apply(attn_in, t, &mut [&mut q, &mut k, &mut v], pool);
             add_bias(&mut q, &l.bq);
             add_bias(&mut k, &l.bk);
             add_bias(&mut v, &l.bv);
-            if let Positions::Rotary(rope) = &self.position {
+            if let Positions::Rotary { global, local } = &self.position {
+                let (rope, angles) = match (local, &angles_local) {
+                    (Some(local), Some(a)) if window.is_some() => (local, a),
+                    _ => (global, &angles),
+                };
                 for &(start, len) in &spans {
                     for p in 0..len {
                         let rows = (start + p) * h..(start + p + 1) * h;
@@ -662,14 +865,32 @@ impl Encoder for BertModel {
                     }
                 }
             }
-            self_attention(&spans, &q, &k, &v, c.heads, h, relative.as_deref(), &mut ctx, pool);
+            self_attention(
+                &spans,
+                &q,
+                &k,
+                &v,
+                c.heads,
+                h,
+                relative.as_deref(),
+                window,
+                &mut ctx,
+                pool,
+            );
             l.o.matmul(&ctx, t, &mut tmp, pool);
             add_bias(&mut tmp, &l.bo);
             ops::add_in_place(&mut x, &tmp);
-            ops::layer_norm_in_place(&mut x, &l.ln1_w, &l.ln1_b, c.layer_norm_eps);
+            let ffn_in: &[f32] = if self.pre_norm {
+                normed.copy_from_slice(&x);
+                ops::layer_norm_in_place(&mut normed, &l.ln2_w, &l.ln2_b, c.layer_norm_eps);
+                &normed
+            } else {
+                ops::layer_norm_in_place(&mut x, &l.ln1_w, &l.ln1_b, c.layer_norm_eps);
+                &x
+            };
             for start in (0..t).step_by(FFN_CHUNK_TOKENS) {
                 let n = (t - start).min(FFN_CHUNK_TOKENS);
-                let xs = &x[start * h..(start + n) * h];
+                let xs = &ffn_in[start * h..(start + n) * h];
                 let inter = &mut inter[..n * c.intermediate];
                 l.inter.matmul(xs, n, inter, pool);
                 add_bias(inter, &l.b_inter);
@@ -689,7 +910,12 @@ impl Encoder for BertModel {
             }
             add_bias(&mut tmp, &l.b_out);
             ops::add_in_place(&mut x, &tmp);
-            ops::layer_norm_in_place(&mut x, &l.ln2_w, &l.ln2_b, c.layer_norm_eps);
+            if !self.pre_norm {
+                ops::layer_norm_in_place(&mut x, &l.ln2_w, &l.ln2_b, c.layer_norm_eps);
+            }
+        }
+        if let Some((w, b)) = &self.final_norm {
+            ops::layer_norm_in_place(&mut x, w, b, c.layer_norm_eps);
         }
         Ok(x)
     }
@@ -800,7 +1026,8 @@ const FFN_CHUNK_TOKENS: usize = 256;
 
 /// Bidirectional attention within each input span, one task per (input, head).
 /// `relative`: per head, a bias by key-less-query distance (from
-/// [`RelativeBias::by_distance`] for the longest span).
+/// [`RelativeBias::by_distance`] for the longest span). `window`: a query
+/// sees only the keys at most this far from it (ModernBERT's local layers).
 #[allow(clippy::too_many_arguments)]
 fn self_attention(
     spans: &[(usize, usize)],
@@ -810,6 +1037,7 @@ fn self_attention(
     heads: usize,
     h: usize,
     relative: Option<&[f32]>,
+    window: Option<usize>,
     out: &mut [f32],
     pool: &ComputePool,
 ) {
@@ -835,18 +1063,24 @@ fn self_attention(
         let col = head * hd;
         let mut scores = vec![0f32; len];
         for i in 0..len {
+            // The keys this query sees: all, or those within the window.
+            let (lo, hi) = match window {
+                Some(w) => (i.saturating_sub(w), i.saturating_add(w).saturating_add(1).min(len)),
+                None => (0, len),
+            };
+            let scores = &mut scores[..hi - lo];
             let qi = &q[(start + i) * h + col..(start + i) * h + col + hd];
-            for (j, s) in scores.iter_mut().enumerate() {
+            for (j, s) in (lo..hi).zip(scores.iter_mut()) {
                 *s = dot(qi, &k[(start + j) * h + col..(start + j) * h + col + hd]) * scale;
             }
             if let Some(rel) = relative {
                 // Key j less query i, offset by longest - 1.
-                let row = &rel[head * width + longest - 1 - i..];
+                let row = &rel[head * width + longest - 1 - i + lo..];
                 for (s, b) in scores.iter_mut().zip(row) {
                     *s += b;
                 }
             }
-            ops::softmax_in_place(&mut scores);
+            ops::softmax_in_place(scores);
             // SAFETY: row `start + i` is below `end`, and columns
             // `col..col + hd` (`col + hd <= heads * hd <= h`) inside the row,
             // so inside `out` (asserted above). Task `(si, head)` is the only
@@ -854,7 +1088,7 @@ fn self_attention(
             // these columns (one head), and holds the slice only here.
             let o = unsafe { dst.slice_mut((start + i) * h + col, hd) };
             o.fill(0.0);
-            for (j, p) in scores.iter().enumerate() {
+            for (j, p) in (lo..hi).zip(scores.iter()) {
                 ops::axpy(*p, &v[(start + j) * h + col..(start + j) * h + col + hd], o);
             }
         }

@@ -100,6 +100,9 @@ pub enum Family {
     Mpnet,
     /// BERT-style encoders (`bert::Encoder`).
     Bert,
+    /// ModernBERT encoders (`bert::BertModel`, pre-norm, local windows);
+    /// CPU only.
+    ModernBert,
     /// nomic-bert encoders (`bert::BertModel` with rotary positions and
     /// SwiGLU) from GGUF; CPU only.
     NomicBert,
@@ -656,6 +659,15 @@ impl Registry {
                 }),
                 Box::new(BertSkill {
                     info: SkillInfo {
+                        name: "modernbert",
+                        task: Task::Embed,
+                        family: Family::ModernBert,
+                        formats: &[Format::Safetensors],
+                        architectures: bert::MODERNBERT_ARCHITECTURES,
+                    },
+                }),
+                Box::new(BertSkill {
+                    info: SkillInfo {
                         name: "nomic_bert",
                         task: Task::Embed,
                         family: Family::NomicBert,
@@ -870,7 +882,9 @@ mod tests {
         c["num_local_experts"] = serde_json::json!(1u64 << 40);
         c["num_experts_per_tok"] = serde_json::json!(2);
         let cfg = llama::config_from_hf(&c).unwrap();
-        let e = check_decoder(Path::new("m"), &cfg, 1_000_000, 20).unwrap_err().to_string();
+        let e = check_decoder(Path::new("m"), &cfg, 1_000_000, 20)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expert count"), "{e}");
     }
 
