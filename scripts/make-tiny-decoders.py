@@ -13,6 +13,9 @@ What it writes:
                         tests/fixtures/tiny/tokenizer
   gpt2-f32/             GPT2LMHeadModel: learned positions, LayerNorm, fused Conv1D c_attn, GELU MLP,
                         biases everywhere, tied head; the same tokenizer
+  gemma2-f32/           Gemma2ForCausalLM: Gemma 3's layout without QK-norm, one rotary base, even
+                        layers sliding (window 8), and soft caps small enough to bite (attention
+                        0.5, final logits 5.0)
   phi3-f32/             Phi3ForCausalLM: fused qkv_proj and gate_up_proj, half the head rotated
                         (partial_rotary_factor 0.5), LongRoPE short factors and attention factor,
                         a window of 8 in every layer
@@ -32,6 +35,8 @@ import sys
 import torch
 from safetensors.torch import save_file
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
     GPT2Config,
@@ -138,6 +143,29 @@ def randomise(m, seed):
 
 
 common = dict(vocab_size=max(vocab.values()) + 1, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+g2cfg = Gemma2Config(
+    **common,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=32,
+    query_pre_attn_scalar=24,
+    max_position_embeddings=256,
+    sliding_window=8,
+    attn_logit_softcapping=0.5,
+    final_logit_softcapping=5.0,
+    tie_word_embeddings=True,
+)
+g2cfg.architectures = ["Gemma2ForCausalLM"]
+torch.manual_seed(8)
+g2 = Gemma2ForCausalLM(g2cfg).eval()
+with torch.no_grad():
+    for name, p in g2.named_parameters():
+        p.normal_(0.0, 0.1 if "norm" in name else 0.03 if "embed" in name else 0.2)
+save("gemma2-f32", g2cfg, g2)
+
 pcfg = Phi3Config(
     **common,
     hidden_size=64,

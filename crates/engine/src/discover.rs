@@ -201,6 +201,7 @@ fn describe_folder(d: &mut ModelDescription) -> crate::Result<()> {
     let llama_code = [
         llama::ARCHITECTURES,
         llama::GEMMA_ARCHITECTURES,
+        llama::GEMMA2_ARCHITECTURES,
         llama::PHI3_ARCHITECTURES,
         llama::MOE_ARCHITECTURES,
     ];

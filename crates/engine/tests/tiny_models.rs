@@ -441,6 +441,7 @@ fn tiny_decoders_beyond_llama_match_transformers() {
     for (name, skill_name) in [
         ("gemma3-f32", "gemma3"),
         ("gpt2-f32", "gpt2"),
+        ("gemma2-f32", "gemma2"),
         ("phi3-f32", "phi3"),
         ("mixtral-f32", "moe"),
         ("qwen3moe-f32", "moe"),
@@ -461,6 +462,10 @@ fn tiny_decoders_beyond_llama_match_transformers() {
             "gemma3-f32" => {
                 assert_eq!(c.window(0), Some(8));
                 assert_eq!(c.window(2), None);
+            }
+            "gemma2-f32" => {
+                assert_eq!((c.window(0), c.window(1)), (Some(8), None));
+                assert_eq!((c.attn_softcap, c.final_softcap), (Some(0.5), Some(5.0)));
             }
             // LongRoPE: the pretraining length, half of each head rotated.
             "phi3-f32" => assert_eq!((c.context_length, c.rope_dims, c.window(1)), (128, 8, Some(8))),

@@ -239,6 +239,7 @@ fn skills_lists_the_registry() {
         ("gemma3", "generate", "gemma"),
         ("gpt2", "generate", "gpt2"),
         ("phi3", "generate", "phi3"),
+        ("gemma2", "generate", "gemma"),
         ("moe", "generate", "moe"),
     ] {
         let s = skills

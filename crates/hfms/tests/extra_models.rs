@@ -1,6 +1,6 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Phi-3, Mixtral,
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Gemma 2, Phi-3, Mixtral,
 //! Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
@@ -27,6 +27,8 @@ fn server() -> &'static Server {
             &format!("tiny-gpt2={}", tiny.join("gpt2-f32").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
+            "--model",
+            &format!("tiny-gemma2={}", tiny.join("gemma2-f32").display()),
             "--model",
             &format!("tiny-modernbert={}", tiny.join("modernbert-f32").display()),
             "--model",
@@ -184,6 +186,7 @@ fn tiny_decoders_complete_as_transformers_does() {
     let tok = hfms_engine::tokenizer::Tokenizer::from_file(&tiny.join("gpt2-f32/tokenizer.json"), None).unwrap();
     for (model, fixture, arch, context) in [
         ("tiny-gpt2", "gpt2-f32", "gpt2", 128),
+        ("tiny-gemma2", "gemma2-f32", "gemma2", 256),
         // LongRoPE's short factors serve the pretraining length.
         ("tiny-phi3", "phi3-f32", "phi3", 128),
         ("tiny-mixtral", "mixtral-f32", "mixtral", 256),

@@ -17,7 +17,8 @@ pub struct RowPlace<'a> {
 
 /// `out[row, head*hd..]` = softmax(q·Kᵀ/√hd)·V for every row and query head.
 /// `q` is `[rows, heads * head_dim]`; `window`: how many of the latest
-/// positions a query sees (None: all).
+/// positions a query sees (None: all); `softcap`: scores become
+/// `cap * tanh(score / cap)` before the softmax (Gemma 2).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     rows: &[RowPlace<'_>],
@@ -25,6 +26,7 @@ pub fn attention(
     heads: usize,
     layer: usize,
     window: Option<usize>,
+    softcap: Option<f32>,
     kv: &CpuBlocks,
     out: &mut [f32],
     pool: &ComputePool,
@@ -94,6 +96,9 @@ pub fn attention(
                     scores[p - lo] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
                 }
             }
+            if let Some(cap) = softcap {
+                scores.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
+            }
             softmax_in_place(&mut scores);
             o.fill(0.0);
             for (b, &blk) in place.kv.blocks.iter().enumerate().skip(lo / l.block_size) {
@@ -162,7 +167,7 @@ mod tests {
         // block edge, and before the first position.
         for window in [None, Some(1), Some(2), Some(3), Some(9)] {
             let mut out = vec![f32::NAN; q.len()];
-            attention(&rows, &q, heads, 0, window, &kv, &mut out, &pool);
+            attention(&rows, &q, heads, 0, window, None, &kv, &mut out, &pool);
             for (r, place) in rows.iter().enumerate() {
                 let lo = window.map_or(0, |w| (place.pos + 1).saturating_sub(w));
                 for h in 0..heads {

@@ -116,6 +116,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         norm_offset: 0.0,
         rope_attention_factor: 1.0,
         moe: None,
+        attn_softcap: None,
+        final_softcap: None,
     })
 }
 
@@ -250,7 +252,7 @@ impl CausalLm for Gpt2Model {
                 let (blk, slot) = places[i].kv.locate(bs, places[i].pos);
                 kv.write(blk, li, slot, &k[i * h..(i + 1) * h], &v[i * h..(i + 1) * h]);
             }
-            attention(&places, &q, c.heads, li, None, kv, &mut attn, pool);
+            attention(&places, &q, c.heads, li, None, None, kv, &mut attn, pool);
             l.o.matmul(&attn, t, &mut o, pool);
             ops::add_bias(&mut o, &l.b_o);
             ops::add_in_place(&mut x, &o);

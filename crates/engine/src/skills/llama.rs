@@ -64,6 +64,10 @@ pub struct DecoderConfig {
     pub rope_attention_factor: f32,
     /// Routed experts in place of the dense feed-forward (Mixtral, Qwen3-MoE).
     pub moe: Option<MoeConfig>,
+    /// Gemma 2's soft caps: attention scores and final logits become
+    /// `cap * tanh(x / cap)`.
+    pub attn_softcap: Option<f32>,
+    pub final_softcap: Option<f32>,
 }
 
 /// A sparse mixture-of-experts feed-forward: a router scores every expert
@@ -165,6 +169,8 @@ fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Opti
     let sliding = match cfg.get("layer_types").and_then(Value::as_array) {
         Some(types) => SlidingLayers::Listed(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()),
         None if arch == "mistral" || arch == "phi3" => SlidingLayers::From(0),
+        // Gemma 2 before transformers 5: even layers slide.
+        None if arch == "gemma2" => SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| i % 2 == 0).collect()),
         None if is_gemma3(arch) => {
             let every = ["sliding_window_pattern", "_sliding_window_pattern"]
                 .iter()
@@ -502,9 +508,19 @@ pub const PHI3_ARCHITECTURES: &[&str] = &["phi3"];
 /// experts; CPU only, safetensors.
 pub const MOE_ARCHITECTURES: &[&str] = &["mixtral", "qwen3_moe"];
 
+/// Gemma 2 (safetensors): Gemma 3's code with soft caps, no QK-norm and
+/// one rotary base; a skill of its own, since its GGUF files are not read.
+pub const GEMMA2_ARCHITECTURES: &[&str] = &["gemma2"];
+
 /// Is `arch` Gemma 3?
 fn is_gemma3(arch: &str) -> bool {
     GEMMA_ARCHITECTURES.contains(&arch)
+}
+
+/// Is `arch` Gemma 2 or 3 (scaled embeddings, GeGLU, (1 + w) norms,
+/// post norms)?
+fn is_gemma(arch: &str) -> bool {
+    is_gemma3(arch) || GEMMA2_ARCHITECTURES.contains(&arch)
 }
 
 /// What Gemma does the same in every checkpoint format: embeddings scaled
@@ -588,6 +604,8 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         norm_offset: 0.0,
         rope_attention_factor: 1.0,
         moe: None,
+        attn_softcap: None,
+        final_softcap: None,
         rms_eps: f
             .get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
             .unwrap_or(1e-5) as f32,
@@ -747,13 +765,21 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         }
     }
     let sliding_window = sliding_window_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
-    let gemma = is_gemma3(&arch);
-    if gemma {
-        for key in ["final_logit_softcapping", "attn_logit_softcapping"] {
-            if cfg.get(key).is_some_and(|v| !v.is_null()) {
-                return Err(EngineError::format(format!("{key} is not supported")));
-            }
+    let gemma = is_gemma(&arch);
+    let softcap = |key: &str| -> Result<Option<f32>> {
+        match cfg.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => match v.as_f64() {
+                Some(c) if c > 0.0 && c.is_finite() => Ok(Some(c as f32)),
+                _ => Err(EngineError::format(format!("{key} {v} is not a positive number"))),
+            },
         }
+    };
+    let (attn_softcap, final_softcap) = (softcap("attn_logit_softcapping")?, softcap("final_logit_softcapping")?);
+    if (attn_softcap.is_some() || final_softcap.is_some()) && arch != "gemma2" {
+        return Err(EngineError::format("logit soft-capping is supported for gemma2 only"));
+    }
+    if gemma {
         match cfg.get("hidden_activation").and_then(Value::as_str) {
             None | Some("gelu_pytorch_tanh") => {}
             Some(other) => {
@@ -778,7 +804,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         vocab: need("vocab_size")?,
         context_length,
         sliding_window,
-        rope_theta_local: if gemma {
+        rope_theta_local: if is_gemma3(&arch) {
             Some(
                 jf32(cfg, "rope_local_base_freq")
                     .or_else(|| jf32(&local, "rope_theta"))
@@ -793,6 +819,8 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         norm_offset: if gemma { 1.0 } else { 0.0 },
         rope_attention_factor,
         moe,
+        attn_softcap,
+        final_softcap,
         rms_eps: jf32(cfg, "rms_norm_eps").unwrap_or(1e-6),
         rope_theta,
         rope_style: RopeStyle::Halves,
@@ -830,7 +858,7 @@ impl LlamaModel {
             .unwrap_or(false);
         let names = Names {
             gguf: false,
-            gemma: is_gemma3(&cfg.arch),
+            gemma: is_gemma(&cfg.arch),
         };
         // Gemma ties its head unless the config says otherwise.
         let tied = tied || (names.gemma && cfg_json.get("tie_word_embeddings").is_none());
@@ -937,7 +965,7 @@ impl LlamaModel {
             };
             layers.push(l);
         }
-        if is_gemma3(&cfg.arch)
+        if is_gemma(&cfg.arch)
             && let Some(i) = layers
                 .iter()
                 .position(|l: &Layer| l.post_attn_norm.is_none() || l.post_ffn_norm.is_none())
@@ -1135,7 +1163,17 @@ impl CausalLm for LlamaModel {
                     &v[i * kv_dim..(i + 1) * kv_dim],
                 );
             }
-            attention(&places, &q, c.heads, li, c.window(li), kv, &mut attn, pool);
+            attention(
+                &places,
+                &q,
+                c.heads,
+                li,
+                c.window(li),
+                c.attn_softcap,
+                kv,
+                &mut attn,
+                pool,
+            );
             l.wo.matmul(&attn, t, &mut o, pool);
             if let Some(w) = &l.post_attn_norm {
                 ops::rms_norm_in_place(&mut o, w, c.rms_eps);
@@ -1164,6 +1202,9 @@ impl CausalLm for LlamaModel {
         let out_m = self.output_matrix();
         let mut logits = vec![0f32; rows.len() * out_m.rows()];
         out_m.matmul(&sel, rows.len(), &mut logits, pool);
+        if let Some(cap) = c.final_softcap {
+            logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
+        }
         Ok(logits)
     }
 }

@@ -623,6 +623,15 @@ impl Registry {
                 }),
                 Box::new(LlamaSkill {
                     info: SkillInfo {
+                        name: "gemma2",
+                        task: Task::Generate,
+                        family: Family::Gemma,
+                        formats: &[Format::Safetensors],
+                        architectures: llama::GEMMA2_ARCHITECTURES,
+                    },
+                }),
+                Box::new(LlamaSkill {
+                    info: SkillInfo {
                         name: "phi3",
                         task: Task::Generate,
                         family: Family::Phi3,
