@@ -13,6 +13,10 @@ What it writes:
                         tests/fixtures/tiny/tokenizer
   gpt2-f32/             GPT2LMHeadModel: learned positions, LayerNorm, fused Conv1D c_attn, GELU MLP,
                         biases everywhere, tied head; the same tokenizer
+  gpt2-f32.gguf         the same GPT-2 as llama.cpp's converter writes it (F32): token_embd,
+                        position_embd, blk.N.attn_qkv / attn_output / ffn_up / ffn_down transposed
+                        to [out, in] rows, LayerNorms as attn_norm / ffn_norm / output_norm with
+                        biases, no output (tied); the tokenizer as GGUF gpt2 BPE metadata
   gemma2-f32/           Gemma2ForCausalLM: Gemma 3's layout without QK-norm, one rotary base, even
                         layers sliding (window 8), and soft caps small enough to bite (attention
                         0.5, final logits 5.0)
@@ -32,6 +36,7 @@ import os
 import shutil
 import sys
 
+import gguf
 import torch
 from safetensors.torch import save_file
 from transformers import (
@@ -131,6 +136,60 @@ with torch.no_grad():
         else:
             p.normal_(0.0, 0.05 if "wte" in name or "wpe" in name else 0.2)
 save("gpt2-f32", gcfg, g)
+
+
+def write_gpt2_gguf(path, cfg, m):
+    """llama.cpp's GPT-2 layout: Conv1D weights transposed to [out, in]."""
+    w = gguf.GGUFWriter(path, "gpt2")
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(4 * cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    tj = json.load(open(f"{out}/gpt2-f32/tokenizer.json"))
+    tokens = [None] * (max(tj["model"]["vocab"].values()) + 1)
+    for t, i in tj["model"]["vocab"].items():
+        tokens[i] = t
+    specials = set()
+    for a in tj["added_tokens"]:
+        tokens[a["id"]] = a["content"]
+        specials.add(a["content"])
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("gpt-2")
+    w.add_token_list(tokens)
+    w.add_token_types([gguf.TokenType.CONTROL if t in specials else gguf.TokenType.NORMAL for t in tokens])
+    w.add_token_merges([x if isinstance(x, str) else " ".join(x) for x in tj["model"]["merges"]])
+    w.add_bos_token_id(cfg.bos_token_id)
+    w.add_eos_token_id(cfg.eos_token_id)
+    w.add_add_bos_token(False)
+    sd = {k.removeprefix("transformer."): v.detach().float().numpy() for k, v in m.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["wte.weight"])
+    w.add_tensor("position_embd.weight", sd["wpe.weight"])
+    w.add_tensor("output_norm.weight", sd["ln_f.weight"])
+    w.add_tensor("output_norm.bias", sd["ln_f.bias"])
+    parts = {
+        "ln_1": "attn_norm",
+        "attn.c_attn": "attn_qkv",
+        "attn.c_proj": "attn_output",
+        "ln_2": "ffn_norm",
+        "mlp.c_fc": "ffn_up",
+        "mlp.c_proj": "ffn_down",
+    }
+    for i in range(cfg.n_layer):
+        for hf, gg in parts.items():
+            weight = sd[f"h.{i}.{hf}.weight"]
+            if not hf.startswith("ln_"):
+                weight = weight.T.copy()
+            w.add_tensor(f"blk.{i}.{gg}.weight", weight)
+            w.add_tensor(f"blk.{i}.{gg}.bias", sd[f"h.{i}.{hf}.bias"])
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+write_gpt2_gguf(f"{out}/gpt2-f32.gguf", gcfg, g)
 
 def randomise(m, seed):
     torch.manual_seed(seed)

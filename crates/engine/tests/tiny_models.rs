@@ -441,15 +441,23 @@ fn tiny_decoders_beyond_llama_match_transformers() {
     for (name, skill_name) in [
         ("gemma3-f32", "gemma3"),
         ("gpt2-f32", "gpt2"),
+        // The same GPT-2 as llama.cpp's converter writes it.
+        ("gpt2-f32.gguf", "gpt2"),
         ("gemma2-f32", "gemma2"),
         ("phi3-f32", "phi3"),
         ("mixtral-f32", "moe"),
         ("qwen3moe-f32", "moe"),
     ] {
+        let format = if name.ends_with(".gguf") {
+            Format::Gguf
+        } else {
+            Format::Safetensors
+        };
         let source = ModelSource {
-            format: Format::Safetensors,
+            format,
             path: dir().join(name),
         };
+        let name = name.trim_end_matches(".gguf");
         let skill = registry.for_source(&source).unwrap();
         assert_eq!(skill.info().name, skill_name);
         skill.check(&source).unwrap();

@@ -1,6 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Gemma 2, Phi-3, Mixtral,
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 (safetensors and
+//! GGUF), Gemma 2, Phi-3, Mixtral,
 //! Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
@@ -25,6 +26,8 @@ fn server() -> &'static Server {
         Server::start(&[
             "--model",
             &format!("tiny-gpt2={}", tiny.join("gpt2-f32").display()),
+            "--model",
+            &format!("tiny-gpt2-gguf={}", tiny.join("gpt2-f32.gguf").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
             "--model",
@@ -186,6 +189,7 @@ fn tiny_decoders_complete_as_transformers_does() {
     let tok = hfms_engine::tokenizer::Tokenizer::from_file(&tiny.join("gpt2-f32/tokenizer.json"), None).unwrap();
     for (model, fixture, arch, context) in [
         ("tiny-gpt2", "gpt2-f32", "gpt2", 128),
+        ("tiny-gpt2-gguf", "gpt2-f32", "gpt2", 128),
         ("tiny-gemma2", "gemma2-f32", "gemma2", 256),
         // LongRoPE's short factors serve the pretraining length.
         ("tiny-phi3", "phi3-f32", "phi3", 128),
@@ -215,6 +219,16 @@ fn tiny_decoders_complete_as_transformers_does() {
             "{model}"
         );
     }
+    // A text prompt: the GGUF's rebuilt tokenizer reads it as tokenizer.json does.
+    let complete = |model: &str| {
+        let (code, v) = s.post_json(
+            "/v1/completions",
+            json!({"model": model, "prompt": "Hello, world! The fox", "max_tokens": 6, "temperature": 0}),
+        );
+        assert_eq!(code, 200, "{model}: {v}");
+        (v["choices"][0]["text"].clone(), v["usage"].clone())
+    };
+    assert_eq!(complete("tiny-gpt2"), complete("tiny-gpt2-gguf"));
 }
 
 /// The tiny ModernBERT embeds token ids as transformers does (mean pooled,

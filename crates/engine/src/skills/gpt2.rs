@@ -1,4 +1,5 @@
-//! GPT-2 decoders from a safetensors folder: learned absolute positions,
+//! GPT-2 decoders from a safetensors folder or a GGUF file (llama.cpp's
+//! names, weights already `[out, in]`): learned absolute positions,
 //! LayerNorm with biases before attention and MLP, one fused `c_attn`
 //! projection for Q, K and V, a plain (ungated) GELU MLP, biases on every
 //! projection, and the head tied to the token embeddings. transformers
@@ -15,6 +16,7 @@ use crate::compute::ops::{self, RopeStyle};
 use crate::compute::{ComputePool, Matrix};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
+use crate::formats::gguf::GgufFile;
 use crate::formats::safetensors::Checkpoint;
 use crate::kv::KvPool;
 
@@ -90,18 +92,71 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
     if cfg.get("scale_attn_weights").and_then(Value::as_bool) == Some(false) {
         return Err(EngineError::format("scale_attn_weights false is not supported"));
     }
-    let layers = need("n_layer")?;
-    Ok(DecoderConfig {
+    Ok(gpt2_config(
+        hidden,
+        heads,
+        need("n_layer")?,
+        jusize(cfg, "n_inner").unwrap_or(4 * hidden),
+        need("vocab_size")?,
+        need("n_positions")?,
+        cfg.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+        ffn_act,
+    ))
+}
+
+/// Decoder shapes from GGUF metadata (`gpt2.*`, as llama.cpp writes them;
+/// its GPT-2 uses the tanh GELU).
+pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
+    let need = |key: &str| {
+        f.get_u64(&format!("gpt2.{key}"))
+            .and_then(|v| usize::try_from(v).ok())
+            .ok_or_else(|| EngineError::format(format!("GGUF metadata gpt2.{key} is missing")))
+    };
+    let hidden = need("embedding_length")?;
+    let heads = need("attention.head_count")?;
+    if heads == 0 || !hidden.is_multiple_of(heads) {
+        return Err(EngineError::format(format!(
+            "embedding length {hidden} is not a multiple of {heads} heads"
+        )));
+    }
+    let vocab = f
+        .tensor("token_embd.weight")
+        .and_then(|t| t.dims.get(1).copied())
+        .ok_or_else(|| EngineError::format("GGUF has no 2-D token_embd.weight"))? as usize;
+    Ok(gpt2_config(
+        hidden,
+        heads,
+        need("block_count")?,
+        need("feed_forward_length")?,
+        vocab,
+        need("context_length")?,
+        f.get_f64("gpt2.attention.layer_norm_epsilon").unwrap_or(1e-5) as f32,
+        FfnActivation::GeluTanh,
+    ))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gpt2_config(
+    hidden: usize,
+    heads: usize,
+    layers: usize,
+    ffn: usize,
+    vocab: usize,
+    context_length: usize,
+    eps: f32,
+    ffn_act: FfnActivation,
+) -> DecoderConfig {
+    DecoderConfig {
         arch: "gpt2".into(),
         hidden,
         layers,
         heads,
         kv_heads: heads,
         head_dim: hidden / heads,
-        ffn: jusize(cfg, "n_inner").unwrap_or(4 * hidden),
-        vocab: need("vocab_size")?,
-        context_length: need("n_positions")?,
-        rms_eps: cfg.get("layer_norm_epsilon").and_then(Value::as_f64).unwrap_or(1e-5) as f32,
+        ffn,
+        vocab,
+        context_length,
+        rms_eps: eps,
         rope_theta: 0.0,
         rope_style: RopeStyle::Halves,
         // Absolute positions: no rotary.
@@ -118,7 +173,7 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         moe: None,
         attn_softcap: None,
         final_softcap: None,
-    })
+    }
 }
 
 impl Gpt2Model {
@@ -167,8 +222,60 @@ impl Gpt2Model {
                 b_down: vec(l("mlp.c_proj.bias"), h)?,
             });
         }
-        let embed = ck.matrix(&n("wte.weight"))?;
-        let positions = ck.matrix(&n("wpe.weight"))?;
+        let ln_f = norm(n("ln_f"))?;
+        Self::assemble(
+            cfg,
+            ck.matrix(&n("wte.weight"))?,
+            ck.matrix(&n("wpe.weight"))?,
+            layers,
+            ln_f,
+        )
+    }
+
+    /// A GGUF GPT-2 (llama.cpp's tensor names; any ggml weight type).
+    pub fn from_gguf(f: &GgufFile) -> Result<Self> {
+        let cfg = config_from_gguf(f)?;
+        let (h, ffn) = (cfg.hidden, cfg.ffn);
+        let norm = |name: &str| -> Result<Norm> {
+            Ok(Norm {
+                w: f.vector_len(&format!("{name}.weight"), h)?,
+                b: f.vector_len(&format!("{name}.bias"), h)?,
+            })
+        };
+        let mut layers = Vec::new();
+        for i in 0..cfg.layers {
+            let l = |s: &str| format!("blk.{i}.{s}");
+            layers.push(Layer {
+                ln1: norm(&l("attn_norm"))?,
+                qkv: f.matrix_shaped(&l("attn_qkv.weight"), 3 * h, h)?,
+                b_qkv: f.vector_len(&l("attn_qkv.bias"), 3 * h)?,
+                o: f.matrix_shaped(&l("attn_output.weight"), h, h)?,
+                b_o: f.vector_len(&l("attn_output.bias"), h)?,
+                ln2: norm(&l("ffn_norm"))?,
+                up: f.matrix_shaped(&l("ffn_up.weight"), ffn, h)?,
+                b_up: f.vector_len(&l("ffn_up.bias"), ffn)?,
+                down: f.matrix_shaped(&l("ffn_down.weight"), h, ffn)?,
+                b_down: f.vector_len(&l("ffn_down.bias"), h)?,
+            });
+        }
+        if f.has("output.weight") {
+            return Err(EngineError::format(
+                "a GPT-2 GGUF with an untied output.weight is not supported",
+            ));
+        }
+        let ln_f = norm("output_norm")?;
+        Self::assemble(
+            cfg,
+            f.matrix("token_embd.weight")?,
+            f.matrix("position_embd.weight")?,
+            layers,
+            ln_f,
+        )
+    }
+
+    /// The model from its parts, the tables checked against the config.
+    fn assemble(cfg: DecoderConfig, embed: Matrix, positions: Matrix, layers: Vec<Layer>, ln_f: Norm) -> Result<Self> {
+        let h = cfg.hidden;
         if embed.cols() != h || positions.cols() != h || positions.rows() < cfg.context_length {
             return Err(EngineError::format(format!(
                 "embeddings are {}x{} and positions {}x{}; the config says {h} wide and {} positions",
@@ -182,7 +289,7 @@ impl Gpt2Model {
         let mut cfg = cfg;
         cfg.vocab = embed.rows();
         Ok(Gpt2Model {
-            ln_f: norm(n("ln_f"))?,
+            ln_f,
             embed,
             positions,
             layers,

@@ -291,7 +291,11 @@ impl Skill for LlamaSkill {
                     Some(b) => b.load_causal_lm(source, ctx.device)?,
                     None => {
                         check_decoder_gguf(&f)?;
-                        Arc::new(llama::LlamaModel::from_gguf(&f)?)
+                        if f.architecture().is_some_and(|a| gpt2::ARCHITECTURES.contains(&a)) {
+                            Arc::new(gpt2::Gpt2Model::from_gguf(&f)?)
+                        } else {
+                            Arc::new(llama::LlamaModel::from_gguf(&f)?)
+                        }
                     }
                 };
                 let tokenizer = Tokenizer::from_gguf(&f)?;
@@ -526,12 +530,11 @@ fn check_decoder(file: &Path, cfg: &llama::DecoderConfig, weights: u64, tensors:
 }
 
 fn check_decoder_gguf(f: &GgufFile) -> Result<()> {
-    check_decoder(
-        &f.path,
-        &llama::config_from_gguf(f)?,
-        f.parameter_count(),
-        f.tensors.len(),
-    )
+    let cfg = match f.architecture() {
+        Some(a) if gpt2::ARCHITECTURES.contains(&a) => gpt2::config_from_gguf(f)?,
+        _ => llama::config_from_gguf(f)?,
+    };
+    check_decoder(&f.path, &cfg, f.parameter_count(), f.tensors.len())
 }
 
 fn check_decoder_hf(dir: &Path, config: &serde_json::Value) -> Result<()> {
@@ -608,7 +611,7 @@ impl Registry {
                         name: "gpt2",
                         task: Task::Generate,
                         family: Family::Gpt2,
-                        formats: &[Format::Safetensors],
+                        formats: &[Format::Gguf, Format::Safetensors],
                         architectures: gpt2::ARCHITECTURES,
                     },
                 }),
