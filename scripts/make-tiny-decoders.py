@@ -25,6 +25,8 @@ What it writes:
                         a window of 8 in every layer
   mixtral-f32/          MixtralForCausalLM (saved as the hub's w1/w2/w3 experts): 4 experts, top 2,
                         weights renormalised over the chosen
+  mixtral-f32.gguf      the same Mixtral as llama.cpp's converter writes it (F32, architecture llama
+                        with expert_count, Q/K permuted, experts stacked in ffn_*_exps)
   qwen3moe-f32/         Qwen3MoeForCausalLM: 4 experts of their own width, top 2 without
                         renormalising, QK-norm, and layer 1 a dense MLP (mlp_only_layers)
   decoder_goldens.json  per model: the last-position logits of the prompt of goldens.json and 8
@@ -138,16 +140,9 @@ with torch.no_grad():
 save("gpt2-f32", gcfg, g)
 
 
-def write_gpt2_gguf(path, cfg, m):
-    """llama.cpp's GPT-2 layout: Conv1D weights transposed to [out, in]."""
-    w = gguf.GGUFWriter(path, "gpt2")
-    w.add_context_length(cfg.n_positions)
-    w.add_embedding_length(cfg.n_embd)
-    w.add_feed_forward_length(4 * cfg.n_embd)
-    w.add_block_count(cfg.n_layer)
-    w.add_head_count(cfg.n_head)
-    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
-    tj = json.load(open(f"{out}/gpt2-f32/tokenizer.json"))
+def tokenizer_meta(w, cfg):
+    """The tiny tokenizer as GGUF gpt2 BPE metadata."""
+    tj = json.load(open(f"{out}/tokenizer/tokenizer.json"))
     tokens = [None] * (max(tj["model"]["vocab"].values()) + 1)
     for t, i in tj["model"]["vocab"].items():
         tokens[i] = t
@@ -163,6 +158,25 @@ def write_gpt2_gguf(path, cfg, m):
     w.add_bos_token_id(cfg.bos_token_id)
     w.add_eos_token_id(cfg.eos_token_id)
     w.add_add_bos_token(False)
+
+
+def finish(w):
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def write_gpt2_gguf(path, cfg, m):
+    """llama.cpp's GPT-2 layout: Conv1D weights transposed to [out, in]."""
+    w = gguf.GGUFWriter(path, "gpt2")
+    w.add_context_length(cfg.n_positions)
+    w.add_embedding_length(cfg.n_embd)
+    w.add_feed_forward_length(4 * cfg.n_embd)
+    w.add_block_count(cfg.n_layer)
+    w.add_head_count(cfg.n_head)
+    w.add_layer_norm_eps(cfg.layer_norm_epsilon)
+    tokenizer_meta(w, cfg)
     sd = {k.removeprefix("transformer."): v.detach().float().numpy() for k, v in m.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["wte.weight"])
     w.add_tensor("position_embd.weight", sd["wpe.weight"])
@@ -183,10 +197,7 @@ def write_gpt2_gguf(path, cfg, m):
                 weight = weight.T.copy()
             w.add_tensor(f"blk.{i}.{gg}.weight", weight)
             w.add_tensor(f"blk.{i}.{gg}.bias", sd[f"h.{i}.{hf}.bias"])
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish(w)
 
 
 write_gpt2_gguf(f"{out}/gpt2-f32.gguf", gcfg, g)
@@ -266,6 +277,55 @@ mcfg.architectures = ["MixtralForCausalLM"]
 mx = MixtralForCausalLM(mcfg).eval()
 randomise(mx, 6)
 save("mixtral-f32", mcfg, mx, hub_layout=True)
+
+
+def permute(w, n_head):
+    # llama.cpp's converter: rotary pairs (i, i + d/2) become adjacent (2i, 2i + 1).
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def write_mixtral_gguf(path, cfg, m):
+    """llama.cpp's Mixtral: architecture llama with experts, Q/K permuted for its
+    interleaved rotary, each layer's experts stacked into ffn_*_exps [experts, rows, cols]."""
+    w = gguf.GGUFWriter(path, "llama")
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    w.add_rope_dimension_count(head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_expert_count(cfg.num_local_experts)
+    w.add_expert_used_count(cfg.num_experts_per_tok)
+    tokenizer_meta(w, cfg)
+    sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    ffn = cfg.intermediate_size
+    for i in range(cfg.num_hidden_layers):
+        p = f"model.layers.{i}."
+        b = f"blk.{i}."
+        w.add_tensor(b + "attn_norm.weight", sd[p + "input_layernorm.weight"])
+        w.add_tensor(b + "attn_q.weight", permute(sd[p + "self_attn.q_proj.weight"], cfg.num_attention_heads))
+        w.add_tensor(b + "attn_k.weight", permute(sd[p + "self_attn.k_proj.weight"], cfg.num_key_value_heads))
+        w.add_tensor(b + "attn_v.weight", sd[p + "self_attn.v_proj.weight"])
+        w.add_tensor(b + "attn_output.weight", sd[p + "self_attn.o_proj.weight"])
+        w.add_tensor(b + "ffn_norm.weight", sd[p + "post_attention_layernorm.weight"])
+        w.add_tensor(b + "ffn_gate_inp.weight", sd[p + "mlp.gate.weight"])
+        # transformers 5 holds the experts fused: gate_up [E, 2 ffn, h] (gate first), down [E, h, ffn].
+        gate_up = sd[p + "mlp.experts.gate_up_proj"]
+        w.add_tensor(b + "ffn_gate_exps.weight", gate_up[:, :ffn, :].copy())
+        w.add_tensor(b + "ffn_up_exps.weight", gate_up[:, ffn:, :].copy())
+        w.add_tensor(b + "ffn_down_exps.weight", sd[p + "mlp.experts.down_proj"].copy())
+    finish(w)
+
+
+write_mixtral_gguf(f"{out}/mixtral-f32.gguf", mcfg, mx)
 
 qcfg = Qwen3MoeConfig(
     **common,

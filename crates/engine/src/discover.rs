@@ -164,8 +164,9 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
 fn describe_gguf(d: &mut ModelDescription) -> crate::Result<()> {
     d.size_bytes = std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0);
     let f = GgufFile::open(&d.path)?;
-    let arch = f.architecture().unwrap_or("unknown").to_string();
-    d.context_length = f.get_u64(&format!("{arch}.context_length")).map(|v| v as usize);
+    let arch = crate::skills::gguf_architecture(&f).unwrap_or_else(|| "unknown".into());
+    let meta_arch = f.architecture().unwrap_or("unknown");
+    d.context_length = f.get_u64(&format!("{meta_arch}.context_length")).map(|v| v as usize);
     d.architecture = Some(arch);
     d.parameters = Some(f.parameter_count());
     // The type holding most of the 2-D weight bytes names the quantisation.

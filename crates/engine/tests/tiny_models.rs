@@ -446,6 +446,8 @@ fn tiny_decoders_beyond_llama_match_transformers() {
         ("gemma2-f32", "gemma2"),
         ("phi3-f32", "phi3"),
         ("mixtral-f32", "moe"),
+        // llama.cpp's layout: `llama` with stacked experts.
+        ("mixtral-f32.gguf", "moe"),
         ("qwen3moe-f32", "moe"),
     ] {
         let format = if name.ends_with(".gguf") {

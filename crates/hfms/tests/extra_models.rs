@@ -1,7 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 (safetensors and
-//! GGUF), Gemma 2, Phi-3, Mixtral,
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 and Mixtral
+//! (safetensors and GGUF), Gemma 2, Phi-3,
 //! Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
@@ -28,6 +28,8 @@ fn server() -> &'static Server {
             &format!("tiny-gpt2={}", tiny.join("gpt2-f32").display()),
             "--model",
             &format!("tiny-gpt2-gguf={}", tiny.join("gpt2-f32.gguf").display()),
+            "--model",
+            &format!("tiny-mixtral-gguf={}", tiny.join("mixtral-f32.gguf").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
             "--model",
@@ -194,6 +196,8 @@ fn tiny_decoders_complete_as_transformers_does() {
         // LongRoPE's short factors serve the pretraining length.
         ("tiny-phi3", "phi3-f32", "phi3", 128),
         ("tiny-mixtral", "mixtral-f32", "mixtral", 256),
+        // llama.cpp writes Mixtral as `llama` with experts.
+        ("tiny-mixtral-gguf", "mixtral-f32", "mixtral", 256),
         ("tiny-qwen3moe", "qwen3moe-f32", "qwen3_moe", 256),
     ] {
         let want = tok.decode(&ids(&g[fixture]["greedy"]), false).unwrap();

@@ -512,6 +512,15 @@ impl MappedBytes {
         &self.map[self.start..self.start + self.len]
     }
 
+    /// `len` bytes from `offset` within this range; None past its end.
+    pub fn slice(&self, offset: usize, len: usize) -> Option<Self> {
+        (offset.checked_add(len)? <= self.len).then(|| MappedBytes {
+            map: self.map.clone(),
+            start: self.start + offset,
+            len,
+        })
+    }
+
     /// Drop this range's pages from memory (they are re-read from the file
     /// if touched again): after a weight was repacked into its own memory,
     /// the file pages it was read from need not stay resident.

@@ -59,6 +59,34 @@ fn check_matrix(file: &std::path::Path, name: &str, rows: usize, cols: usize) ->
     Ok(())
 }
 
+impl GgufFile {
+    /// A stack of `count` matrices of `rows x cols` stored as one 3-D tensor
+    /// (llama.cpp's `ffn_*_exps`: dims `[cols, rows, count]`), one matrix
+    /// each, pointing into the file.
+    pub fn matrix_stack(&self, name: &str, count: usize, rows: usize, cols: usize) -> Result<Vec<Matrix>> {
+        let t = self.tensor(name).ok_or_else(|| missing(name))?;
+        let want = [cols as u64, rows as u64, count as u64];
+        if t.dims.as_slice() != want {
+            return Err(EngineError::format(format!(
+                "{}: tensor {name} has shape {:?}; the metadata says {want:?}",
+                self.path.display(),
+                t.dims
+            )));
+        }
+        check_matrix(&self.path, name, rows, cols)?;
+        let view = self.tensor_view(t)?;
+        let each = view.bytes().len() / count.max(1);
+        (0..count)
+            .map(|e| {
+                let part = view
+                    .slice(e * each, each)
+                    .ok_or_else(|| EngineError::format(format!("tensor {name}: expert {e} is outside the file")))?;
+                Matrix::from_mapped(rows, cols, t.dtype, part)
+            })
+            .collect()
+    }
+}
+
 impl WeightSource for GgufFile {
     fn has(&self, name: &str) -> bool {
         self.tensor(name).is_some()
@@ -125,5 +153,31 @@ impl WeightSource for Checkpoint {
         let mut out = vec![0f32; n];
         dequantize_row(ty, bytes.bytes(), &mut out);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::formats::gguf::testing::{build, write};
+
+    #[test]
+    fn a_stack_of_expert_matrices_splits_by_its_last_dimension() {
+        // Three 2x4 f32 matrices, values 0..24 in order.
+        let data: Vec<u8> = (0..24).flat_map(|v| (v as f32).to_le_bytes()).collect();
+        let f = GgufFile::open(&write(
+            "experts.gguf",
+            &build(&[], &[("exps", &[4, 2, 3], 0, 0)], &data),
+        ))
+        .unwrap();
+        let stack = f.matrix_stack("exps", 3, 2, 4).unwrap();
+        assert_eq!(stack.len(), 3);
+        assert_eq!(stack[2].to_f32(), (16..24).map(|v| v as f32).collect::<Vec<_>>());
+        // Shapes that disagree with the metadata, and a missing tensor.
+        for (count, rows, cols) in [(2, 2, 4), (3, 4, 2), (3, 2, 8), (0, 2, 4)] {
+            let e = f.matrix_stack("exps", count, rows, cols).unwrap_err().to_string();
+            assert!(e.contains("shape"), "{e}");
+        }
+        assert!(f.matrix_stack("nope", 3, 2, 4).is_err());
     }
 }

@@ -505,7 +505,8 @@ pub const GEMMA_ARCHITECTURES: &[&str] = &["gemma3", "gemma3_text"];
 pub const PHI3_ARCHITECTURES: &[&str] = &["phi3"];
 
 /// Mixture-of-experts decoders: Llama-style attention, routed SwiGLU
-/// experts; CPU only, safetensors.
+/// experts; CPU only; safetensors, and Mixtral GGUF files (see
+/// `skills::gguf_architecture`).
 pub const MOE_ARCHITECTURES: &[&str] = &["mixtral", "qwen3_moe"];
 
 /// Gemma 2 (safetensors): Gemma 3's code with soft caps, no QK-norm and
@@ -564,11 +565,31 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         _ => 1.0,
     };
     let layers = need("block_count")?;
-    if gguf_u(f, &arch, "expert_count").is_some_and(|n| n > 0) {
-        return Err(EngineError::format(
-            "GGUF mixture-of-experts models are not supported yet (their safetensors folders are)",
-        ));
-    }
+    // llama.cpp writes Mixtral as `llama` with experts (renormalised top-k,
+    // as Mixtral is); other MoE architectures' GGUF routing is not read.
+    let moe = match gguf_u(f, &arch, "expert_count") {
+        Some(experts) if experts > 0 => {
+            if arch != "llama" {
+                return Err(EngineError::format(format!(
+                    "GGUF mixture-of-experts models of architecture {arch} are not supported (Mixtral's, written as llama, are)"
+                )));
+            }
+            let top_k = gguf_u(f, &arch, "expert_used_count").unwrap_or(2);
+            if top_k == 0 || top_k > experts {
+                return Err(EngineError::format(format!(
+                    "{arch}.expert_used_count {top_k} with {experts} experts"
+                )));
+            }
+            Some(MoeConfig {
+                experts,
+                top_k,
+                expert_ffn: need("feed_forward_length")?,
+                renormalize: true,
+                dense_layers: Vec::new(),
+            })
+        }
+        _ => None,
+    };
     let gemma = is_gemma3(&arch);
     // llama.cpp's Gemma 3: every sixth layer global, the others sliding
     // with a rotary base of 10000; queries scaled by 1/sqrt(hidden/heads)
@@ -603,7 +624,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         ffn_act: FfnActivation::Silu,
         norm_offset: 0.0,
         rope_attention_factor: 1.0,
-        moe: None,
+        moe,
         attn_softcap: None,
         final_softcap: None,
         rms_eps: f
@@ -841,6 +862,7 @@ impl LlamaModel {
         Self::load(
             cfg,
             f,
+            Some(f),
             Names {
                 gguf: true,
                 gemma: false,
@@ -862,10 +884,18 @@ impl LlamaModel {
         };
         // Gemma ties its head unless the config says otherwise.
         let tied = tied || (names.gemma && cfg_json.get("tie_word_embeddings").is_none());
-        Self::load(cfg, &ckpt, names, tied)
+        Self::load(cfg, &ckpt, None, names, tied)
     }
 
-    fn load(cfg: DecoderConfig, src: &dyn WeightSource, n: Names, may_tie: bool) -> Result<Self> {
+    /// `gguf_experts`: the file, when `src` is a GGUF, whose experts are
+    /// stacked 3-D tensors.
+    fn load(
+        cfg: DecoderConfig,
+        src: &dyn WeightSource,
+        gguf_experts: Option<&GgufFile>,
+        n: Names,
+        may_tie: bool,
+    ) -> Result<Self> {
         if cfg.heads == 0 || cfg.kv_heads == 0 || !cfg.heads.is_multiple_of(cfg.kv_heads) {
             return Err(EngineError::format(format!(
                 "{} query heads cannot be grouped over {} KV heads",
@@ -907,17 +937,40 @@ impl LlamaModel {
             let wo = src.matrix_shaped(&n.layer(i, "o"), h, q_out)?;
             let ffn = match &cfg.moe {
                 Some(moe) if moe.is_sparse(i) => {
-                    let (router, expert) = n.experts(i, src);
-                    let mut experts = Vec::new();
-                    for e in 0..moe.experts {
-                        experts.push(Mlp {
-                            gate_up: Projections::new(vec![
-                                src.matrix_shaped(&expert(e, "gate"), moe.expert_ffn, h)?,
-                                src.matrix_shaped(&expert(e, "up"), moe.expert_ffn, h)?,
-                            ]),
-                            down: src.matrix_shaped(&expert(e, "down"), h, moe.expert_ffn)?,
-                        });
-                    }
+                    let (router, experts) = match gguf_experts {
+                        Some(f) => {
+                            let stack = |part: &str, rows: usize, cols: usize| {
+                                f.matrix_stack(&format!("blk.{i}.ffn_{part}_exps.weight"), moe.experts, rows, cols)
+                            };
+                            let gates = stack("gate", moe.expert_ffn, h)?;
+                            let ups = stack("up", moe.expert_ffn, h)?;
+                            let downs = stack("down", h, moe.expert_ffn)?;
+                            let experts = gates
+                                .into_iter()
+                                .zip(ups)
+                                .zip(downs)
+                                .map(|((gate, up), down)| Mlp {
+                                    gate_up: Projections::new(vec![gate, up]),
+                                    down,
+                                })
+                                .collect();
+                            (format!("blk.{i}.ffn_gate_inp.weight"), experts)
+                        }
+                        None => {
+                            let (router, expert) = n.experts(i, src);
+                            let mut experts = Vec::new();
+                            for e in 0..moe.experts {
+                                experts.push(Mlp {
+                                    gate_up: Projections::new(vec![
+                                        src.matrix_shaped(&expert(e, "gate"), moe.expert_ffn, h)?,
+                                        src.matrix_shaped(&expert(e, "up"), moe.expert_ffn, h)?,
+                                    ]),
+                                    down: src.matrix_shaped(&expert(e, "down"), h, moe.expert_ffn)?,
+                                });
+                            }
+                            (router, experts)
+                        }
+                    };
                     FeedForward::Experts(Experts {
                         router: src.matrix_shaped(&router, moe.experts, h)?,
                         experts,

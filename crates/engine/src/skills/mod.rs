@@ -647,7 +647,7 @@ impl Registry {
                         name: "moe",
                         task: Task::Generate,
                         family: Family::Moe,
-                        formats: &[Format::Safetensors],
+                        formats: &[Format::Gguf, Format::Safetensors],
                         architectures: llama::MOE_ARCHITECTURES,
                     },
                 }),
@@ -808,12 +808,26 @@ pub fn architecture_of(source: &ModelSource) -> Result<String> {
     match source.format {
         Format::Gguf => {
             let f = GgufFile::open(&source.path)?;
-            f.architecture()
-                .map(str::to_string)
-                .ok_or_else(|| EngineError::format("GGUF has no general.architecture"))
+            gguf_architecture(&f).ok_or_else(|| EngineError::format("GGUF has no general.architecture"))
         }
         Format::Safetensors => Ok(hf::HfFolder::read_config(&source.path)?.0),
     }
+}
+
+/// A GGUF's architecture as the skills name it: llama.cpp writes Mixtral as
+/// `llama` with experts, which the Llama skill (and its device backends) do
+/// not run.
+pub fn gguf_architecture(f: &GgufFile) -> Option<String> {
+    let arch = f.architecture()?;
+    let experts = f.get_u64(&format!("{arch}.expert_count")).unwrap_or(0);
+    Some(
+        if arch == "llama" && experts > 0 {
+            "mixtral"
+        } else {
+            arch
+        }
+        .to_string(),
+    )
 }
 
 /// Is `path` a model folder (config.json beside safetensors weights)?
