@@ -27,6 +27,8 @@ What it writes:
                         weights renormalised over the chosen
   mixtral-f32.gguf      the same Mixtral as llama.cpp's converter writes it (F32, architecture llama
                         with expert_count, Q/K permuted, experts stacked in ffn_*_exps)
+  qwen2moe-f32/         Qwen2MoeForCausalLM: 4 experts, top 2 renormalised, a shared expert of its
+                        own width behind a sigmoid gate, q/k/v biases
   qwen3moe-f32/         Qwen3MoeForCausalLM: 4 experts of their own width, top 2 without
                         renormalising, QK-norm, and layer 1 a dense MLP (mlp_only_layers)
   decoder_goldens.json  per model: the last-position logits of the prompt of goldens.json and 8
@@ -52,6 +54,8 @@ from transformers import (
     MixtralForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
     Qwen3MoeConfig,
     Qwen3MoeForCausalLM,
 )
@@ -326,6 +330,26 @@ def write_mixtral_gguf(path, cfg, m):
 
 
 write_mixtral_gguf(f"{out}/mixtral-f32.gguf", mcfg, mx)
+
+q2cfg = Qwen2MoeConfig(
+    **common,
+    hidden_size=64,
+    intermediate_size=80,
+    moe_intermediate_size=40,
+    shared_expert_intermediate_size=56,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    num_experts=4,
+    num_experts_per_tok=2,
+    norm_topk_prob=True,
+    max_position_embeddings=256,
+    tie_word_embeddings=False,
+)
+q2cfg.architectures = ["Qwen2MoeForCausalLM"]
+q2 = Qwen2MoeForCausalLM(q2cfg).eval()
+randomise(q2, 9)
+save("qwen2moe-f32", q2cfg, q2, hub_layout=True)
 
 qcfg = Qwen3MoeConfig(
     **common,

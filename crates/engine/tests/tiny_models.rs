@@ -448,6 +448,7 @@ fn tiny_decoders_beyond_llama_match_transformers() {
         ("mixtral-f32", "moe"),
         // llama.cpp's layout: `llama` with stacked experts.
         ("mixtral-f32.gguf", "moe"),
+        ("qwen2moe-f32", "moe"),
         ("qwen3moe-f32", "moe"),
     ] {
         let format = if name.ends_with(".gguf") {
@@ -485,6 +486,7 @@ fn tiny_decoders_beyond_llama_match_transformers() {
                 assert!(moe.is_sparse(0) && !moe.is_sparse(1));
             }
             "mixtral-f32" => assert!(c.moe.as_ref().unwrap().renormalize),
+            "qwen2moe-f32" => assert_eq!(c.moe.as_ref().unwrap().shared_expert_ffn, Some(56)),
             _ => {}
         }
         let (logits, greedy) = run(m.as_ref(), &ids(&g["prompt_ids"]));

@@ -2,7 +2,7 @@
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
 //! (GGUF F16) of `make models-extra`, and the tiny GPT-2 and Mixtral
 //! (safetensors and GGUF), Gemma 2, Phi-3,
-//! Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
+//! Qwen2-MoE, Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
 
@@ -30,6 +30,8 @@ fn server() -> &'static Server {
             &format!("tiny-gpt2-gguf={}", tiny.join("gpt2-f32.gguf").display()),
             "--model",
             &format!("tiny-mixtral-gguf={}", tiny.join("mixtral-f32.gguf").display()),
+            "--model",
+            &format!("tiny-qwen2moe={}", tiny.join("qwen2moe-f32").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
             "--model",
@@ -198,6 +200,7 @@ fn tiny_decoders_complete_as_transformers_does() {
         ("tiny-mixtral", "mixtral-f32", "mixtral", 256),
         // llama.cpp writes Mixtral as `llama` with experts.
         ("tiny-mixtral-gguf", "mixtral-f32", "mixtral", 256),
+        ("tiny-qwen2moe", "qwen2moe-f32", "qwen2_moe", 256),
         ("tiny-qwen3moe", "qwen3moe-f32", "qwen3_moe", 256),
     ] {
         let want = tok.decode(&ids(&g[fixture]["greedy"]), false).unwrap();

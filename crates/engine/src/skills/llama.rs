@@ -81,9 +81,12 @@ pub struct MoeConfig {
     /// The chosen experts' softmax weights rescaled to sum to 1 (Mixtral,
     /// Qwen3-MoE's `norm_topk_prob`); else kept as over all experts.
     pub renormalize: bool,
-    /// Layers with a dense feed-forward instead (Qwen3-MoE's
-    /// `mlp_only_layers` and `decoder_sparse_step`).
+    /// Layers with a dense feed-forward instead (Qwen's `mlp_only_layers`
+    /// and `decoder_sparse_step`).
     pub dense_layers: Vec<usize>,
+    /// Qwen2-MoE's shared expert: its width (every token runs it, scaled by
+    /// a sigmoid gate of its own).
+    pub shared_expert_ffn: Option<usize>,
 }
 
 impl MoeConfig {
@@ -296,6 +299,8 @@ impl Mlp {
     }
 }
 
+// One per layer, so the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 enum FeedForward {
     Dense(Mlp),
     Experts(Experts),
@@ -307,13 +312,20 @@ struct Experts {
     experts: Vec<Mlp>,
     top_k: usize,
     renormalize: bool,
+    /// Qwen2-MoE: an expert every token runs, weighted by
+    /// `sigmoid(gate x)` (gate `[1, hidden]`).
+    shared: Option<(Mlp, Matrix)>,
 }
 
 impl FeedForward {
     fn byte_len(&self) -> usize {
         match self {
             FeedForward::Dense(m) => m.byte_len(),
-            FeedForward::Experts(e) => e.router.byte_len() + e.experts.iter().map(Mlp::byte_len).sum::<usize>(),
+            FeedForward::Experts(e) => {
+                e.router.byte_len()
+                    + e.experts.iter().map(Mlp::byte_len).sum::<usize>()
+                    + e.shared.as_ref().map_or(0, |(m, g)| m.byte_len() + g.byte_len())
+            }
         }
     }
 
@@ -336,6 +348,7 @@ impl Experts {
             experts,
             top_k,
             renormalize,
+            shared,
         } = self;
         let (h, e) = (router.cols(), experts.len());
         let mut scores = vec![0f32; t * e];
@@ -368,6 +381,16 @@ impl Experts {
             expert.apply(&xs, n, act, &mut ys, pool);
             for (j, &(tok, w)) in tokens.iter().enumerate() {
                 ops::axpy(w, &ys[j * h..(j + 1) * h], &mut out[tok * h..(tok + 1) * h]);
+            }
+        }
+        if let Some((mlp, gate)) = shared {
+            let mut ys = vec![0f32; t * h];
+            mlp.apply(x, t, act, &mut ys, pool);
+            let mut g = vec![0f32; t];
+            gate.matmul(x, t, &mut g, pool);
+            for (tok, g) in g.iter().enumerate() {
+                let w = 1.0 / (1.0 + (-g).exp());
+                ops::axpy(w, &ys[tok * h..(tok + 1) * h], &mut out[tok * h..(tok + 1) * h]);
             }
         }
     }
@@ -507,7 +530,7 @@ pub const PHI3_ARCHITECTURES: &[&str] = &["phi3"];
 /// Mixture-of-experts decoders: Llama-style attention, routed SwiGLU
 /// experts; CPU only; safetensors, and Mixtral GGUF files (see
 /// `skills::gguf_architecture`).
-pub const MOE_ARCHITECTURES: &[&str] = &["mixtral", "qwen3_moe"];
+pub const MOE_ARCHITECTURES: &[&str] = &["mixtral", "qwen2_moe", "qwen3_moe"];
 
 /// Gemma 2 (safetensors): Gemma 3's code with soft caps, no QK-norm and
 /// one rotary base; a skill of its own, since its GGUF files are not read.
@@ -586,6 +609,7 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
                 expert_ffn: need("feed_forward_length")?,
                 renormalize: true,
                 dense_layers: Vec::new(),
+                shared_expert_ffn: None,
             })
         }
         _ => None,
@@ -659,7 +683,7 @@ fn moe_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<MoeConfi
     let expert_ffn = jusize(cfg, "moe_intermediate_size")
         .or_else(|| jusize(cfg, "intermediate_size"))
         .ok_or_else(|| EngineError::format("config.json has no intermediate_size"))?;
-    // Mixtral always renormalises; Qwen3-MoE as `norm_topk_prob` says.
+    // Mixtral always renormalises; Qwen2/3-MoE as `norm_topk_prob` says.
     let renormalize = arch == "mixtral" || cfg.get("norm_topk_prob").and_then(Value::as_bool).unwrap_or(false);
     let mut dense_layers: Vec<usize> = cfg
         .get("mlp_only_layers")
@@ -670,12 +694,19 @@ fn moe_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<MoeConfi
     dense_layers.extend((0..layers.min(1 << 16)).filter(|l| (l + 1) % step != 0));
     dense_layers.sort_unstable();
     dense_layers.dedup();
+    let shared_expert_ffn = jusize(cfg, "shared_expert_intermediate_size").filter(|&n| n > 0);
+    if shared_expert_ffn.is_some() && arch != "qwen2_moe" {
+        return Err(EngineError::format(format!(
+            "a shared expert in {arch} is not supported"
+        )));
+    }
     Ok(Some(MoeConfig {
         experts,
         top_k,
         expert_ffn,
         renormalize,
         dense_layers,
+        shared_expert_ffn,
     }))
 }
 
@@ -971,7 +1002,22 @@ impl LlamaModel {
                             (router, experts)
                         }
                     };
+                    let shared = match moe.shared_expert_ffn {
+                        Some(w) => {
+                            let p = |s: &str| format!("model.layers.{i}.mlp.shared_expert{s}.weight");
+                            let mlp = Mlp {
+                                gate_up: Projections::new(vec![
+                                    src.matrix_shaped(&p(".gate_proj"), w, h)?,
+                                    src.matrix_shaped(&p(".up_proj"), w, h)?,
+                                ]),
+                                down: src.matrix_shaped(&p(".down_proj"), h, w)?,
+                            };
+                            Some((mlp, src.matrix_shaped(&p("_gate"), 1, h)?))
+                        }
+                        None => None,
+                    };
                     FeedForward::Experts(Experts {
+                        shared,
                         router: src.matrix_shaped(&router, moe.experts, h)?,
                         experts,
                         top_k: moe.top_k,

@@ -513,6 +513,10 @@ fn check_decoder(file: &Path, cfg: &llama::DecoderConfig, weights: u64, tensors:
             ("vocabulary size", Some(cfg.vocab)),
             ("expert count", Some(cfg.moe.as_ref().map_or(0, |m| m.experts))),
             ("expert width", Some(cfg.moe.as_ref().map_or(0, |m| m.expert_ffn))),
+            (
+                "shared expert width",
+                Some(cfg.moe.as_ref().and_then(|m| m.shared_expert_ffn).unwrap_or(0)),
+            ),
         ],
         cfg.layers,
         weights,
