@@ -23,6 +23,8 @@ What it writes:
   phi3-f32/             Phi3ForCausalLM: fused qkv_proj and gate_up_proj, half the head rotated
                         (partial_rotary_factor 0.5), LongRoPE short factors and attention factor,
                         a window of 8 in every layer
+  phi3-f32.gguf         the same Phi-3 as llama.cpp's converter writes it (F32): attn_qkv, ffn_up
+                        holding gate and up, rope_factors_short/long, the attention factor
   mixtral-f32/          MixtralForCausalLM (saved as the hub's w1/w2/w3 experts): 4 experts, top 2,
                         weights renormalised over the chosen
   mixtral-f32.gguf      the same Mixtral as llama.cpp's converter writes it (F32, architecture llama
@@ -36,11 +38,13 @@ What it writes:
 """
 
 import json
+import math
 import os
 import shutil
 import sys
 
 import gguf
+import numpy as np
 import torch
 from safetensors.torch import save_file
 from transformers import (
@@ -264,6 +268,50 @@ pcfg.architectures = ["Phi3ForCausalLM"]
 p3 = Phi3ForCausalLM(pcfg).eval()
 randomise(p3, 5)
 save("phi3-f32", pcfg, p3, hub_layout=True)
+
+
+def write_phi3_gguf(path, cfg, m):
+    """llama.cpp's Phi-3: fused attn_qkv, gate and up fused in ffn_up (gate first),
+    LongRoPE as rope_factors_short/long tensors and an attention factor."""
+    w = gguf.GGUFWriter(path, "phi3")
+    rp = cfg.rope_parameters
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    original = rp["original_max_position_embeddings"]
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_rope_scaling_orig_ctx_len(original)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(int(head_dim * rp["partial_rotary_factor"]))
+    w.add_rope_freq_base(rp["rope_theta"])
+    w.add_sliding_window(cfg.sliding_window)
+    scale = cfg.max_position_embeddings / original
+    w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
+    tokenizer_meta(w, cfg)
+    sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
+    w.add_tensor("rope_factors_long.weight", np.array(rp["long_factor"], dtype=np.float32))
+    w.add_tensor("rope_factors_short.weight", np.array(rp["short_factor"], dtype=np.float32))
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    parts = {
+        "input_layernorm.weight": "attn_norm.weight",
+        "self_attn.qkv_proj.weight": "attn_qkv.weight",
+        "self_attn.o_proj.weight": "attn_output.weight",
+        "post_attention_layernorm.weight": "ffn_norm.weight",
+        "mlp.gate_up_proj.weight": "ffn_up.weight",
+        "mlp.down_proj.weight": "ffn_down.weight",
+    }
+    for i in range(cfg.num_hidden_layers):
+        for hf, gg in parts.items():
+            w.add_tensor(f"blk.{i}.{gg}", sd[f"model.layers.{i}.{hf}"])
+    finish(w)
+
+
+write_phi3_gguf(f"{out}/phi3-f32.gguf", pcfg, p3)
 
 mcfg = MixtralConfig(
     **common,

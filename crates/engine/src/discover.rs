@@ -161,12 +161,31 @@ pub fn describe(registry: &Registry, id: String, source: ModelSource, origin: &'
     d
 }
 
+/// A decoder of the Llama code serves the context its settings resolve to
+/// (LongRoPE: the pretraining length), not always the metadata's.
+fn runs_on_llama_code(arch: &str) -> bool {
+    [
+        llama::ARCHITECTURES,
+        llama::GEMMA_ARCHITECTURES,
+        llama::GEMMA2_ARCHITECTURES,
+        llama::PHI3_ARCHITECTURES,
+        llama::MOE_ARCHITECTURES,
+    ]
+    .iter()
+    .any(|a| a.contains(&arch))
+}
+
 fn describe_gguf(d: &mut ModelDescription) -> crate::Result<()> {
     d.size_bytes = std::fs::metadata(&d.path).map(|m| m.len()).unwrap_or(0);
     let f = GgufFile::open(&d.path)?;
     let arch = crate::skills::gguf_architecture(&f).unwrap_or_else(|| "unknown".into());
     let meta_arch = f.architecture().unwrap_or("unknown");
     d.context_length = f.get_u64(&format!("{meta_arch}.context_length")).map(|v| v as usize);
+    if runs_on_llama_code(&arch)
+        && let Ok(cfg) = llama::config_from_gguf(&f)
+    {
+        d.context_length = Some(cfg.context_length);
+    }
     d.architecture = Some(arch);
     d.parameters = Some(f.parameter_count());
     // The type holding most of the 2-D weight bytes names the quantisation.
@@ -197,16 +216,7 @@ fn describe_folder(d: &mut ModelDescription) -> crate::Result<()> {
     let meta = HfFolder::read(&d.path)?;
     d.architecture = Some(meta.arch.clone());
     d.context_length = meta.context_length();
-    // A decoder of the Llama code serves the context its settings resolve
-    // to (LongRoPE: the pretraining length).
-    let llama_code = [
-        llama::ARCHITECTURES,
-        llama::GEMMA_ARCHITECTURES,
-        llama::GEMMA2_ARCHITECTURES,
-        llama::PHI3_ARCHITECTURES,
-        llama::MOE_ARCHITECTURES,
-    ];
-    if llama_code.iter().any(|a| a.contains(&meta.arch.as_str()))
+    if runs_on_llama_code(&meta.arch)
         && let Ok(cfg) = llama::config_from_hf(&meta.config)
     {
         d.context_length = Some(cfg.context_length);

@@ -445,6 +445,7 @@ fn tiny_decoders_beyond_llama_match_transformers() {
         ("gpt2-f32.gguf", "gpt2"),
         ("gemma2-f32", "gemma2"),
         ("phi3-f32", "phi3"),
+        ("phi3-f32.gguf", "phi3"),
         ("mixtral-f32", "moe"),
         // llama.cpp's layout: `llama` with stacked experts.
         ("mixtral-f32.gguf", "moe"),

@@ -1,7 +1,7 @@
 //! Architectures beyond Llama and BERT served over the OpenAI API: the real
 //! gemma-3-270m (GGUF Q4_K_M), all-mpnet-base-v2 and nomic-embed-text-v1.5
-//! (GGUF F16) of `make models-extra`, and the tiny GPT-2 and Mixtral
-//! (safetensors and GGUF), Gemma 2, Phi-3,
+//! (GGUF F16) of `make models-extra`, and the tiny GPT-2, Phi-3 and Mixtral
+//! (safetensors and GGUF), Gemma 2,
 //! Qwen2-MoE, Qwen3-MoE and ModernBERT of `tests/fixtures/tiny`.
 
 mod common;
@@ -34,6 +34,8 @@ fn server() -> &'static Server {
             &format!("tiny-qwen2moe={}", tiny.join("qwen2moe-f32").display()),
             "--model",
             &format!("tiny-phi3={}", tiny.join("phi3-f32").display()),
+            "--model",
+            &format!("tiny-phi3-gguf={}", tiny.join("phi3-f32.gguf").display()),
             "--model",
             &format!("tiny-gemma2={}", tiny.join("gemma2-f32").display()),
             "--model",
@@ -197,6 +199,7 @@ fn tiny_decoders_complete_as_transformers_does() {
         ("tiny-gemma2", "gemma2-f32", "gemma2", 256),
         // LongRoPE's short factors serve the pretraining length.
         ("tiny-phi3", "phi3-f32", "phi3", 128),
+        ("tiny-phi3-gguf", "phi3-f32", "phi3", 128),
         ("tiny-mixtral", "mixtral-f32", "mixtral", 256),
         // llama.cpp writes Mixtral as `llama` with experts.
         ("tiny-mixtral-gguf", "mixtral-f32", "mixtral", 256),

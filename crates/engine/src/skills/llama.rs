@@ -437,8 +437,7 @@ impl Names {
     }
     /// Layer `i`'s tensor: `part` is one of attn_norm, q, k, v, o, q_bias,
     /// k_bias, v_bias, q_norm, k_norm, ffn_norm, gate, up, down,
-    /// post_attn_norm, post_ffn_norm, and the fused qkv and (safetensors
-    /// only) gate_up.
+    /// post_attn_norm, post_ffn_norm, and the fused qkv and gate_up.
     pub fn layer(&self, i: usize, part: &str) -> String {
         if self.gguf {
             let p = match part {
@@ -458,6 +457,7 @@ impl Names {
                 "gate" => "ffn_gate.weight",
                 "up" => "ffn_up.weight",
                 "qkv" => "attn_qkv.weight",
+                "gate_up" => "ffn_up.weight",
                 _ => "ffn_down.weight",
             };
             format!("blk.{i}.{p}")
@@ -524,7 +524,7 @@ pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3"];
 pub const GEMMA_ARCHITECTURES: &[&str] = &["gemma3", "gemma3_text"];
 
 /// Phi-3 (fused projections, partial rotary, LongRoPE): settings of the
-/// same code; CPU only, safetensors.
+/// same code; CPU only.
 pub const PHI3_ARCHITECTURES: &[&str] = &["phi3"];
 
 /// Mixture-of-experts decoders: Llama-style attention, routed SwiGLU
@@ -618,10 +618,16 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
     // llama.cpp's Gemma 3: every sixth layer global, the others sliding
     // with a rotary base of 10000; queries scaled by 1/sqrt(hidden/heads)
     // in the 27B model, by 1/sqrt(head_dim) in the others.
+    let phi3 = arch == "phi3";
     let sliding_window = match gguf_u(f, &arch, "attention.sliding_window") {
         Some(window) if gemma && window > 0 => Some(SlidingWindow {
             window,
             layers: SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| (i + 1) % 6 != 0).collect()),
+        }),
+        // llama.cpp's Phi-3 slides in every layer.
+        Some(window) if phi3 && window > 0 => Some(SlidingWindow {
+            window,
+            layers: SlidingLayers::From(0),
         }),
         // llama.cpp's Llama/Qwen2 GGUF keys carry no window (it runs
         // Mistral GGUFs with full attention too).
@@ -632,6 +638,25 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
     } else {
         1.0
     };
+    let mut context_length = gguf_u(f, &arch, "context_length").unwrap_or(2048);
+    // Phi-3's LongRoPE as llama.cpp writes it: `rope_factors_short` (read
+    // by the loader), an attention factor, the pretraining length; served
+    // with the short factors, so up to that length (see config_from_hf).
+    let mut rope_attention_factor = 1.0;
+    if phi3 && f.has("rope_factors_short.weight") {
+        rope_attention_factor = match f.get_f64(&format!("{arch}.rope.scaling.attn_factor")) {
+            Some(a) if a.is_finite() && a > 0.0 => a as f32,
+            Some(a) => {
+                return Err(EngineError::format(format!(
+                    "{arch}.rope.scaling.attn_factor {a} is not positive"
+                )));
+            }
+            None => 1.0,
+        };
+        if let Some(original) = gguf_u(f, &arch, "rope.scaling.original_context_length") {
+            context_length = context_length.min(original);
+        }
+    }
     let cfg = DecoderConfig {
         hidden,
         layers,
@@ -640,14 +665,14 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<DecoderConfig> {
         head_dim,
         ffn: need("feed_forward_length")?,
         vocab,
-        context_length: gguf_u(f, &arch, "context_length").unwrap_or(2048),
+        context_length,
         sliding_window,
         rope_theta_local: gemma.then_some(10000.0),
         embed_scale: 1.0,
         query_scale,
         ffn_act: FfnActivation::Silu,
         norm_offset: 0.0,
-        rope_attention_factor: 1.0,
+        rope_attention_factor,
         moe,
         attn_softcap: None,
         final_softcap: None,
@@ -887,8 +912,17 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
 impl LlamaModel {
     pub fn from_gguf(f: &GgufFile) -> Result<Self> {
         let mut cfg = config_from_gguf(f)?;
-        if f.has("rope_freqs.weight") {
-            cfg.rope_freq_factors = Some(f.vector("rope_freqs.weight")?);
+        // Per-frequency divisors: Llama 3's rope_freqs, Phi-3's short factors.
+        for name in ["rope_freqs.weight", "rope_factors_short.weight"] {
+            if f.has(name) {
+                let factors = f.vector_len(name, cfg.rope_dims / 2)?;
+                if factors.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                    return Err(EngineError::format(format!(
+                        "{name} holds a factor that is not positive"
+                    )));
+                }
+                cfg.rope_freq_factors = Some(factors);
+            }
         }
         Self::load(
             cfg,
@@ -1026,8 +1060,13 @@ impl LlamaModel {
                 }
                 _ => {
                     // Phi-3 stores gate and up as one matrix, gate first
-                    // (GGUF files here have them apart).
-                    let gate_up = if !n.gguf && src.has(&n.layer(i, "gate_up")) {
+                    // (llama.cpp's: `ffn_up` twice as high, no `ffn_gate`).
+                    let fused = if n.gguf {
+                        !src.has(&n.layer(i, "gate"))
+                    } else {
+                        src.has(&n.layer(i, "gate_up"))
+                    };
+                    let gate_up = if fused {
                         let m = src.matrix_shaped(&n.layer(i, "gate_up"), 2 * cfg.ffn, h)?;
                         Projections::from_fused(m, vec![cfg.ffn, cfg.ffn])?
                     } else {

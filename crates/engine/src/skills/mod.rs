@@ -642,7 +642,7 @@ impl Registry {
                         name: "phi3",
                         task: Task::Generate,
                         family: Family::Phi3,
-                        formats: &[Format::Safetensors],
+                        formats: &[Format::Gguf, Format::Safetensors],
                         architectures: llama::PHI3_ARCHITECTURES,
                     },
                 }),
