@@ -379,43 +379,27 @@ def write_mixtral_gguf(path, cfg, m):
 
 write_mixtral_gguf(f"{out}/mixtral-f32.gguf", mcfg, mx)
 
-q2cfg = Qwen2MoeConfig(
+# What the two Qwen MoE fixtures share: 4 experts of width 40, top 2.
+qwen_moe = dict(
     **common,
     hidden_size=64,
     intermediate_size=80,
     moe_intermediate_size=40,
-    shared_expert_intermediate_size=56,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
     num_experts=4,
     num_experts_per_tok=2,
-    norm_topk_prob=True,
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )
+q2cfg = Qwen2MoeConfig(**qwen_moe, shared_expert_intermediate_size=56, norm_topk_prob=True)
 q2cfg.architectures = ["Qwen2MoeForCausalLM"]
 q2 = Qwen2MoeForCausalLM(q2cfg).eval()
 randomise(q2, 9)
 save("qwen2moe-f32", q2cfg, q2, hub_layout=True)
 
-qcfg = Qwen3MoeConfig(
-    **common,
-    hidden_size=64,
-    intermediate_size=80,
-    moe_intermediate_size=40,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    head_dim=16,
-    num_experts=4,
-    num_experts_per_tok=2,
-    norm_topk_prob=False,
-    decoder_sparse_step=1,
-    mlp_only_layers=[1],
-    max_position_embeddings=256,
-    tie_word_embeddings=False,
-)
+qcfg = Qwen3MoeConfig(**qwen_moe, head_dim=16, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1])
 qcfg.architectures = ["Qwen3MoeForCausalLM"]
 qm = Qwen3MoeForCausalLM(qcfg).eval()
 randomise(qm, 7)

@@ -341,6 +341,20 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<EncoderConfig> {
     })
 }
 
+/// Every token id below the vocabulary size must have a row of the hidden width.
+fn check_word_table(word: &Matrix, cfg: &EncoderConfig) -> Result<()> {
+    if word.cols() != cfg.hidden || word.rows() < cfg.vocab {
+        return Err(EngineError::format(format!(
+            "the token embeddings are {}x{}; the config says at least {}x{}",
+            word.rows(),
+            word.cols(),
+            cfg.vocab,
+            cfg.hidden
+        )));
+    }
+    Ok(())
+}
+
 /// The first `at` rows of `m` and the rest, as two matrices (f32).
 fn split_rows(m: &Matrix, at: usize) -> Result<(Matrix, Matrix)> {
     let (rows, cols) = (m.rows(), m.cols());
@@ -462,14 +476,7 @@ impl BertModel {
             });
         }
         let word = ck.matrix(&n("embeddings.tok_embeddings.weight"))?;
-        if word.cols() != h || word.rows() < cfg.vocab {
-            return Err(EngineError::format(format!(
-                "token embeddings are {}x{}; the config says at least {}x{h}",
-                word.rows(),
-                word.cols(),
-                cfg.vocab
-            )));
-        }
+        check_word_table(&word, &cfg)?;
         Ok(BertModel {
             word,
             position: Positions::Rotary {
@@ -581,14 +588,7 @@ impl BertModel {
         }
         let word = ck.matrix(&n("embeddings.word_embeddings.weight"))?;
         // Token ids are checked against `vocab`: every one must have a row.
-        if word.cols() != h || word.rows() < cfg.vocab {
-            return Err(EngineError::format(format!(
-                "word embeddings are {}x{}; the config says at least {}x{h}",
-                word.rows(),
-                word.cols(),
-                cfg.vocab
-            )));
-        }
+        check_word_table(&word, &cfg)?;
         let position = ck.matrix(&n("embeddings.position_embeddings.weight"))?;
         if position.cols() != h || position.rows() < cfg.max_positions + cfg.position_offset {
             return Err(EngineError::format(format!(
@@ -669,14 +669,7 @@ impl BertModel {
             });
         }
         let word = f.matrix("token_embd.weight")?;
-        if word.cols() != h || word.rows() < cfg.vocab {
-            return Err(EngineError::format(format!(
-                "token_embd.weight is {}x{}; the metadata says at least {}x{h}",
-                word.rows(),
-                word.cols(),
-                cfg.vocab
-            )));
-        }
+        check_word_table(&word, &cfg)?;
         let types = f.matrix("token_types.weight")?;
         if types.cols() != h || types.rows() != cfg.token_types {
             return Err(EngineError::format(format!(
