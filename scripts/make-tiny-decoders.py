@@ -16,7 +16,8 @@ What it writes:
   gpt2-f32.gguf         the same GPT-2 as llama.cpp's converter writes it (F32): token_embd,
                         position_embd, blk.N.attn_qkv / attn_output / ffn_up / ffn_down transposed
                         to [out, in] rows, LayerNorms as attn_norm / ffn_norm / output_norm with
-                        biases, no output (tied); the tokenizer as GGUF gpt2 BPE metadata
+                        biases, output a copy of token_embd (as the converter writes GPT-2's tied
+                        head); the tokenizer as GGUF gpt2 BPE metadata
   gemma2-f32/           Gemma2ForCausalLM: Gemma 3's layout without QK-norm, one rotary base, even
                         layers sliding (window 8), and soft caps small enough to bite (attention
                         0.5, final logits 5.0)
@@ -187,6 +188,7 @@ def write_gpt2_gguf(path, cfg, m):
     tokenizer_meta(w, cfg)
     sd = {k.removeprefix("transformer."): v.detach().float().numpy() for k, v in m.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["wte.weight"])
+    w.add_tensor("output.weight", sd["wte.weight"].copy())
     w.add_tensor("position_embd.weight", sd["wpe.weight"])
     w.add_tensor("output_norm.weight", sd["ln_f.weight"])
     w.add_tensor("output_norm.bias", sd["ln_f.bias"])

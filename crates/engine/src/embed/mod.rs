@@ -255,7 +255,8 @@ impl EmbeddingModel {
         Ok(out)
     }
 
-    /// Keep the first `d` features (and renormalise, when the model does).
+    /// Keep the first `d` features (after a layer norm, where the model's
+    /// recipe says so: [`Shortening`]), and renormalise when the model does.
     pub fn apply_dimensions(&self, e: &mut Vec<f32>, dimensions: Option<usize>) {
         if let Some(d) = dimensions {
             if self.shortening == Shortening::LayerNormThenTruncate {

@@ -1,6 +1,6 @@
-//! BERT-family encoders: bert, roberta, xlm-roberta and mpnet from a
-//! safetensors folder, nomic-bert (rotary positions, SwiGLU, no biases) from
-//! a GGUF file. `encode` takes many inputs at once as one flattened
+//! BERT-family encoders: bert, roberta, xlm-roberta, mpnet and ModernBERT
+//! (pre-norm, rotary, local windows, GeGLU) from a safetensors folder,
+//! nomic-bert (rotary positions, SwiGLU, no biases) from a GGUF file. `encode` takes many inputs at once as one flattened
 //! `[tokens, hidden]` matrix: every linear layer runs once over all tokens of
 //! the batch, attention runs per input, and nothing is padded.
 
@@ -321,13 +321,20 @@ pub fn config_from_gguf(f: &GgufFile) -> Result<EncoderConfig> {
         .tensor("token_embd.weight")
         .and_then(|t| t.dims.get(1).copied())
         .ok_or_else(|| EngineError::format("GGUF has no 2-D token_embd.weight"))? as usize;
+    // Room for [CLS] and [SEP] at least (the tokenizer truncates to it).
+    let max_positions = need("context_length")?;
+    if max_positions < 3 {
+        return Err(EngineError::format(format!(
+            "{arch}.context_length {max_positions} leaves no room for text"
+        )));
+    }
     Ok(EncoderConfig {
         hidden,
         layers: need("block_count")?,
         heads,
         intermediate: need("feed_forward_length")?,
         vocab,
-        max_positions: need("context_length")?,
+        max_positions,
         layer_norm_eps: f
             .get_f64(&format!("{arch}.attention.layer_norm_epsilon"))
             .unwrap_or(1e-12) as f32,

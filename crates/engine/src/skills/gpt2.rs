@@ -52,6 +52,9 @@ struct Layer {
 pub struct Gpt2Model {
     cfg: DecoderConfig,
     embed: Matrix,
+    /// The head where a file stores its own (llama.cpp's converter writes a
+    /// copy of the token embeddings); None: tied to `embed`.
+    output: Option<Matrix>,
     positions: Matrix,
     layers: Vec<Layer>,
     ln_f: Norm,
@@ -258,19 +261,16 @@ impl Gpt2Model {
                 b_down: f.vector_len(&l("ffn_down.bias"), h)?,
             });
         }
-        if f.has("output.weight") {
-            return Err(EngineError::format(
-                "a GPT-2 GGUF with an untied output.weight is not supported",
-            ));
-        }
         let ln_f = norm("output_norm")?;
-        Self::assemble(
-            cfg,
-            f.matrix("token_embd.weight")?,
-            f.matrix("position_embd.weight")?,
-            layers,
-            ln_f,
-        )
+        let embed = f.matrix("token_embd.weight")?;
+        let output = if f.has("output.weight") {
+            Some(f.matrix_shaped("output.weight", embed.rows(), h)?)
+        } else {
+            None
+        };
+        let mut model = Self::assemble(cfg, embed, f.matrix("position_embd.weight")?, layers, ln_f)?;
+        model.output = output;
+        Ok(model)
     }
 
     /// The model from its parts, the tables checked against the config.
@@ -290,6 +290,7 @@ impl Gpt2Model {
         cfg.vocab = embed.rows();
         Ok(Gpt2Model {
             ln_f,
+            output: None,
             embed,
             positions,
             layers,
@@ -304,7 +305,8 @@ impl CausalLm for Gpt2Model {
     }
 
     fn weight_bytes(&self) -> usize {
-        let mut n = self.embed.byte_len() + self.positions.byte_len();
+        let mut n =
+            self.embed.byte_len() + self.positions.byte_len() + self.output.as_ref().map_or(0, |m| m.byte_len());
         for l in &self.layers {
             n += l.qkv.byte_len() + l.o.byte_len() + l.up.byte_len() + l.down.byte_len();
         }
@@ -378,8 +380,9 @@ impl CausalLm for Gpt2Model {
             self.ln_f
                 .apply(&x[r * h..(r + 1) * h], &mut sel[j * h..(j + 1) * h], c.rms_eps);
         }
-        let mut logits = vec![0f32; rows.len() * self.embed.rows()];
-        self.embed.matmul(&sel, rows.len(), &mut logits, pool);
+        let head = self.output.as_ref().unwrap_or(&self.embed);
+        let mut logits = vec![0f32; rows.len() * head.rows()];
+        head.matmul(&sel, rows.len(), &mut logits, pool);
         Ok(logits)
     }
 }

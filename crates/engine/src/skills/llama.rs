@@ -1,8 +1,9 @@
 //! The Llama family of decoders (llama, mistral, qwen2, qwen3): RMSNorm,
 //! rotary attention with grouped KV heads, SwiGLU MLP. Loaded from GGUF (any
 //! ggml type in `quant`) or a safetensors folder (f32/f16/bf16). The same code
-//! runs Gemma 3, Phi-3 (fused projections, LongRoPE) and mixture-of-experts
-//! decoders (Mixtral, Qwen3-MoE) through settings of [`DecoderConfig`].
+//! runs Gemma 2 and 3, Phi-3 (fused projections, LongRoPE) and
+//! mixture-of-experts decoders (Mixtral, Qwen2-MoE, Qwen3-MoE) through
+//! settings of [`DecoderConfig`].
 //!
 //! `forward` runs one step over a flattened batch: the new tokens of every
 //! sequence (prefill chunks and decode tokens alike) go through each linear
@@ -62,7 +63,8 @@ pub struct DecoderConfig {
     pub norm_offset: f32,
     /// Rotary cos/sin are multiplied by this (LongRoPE's attention factor).
     pub rope_attention_factor: f32,
-    /// Routed experts in place of the dense feed-forward (Mixtral, Qwen3-MoE).
+    /// Routed experts in place of the dense feed-forward (Mixtral, Qwen2-MoE,
+    /// Qwen3-MoE).
     pub moe: Option<MoeConfig>,
     /// Gemma 2's soft caps: attention scores and final logits become
     /// `cap * tanh(x / cap)`.
@@ -154,14 +156,15 @@ impl DecoderConfig {
 }
 
 /// Which layers slide, as transformers reads a config: `layer_types`
-/// ("sliding_attention") when present; else Mistral and Phi-3 slide in every layer
-/// with `sliding_window` (4096 when the key is absent, none when null);
+/// ("sliding_attention") when present; else Mistral, Mixtral and Phi-3 slide
+/// in every layer with `sliding_window` (Mistral: 4096 when the key is
+/// absent; none when null); Gemma 2 in even layers (4096 when absent);
 /// Qwen2/Qwen3 only with `use_sliding_window`, in the layers from
-/// `max_window_layers` (default 28) on; Gemma 3 configs of transformers 4
+/// `max_window_layers` (default 28) on (Qwen3-MoE: all); Gemma 3 configs of transformers 4
 /// give `sliding_window_pattern` (every n-th layer global; 6 when absent).
 fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<SlidingWindow>> {
     let window = match cfg.get("sliding_window") {
-        None if arch == "mistral" => Some(4096),
+        None if arch == "mistral" || arch == "gemma2" => Some(4096),
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_u64()
@@ -171,7 +174,7 @@ fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Opti
     };
     let sliding = match cfg.get("layer_types").and_then(Value::as_array) {
         Some(types) => SlidingLayers::Listed(types.iter().map(|t| t.as_str() == Some("sliding_attention")).collect()),
-        None if arch == "mistral" || arch == "phi3" => SlidingLayers::From(0),
+        None if ["mistral", "mixtral", "phi3"].contains(&arch) => SlidingLayers::From(0),
         // Gemma 2 before transformers 5: even layers slide.
         None if arch == "gemma2" => SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| i % 2 == 0).collect()),
         None if is_gemma3(arch) => {
@@ -182,9 +185,15 @@ fn sliding_window_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Opti
                 .max(1);
             SlidingLayers::Listed((0..layers.min(1 << 16)).map(|i| (i + 1) % every != 0).collect())
         }
-        None if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => {
-            SlidingLayers::From(jusize(cfg, "max_window_layers").unwrap_or(28))
-        }
+        // Qwen3-MoE slides in every layer; Qwen2-MoE's rule (even layers
+        // below max_window_layers) is not served.
+        None if cfg.get("use_sliding_window").and_then(Value::as_bool) == Some(true) => match arch {
+            "qwen3_moe" => SlidingLayers::From(0),
+            "qwen2_moe" => {
+                return Err(EngineError::format("use_sliding_window in qwen2_moe is not supported"));
+            }
+            _ => SlidingLayers::From(jusize(cfg, "max_window_layers").unwrap_or(28)),
+        },
         None => return Ok(None),
     };
     match window {
@@ -281,6 +290,18 @@ struct Mlp {
 }
 
 impl Mlp {
+    /// The gate, up and down matrices `name("gate" | "up" | "down")` of a
+    /// feed-forward `width` wide.
+    fn load(src: &dyn WeightSource, name: impl Fn(&str) -> String, width: usize, hidden: usize) -> Result<Self> {
+        Ok(Mlp {
+            gate_up: Projections::new(vec![
+                src.matrix_shaped(&name("gate"), width, hidden)?,
+                src.matrix_shaped(&name("up"), width, hidden)?,
+            ]),
+            down: src.matrix_shaped(&name("down"), hidden, width)?,
+        })
+    }
+
     fn byte_len(&self) -> usize {
         self.gate_up.byte_len() + self.down.byte_len()
     }
@@ -699,15 +720,21 @@ fn moe_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<MoeConfi
     if experts == 0 {
         return Ok(None);
     }
-    let top_k = jusize(cfg, "num_experts_per_tok").unwrap_or(2);
+    // transformers' defaults differ by architecture (2, 4, 8): required.
+    let top_k = jusize(cfg, "num_experts_per_tok")
+        .ok_or_else(|| EngineError::format("config.json has no num_experts_per_tok"))?;
     if top_k == 0 || top_k > experts {
         return Err(EngineError::format(format!(
             "num_experts_per_tok {top_k} with {experts} experts"
         )));
     }
-    let expert_ffn = jusize(cfg, "moe_intermediate_size")
-        .or_else(|| jusize(cfg, "intermediate_size"))
-        .ok_or_else(|| EngineError::format("config.json has no intermediate_size"))?;
+    // Mixtral's experts are intermediate_size wide, Qwen's moe_intermediate_size.
+    let expert_ffn = if arch == "mixtral" {
+        jusize(cfg, "intermediate_size")
+    } else {
+        jusize(cfg, "moe_intermediate_size")
+    }
+    .ok_or_else(|| EngineError::format("config.json has no expert width (moe_intermediate_size)"))?;
     // Mixtral always renormalises; Qwen2/3-MoE as `norm_topk_prob` says.
     let renormalize = arch == "mixtral" || cfg.get("norm_topk_prob").and_then(Value::as_bool).unwrap_or(false);
     let mut dense_layers: Vec<usize> = cfg
@@ -719,11 +746,21 @@ fn moe_from_hf(cfg: &Value, arch: &str, layers: usize) -> Result<Option<MoeConfi
     dense_layers.extend((0..layers.min(1 << 16)).filter(|l| (l + 1) % step != 0));
     dense_layers.sort_unstable();
     dense_layers.dedup();
+    // Qwen2-MoE always has a shared expert (transformers builds one whatever
+    // the config says): its width is required.
     let shared_expert_ffn = jusize(cfg, "shared_expert_intermediate_size").filter(|&n| n > 0);
-    if shared_expert_ffn.is_some() && arch != "qwen2_moe" {
-        return Err(EngineError::format(format!(
-            "a shared expert in {arch} is not supported"
-        )));
+    match (arch, shared_expert_ffn) {
+        ("qwen2_moe", None) => {
+            return Err(EngineError::format(
+                "config.json has no shared_expert_intermediate_size",
+            ));
+        }
+        ("qwen2_moe", Some(_)) | (_, None) => {}
+        (_, Some(_)) => {
+            return Err(EngineError::format(format!(
+                "a shared expert in {arch} is not supported"
+            )));
+        }
     }
     Ok(Some(MoeConfig {
         experts,
@@ -812,9 +849,16 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
         // length with the short factors (llama.cpp chooses by its context
         // size the same way).
         "longrope" => {
-            let original = jusize(&scaling, "original_max_position_embeddings")
-                .or_else(|| jusize(cfg, "original_max_position_embeddings"))
-                .ok_or_else(|| EngineError::format("longrope without original_max_position_embeddings"))?;
+            // The GPU backends do not run it: Phi-3 is CPU only.
+            if arch != "phi3" {
+                return Err(EngineError::format(format!(
+                    "longrope rotary in {arch} is not supported"
+                )));
+            }
+            // transformers' order: the top-level key, the rope settings', the context.
+            let original = jusize(cfg, "original_max_position_embeddings")
+                .or_else(|| jusize(&scaling, "original_max_position_embeddings"))
+                .unwrap_or(context_length);
             let short: Vec<f32> = scaling
                 .get("short_factor")
                 .and_then(Value::as_array)
@@ -843,8 +887,10 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
     }
     let sliding_window = sliding_window_from_hf(cfg, &arch, need("num_hidden_layers")?)?;
     let gemma = is_gemma(&arch);
-    let softcap = |key: &str| -> Result<Option<f32>> {
+    // Gemma 2's defaults where a key is absent (null turns a cap off).
+    let softcap = |key: &str, gemma2_default: f32| -> Result<Option<f32>> {
         match cfg.get(key) {
+            None if arch == "gemma2" => Ok(Some(gemma2_default)),
             None | Some(Value::Null) => Ok(None),
             Some(v) => match v.as_f64() {
                 Some(c) if c > 0.0 && c.is_finite() => Ok(Some(c as f32)),
@@ -852,7 +898,10 @@ pub fn config_from_hf(cfg: &Value) -> Result<DecoderConfig> {
             },
         }
     };
-    let (attn_softcap, final_softcap) = (softcap("attn_logit_softcapping")?, softcap("final_logit_softcapping")?);
+    let (attn_softcap, final_softcap) = (
+        softcap("attn_logit_softcapping", 50.0)?,
+        softcap("final_logit_softcapping", 30.0)?,
+    );
     if (attn_softcap.is_some() || final_softcap.is_some()) && arch != "gemma2" {
         return Err(EngineError::format("logit soft-capping is supported for gemma2 only"));
     }
@@ -1025,28 +1074,17 @@ impl LlamaModel {
                             let (router, expert) = n.experts(i, src);
                             let mut experts = Vec::new();
                             for e in 0..moe.experts {
-                                experts.push(Mlp {
-                                    gate_up: Projections::new(vec![
-                                        src.matrix_shaped(&expert(e, "gate"), moe.expert_ffn, h)?,
-                                        src.matrix_shaped(&expert(e, "up"), moe.expert_ffn, h)?,
-                                    ]),
-                                    down: src.matrix_shaped(&expert(e, "down"), h, moe.expert_ffn)?,
-                                });
+                                let name = |part: &str| expert(e, part);
+                                experts.push(Mlp::load(src, name, moe.expert_ffn, h)?);
                             }
                             (router, experts)
                         }
                     };
                     let shared = match moe.shared_expert_ffn {
                         Some(w) => {
-                            let p = |s: &str| format!("model.layers.{i}.mlp.shared_expert{s}.weight");
-                            let mlp = Mlp {
-                                gate_up: Projections::new(vec![
-                                    src.matrix_shaped(&p(".gate_proj"), w, h)?,
-                                    src.matrix_shaped(&p(".up_proj"), w, h)?,
-                                ]),
-                                down: src.matrix_shaped(&p(".down_proj"), h, w)?,
-                            };
-                            Some((mlp, src.matrix_shaped(&p("_gate"), 1, h)?))
+                            let p = |part: &str| format!("model.layers.{i}.mlp.shared_expert.{part}_proj.weight");
+                            let gate = format!("model.layers.{i}.mlp.shared_expert_gate.weight");
+                            Some((Mlp::load(src, p, w, h)?, src.matrix_shaped(&gate, 1, h)?))
                         }
                         None => None,
                     };
@@ -1066,18 +1104,14 @@ impl LlamaModel {
                     } else {
                         src.has(&n.layer(i, "gate_up"))
                     };
-                    let gate_up = if fused {
+                    FeedForward::Dense(if fused {
                         let m = src.matrix_shaped(&n.layer(i, "gate_up"), 2 * cfg.ffn, h)?;
-                        Projections::from_fused(m, vec![cfg.ffn, cfg.ffn])?
+                        Mlp {
+                            gate_up: Projections::from_fused(m, vec![cfg.ffn, cfg.ffn])?,
+                            down: src.matrix_shaped(&n.layer(i, "down"), h, cfg.ffn)?,
+                        }
                     } else {
-                        Projections::new(vec![
-                            src.matrix_shaped(&n.layer(i, "gate"), cfg.ffn, h)?,
-                            src.matrix_shaped(&n.layer(i, "up"), cfg.ffn, h)?,
-                        ])
-                    };
-                    FeedForward::Dense(Mlp {
-                        gate_up,
-                        down: src.matrix_shaped(&n.layer(i, "down"), h, cfg.ffn)?,
+                        Mlp::load(src, |part| n.layer(i, part), cfg.ffn, h)?
                     })
                 }
             };

@@ -92,7 +92,7 @@ pub enum Family {
     /// Phi-3 decoders: the Llama code with fused projections and LongRoPE;
     /// CPU only.
     Phi3,
-    /// Mixture-of-experts decoders (Mixtral, Qwen3-MoE): the Llama code
+    /// Mixture-of-experts decoders (Mixtral, Qwen2-MoE, Qwen3-MoE): the Llama code
     /// with routed experts; CPU only.
     Moe,
     /// MPNet encoders (`bert::BertModel` with a relative position bias);
@@ -870,6 +870,7 @@ mod tests {
 
     #[test]
     fn hostile_phi3_and_moe_settings_are_refused_at_load() {
+        use serde_json::json;
         let base = serde_json::json!({
             "hidden_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
             "intermediate_size": 128, "vocab_size": 384
@@ -880,7 +881,7 @@ mod tests {
             llama::config_from_hf(&c).map(|_| ()).map_err(|e| e.to_string())
         };
         let longrope = |short: serde_json::Value| {
-            serde_json::json!({"max_position_embeddings": 512, "rope_parameters": {
+            serde_json::json!({"model_type": "phi3", "max_position_embeddings": 512, "rope_parameters": {
                 "rope_type": "longrope", "rope_theta": 10000.0, "short_factor": short,
                 "long_factor": [1, 1, 1, 1, 1, 1, 1, 1], "original_max_position_embeddings": 128}})
         };
@@ -895,20 +896,77 @@ mod tests {
             let e = with(longrope(short.clone())).unwrap_err();
             assert!(e.contains("short_factor"), "{short}: {e}");
         }
+        // LongRoPE elsewhere than Phi-3 (the GPU backends would drop its factor).
         let e = with(serde_json::json!({"max_position_embeddings": 512, "rope_parameters": {
             "rope_type": "longrope", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1]}}))
         .unwrap_err();
-        assert!(e.contains("original_max_position_embeddings"), "{e}");
+        assert!(e.contains("longrope rotary in llama"), "{e}");
+        // Without original_max_position_embeddings: the context, as transformers.
+        let mut c = base.clone();
+        c.as_object_mut().unwrap().extend(
+            serde_json::json!({"model_type": "phi3", "max_position_embeddings": 512, "rope_parameters": {
+                "rope_type": "longrope", "short_factor": [1, 1, 1, 1, 1, 1, 1, 1]}})
+            .as_object()
+            .unwrap()
+            .clone(),
+        );
+        assert_eq!(llama::config_from_hf(&c).unwrap().context_length, 512);
         for f in [0.0, -0.5, 1.5] {
             let e = with(serde_json::json!({"partial_rotary_factor": f})).unwrap_err();
             assert!(e.contains("partial_rotary_factor"), "{f}: {e}");
         }
-        for (experts, k) in [(4, 0), (4, 5)] {
-            let e = with(serde_json::json!({"num_local_experts": experts, "num_experts_per_tok": k})).unwrap_err();
+        for (experts, k) in [(4, json!(0)), (4, json!(5)), (4, json!(null))] {
+            let e = with(json!({"model_type": "mixtral", "num_local_experts": experts, "num_experts_per_tok": k}))
+                .unwrap_err();
             assert!(e.contains("num_experts_per_tok"), "{e}");
         }
+        // Qwen's experts need their own width, Qwen2-MoE its shared expert's;
+        // a shared expert elsewhere is refused.
+        let qwen = |arch: &str, extra: serde_json::Value| {
+            let mut c = json!({"model_type": arch, "num_experts": 4, "num_experts_per_tok": 2});
+            c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            with(c)
+        };
+        assert!(
+            qwen("qwen3_moe", json!({}))
+                .unwrap_err()
+                .contains("moe_intermediate_size")
+        );
+        assert!(qwen("qwen3_moe", json!({"moe_intermediate_size": 32})).is_ok());
+        let e = qwen("qwen2_moe", json!({"moe_intermediate_size": 32})).unwrap_err();
+        assert!(e.contains("shared_expert_intermediate_size"), "{e}");
+        let e = qwen(
+            "qwen3_moe",
+            json!({"moe_intermediate_size": 32, "shared_expert_intermediate_size": 8}),
+        )
+        .unwrap_err();
+        assert!(e.contains("shared expert in qwen3_moe"), "{e}");
+        let e = qwen(
+            "qwen2_moe",
+            json!({"moe_intermediate_size": 32, "shared_expert_intermediate_size": 8, "use_sliding_window": true, "sliding_window": 16}),
+        )
+        .unwrap_err();
+        assert!(e.contains("use_sliding_window"), "{e}");
+        // Gemma 2 without its caps or window: transformers' defaults.
+        let g = llama::config_from_hf(&{
+            let mut c = base.clone();
+            c["model_type"] = json!("gemma2");
+            c
+        })
+        .unwrap();
+        assert_eq!(
+            (g.attn_softcap, g.final_softcap, g.window(0), g.window(1)),
+            (Some(50.0), Some(30.0), Some(4096), None)
+        );
+        for cap in [json!(0), json!(-1), json!("x")] {
+            let e = with(json!({"model_type": "gemma2", "attn_logit_softcapping": cap})).unwrap_err();
+            assert!(e.contains("attn_logit_softcapping"), "{e}");
+        }
+        let e = with(json!({"final_logit_softcapping": 30.0})).unwrap_err();
+        assert!(e.contains("gemma2 only"), "{e}");
         // A huge expert count fails against the weights, before any allocation.
         let mut c = base.clone();
+        c["model_type"] = serde_json::json!("mixtral");
         c["num_local_experts"] = serde_json::json!(1u64 << 40);
         c["num_experts_per_tok"] = serde_json::json!(2);
         let cfg = llama::config_from_hf(&c).unwrap();

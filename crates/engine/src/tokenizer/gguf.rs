@@ -232,7 +232,8 @@ pub(super) fn build(file: &GgufFile) -> Result<Tokenizer> {
 }
 
 /// WordPiece from a converted BERT vocabulary: `▁word` starts a word,
-/// `piece` continues one (`##piece` in the original), `[X]` is special.
+/// `piece` continues one (`##piece` in the original), `[X]` is kept as it
+/// is (llama.cpp's converter decides by these brackets, not token types).
 fn wordpiece(file: &GgufFile, tokens: &[String]) -> Result<HfTokenizer> {
     let vocab: HashMap<String, u32> = tokens
         .iter()
@@ -262,6 +263,8 @@ fn wordpiece(file: &GgufFile, tokens: &[String]) -> Result<HfTokenizer> {
             .copied()
             .ok_or_else(|| EngineError::Tokenizer(format!("the BERT vocabulary has no {t} token")))
     };
+    // WordPiece falls back to the unknown token: it must be in the vocabulary.
+    id(&unk)?;
     let (cls_id, sep_id) = (id(&cls)?, id(&sep)?);
     let model = WordPiece::builder()
         .vocab(vocab.into_iter().collect::<ahash::AHashMap<_, _>>())
@@ -424,6 +427,19 @@ mod tests {
         };
         let e = e.to_string();
         assert!(e.contains("[CLS]"), "{e}");
+        let bytes = gguf(
+            &[
+                ("tokenizer.ggml.model", string("bert")),
+                ("tokenizer.ggml.tokens", strings(&["[CLS]", "[SEP]", "\u{2581}a"])),
+            ],
+            &[],
+            &[],
+        );
+        let f = GgufFile::open(&write("wordpiece-no-unk.gguf", &bytes)).unwrap();
+        let Err(e) = build(&f) else {
+            panic!("built without an [UNK]")
+        };
+        assert!(e.to_string().contains("[UNK]"), "{e}");
     }
 
     #[test]
