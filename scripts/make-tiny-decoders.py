@@ -212,6 +212,15 @@ def write_gpt2_gguf(path, cfg, m):
 
 write_gpt2_gguf(f"{out}/gpt2-f32.gguf", gcfg, g)
 
+def build(name, cls, cfg, seed):
+    """A model of `cls` with random weights from `seed`, saved in the hub's layout."""
+    cfg.architectures = [cls.__name__]
+    m = cls(cfg).eval()
+    randomise(m, seed)
+    save(name, cfg, m, hub_layout=True)
+    return m
+
+
 def randomise(m, seed):
     torch.manual_seed(seed)
     with torch.no_grad():
@@ -266,10 +275,21 @@ pcfg = Phi3Config(
         "original_max_position_embeddings": 128,
     },
 )
-pcfg.architectures = ["Phi3ForCausalLM"]
-p3 = Phi3ForCausalLM(pcfg).eval()
-randomise(p3, 5)
-save("phi3-f32", pcfg, p3, hub_layout=True)
+p3 = build("phi3-f32", Phi3ForCausalLM, pcfg, 5)
+
+
+def decoder_meta(w, cfg, rope_dims):
+    """The sizes every llama.cpp decoder writes, from a transformers config."""
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_dimension_count(rope_dims)
+    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
+    tokenizer_meta(w, cfg)
 
 
 def write_phi3_gguf(path, cfg, m):
@@ -279,20 +299,11 @@ def write_phi3_gguf(path, cfg, m):
     rp = cfg.rope_parameters
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     original = rp["original_max_position_embeddings"]
-    w.add_context_length(cfg.max_position_embeddings)
+    decoder_meta(w, cfg, int(head_dim * rp["partial_rotary_factor"]))
     w.add_rope_scaling_orig_ctx_len(original)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_rope_dimension_count(int(head_dim * rp["partial_rotary_factor"]))
-    w.add_rope_freq_base(rp["rope_theta"])
     w.add_sliding_window(cfg.sliding_window)
     scale = cfg.max_position_embeddings / original
     w.add_rope_scaling_attn_factors(math.sqrt(1 + math.log(scale) / math.log(original)))
-    tokenizer_meta(w, cfg)
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
     w.add_tensor("rope_factors_long.weight", np.array(rp["long_factor"], dtype=np.float32))
     w.add_tensor("rope_factors_short.weight", np.array(rp["short_factor"], dtype=np.float32))
@@ -327,10 +338,7 @@ mcfg = MixtralConfig(
     max_position_embeddings=256,
     tie_word_embeddings=False,
 )
-mcfg.architectures = ["MixtralForCausalLM"]
-mx = MixtralForCausalLM(mcfg).eval()
-randomise(mx, 6)
-save("mixtral-f32", mcfg, mx, hub_layout=True)
+mx = build("mixtral-f32", MixtralForCausalLM, mcfg, 6)
 
 
 def permute(w, n_head):
@@ -342,20 +350,10 @@ def write_mixtral_gguf(path, cfg, m):
     """llama.cpp's Mixtral: architecture llama with experts, Q/K permuted for its
     interleaved rotary, each layer's experts stacked into ffn_*_exps [experts, rows, cols]."""
     w = gguf.GGUFWriter(path, "llama")
-    head_dim = cfg.hidden_size // cfg.num_attention_heads
-    w.add_context_length(cfg.max_position_embeddings)
-    w.add_embedding_length(cfg.hidden_size)
-    w.add_block_count(cfg.num_hidden_layers)
-    w.add_feed_forward_length(cfg.intermediate_size)
-    w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
-    w.add_rope_freq_base(cfg.rope_parameters["rope_theta"])
-    w.add_rope_dimension_count(head_dim)
-    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    decoder_meta(w, cfg, cfg.hidden_size // cfg.num_attention_heads)
     w.add_vocab_size(cfg.vocab_size)
     w.add_expert_count(cfg.num_local_experts)
     w.add_expert_used_count(cfg.num_experts_per_tok)
-    tokenizer_meta(w, cfg)
     sd = {k: v.detach().float().numpy() for k, v in m.state_dict().items()}
     w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
     w.add_tensor("output_norm.weight", sd["model.norm.weight"])
@@ -396,15 +394,9 @@ qwen_moe = dict(
     tie_word_embeddings=False,
 )
 q2cfg = Qwen2MoeConfig(**qwen_moe, shared_expert_intermediate_size=56, norm_topk_prob=True)
-q2cfg.architectures = ["Qwen2MoeForCausalLM"]
-q2 = Qwen2MoeForCausalLM(q2cfg).eval()
-randomise(q2, 9)
-save("qwen2moe-f32", q2cfg, q2, hub_layout=True)
+q2 = build("qwen2moe-f32", Qwen2MoeForCausalLM, q2cfg, 9)
 
 qcfg = Qwen3MoeConfig(**qwen_moe, head_dim=16, norm_topk_prob=False, decoder_sparse_step=1, mlp_only_layers=[1])
-qcfg.architectures = ["Qwen3MoeForCausalLM"]
-qm = Qwen3MoeForCausalLM(qcfg).eval()
-randomise(qm, 7)
-save("qwen3moe-f32", qcfg, qm, hub_layout=True)
+qm = build("qwen3moe-f32", Qwen3MoeForCausalLM, qcfg, 7)
 
 json.dump({"prompt_ids": prompt_ids, **goldens}, open(f"{out}/decoder_goldens.json", "w"))
