@@ -76,7 +76,7 @@ fn activations(t: usize) -> (Vec<BlockQ8>, Vec<BlockQ8>) {
         );
     }
     let mut res = vec![BlockQ8::default(); t * blocks];
-    quantize_residual(&x, &acts, &mut res, &mut Vec::new());
+    quantize_residual(&x, &acts, &mut res);
     (acts, res)
 }
 

@@ -1,5 +1,8 @@
-//! Profile helper: time prefill and decode steps of a GGUF decoder.
-//! `cargo run --profile fast -p hfms-engine --example decode_profile -- MODEL.gguf [threads] [steps]`
+//! Profile helper: time prefill and decode steps of a GGUF decoder, then
+//! decode steps of `batch` sequences at once (what the server's scheduler
+//! runs at concurrency `batch`).
+//! `cargo run --profile fast -p hfms-engine --example decode_profile -- MODEL.gguf [threads] [steps] [batch]`
+//! (`FAST=1` for 8-bit activations)
 
 use std::time::Instant;
 
@@ -13,6 +16,11 @@ fn main() {
     let path = args.get(1).expect("model path");
     let threads: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2);
     let steps: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(64);
+    let batch: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(8);
+    // `FAST=1`: 8-bit activations, as the server's --fast-activations.
+    if std::env::var_os("FAST").is_some() {
+        hfms_engine::quant::set_precise_activations(false);
+    }
     let g = GgufFile::open(std::path::Path::new(path)).unwrap();
     let m = LlamaModel::from_gguf(&g).unwrap();
     let pool = ComputePool::new(threads).unwrap();
@@ -63,5 +71,56 @@ fn main() {
         "decode {steps} steps: {:.2} ms/token = {:.1} tok/s",
         d * 1e3 / steps as f64,
         steps as f64 / d
+    );
+
+    // `batch` sequences, each after its own 128-token prompt, decoded together.
+    let prompt = &prompt[..128];
+    let seqs: Vec<SeqKv> = (0..batch)
+        .map(|_| {
+            let mut s = SeqKv::default();
+            s.reserve(&mut kv, prompt.len() + steps + 1).unwrap();
+            s
+        })
+        .collect();
+    let mut toks = vec![0u32; batch];
+    for (b, seq) in seqs.iter().enumerate() {
+        let l = m
+            .forward(
+                &[StepItem {
+                    tokens: prompt,
+                    start: 0,
+                    kv: seq,
+                    logits: LogitsWanted::Last,
+                }],
+                &mut kv,
+                &pool,
+            )
+            .unwrap();
+        toks[b] = hfms_engine::generate::sampling::argmax(&l);
+    }
+    let vocab = m.config().vocab;
+    let t = Instant::now();
+    for i in 0..steps {
+        let singles: Vec<[u32; 1]> = toks.iter().map(|&x| [x]).collect();
+        let items: Vec<StepItem<'_>> = seqs
+            .iter()
+            .zip(&singles)
+            .map(|(seq, tok)| StepItem {
+                tokens: tok,
+                start: prompt.len() + i,
+                kv: seq,
+                logits: LogitsWanted::Last,
+            })
+            .collect();
+        let l = m.forward(&items, &mut kv, &pool).unwrap();
+        for (b, tok) in toks.iter_mut().enumerate() {
+            *tok = hfms_engine::generate::sampling::argmax(&l[b * vocab..(b + 1) * vocab]);
+        }
+    }
+    let d = t.elapsed().as_secs_f64();
+    println!(
+        "decode {steps} steps of {batch} sequences: {:.2} ms/step = {:.1} tok/s",
+        d * 1e3 / steps as f64,
+        (steps * batch) as f64 / d
     );
 }

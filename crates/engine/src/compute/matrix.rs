@@ -541,13 +541,11 @@ fn quantize_with_residual(x: &[f32], t: usize, k: usize, precise: bool) -> (Vec<
     let mut res = Vec::new();
     if precise {
         res = vec![BlockQ8::default(); t * blocks];
-        let mut scratch = Vec::with_capacity(k);
         for tok in 0..t {
             crate::quant::packed::quantize_residual(
                 &x[tok * k..(tok + 1) * k],
                 &act[tok * blocks..(tok + 1) * blocks],
                 &mut res[tok * blocks..(tok + 1) * blocks],
-                &mut scratch,
             );
         }
     }

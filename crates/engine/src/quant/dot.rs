@@ -18,6 +18,8 @@ use crate::compute::gemm::PanelKernels;
 /// hold (mismatched lengths give a wrong sum, never a stray read).
 pub type DotFn = fn(row: &[u8], act: &[BlockQ8]) -> f32;
 pub type QuantizeFn = fn(x: &[f32], out: &mut [BlockQ8]);
+/// `packed::quantize_residual`: `x`'s residual after `acts`, into `res`.
+pub type QuantizeResidualFn = fn(x: &[f32], acts: &[BlockQ8], res: &mut [BlockQ8]);
 pub type F32DotFn = fn(a: &[f32], b: &[f32]) -> f32;
 
 /// The kernels this process uses, picked once from the CPU's features.
@@ -25,6 +27,7 @@ pub struct Kernels {
     /// Which implementation was chosen ("avx512vnni", "avx2", "scalar").
     pub name: &'static str,
     pub quantize: QuantizeFn,
+    pub quantize_residual: QuantizeResidualFn,
     pub f32_dot: F32DotFn,
     q4_0: DotFn,
     q4_1: DotFn,
@@ -103,6 +106,7 @@ impl Kernels {
         Kernels {
             name: "scalar",
             quantize: quantize_scalar,
+            quantize_residual: super::packed::quantize_residual_scalar,
             f32_dot: f32_dot_scalar,
             q4_0: dot_q4_0,
             q4_1: dot_q4_1,
@@ -157,6 +161,9 @@ impl KernelSlots<'_> {
     }
     pub fn quantize(&mut self, f: QuantizeFn) {
         self.0.quantize = f;
+    }
+    pub fn quantize_residual(&mut self, f: QuantizeResidualFn) {
+        self.0.quantize_residual = f;
     }
     pub fn f32_dot(&mut self, f: F32DotFn) {
         self.0.f32_dot = f;

@@ -519,15 +519,28 @@ pub(super) fn q8x8_res_scalar(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[Block
 }
 
 /// Quantise the residual `x - dequant(acts)` into `res`: a second 8-bit
-/// pass that the precise kernels add, making activations ~16-bit.
-pub fn quantize_residual(x: &[f32], acts: &[BlockQ8], res: &mut [BlockQ8], scratch: &mut Vec<f32>) {
-    scratch.clear();
-    for (xb, a) in x.chunks_exact(QK).zip(acts) {
-        for (v, q) in xb.iter().zip(&a.qs) {
-            scratch.push(v - *q as f32 * a.d);
+/// pass that the precise kernels add, making activations ~16-bit. Each
+/// residual block's scale is exactly its block's `d / 256` (a residual is
+/// at most `d / 2`, so its quants fit in ±127 but for rounding at the very
+/// edge, which is clamped): the SIMD kernels then join both products into
+/// one integer, `256·Σw·q + Σw·r`, scaled once by `d / 256`.
+pub fn quantize_residual(x: &[f32], acts: &[BlockQ8], res: &mut [BlockQ8]) {
+    (super::kernels().quantize_residual)(x, acts, res)
+}
+
+/// [`quantize_residual`]'s reference form (and the kernel without SIMD).
+pub(super) fn quantize_residual_scalar(x: &[f32], acts: &[BlockQ8], res: &mut [BlockQ8]) {
+    for ((xb, a), r) in x.chunks_exact(QK).zip(acts).zip(res.iter_mut()) {
+        let id = if a.d > 0.0 { 256.0 / a.d } else { 0.0 };
+        let mut sums = [0i32; 2];
+        for (j, (v, q)) in xb.iter().zip(&a.qs).enumerate() {
+            let e = ((v - *q as f32 * a.d) * id).round().clamp(-127.0, 127.0) as i32;
+            r.qs[j] = e as i8;
+            sums[j / 16] += e;
         }
+        r.d = a.d / 256.0;
+        r.sums = [sums[0] as i16, sums[1] as i16];
     }
-    super::quantize_activations(scratch, res);
 }
 
 #[cfg(test)]
@@ -535,6 +548,47 @@ mod tests {
     use super::*;
     use crate::quant::dot_tests::{random_acts, random_row};
     use crate::quant::quantize_activations;
+
+    /// Every kernel set's residual quantiser gives the reference's scale
+    /// (exactly `d / 256`, which the packed kernels rely on) and quants
+    /// within one step of it (ties and a fused multiply-add may round
+    /// apart); an all-zero block and a block with NaN stay in ±127.
+    #[test]
+    fn residual_quantisers_match_the_reference() {
+        let blocks = 6;
+        let mut x = random_acts(blocks * QK, 3);
+        x[QK..2 * QK].fill(0.0);
+        x[2 * QK + 5] = f32::NAN;
+        x[3 * QK + 7] = 1e30;
+        let mut acts = vec![BlockQ8::default(); blocks];
+        quantize_activations(&x, &mut acts);
+        let mut want = vec![BlockQ8::default(); blocks];
+        quantize_residual_scalar(&x, &acts, &mut want);
+        for ks in crate::quant::available_kernels() {
+            let mut got = vec![BlockQ8::default(); blocks];
+            (ks.quantize_residual)(&x, &acts, &mut got);
+            for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                let name = ks.name;
+                if !w.d.is_nan() {
+                    assert_eq!(g.d.to_bits(), (acts[b].d / 256.0).to_bits(), "{name} block {b}");
+                }
+                for (j, (gq, wq)) in g.qs.iter().zip(&w.qs).enumerate() {
+                    assert!(
+                        (*gq as i32 - *wq as i32).abs() <= 1 || b == 2,
+                        "{name} block {b}[{j}]: {gq} vs {wq}"
+                    );
+                    assert!(*gq != i8::MIN, "{name} block {b}[{j}]");
+                }
+                let sums: [i32; 2] = [0, 1].map(|h| g.qs[h * 16..(h + 1) * 16].iter().map(|&q| q as i32).sum());
+                assert_eq!(sums, [g.sums[0] as i32, g.sums[1] as i32], "{name} block {b}");
+            }
+            assert!(
+                got[1].qs.iter().all(|&q| q == 0),
+                "{}: a zero block has no residual",
+                ks.name
+            );
+        }
+    }
 
     /// Packed products equal the per-row dot products (same activations).
     #[test]
@@ -674,8 +728,7 @@ mod tests {
                 let row_bytes = ty.row_bytes(cols).unwrap();
                 let dot = ks.dot(ty).unwrap();
                 let mut res = vec![BlockQ8::default(); t * blocks];
-                let mut scratch = Vec::new();
-                quantize_residual(&x, &acts, &mut res, &mut scratch);
+                quantize_residual(&x, &acts, &mut res);
                 let exact_rows: Vec<f32> = {
                     let mut w = vec![0f32; rows * cols];
                     for r in 0..rows {
