@@ -2,7 +2,7 @@
 //! decode steps of `batch` sequences at once (what the server's scheduler
 //! runs at concurrency `batch`).
 //! `cargo run --profile fast -p hfms-engine --example decode_profile -- MODEL.gguf [threads] [steps] [batch]`
-//! (`FAST=1` for 8-bit activations)
+//! (`FAST=1` for 8-bit activations, `PROMPT=N` for the first prompt's length)
 
 use std::time::Instant;
 
@@ -25,7 +25,13 @@ fn main() {
     let m = LlamaModel::from_gguf(&g).unwrap();
     let pool = ComputePool::new(threads).unwrap();
     let mut kv = KvPool::new(m.kv_layout(16), 256 << 20);
-    let prompt: Vec<u32> = (0..512).map(|i| (i * 7 % 1000 + 100) as u32).collect();
+    // `PROMPT=N`: the first prompt's length (512).
+    let prompt_len: usize = std::env::var("PROMPT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512)
+        .max(128);
+    let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7 % 1000 + 100) as u32).collect();
     let mut seq = SeqKv::default();
     seq.reserve(&mut kv, prompt.len() + steps + 1).unwrap();
     let t = Instant::now();
