@@ -592,35 +592,37 @@ unsafe fn q4x8_isum<D: U8Dot>(lo: &[__m256i; 4], hi: &[__m256i; 4], a: &BlockQ8)
 }
 
 /// Integer sums of one activation block against 8 rows' packed Q8 quants
-/// (stored `q + 128`), in two chains of four; with [`U8Dot::Q8_BIASED`]
-/// the caller subtracts `128·Σx`.
+/// (stored `q + 128`); with [`U8Dot::Q8_BIASED`] the caller subtracts
+/// `128·Σx`.
 ///
 /// # Safety
 /// The entry point's features.
 #[inline(always)]
 unsafe fn q8x8_isum<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> __m256i {
+    // SAFETY: register-only; features: contract.
+    unsafe {
+        let (lo, hi) = q8hx8_isums::<D>(w, a);
+        _mm256_add_epi32(lo, hi)
+    }
+}
+
+/// Integer sums of one activation block's halves (bytes 0..16 and 16..32)
+/// against 8 rows' packed Q8 quants, each a chain of four products (bias
+/// left in, as [`q8x8_isum`]).
+///
+/// # Safety
+/// The entry point's features.
+#[inline(always)]
+unsafe fn q8hx8_isums<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> (__m256i, __m256i) {
     // SAFETY: register-only but for `x4` with `c < 8`; features: contract.
     unsafe {
-        let z = _mm256_setzero_si256();
-        let s0 = D::dot_q8_acc(
-            D::dot_q8_acc(
-                D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(a, 0)), w[1], x4(a, 1)),
-                w[2],
-                x4(a, 2),
-            ),
-            w[3],
-            x4(a, 3),
-        );
-        let s1 = D::dot_q8_acc(
-            D::dot_q8_acc(
-                D::dot_q8_acc(D::dot_q8_acc(z, w[4], x4(a, 4)), w[5], x4(a, 5)),
-                w[6],
-                x4(a, 6),
-            ),
-            w[7],
-            x4(a, 7),
-        );
-        _mm256_add_epi32(s0, s1)
+        let mut half = [_mm256_setzero_si256(); 2];
+        for (h, s) in half.iter_mut().enumerate() {
+            for (c, wc) in w.iter().enumerate().skip(4 * h).take(4) {
+                *s = D::dot_q8_acc(*s, *wc, x4(a, c));
+            }
+        }
+        (half[0], half[1])
     }
 }
 
@@ -850,38 +852,6 @@ unsafe fn q8x8_tile<D: U8Dot, const RES: bool, const MIN: bool, const N: usize>(
             let v = if MIN { _mm256_add_ps(acc[j], accm[j]) } else { acc[j] };
             _mm256_storeu_ps(out.as_mut_ptr().add((t0 + j) * 8), v);
         }
-    }
-}
-
-/// Integer sums of one activation block's halves against 8 rows' `Q8Hx8`
-/// quants (bias left in, as [`q8x8_isum`]).
-///
-/// # Safety
-/// The entry point's features.
-#[inline(always)]
-unsafe fn q8hx8_isums<D: U8Dot>(w: &[__m256i; 8], b: &BlockQ8) -> (__m256i, __m256i) {
-    // SAFETY: register-only but for `x4` with `c < 8`; features: contract.
-    unsafe {
-        let z = _mm256_setzero_si256();
-        let lo = D::dot_q8_acc(
-            D::dot_q8_acc(
-                D::dot_q8_acc(D::dot_q8_acc(z, w[0], x4(b, 0)), w[1], x4(b, 1)),
-                w[2],
-                x4(b, 2),
-            ),
-            w[3],
-            x4(b, 3),
-        );
-        let hi = D::dot_q8_acc(
-            D::dot_q8_acc(
-                D::dot_q8_acc(D::dot_q8_acc(z, w[4], x4(b, 4)), w[5], x4(b, 5)),
-                w[6],
-                x4(b, 6),
-            ),
-            w[7],
-            x4(b, 7),
-        );
-        (lo, hi)
     }
 }
 
