@@ -672,26 +672,13 @@ macro_rules! by_tiles {
     }};
 }
 
-/// # Safety
-/// The entry point's features, and the lengths `check_packed` asserts:
-/// `group` holds `blocks` block indices, `out` `t` rows of 8.
-#[inline(always)]
-unsafe fn q4x8_body<D: U8Dot, const RES: bool>(
-    group: &[u8],
-    blocks: usize,
-    acts: &[BlockQ8],
-    res: &[BlockQ8],
-    t: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the contract, passed on.
-    unsafe { by_tiles!(t, q4x8_tile::<D, RES>(group, blocks, acts, res, out)) }
-}
-
-/// Tokens `t0..t0 + N` of [`q4x8_body`].
+/// Tokens `t0..t0 + N` of a product with `Q4x8` groups (run by
+/// [`by_tiles`]).
 ///
 /// # Safety
-/// As for [`q4x8_body`], and `t0 + N <= t`.
+/// The entry point's features, and the lengths `check_packed` asserts for
+/// the whole product: `group` holds `blocks` block indices, `out` `t` rows
+/// of 8, with `t0 + N <= t`.
 #[inline(always)]
 unsafe fn q4x8_tile<D: U8Dot, const RES: bool, const N: usize>(
     group: &[u8],
@@ -757,28 +744,12 @@ unsafe fn q4x8_tile<D: U8Dot, const RES: bool, const N: usize>(
     }
 }
 
-/// `Q8x8` (`MIN` false) and `Q8Mx8` (`MIN`: 8 f16 mins after the scales,
-/// each times the activations' sum).
+/// Tokens `t0..t0 + N` of a product with `Q8x8` (`MIN` false) or `Q8Mx8`
+/// groups (`MIN`: 8 f16 mins after the scales, each times the activations'
+/// sum).
 ///
 /// # Safety
-/// As for [`q4x8_body`].
-#[inline(always)]
-unsafe fn q8x8_body<D: U8Dot, const RES: bool, const MIN: bool>(
-    group: &[u8],
-    blocks: usize,
-    acts: &[BlockQ8],
-    res: &[BlockQ8],
-    t: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the contract, passed on.
-    unsafe { by_tiles!(t, q8x8_tile::<D, RES, MIN>(group, blocks, acts, res, out)) }
-}
-
-/// Tokens `t0..t0 + N` of [`q8x8_body`].
-///
-/// # Safety
-/// As for [`q4x8_body`], and `t0 + N <= t`.
+/// As for [`q4x8_tile`].
 #[inline(always)]
 unsafe fn q8x8_tile<D: U8Dot, const RES: bool, const MIN: bool, const N: usize>(
     group: &[u8],
@@ -891,25 +862,10 @@ unsafe fn q8hx8_step<D: U8Dot, const RES: bool>(
     }
 }
 
-/// # Safety
-/// As for [`q4x8_body`].
-#[inline(always)]
-unsafe fn q8hx8_body<D: U8Dot, const RES: bool>(
-    group: &[u8],
-    blocks: usize,
-    acts: &[BlockQ8],
-    res: &[BlockQ8],
-    t: usize,
-    out: &mut [f32],
-) {
-    // SAFETY: the contract, passed on.
-    unsafe { by_tiles!(t, q8hx8_tile::<D, RES>(group, blocks, acts, res, out)) }
-}
-
-/// Tokens `t0..t0 + N` of [`q8hx8_body`].
+/// Tokens `t0..t0 + N` of a product with `Q8Hx8` groups.
 ///
 /// # Safety
-/// As for [`q4x8_body`], and `t0 + N <= t`.
+/// As for [`q4x8_tile`].
 #[inline(always)]
 unsafe fn q8hx8_tile<D: U8Dot, const RES: bool, const N: usize>(
     group: &[u8],
@@ -1005,21 +961,21 @@ macro_rules! entry_points {
             entry!($feat, fn q5_k(r: &[u8], a: &[BlockQ8]) -> f32 => q5_k_body::<$d>(r, a));
             entry!($feat, fn q6_k(r: &[u8], a: &[BlockQ8]) -> f32 => q6_k_body::<$d>(r, a));
             entry!($feat, fn q4x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q4x8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
+                => by_tiles!(t, q4x8_tile::<$d, false>(g, blocks, a, r, out)), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, false, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+                => by_tiles!(t, q8x8_tile::<$d, false, false>(g, blocks, a, r, out)), check check_packed(PackKind::Q8, g, blocks, t, out));
             entry!($feat, fn q8mx8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, false, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8M, g, blocks, t, out));
+                => by_tiles!(t, q8x8_tile::<$d, false, true>(g, blocks, a, r, out)), check check_packed(PackKind::Q8M, g, blocks, t, out));
             entry!($feat, fn q8mx8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, true, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8M, g, blocks, t, out));
+                => by_tiles!(t, q8x8_tile::<$d, true, true>(g, blocks, a, r, out)), check check_packed(PackKind::Q8M, g, blocks, t, out));
             entry!($feat, fn q8hx8(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8hx8_body::<$d, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8H, g, blocks, t, out));
+                => by_tiles!(t, q8hx8_tile::<$d, false>(g, blocks, a, r, out)), check check_packed(PackKind::Q8H, g, blocks, t, out));
             entry!($feat, fn q8hx8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8hx8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8H, g, blocks, t, out));
+                => by_tiles!(t, q8hx8_tile::<$d, true>(g, blocks, a, r, out)), check check_packed(PackKind::Q8H, g, blocks, t, out));
             entry!($feat, fn q4x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q4x8_body::<$d, true>(g, blocks, a, r, t, out), check check_packed(PackKind::Q4, g, blocks, t, out));
+                => by_tiles!(t, q4x8_tile::<$d, true>(g, blocks, a, r, out)), check check_packed(PackKind::Q4, g, blocks, t, out));
             entry!($feat, fn q8x8_res(g: &[u8], blocks: usize, a: &[BlockQ8], r: &[BlockQ8], t: usize, out: &mut [f32])
-                => q8x8_body::<$d, true, false>(g, blocks, a, r, t, out), check check_packed(PackKind::Q8, g, blocks, t, out));
+                => by_tiles!(t, q8x8_tile::<$d, true, false>(g, blocks, a, r, out)), check check_packed(PackKind::Q8, g, blocks, t, out));
         }
     };
 }
