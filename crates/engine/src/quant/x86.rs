@@ -626,6 +626,30 @@ unsafe fn q8hx8_isums<D: U8Dot>(w: &[__m256i; 8], a: &BlockQ8) -> (__m256i, __m2
     }
 }
 
+/// The eight 32-byte pieces (8 rows × 4 quants each) of a packed Q8
+/// block's quants, starting at `p`.
+///
+/// # Safety
+/// AVX; `p..p + 256` is readable.
+#[inline(always)]
+unsafe fn load_q8x8(p: *const u8) -> [__m256i; 8] {
+    // SAFETY: eight unaligned 32-byte loads inside `p..p + 256`, the
+    // caller's contract.
+    // (No closure: it would not inherit the caller's target features.)
+    unsafe {
+        [
+            _mm256_loadu_si256(p as *const __m256i),
+            _mm256_loadu_si256(p.add(32) as *const __m256i),
+            _mm256_loadu_si256(p.add(64) as *const __m256i),
+            _mm256_loadu_si256(p.add(96) as *const __m256i),
+            _mm256_loadu_si256(p.add(128) as *const __m256i),
+            _mm256_loadu_si256(p.add(160) as *const __m256i),
+            _mm256_loadu_si256(p.add(192) as *const __m256i),
+            _mm256_loadu_si256(p.add(224) as *const __m256i),
+        ]
+    }
+}
+
 /// Joins a block's integer sums with its residual's (`quantize_residual`
 /// gives the residual exactly the scale `d / 256`): `256·v + r`, one
 /// 16-bit-activation sum with that scale. No overflow: `|v|, |r|` are under
@@ -783,17 +807,7 @@ unsafe fn q8x8_tile<D: U8Dot, const RES: bool, const MIN: bool, const N: usize>(
             } else {
                 _mm256_setzero_ps()
             };
-            let w = b.add(q0);
-            let w = [
-                _mm256_loadu_si256(w as *const __m256i),
-                _mm256_loadu_si256(w.add(32) as *const __m256i),
-                _mm256_loadu_si256(w.add(64) as *const __m256i),
-                _mm256_loadu_si256(w.add(96) as *const __m256i),
-                _mm256_loadu_si256(w.add(128) as *const __m256i),
-                _mm256_loadu_si256(w.add(160) as *const __m256i),
-                _mm256_loadu_si256(w.add(192) as *const __m256i),
-                _mm256_loadu_si256(w.add(224) as *const __m256i),
-            ];
+            let w = load_q8x8(b.add(q0));
             for j in 0..N {
                 let idx = (t0 + j) * blocks + k;
                 let a = &acts[idx];
@@ -887,16 +901,7 @@ unsafe fn q8hx8_tile<D: U8Dot, const RES: bool, const N: usize>(
             let b = group.as_ptr().add(k * GB);
             let dlo = _mm256_loadu_ps(b as *const f32);
             let dhi = _mm256_loadu_ps(b.add(32) as *const f32);
-            let w = [
-                _mm256_loadu_si256(b.add(64) as *const __m256i),
-                _mm256_loadu_si256(b.add(96) as *const __m256i),
-                _mm256_loadu_si256(b.add(128) as *const __m256i),
-                _mm256_loadu_si256(b.add(160) as *const __m256i),
-                _mm256_loadu_si256(b.add(192) as *const __m256i),
-                _mm256_loadu_si256(b.add(224) as *const __m256i),
-                _mm256_loadu_si256(b.add(256) as *const __m256i),
-                _mm256_loadu_si256(b.add(288) as *const __m256i),
-            ];
+            let w = load_q8x8(b.add(64));
             for (j, acc_j) in acc.iter_mut().enumerate() {
                 let idx = (t0 + j) * blocks + k;
                 let r = if RES { &res[idx] } else { &acts[idx] };
