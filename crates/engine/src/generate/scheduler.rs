@@ -231,7 +231,13 @@ impl Generator {
         let (tx, rx) = mpsc::channel();
         let stats = Arc::new(SchedulerStats::default());
         let layout = model.kv_layout(config.block_size);
-        let max_blocks = (config.kv_budget_bytes / layout.block_bytes()).max(1);
+        // A hostile file can describe a model whose KV cache holds nothing
+        // (no layers or no KV heads): refused, not a division by zero.
+        let max_blocks = config
+            .kv_budget_bytes
+            .checked_div(layout.block_bytes())
+            .ok_or_else(|| EngineError::format("the model's KV cache has zero bytes a block (no layers or KV heads)"))?
+            .max(1);
         let kv = KvPool::with_store(
             layout,
             config.kv_budget_bytes,
