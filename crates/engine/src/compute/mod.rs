@@ -7,6 +7,7 @@ pub mod gemm;
 pub mod matrix;
 pub mod ops;
 mod pool;
+pub mod scratch;
 
 use std::sync::Arc;
 

@@ -24,6 +24,7 @@ use super::prefix::PrefixCache;
 use super::sampling::{Sampled, Sampler, SamplingParams};
 use super::stop::StopText;
 use crate::compute::ComputePool;
+use crate::compute::scratch;
 use crate::error::{EngineError, Result};
 use crate::kv::{KvPool, SeqKv};
 use crate::observe::{Finish, FinishedSequence, GenerationObserver, Nothing};
@@ -440,8 +441,11 @@ enum Outcome {
 
 impl Scheduler {
     fn run(&mut self, rx: mpsc::Receiver<Job>) {
+        // Step buffers are reused while there is work, freed when idle.
+        let mut keep: Option<scratch::Keep> = None;
         loop {
             if self.running.is_empty() && self.waiting.is_empty() {
+                keep = None;
                 // Idle: what /status shows must be true while we wait.
                 self.publish_stats();
                 match rx.recv() {
@@ -458,6 +462,7 @@ impl Scheduler {
                 // Nothing admissible (every waiting sequence was cancelled).
                 continue;
             }
+            keep.get_or_insert_with(scratch::keep);
             let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step()));
             if ok.is_err() {
                 tracing::error!("a model step panicked; failing the sequences in it");
@@ -881,6 +886,7 @@ impl Scheduler {
             finish(&mut s, &self.tokenizer, reason);
             s.kv.free(&mut self.kv);
         }
+        scratch::give_back(logits);
     }
 }
 

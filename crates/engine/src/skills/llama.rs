@@ -16,6 +16,7 @@ use serde_json::Value;
 
 use crate::compute::attention::{RowPlace, attention};
 use crate::compute::ops::{self, Rope, RopeStyle};
+use crate::compute::scratch::Scratch;
 use crate::compute::{ComputePool, Matrix, Projections};
 use crate::error::{EngineError, Result};
 use crate::formats::WeightSource;
@@ -309,8 +310,8 @@ impl Mlp {
     /// `out[t, hidden] = down(act(gate x) * up x)`.
     fn apply(&self, x: &[f32], t: usize, act: FfnActivation, out: &mut [f32], pool: &ComputePool) {
         let ffn = self.down.cols();
-        let mut gate = vec![0f32; t * ffn];
-        let mut up = vec![0f32; t * ffn];
+        let mut gate = Scratch::<f32>::zeroed(t * ffn);
+        let mut up = Scratch::<f32>::zeroed(t * ffn);
         self.gate_up.apply(x, t, &mut [&mut gate, &mut up], pool);
         match act {
             FfnActivation::Silu => ops::silu_mul(&mut gate, &up),
@@ -1272,7 +1273,7 @@ impl CausalLm for LlamaModel {
             return Ok(Vec::new());
         }
 
-        let mut x = vec![0f32; t * h];
+        let mut x = Scratch::<f32>::zeroed(t * h);
         for (i, &tok) in tokens.iter().enumerate() {
             self.embed.row_f32(tok as usize, &mut x[i * h..(i + 1) * h]);
         }
@@ -1290,12 +1291,12 @@ impl CausalLm for LlamaModel {
         let cs_global = angles_of(&self.rope);
         let cs_local = self.rope_local.as_ref().map(angles_of);
 
-        let mut hbuf = vec![0f32; t * h];
-        let mut q = vec![0f32; t * q_dim];
-        let mut k = vec![0f32; t * kv_dim];
-        let mut v = vec![0f32; t * kv_dim];
-        let mut attn = vec![0f32; t * q_dim];
-        let mut o = vec![0f32; t * h];
+        let mut hbuf = Scratch::<f32>::zeroed(t * h);
+        let mut q = Scratch::<f32>::zeroed(t * q_dim);
+        let mut k = Scratch::<f32>::zeroed(t * kv_dim);
+        let mut v = Scratch::<f32>::zeroed(t * kv_dim);
+        let mut attn = Scratch::<f32>::zeroed(t * q_dim);
+        let mut o = Scratch::<f32>::zeroed(t * h);
 
         for (li, l) in self.layers.iter().enumerate() {
             ops::rms_norm(&x, &l.attn_norm, c.rms_eps, &mut hbuf);
@@ -1362,7 +1363,7 @@ impl CausalLm for LlamaModel {
 
         // Only the rows whose logits were asked for go through the head.
         let rows = logit_rows(items);
-        let mut sel = vec![0f32; rows.len() * h];
+        let mut sel = Scratch::<f32>::zeroed(rows.len() * h);
         for (j, &r) in rows.iter().enumerate() {
             ops::rms_norm(
                 &x[r * h..(r + 1) * h],
@@ -1372,7 +1373,8 @@ impl CausalLm for LlamaModel {
             );
         }
         let out_m = self.output_matrix();
-        let mut logits = vec![0f32; rows.len() * out_m.rows()];
+        // A step buffer too: the scheduler gives it back once it has sampled.
+        let mut logits = Scratch::<f32>::zeroed(rows.len() * out_m.rows()).into_vec();
         out_m.matmul(&sel, rows.len(), &mut logits, pool);
         if let Some(cap) = c.final_softcap {
             logits.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
