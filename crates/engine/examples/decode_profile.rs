@@ -21,6 +21,8 @@ fn main() {
     if std::env::var_os("FAST").is_some() {
         hfms_engine::quant::set_precise_activations(false);
     }
+    // Step buffers reused across forwards, as on the scheduler's thread.
+    let _keep = hfms_engine::compute::scratch::keep();
     let g = GgufFile::open(std::path::Path::new(path)).unwrap();
     let m = LlamaModel::from_gguf(&g).unwrap();
     let pool = ComputePool::new(threads).unwrap();
@@ -71,6 +73,7 @@ fn main() {
             )
             .unwrap();
         tok = hfms_engine::generate::sampling::argmax(&l);
+        hfms_engine::compute::scratch::give_back(l);
     }
     let d = t.elapsed().as_secs_f64();
     println!(
@@ -122,6 +125,7 @@ fn main() {
         for (b, tok) in toks.iter_mut().enumerate() {
             *tok = hfms_engine::generate::sampling::argmax(&l[b * vocab..(b + 1) * vocab]);
         }
+        hfms_engine::compute::scratch::give_back(l);
     }
     let d = t.elapsed().as_secs_f64();
     println!(
