@@ -458,7 +458,7 @@ impl Matrix {
         let (n, k) = (self.rows, self.cols);
         let ks = kernels();
         if let Some(p) = &self.packed {
-            return self.matmul_packed(p, x, t, out, pool);
+            return self.matmul_packed(p, x, t, &mut [out], &[n], pool);
         }
         let Some(dot) = ks.dot(self.dtype) else {
             return;
@@ -497,10 +497,32 @@ impl Matrix {
 impl Matrix {
     /// The product on the packed layout: groups of 8 rows split across the
     /// pool, each group applied to every token (its weights stay in L1).
-    fn matmul_packed(&self, p: &Packed, x: &[f32], t: usize, out: &mut [f32], pool: &ComputePool) {
+    /// The rows go to `outs` in turn, `widths[j]` rows to `outs[j]`
+    /// (`[t, widths[j]]`): a fused projection writes each part in place.
+    fn matmul_packed(
+        &self,
+        p: &Packed,
+        x: &[f32],
+        t: usize,
+        outs: &mut [&mut [f32]],
+        widths: &[usize],
+        pool: &ComputePool,
+    ) {
         let (n, k) = (self.rows, self.cols);
-        // The writes below trust the packed copy's shape.
+        // The writes below trust the packed copy's shape, and the parts'
+        // lengths; a group of 8 rows never straddles two parts.
         assert!(p.rows == n && p.groups == n.div_ceil(GROUP) && p.blocks == k / QK);
+        assert!(outs.len() == widths.len() && widths.iter().sum::<usize>() == n);
+        assert!(outs.iter().zip(widths).all(|(o, &w)| o.len() == t * w));
+        assert!(widths[..widths.len().saturating_sub(1)].iter().all(|w| w.is_multiple_of(GROUP)));
+        let starts: Vec<usize> = widths
+            .iter()
+            .scan(0, |row, &w| {
+                let s = *row;
+                *row += w;
+                Some(s)
+            })
+            .collect();
         let ks = kernels();
         let precise = crate::quant::precise_activations();
         let kernel = ks.packed(p.kind, precise);
@@ -509,23 +531,44 @@ impl Matrix {
         let res = &res;
         let tasks = (pool.threads() * 4).max(1);
         let per_task = p.groups.div_ceil(tasks).max(1);
-        let dst = SharedMut::new(out);
+        let dsts: Vec<SharedMut<'_, f32>> = outs.iter_mut().map(|o| SharedMut::new(o)).collect();
         let act = &act;
         pool.for_each(p.groups.div_ceil(per_task), |c| {
             let mut tmp = vec![0f32; t * GROUP];
             for g in c * per_task..((c + 1) * per_task).min(p.groups) {
                 kernel(p.group(g), blocks, act, res, t, &mut tmp);
-                let rows = GROUP.min(n - g * GROUP);
+                let row = g * GROUP;
+                let j = starts.partition_point(|&s| s <= row) - 1;
+                let (w, col) = (widths[j], row - starts[j]);
+                let rows = GROUP.min(w - col);
                 for tok in 0..t {
-                    // SAFETY: `tok < t` and `g * 8 + rows <= n` (`rows` stops
-                    // at `n`; `p.groups` matches `n`, asserted above), so
-                    // inside the `t * n` output. Group `g` is in chunk `c`
-                    // only, so its rows' outputs are this task's.
-                    let out = unsafe { dst.slice_mut(tok * n + g * GROUP, rows) };
+                    // SAFETY: `tok < t` and `col + rows <= w` (`rows` stops
+                    // at the part's end), so inside part `j`'s `t * w`
+                    // (asserted above). Group `g` is in chunk `c` only, and
+                    // its rows in part `j` only, so these outputs are this
+                    // task's.
+                    let out = unsafe { dsts[j].slice_mut(tok * w + col, rows) };
                     out.copy_from_slice(&tmp[tok * GROUP..tok * GROUP + rows]);
                 }
             }
         });
+    }
+
+    /// `outs[j] = x · W[rows of part j]ᵀ` straight from the packed product,
+    /// when this matrix has one and the parts split it at group edges;
+    /// false (nothing written) otherwise.
+    fn matmul_parts(&self, x: &[f32], t: usize, outs: &mut [&mut [f32]], widths: &[usize], pool: &ComputePool) -> bool {
+        let Some(p) = &self.packed else {
+            return false;
+        };
+        let in_place = !EXACT_ACTIVATIONS.with(|c| c.get())
+            && t > 0
+            && x.len() == t * self.cols
+            && widths[..widths.len().saturating_sub(1)].iter().all(|w| w.is_multiple_of(GROUP));
+        if in_place {
+            self.matmul_packed(p, x, t, outs, widths, pool);
+        }
+        in_place
     }
 }
 
@@ -660,6 +703,7 @@ impl Projections {
     pub fn apply(&self, x: &[f32], t: usize, outs: &mut [&mut [f32]], pool: &ComputePool) {
         assert_eq!(outs.len(), self.widths.len(), "one output per projection");
         match &self.fused {
+            Some(m) if m.matmul_parts(x, t, outs, &self.widths, pool) => {}
             Some(m) => {
                 let total: usize = self.widths.iter().sum();
                 let mut all = Scratch::<f32>::zeroed(t * total);
@@ -727,6 +771,45 @@ mod tests {
                 let mut out = vec![0f32; t * n];
                 m.matmul(&x, t, &mut out, &pool);
                 close(&out, &want, if ty == GgmlType::BF16 { 2e-2 } else { 2e-3 });
+            }
+        }
+    }
+
+    /// A fused projection gives each part its rows of the whole product:
+    /// written in place from the packed product when the parts split at
+    /// groups of 8 rows (a ragged last part included), through one buffer
+    /// when they cut a group.
+    #[test]
+    fn fused_projections_split_the_product() {
+        let pool = ComputePool::new(2).unwrap();
+        let k = 64;
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0] {
+            for widths in [vec![16, 8, 8], vec![24, 13], vec![12, 4, 9]] {
+                let rows: usize = widths.iter().sum();
+                let bytes: Vec<u8> = (0..rows)
+                    .flat_map(|r| crate::quant::dot_tests::random_row(ty, k, r as u64))
+                    .collect();
+                let m = Matrix::from_bytes(rows, k, ty, bytes).unwrap();
+                let fused = Projections::from_fused(m.clone(), widths.clone()).unwrap();
+                for t in [1, 3, 11] {
+                    let x: Vec<f32> = (0..t * k).map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0).collect();
+                    let mut whole = vec![0f32; t * rows];
+                    m.matmul(&x, t, &mut whole, &pool);
+                    let mut got: Vec<Vec<f32>> = widths.iter().map(|&w| vec![f32::NAN; t * w]).collect();
+                    let mut outs: Vec<&mut [f32]> = got.iter_mut().map(|o| o.as_mut_slice()).collect();
+                    fused.apply(&x, t, &mut outs, &pool);
+                    let mut col = 0;
+                    for (j, &w) in widths.iter().enumerate() {
+                        for tok in 0..t {
+                            assert_eq!(
+                                got[j][tok * w..(tok + 1) * w],
+                                whole[tok * rows + col..tok * rows + col + w],
+                                "{ty:?} widths {widths:?} t {t} part {j} token {tok}"
+                            );
+                        }
+                        col += w;
+                    }
+                }
             }
         }
     }
