@@ -4,9 +4,8 @@
 //! them (`p + 1 - w..=p`).
 
 use super::ComputePool;
-use super::ops::{axpy, softmax_in_place};
+use super::ops::{self, softmax_in_place};
 use crate::kv::{CpuBlocks, SeqKv};
-use crate::quant::kernels;
 
 /// Where each row of the flattened batch belongs.
 #[derive(Debug, Clone, Copy)]
@@ -45,70 +44,73 @@ pub fn attention(
     );
     let group = heads / l.kv_heads;
     let scale = 1.0 / (hd as f32).sqrt();
-    let dot = kernels().f32_dot;
-    // Work per (row, query head) is its context length: hand out tasks of
-    // similar total length, so a long sequence does not leave a thread idle.
-    // Item `r * heads + h` writes `out[item * hd..(item + 1) * hd]`, so a
-    // task's consecutive items own one consecutive range of `out`.
+    // An item is a row's KV head with the `group` query heads that share
+    // it: each key and value row is read once for all of them. Work per
+    // item is its context length: hand out tasks of similar total length,
+    // so a long sequence does not leave a thread idle. Item
+    // `r * kv_heads + g` writes `out[item * group * hd..][..group * hd]`
+    // (heads `g * group..(g + 1) * group` are adjacent), so a task's
+    // consecutive items own one consecutive range of `out`.
     // Positions `first(p)..=p` are attended.
     let first = |pos: usize| window.map_or(0, |w| (pos + 1).saturating_sub(w));
-    let total: usize = rows.iter().map(|r| (r.pos + 1 - first(r.pos)) * heads).sum();
+    let total: usize = rows.iter().map(|r| (r.pos + 1 - first(r.pos)) * l.kv_heads).sum();
     let tasks = (pool.threads() * 4).max(1);
     let target = total.div_ceil(tasks).max(1);
     let mut bounds = vec![0usize];
     let mut acc = 0;
     for (i, r) in rows.iter().enumerate() {
-        for h in 0..heads {
+        for g in 0..l.kv_heads {
             acc += r.pos + 1 - first(r.pos);
             if acc >= target {
-                bounds.push(i * heads + h + 1);
+                bounds.push(i * l.kv_heads + g + 1);
                 acc = 0;
             }
         }
     }
-    if *bounds.last().unwrap_or(&0) != rows.len() * heads {
-        bounds.push(rows.len() * heads);
+    if *bounds.last().unwrap_or(&0) != rows.len() * l.kv_heads {
+        bounds.push(rows.len() * l.kv_heads);
     }
-    let ends: Vec<usize> = bounds[1..].iter().map(|&b| b * hd).collect();
+    let item_len = group * hd;
+    let ends: Vec<usize> = bounds[1..].iter().map(|&b| b * item_len).collect();
     pool.for_each_part(out, &ends, |task, part| {
         let mut scores = Vec::new();
-        for (item, o) in (bounds[task]..bounds[task + 1]).zip(part.chunks_exact_mut(hd)) {
-            let (r, h) = (item / heads, item % heads);
-            let g = h / group;
+        for (item, o) in (bounds[task]..bounds[task + 1]).zip(part.chunks_exact_mut(item_len)) {
+            let (r, g) = (item / l.kv_heads, item % l.kv_heads);
             let place = rows[r];
             let (lo, n) = (first(place.pos), place.pos + 1);
-            // scores[i] is position lo + i.
+            let m = n - lo;
+            // scores[h * m + i]: query head g * group + h, position lo + i.
             scores.clear();
-            scores.resize(n - lo, 0.0);
-            let qv = &q[r * q_stride + h * hd..r * q_stride + (h + 1) * hd];
+            scores.resize(group * m, 0.0);
+            let qs = &q[r * q_stride + g * item_len..r * q_stride + (g + 1) * item_len];
             // The attended slots of each block: positions max(start, lo)..
-            // min(start + block, n).
-            let slots = |b: usize| {
+            // min(start + block, n), slots counted from the block's start.
+            let span = |b: usize| {
                 let start = b * l.block_size;
-                (start.max(lo)..(start + l.block_size).min(n)).map(move |p| (p, p - start))
+                (start.max(lo), (start + l.block_size).min(n), start)
             };
             for (b, &blk) in place.kv.blocks.iter().enumerate().skip(lo / l.block_size) {
-                if b * l.block_size >= n {
+                let (p0, p1, start) = span(b);
+                if p0 >= p1 {
                     break;
                 }
-                let keys = kv.keys(blk, layer, g);
-                for (p, slot) in slots(b) {
-                    scores[p - lo] = dot(qv, &keys[slot * hd..(slot + 1) * hd]) * scale;
-                }
+                let keys = &kv.keys(blk, layer, g)[(p0 - start) * hd..(p1 - start) * hd];
+                ops::group_scores(qs, keys, hd, scale, &mut scores[p0 - lo..], m);
             }
             if let Some(cap) = softcap {
                 scores.iter_mut().for_each(|s| *s = cap * (*s / cap).tanh());
             }
-            softmax_in_place(&mut scores);
+            for head in scores.chunks_exact_mut(m) {
+                softmax_in_place(head);
+            }
             o.fill(0.0);
             for (b, &blk) in place.kv.blocks.iter().enumerate().skip(lo / l.block_size) {
-                if b * l.block_size >= n {
+                let (p0, p1, start) = span(b);
+                if p0 >= p1 {
                     break;
                 }
-                let vals = kv.values(blk, layer, g);
-                for (p, slot) in slots(b) {
-                    axpy(scores[p - lo], &vals[slot * hd..(slot + 1) * hd], o);
-                }
+                let vals = &kv.values(blk, layer, g)[(p0 - start) * hd..(p1 - start) * hd];
+                ops::group_weighted_sum(&scores[p0 - lo..], m, vals, hd, o);
             }
         }
     });

@@ -188,6 +188,79 @@ vectorized! {
     }
 }
 
+/// Attention scores of a group of queries against consecutive keys:
+/// `scores[h * stride + i] = scale · q_h · k_i` for the rows `q_h` of `qs`
+/// and `k_i` of `keys` (each `hd` wide). Each key is read once for the
+/// whole group (the query heads that share a KV head).
+pub fn group_scores(qs: &[f32], keys: &[f32], hd: usize, scale: f32, scores: &mut [f32], stride: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if hd.is_multiple_of(8) && has_avx2() {
+        // SAFETY: `has_avx2` detected AVX2 and FMA on this CPU, the only
+        // requirement of `group_scores_fma` beyond its checked arguments.
+        return unsafe { group_scores_fma(qs, keys, hd, scale, scores, stride) };
+    }
+    for (i, k) in keys.chunks_exact(hd).enumerate() {
+        for (h, q) in qs.chunks_exact(hd).enumerate() {
+            scores[h * stride + i] = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+        }
+    }
+}
+
+/// [`group_scores`] in 256-bit FMA registers, for `hd` a multiple of 8 (the
+/// compiler's own vectorisation of it kept its accumulators on the stack).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn group_scores_fma(qs: &[f32], keys: &[f32], hd: usize, scale: f32, scores: &mut [f32], stride: usize) {
+    use std::arch::x86_64::*;
+    assert!(hd.is_multiple_of(8) && hd > 0);
+    for (i, k) in keys.chunks_exact(hd).enumerate() {
+        for (h, q) in qs.chunks_exact(hd).enumerate() {
+            // SAFETY: every load reads 8 floats at `c` with `c + 8 <= hd`,
+            // inside `q` and `k` (both `hd` long; `hd` is a multiple of 8);
+            // the rest is register-only AVX/FMA, which the caller promises.
+            let dot = unsafe {
+                let (qp, kp) = (q.as_ptr(), k.as_ptr());
+                let mut a0 = _mm256_setzero_ps();
+                let mut a1 = _mm256_setzero_ps();
+                let mut c = 0;
+                while c + 16 <= hd {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+                    a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c + 8)), _mm256_loadu_ps(kp.add(c + 8)), a1);
+                    c += 16;
+                }
+                if c < hd {
+                    a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(c)), _mm256_loadu_ps(kp.add(c)), a0);
+                }
+                let v = _mm256_add_ps(a0, a1);
+                let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+                let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+                let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+                _mm_cvtss_f32(s)
+            };
+            scores[h * stride + i] = scale * dot;
+        }
+    }
+}
+
+vectorized! {
+    /// `out_h += Σ_i w[h * stride + i] · v_i` for the rows `out_h` of `outs`
+    /// and `v_i` of `vals` (each `hd` wide): each value row read once for
+    /// the whole group.
+    pub fn group_weighted_sum(w: &[f32], stride: usize, vals: &[f32], hd: usize, outs: &mut [f32]) {
+        for (i, v) in vals.chunks_exact(hd).enumerate() {
+            for (h, o) in outs.chunks_exact_mut(hd).enumerate() {
+                let a = w[h * stride + i];
+                for (oj, vj) in o.iter_mut().zip(v) {
+                    *oj += a * vj;
+                }
+            }
+        }
+    }
+}
+
 vectorized! {
     /// SwiGLU: `gate = silu(gate) * up`, in place on `gate`.
     pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
@@ -443,6 +516,40 @@ mod tests {
         for (a, v) in g.iter().zip(&x) {
             let want = 0.5 * v * (1.0 + erf(v / std::f32::consts::SQRT_2));
             assert!((a - want).abs() < 1e-6, "gelu({v}) = {a} want {want}");
+        }
+    }
+
+    /// The grouped attention products against plain loops, for head sizes
+    /// the FMA path takes (multiples of 8, with and without a half chunk)
+    /// and one it leaves to the portable loop.
+    #[test]
+    fn group_products_match_plain_maths() {
+        let val = |i: usize| ((i * 37 % 23) as f32 - 11.0) / 7.0;
+        for hd in [8, 24, 64, 12] {
+            let (group, n, stride) = (3, 5, 7);
+            let qs: Vec<f32> = (0..group * hd).map(val).collect();
+            let keys: Vec<f32> = (0..n * hd).map(|i| val(i + 5)).collect();
+            let mut scores = vec![f32::NAN; (group - 1) * stride + n];
+            group_scores(&qs, &keys, hd, 0.5, &mut scores, stride);
+            for h in 0..group {
+                for i in 0..n {
+                    let want: f32 = (0..hd).map(|d| qs[h * hd + d] * keys[i * hd + d]).sum::<f32>() * 0.5;
+                    let got = scores[h * stride + i];
+                    assert!(
+                        (got - want).abs() < 1e-4 * (1.0 + want.abs()),
+                        "hd {hd} h {h} i {i}: {got} vs {want}"
+                    );
+                }
+            }
+            let mut outs = vec![1.0f32; group * hd];
+            group_weighted_sum(&scores, stride, &keys, hd, &mut outs);
+            for h in 0..group {
+                for d in 0..hd {
+                    let want = 1.0 + (0..n).map(|i| scores[h * stride + i] * keys[i * hd + d]).sum::<f32>();
+                    let got = outs[h * hd + d];
+                    assert!((got - want).abs() < 1e-4 * (1.0 + want.abs()), "hd {hd} h {h} d {d}");
+                }
+            }
         }
     }
 
