@@ -2,7 +2,8 @@
 //! decode steps of `batch` sequences at once (what the server's scheduler
 //! runs at concurrency `batch`).
 //! `cargo run --profile fast -p hfms-engine --example decode_profile -- MODEL.gguf [threads] [steps] [batch]`
-//! (`FAST=1` for 8-bit activations, `PROMPT=N` for the first prompt's length)
+//! (`FAST=1` for 8-bit activations, `PROMPT=N` for the first prompt's length;
+//! the timed prefill follows an untimed one, as llama-bench's warm-up run)
 
 use std::time::Instant;
 
@@ -34,6 +35,18 @@ fn main() {
         .unwrap_or(512)
         .max(128);
     let prompt: Vec<u32> = (0..prompt_len).map(|i| (i * 7 % 1000 + 100) as u32).collect();
+    // One untimed prefill first, as llama-bench's warm-up run: the timed
+    // one then finds the step buffers and the pages it touches in place.
+    let mut warm = SeqKv::default();
+    warm.reserve(&mut kv, prompt.len()).unwrap();
+    let item = StepItem {
+        tokens: &prompt,
+        start: 0,
+        kv: &warm,
+        logits: LogitsWanted::Last,
+    };
+    hfms_engine::compute::scratch::give_back(m.forward(&[item], &mut kv, &pool).unwrap());
+    warm.free(&mut kv);
     let mut seq = SeqKv::default();
     seq.reserve(&mut kv, prompt.len() + steps + 1).unwrap();
     let t = Instant::now();

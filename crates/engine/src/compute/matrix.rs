@@ -514,7 +514,11 @@ impl Matrix {
         assert!(p.rows == n && p.groups == n.div_ceil(GROUP) && p.blocks == k / QK);
         assert!(outs.len() == widths.len() && widths.iter().sum::<usize>() == n);
         assert!(outs.iter().zip(widths).all(|(o, &w)| o.len() == t * w));
-        assert!(widths[..widths.len().saturating_sub(1)].iter().all(|w| w.is_multiple_of(GROUP)));
+        assert!(
+            widths[..widths.len().saturating_sub(1)]
+                .iter()
+                .all(|w| w.is_multiple_of(GROUP))
+        );
         let starts: Vec<usize> = widths
             .iter()
             .scan(0, |row, &w| {
@@ -564,7 +568,9 @@ impl Matrix {
         let in_place = !EXACT_ACTIVATIONS.with(|c| c.get())
             && t > 0
             && x.len() == t * self.cols
-            && widths[..widths.len().saturating_sub(1)].iter().all(|w| w.is_multiple_of(GROUP));
+            && widths[..widths.len().saturating_sub(1)]
+                .iter()
+                .all(|w| w.is_multiple_of(GROUP));
         if in_place {
             self.matmul_packed(p, x, t, outs, widths, pool);
         }
