@@ -126,7 +126,17 @@ mod tests {
     /// its own (Miri checks the threads' accesses too).
     #[test]
     fn matches_plain_softmax_attention_per_sequence() {
-        let (heads, kv_heads, hd, bs) = (4, 2, 8, 2);
+        // Query groups of 2, 3 and 3 heads; head sizes the FMA scores take
+        // (8, 16) and one they leave to the portable loop (12); blocks of
+        // 2 to 4 positions.
+        for (heads, kv_heads, hd, bs) in [(4, 2, 8, 2), (6, 2, 12, 4), (3, 1, 16, 3)] {
+            for softcap in [None, Some(1.5f32)] {
+                check_against_plain_attention(heads, kv_heads, hd, bs, softcap);
+            }
+        }
+    }
+
+    fn check_against_plain_attention(heads: usize, kv_heads: usize, hd: usize, bs: usize, softcap: Option<f32>) {
         let layout = KvLayout {
             layers: 1,
             kv_heads,
@@ -169,7 +179,7 @@ mod tests {
         // block edge, and before the first position.
         for window in [None, Some(1), Some(2), Some(3), Some(9)] {
             let mut out = vec![f32::NAN; q.len()];
-            attention(&rows, &q, heads, 0, window, None, &kv, &mut out, &pool);
+            attention(&rows, &q, heads, 0, window, softcap, &kv, &mut out, &pool);
             for (r, place) in rows.iter().enumerate() {
                 let lo = window.map_or(0, |w| (place.pos + 1).saturating_sub(w));
                 for h in 0..heads {
@@ -178,7 +188,8 @@ mod tests {
                     let scores: Vec<f32> = (lo..=place.pos)
                         .map(|p| {
                             let k = &keys(seq_of[r], p)[g * hd..(g + 1) * hd];
-                            qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt()
+                            let s = qv.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() / (hd as f32).sqrt();
+                            softcap.map_or(s, |c| c * (s / c).tanh())
                         })
                         .collect();
                     let m = scores.iter().fold(f32::MIN, |a, &b| a.max(b));
@@ -191,7 +202,7 @@ mod tests {
                         let got = out[(r * heads + h) * hd + d];
                         assert!(
                             (got - want).abs() < 1e-4,
-                            "window {window:?} row {r} head {h} dim {d}: {got} vs {want}"
+                            "{heads}/{kv_heads} heads of {hd}, blocks of {bs}, softcap {softcap:?}, window {window:?} row {r} head {h} dim {d}: {got} vs {want}"
                         );
                     }
                 }

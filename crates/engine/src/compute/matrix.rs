@@ -580,8 +580,9 @@ impl Matrix {
 
 /// Each of the `t` rows of `x` (width `k`) quantised to 8-bit blocks and,
 /// when `precise`, the residual each leaves, quantised again (else empty).
-/// Prompt chunks split their tokens across the pool: serial, this was ~6%
-/// of a prefill with the other threads idle.
+/// Large products (prompt chunks, wide decode batches) split their tokens
+/// across the pool: serial, this was ~6% of a prefill with the other
+/// threads idle.
 fn quantize_with_residual(
     x: &[f32],
     t: usize,

@@ -199,9 +199,10 @@ pub fn group_scores(qs: &[f32], keys: &[f32], hd: usize, scale: f32, scores: &mu
         // requirement of `group_scores_fma` beyond its checked arguments.
         return unsafe { group_scores_fma(qs, keys, hd, scale, scores, stride) };
     }
+    let dot = crate::quant::kernels().f32_dot;
     for (i, k) in keys.chunks_exact(hd).enumerate() {
         for (h, q) in qs.chunks_exact(hd).enumerate() {
-            scores[h * stride + i] = scale * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+            scores[h * stride + i] = scale * dot(q, k);
         }
     }
 }

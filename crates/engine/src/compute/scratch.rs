@@ -10,9 +10,12 @@
 //! So a thread that runs steps holds a [`Keep`] while it has work: buffers
 //! dropped meanwhile go to its free lists, and the next [`Scratch`] of any
 //! size takes the best fitting one. Dropping the `Keep` (the thread goes
-//! idle) frees them all. A step's buffers are the ones it held anyway, so
-//! the peak is unchanged; an idle thread holds nothing; and a thread with
-//! no `Keep` allocates and frees as a plain `Vec` does.
+//! idle) frees them all. What a busy thread holds is about the largest set
+//! of buffers one step has live at once (a step's buffers are allocated
+//! together anyway); best fit can hand a big buffer to a small request and
+//! make a later big one allocate, so a few more may be kept, at most
+//! `MOST_KEPT`. An idle thread holds nothing, and a thread with no `Keep`
+//! allocates and frees each buffer, as before.
 
 use std::cell::{Cell, RefCell};
 use std::ops::{Deref, DerefMut};
@@ -54,7 +57,9 @@ pub struct Keep {
 
 /// Start keeping this thread's step buffers (see the module notes).
 pub fn keep() -> Keep {
-    KEEPING.with(|k| k.set(true));
+    let before = KEEPING.with(|k| k.replace(true));
+    // A nested Keep would clear the lists under the outer one when dropped.
+    debug_assert!(!before, "one scratch::Keep at a time per thread");
     Keep {
         _this_thread: std::marker::PhantomData,
     }
@@ -79,6 +84,9 @@ impl<T: Reusable> Scratch<T> {
     pub fn zeroed(n: usize) -> Self {
         let mut buf = take::<T>(n);
         buf.clear();
+        // Exactly `n`: a kept buffer grown by `resize` alone would reserve
+        // up to twice that.
+        buf.reserve_exact(n);
         buf.resize(n, T::default());
         Scratch { buf }
     }
@@ -87,6 +95,7 @@ impl<T: Reusable> Scratch<T> {
     pub fn copied(src: &[T]) -> Self {
         let mut buf = take::<T>(src.len());
         buf.clear();
+        buf.reserve_exact(src.len());
         buf.extend_from_slice(src);
         Scratch { buf }
     }
@@ -134,6 +143,9 @@ pub fn give_back<T: Reusable>(buf: Vec<T>) {
 /// The smallest kept buffer that holds `n` values; else the largest one
 /// (it grows, and one buffer fewer stays behind); else a new one.
 fn take<T: Reusable>(n: usize) -> Vec<T> {
+    if n == 0 {
+        return Vec::new();
+    }
     T::free_lists()
         .try_with(|f| {
             let mut free = f.borrow_mut();

@@ -180,7 +180,10 @@ impl Sampler {
         if max == f32::NEG_INFINITY {
             return 0;
         }
-        // Unnormalised probabilities (`fast_exp`: relative error 2e-7).
+        // Unnormalised probabilities (`fast_exp`: relative error 2e-7; it
+        // clamps at e^-87, so every finite logit keeps a weight above 0,
+        // which moves at most vocab × 1e-38 of the mass). 0 marks the
+        // non-finite logits, which are never drawn.
         let mut weight = Scratch::<f32>::zeroed(l.len());
         for (w, &v) in weight.iter_mut().zip(l) {
             *w = if v.is_finite() {
@@ -192,11 +195,8 @@ impl Sampler {
         let by_logit = |a: &u32, b: &u32| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b));
         let (top_k, top_p) = (self.params.top_k, self.params.top_p);
         let candidates: Option<Vec<u32>> = if top_k > 0 || top_p < 1.0 {
+            // Not empty: the best finite logit has weight 1.
             let mut idx: Vec<u32> = (0..l.len() as u32).filter(|&i| weight[i as usize] > 0.0).collect();
-            if idx.is_empty() {
-                // Every finite logit underflowed below the best: it alone.
-                return argmax(l);
-            }
             if top_k > 0 && top_k < idx.len() {
                 idx.select_nth_unstable_by(top_k - 1, by_logit);
                 idx.truncate(top_k);
@@ -378,6 +378,35 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn ties_go_to_the_lowest_index_and_top_k_past_the_vocabulary_cuts_nothing() {
+        let tied = [0.5f32, 2.0, 2.0, 2.0, 1.0];
+        for params in [
+            SamplingParams {
+                temperature: 1.0,
+                top_k: 1,
+                ..Default::default()
+            },
+            SamplingParams {
+                temperature: 0.0,
+                ..Default::default()
+            },
+        ] {
+            assert_eq!(Sampler::new(params).sample(&tied).id, 1);
+        }
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 5.0,
+            top_k: 1000,
+            seed: Some(4),
+            ..Default::default()
+        });
+        let mut seen = [false; 5];
+        for _ in 0..500 {
+            seen[s.sample(&tied).id as usize] = true;
+        }
+        assert_eq!(seen, [true; 5]);
     }
 
     #[test]
