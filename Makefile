@@ -35,6 +35,8 @@ run: models build
 # (model maths in a debug build is tens of times slower).
 test-rust: models models-extra deps
 	cargo test --profile fast --workspace
+	@# Which kernel sets the tests above checked on this CPU, and which not.
+	@target/fast/hfms hardware | tail -n 1
 
 $(VENV)/.installed: tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)

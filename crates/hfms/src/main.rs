@@ -153,6 +153,7 @@ fn main() -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", hfms_hardware::render_table(&report));
+                println!("\n{}", hfms_engine::quant::kernel_set_report());
             }
             Ok(())
         }

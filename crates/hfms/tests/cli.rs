@@ -45,6 +45,13 @@ fn hardware_reports_six_platforms_as_json_and_a_table() {
     for name in ["cpu", "cuda", "rocm", "metal", "openvino", "qnn"] {
         assert!(table.contains(name), "{table}");
     }
+    // The last line names the kernel sets this host runs (and the tests
+    // check) and those it cannot.
+    let last = table.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("kernel sets run and tested here: scalar") && last.contains("untested here: "),
+        "{last}"
+    );
 }
 
 #[test]

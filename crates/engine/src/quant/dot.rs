@@ -202,6 +202,38 @@ impl KernelSlots<'_> {
     }
 }
 
+/// Every kernel set of this build, and for each the CPU features this CPU
+/// lacks to run it (empty: it runs here, and the tests check it against
+/// the scalar reference; otherwise this host cannot test it). Scalar first.
+pub fn kernel_set_coverage() -> Vec<(&'static str, Vec<&'static str>)> {
+    #[allow(unused_mut)]
+    let mut v = vec![("scalar", Vec::new())];
+    #[cfg(target_arch = "x86_64")]
+    v.extend(super::x86::coverage());
+    v
+}
+
+/// One line naming the kernel sets this host runs (and tests) and those it
+/// cannot, with the features it lacks for them.
+pub fn kernel_set_report() -> String {
+    let sets = kernel_set_coverage();
+    let here: Vec<&str> = sets.iter().filter(|s| s.1.is_empty()).map(|s| s.0).collect();
+    let not: Vec<String> = sets
+        .iter()
+        .filter(|s| !s.1.is_empty())
+        .map(|(name, lacks)| format!("{name} (lacks {})", lacks.join(" ")))
+        .collect();
+    format!(
+        "kernel sets run and tested here: {}; not on this CPU, so untested here: {}",
+        here.join(", "),
+        if not.is_empty() {
+            "none".to_string()
+        } else {
+            not.join(", ")
+        }
+    )
+}
+
 /// Every kernel set this CPU can run, scalar first (tests check each).
 pub fn available_kernels() -> Vec<Kernels> {
     #[allow(unused_mut)]
@@ -530,9 +562,18 @@ pub(crate) mod tests {
 
     #[test]
     fn every_kernel_set_matches_scalar() {
+        let tested: Vec<&str> = available_kernels().iter().map(|k| k.name).collect();
         for fast in available_kernels() {
             check_against_scalar(&fast);
         }
+        // The report names exactly the sets this test checked.
+        let runs: Vec<&str> = kernel_set_coverage()
+            .iter()
+            .filter(|s| s.1.is_empty())
+            .map(|s| s.0)
+            .collect();
+        assert_eq!(runs, tested);
+        eprintln!("{}", kernel_set_report());
     }
 
     fn check_against_scalar(fast: &Kernels) {

@@ -16,7 +16,7 @@ mod x86;
 pub use dequant::dequantize_row;
 #[cfg(test)]
 pub(crate) use dot::tests as dot_tests;
-pub use dot::{Kernels, available_kernels, kernels, quantize_activations};
+pub use dot::{Kernels, available_kernels, kernel_set_coverage, kernel_set_report, kernels, quantize_activations};
 
 use half::{bf16, f16};
 

@@ -1062,6 +1062,35 @@ macro_rules! module_fns {
     };
 }
 
+/// Each SIMD kernel set of this build with the CPU features it needs that
+/// this CPU lacks (none: it runs here, and the tests check it).
+pub(super) fn coverage() -> Vec<(&'static str, Vec<&'static str>)> {
+    let lacking = |features: &[&'static str]| -> Vec<&'static str> {
+        if cfg!(miri) {
+            return vec!["(Miri runs the portable kernels only)"];
+        }
+        features.iter().copied().filter(|&f| !has_feature(f)).collect()
+    };
+    let avx2 = lacking(&["avx2", "fma", "f16c"]);
+    let mut vnni = avx2.clone();
+    vnni.extend(lacking(&["avx512f", "avx512bw", "avx512vl", "avx512vnni"]));
+    vec![("avx2", avx2), ("avx512vnni", vnni)]
+}
+
+/// Run-time detection by name, for the features `coverage` reports.
+fn has_feature(name: &str) -> bool {
+    match name {
+        "avx2" => is_x86_feature_detected!("avx2"),
+        "fma" => is_x86_feature_detected!("fma"),
+        "f16c" => is_x86_feature_detected!("f16c"),
+        "avx512f" => is_x86_feature_detected!("avx512f"),
+        "avx512bw" => is_x86_feature_detected!("avx512bw"),
+        "avx512vl" => is_x86_feature_detected!("avx512vl"),
+        "avx512vnni" => is_x86_feature_detected!("avx512vnni"),
+        _ => false,
+    }
+}
+
 /// Every SIMD kernel set this CPU can run (for tests that check each).
 ///
 /// Under Miri none: it interprets the portable kernels only.
